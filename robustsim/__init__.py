@@ -1,0 +1,33 @@
+"""robustsim: audit, certify and train robust perceptual similarity metrics.
+
+>>> import robustsim
+>>> metric = robustsim.load_metric("effnet-lite0")
+>>> d = metric(x, y)          # x, y: (B, 3, H, W) in [0, 1] -> (B,) distances
+"""
+
+from robustsim.errors import DataError, InputError, RobustsimError, WeightsError
+from robustsim.metrics import (
+    EmbeddingMetric,
+    EnsembleMetric,
+    Metric,
+    list_metrics,
+    load_metric,
+    register_metric,
+)
+from robustsim.scoring import two_afc_score
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DataError",
+    "EmbeddingMetric",
+    "EnsembleMetric",
+    "InputError",
+    "Metric",
+    "RobustsimError",
+    "WeightsError",
+    "list_metrics",
+    "load_metric",
+    "register_metric",
+    "two_afc_score",
+]

@@ -1,0 +1,19 @@
+"""User-facing errors: one line that names the problem and the fix. The CLI maps them to exit 2."""
+
+from __future__ import annotations
+
+
+class RobustsimError(ValueError):
+    """Bad input or missing resource; the message is one line naming the problem and the fix."""
+
+
+class InputError(RobustsimError):
+    """An image batch does not satisfy the Metric protocol."""
+
+
+class DataError(RobustsimError):
+    """A dataset spec, file or image cannot be read."""
+
+
+class WeightsError(RobustsimError, FileNotFoundError):
+    """Pretrained weights are not available locally (nothing is downloaded)."""

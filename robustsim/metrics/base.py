@@ -1,0 +1,157 @@
+"""The Metric protocol every robustsim module speaks.
+
+Images are float tensors (B, 3, H, W) in [0, 1]; ``metric(x, y)`` returns (B,) distances.
+Embedding metrics also have ``embed(x) -> (B, D)`` and measure ``1 - cos`` between embeddings.
+Each metric resizes and normalises internally, so callers always pass [0, 1] images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustsim.errors import InputError
+
+_RANGE_TOL = 1e-4
+
+
+def validate_images(x: torch.Tensor, name: str = "x") -> None:
+    """Raise InputError unless ``x`` is a finite float (B, 3, H, W) batch with values in [0, 1]."""
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}; convert with torch.as_tensor")
+    if x.dim() != 4:
+        hint = "add a batch dimension with x[None]" if x.dim() == 3 else "pass a (B, 3, H, W) batch"
+        raise InputError(f"{name} must have shape (B, 3, H, W), got {tuple(x.shape)}; {hint}")
+    if x.shape[1] != 3:
+        hint = (
+            "repeat grayscale with x.expand(-1, 3, -1, -1)"
+            if x.shape[1] == 1
+            else "drop alpha with x[:, :3]"
+            if x.shape[1] == 4
+            else "images must be channels-first: x.permute(0, 3, 1, 2)"
+            if x.shape[-1] == 3
+            else "pass RGB images"
+        )
+        raise InputError(f"{name} must have 3 channels in dim 1, got shape {tuple(x.shape)}; {hint}")
+    if not x.is_floating_point():
+        raise InputError(f"{name} must be a float tensor, got {x.dtype}; use x.float() / 255 for uint8 images")
+    if x.numel() == 0:
+        raise InputError(f"{name} is empty (shape {tuple(x.shape)}); pass at least one image")
+    with torch.no_grad():
+        if not torch.isfinite(x).all():
+            raise InputError(f"{name} contains NaN or inf; check the image loading or the attack step")
+        lo, hi = float(x.min()), float(x.max())
+    if lo < -_RANGE_TOL or hi > 1 + _RANGE_TOL:
+        hint = (
+            "divide by 255"
+            if hi > 1.5 and lo >= 0
+            else "map [-1, 1] images with (x + 1) / 2"
+            if lo >= -1 - _RANGE_TOL
+            else "clamp to [0, 1]"
+        )
+        raise InputError(f"{name} has values in [{lo:.3g}, {hi:.3g}] but must be in [0, 1]; {hint}")
+
+
+def validate_pair(x: torch.Tensor, y: torch.Tensor) -> None:
+    validate_images(x, "x")
+    validate_images(y, "y")
+    if x.shape[0] != y.shape[0]:
+        raise InputError(f"x and y batch sizes differ ({x.shape[0]} vs {y.shape[0]}); pass paired batches")
+
+
+class Metric(nn.Module):
+    """A perceptual distance d(x, y) >= 0 on [0, 1] RGB batches, returning (B,).
+
+    Subclasses implement :meth:`distance` on validated inputs. ``lipschitz`` is the l2 Lipschitz
+    constant the architecture *guarantees* for ``embed`` w.r.t. the [0, 1] input (None = no
+    guarantee); the certifier only accepts metrics that declare one.
+    """
+
+    name: str = "metric"
+    input_size: int | None = None
+    lipschitz: float | None = None
+
+    def __init__(self, validate: bool = True) -> None:
+        super().__init__()
+        self.validate = validate
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.validate:
+            validate_pair(x, y)
+        return self.distance(x, y)
+
+    def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        for t in self.parameters():
+            return t.device
+        for t in self.buffers():
+            return t.device
+        return torch.device("cpu")
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, input_size={self.input_size}"
+
+
+def resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Bilinear (differentiable) resize to size x size; identity when already that size."""
+    if size is None or (x.shape[-2] == size and x.shape[-1] == size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+
+
+class EmbeddingMetric(Metric):
+    """Turn any network ``f`` into a metric d(x, y) = 1 - cos(f(x), f(y)).
+
+    ``mean``/``std`` normalise the [0, 1] input after resizing to ``input_size``; ``lipschitz``
+    declares a guaranteed l2 Lipschitz constant of the whole ``embed`` (including the
+    normalisation), used by the certifier.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        input_size: int | None = None,
+        mean: Sequence[float] | float = 0.0,
+        std: Sequence[float] | float = 1.0,
+        name: str = "embedding",
+        lipschitz: float | None = None,
+        validate: bool = True,
+    ) -> None:
+        super().__init__(validate=validate)
+        self.net = net
+        self.name = name
+        self.input_size = input_size
+        self.lipschitz = lipschitz
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1))
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        return (resize(x, self.input_size) - self.mean) / self.std
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, D) un-normalised embedding."""
+        if self.validate:
+            validate_images(x)
+        return self._embed(x)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Embedding of an already validated batch; subclasses override this, not ``embed``."""
+        return self.net(self.preprocess(x)).flatten(1)
+
+    @staticmethod
+    def embedding_distance(ex: torch.Tensor, ey: torch.Tensor) -> torch.Tensor:
+        """1 - cos(ex, ey) per row, in [0, 2]; equals ||phi(x) - phi(y)||^2 / 2 for phi = e/||e||."""
+        return (1.0 - F.cosine_similarity(ex, ey, dim=1, eps=1e-12)).clamp_min(0.0)
+
+    def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if x.shape == y.shape:
+            ex, ey = self._embed(torch.cat([x, y])).split(x.shape[0])
+        else:
+            ex, ey = self._embed(x), self._embed(y)
+        return self.embedding_distance(ex, ey)

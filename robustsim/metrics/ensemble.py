@@ -1,0 +1,45 @@
+"""DreamSim-style ensembles: concatenated, mean-centred, unit-normalised member embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustsim.metrics.base import EmbeddingMetric, Metric
+
+
+class EnsembleMetric(EmbeddingMetric):
+    """Embedding = concat_i normalize(e_i(x) - c_i), so 1 - cos is the mean member cosine distance.
+
+    Centres ``c_i`` default to 0; :meth:`fit_centers` sets them to the members' mean embedding over
+    a reference batch (the DreamSim recipe). Members must be embedding metrics.
+    """
+
+    def __init__(self, members: Sequence[Metric], name: str | None = None, validate: bool = True) -> None:
+        for m in members:
+            if not isinstance(m, EmbeddingMetric):
+                raise ValueError(f"ensemble member {m.name!r} has no embed(); only embedding metrics combine")
+        super().__init__(nn.Identity(), name=name or "+".join(m.name for m in members), validate=validate)
+        self.members = nn.ModuleList(members)
+        for m in self.members:
+            m.validate = False
+        self.input_size = None
+        self.centers = nn.ParameterList([nn.Parameter(torch.zeros(0), requires_grad=False) for _ in members])
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        parts = []
+        for m, c in zip(self.members, self.centers, strict=True):
+            e = m._embed(x)
+            if c.numel():
+                e = e - c
+            parts.append(F.normalize(e, dim=1, eps=1e-12))
+        return torch.cat(parts, dim=1) * len(parts) ** -0.5
+
+    @torch.no_grad()
+    def fit_centers(self, images: torch.Tensor) -> None:
+        """Set each member's centre to its mean embedding over ``images`` ((B, 3, H, W) in [0, 1])."""
+        for m, c in zip(self.members, self.centers, strict=True):
+            c.data = m.embed(images).mean(0)

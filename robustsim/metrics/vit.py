@@ -1,0 +1,90 @@
+"""ViT embedding metrics from local checkpoints: CLIP / OpenCLIP (open_clip) and DINO (timm).
+
+Weights are read from ``weights=`` or ``weights_dir()/<name>.{safetensors,pt,pth,bin}``.
+``arch=`` swaps the architecture (e.g. a tiny config for tests or another ViT of the same family).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from robustsim.compat import import_optional
+from robustsim.metrics.base import EmbeddingMetric
+from robustsim.metrics.weights import load_state_dict, resolve_weights, weights_dir
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
+def local_weights(name: str, weights: str | os.PathLike | None) -> dict[str, torch.Tensor]:
+    path = resolve_weights(
+        name,
+        weights,
+        [weights_dir() / f"{name}{s}" for s in _SUFFIXES],
+        "save the checkpoint there (or set ROBUSTSIM_WEIGHTS) or pass weights=PATH",
+    )
+    return load_state_dict(path)
+
+
+class _OpenClipVisual(nn.Module):
+    def __init__(self, visual: nn.Module) -> None:
+        super().__init__()
+        self.visual = visual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.visual(x)
+
+
+class OpenClipMetric(EmbeddingMetric):
+    """1 - cos between CLIP image embeddings (open_clip architecture ``arch``, default ViT-B-16)."""
+
+    def __init__(
+        self,
+        name: str = "clip-vitb16",
+        arch: str = "ViT-B-16",
+        weights: str | os.PathLike | None = None,
+        pretrained: bool = True,
+        input_size: int = 224,
+        validate: bool = True,
+    ) -> None:
+        open_clip = import_optional("open_clip")
+        sd = local_weights(name, weights) if pretrained else None
+        model = open_clip.create_model(arch, pretrained=None)
+        if sd is not None:
+            model.load_state_dict(sd)
+        super().__init__(
+            _OpenClipVisual(model.visual),
+            input_size=input_size,
+            mean=CLIP_MEAN,
+            std=CLIP_STD,
+            name=name,
+            validate=validate,
+        )
+        self.eval().requires_grad_(False)
+
+
+class TimmViTMetric(EmbeddingMetric):
+    """1 - cos between the CLS features of a timm ViT (default DINO ViT-B/16)."""
+
+    def __init__(
+        self,
+        name: str = "dino-vitb16",
+        arch: str = "vit_base_patch16_224",
+        weights: str | os.PathLike | None = None,
+        pretrained: bool = True,
+        input_size: int = 224,
+        validate: bool = True,
+    ) -> None:
+        timm = import_optional("timm")
+        net = timm.create_model(arch, pretrained=False, num_classes=0, img_size=input_size)
+        if pretrained:
+            sd = {k: v for k, v in local_weights(name, weights).items() if not k.startswith("head.")}
+            net.load_state_dict(sd)
+        super().__init__(net, input_size=input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, name=name, validate=validate)
+        self.eval().requires_grad_(False)
