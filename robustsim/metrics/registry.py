@@ -111,7 +111,9 @@ def _register_builtins() -> None:
     from robustsim.metrics import effnet, lpips_metric, pixel, vit
     from robustsim.metrics.ensemble import EnsembleMetric
     from robustsim.metrics.weights import package_file, torch_hub_checkpoint, weights_dir
+    from robustsim.models.checkpoint import load_checkpoint_metric
 
+    register_checkpoint_loader(load_checkpoint_metric)
     register_metric("l2", pixel.L2Metric, "mean squared pixel difference")
     register_metric("l1", pixel.L1Metric, "mean absolute pixel difference")
     register_metric("ssim", pixel.SSIMMetric, "1 - SSIM (pytorch-msssim)")

@@ -1,0 +1,174 @@
+"""Attack objects: ``attack(metric, data, eps=[...])`` returns results for every epsilon in one run.
+
+The runner feeds the 2AFC classifier batch by batch, attacks only triplets still robust at the
+previous (smaller) epsilon (balls nest, so a break stays a break), and re-checks every claimed
+adversarial independently: it must lie in the ball and the [0, 1] box and flip the decision, or it
+does not count. Robust accuracy is over triplets with p != 0.5; ties count as wrong.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from robustsim.attacks.geometry import NORMS, Norm, norms
+from robustsim.attacks.twoafc import Target, TwoAFCClassifier, labels_from_p, margin
+from tqdm.auto import tqdm
+
+from robustsim.data.triplets import TripletDataset, iter_batches, triplet_loader
+from robustsim.metrics.base import Metric
+
+Forward = object  # callable (x_adv, rows) -> logits
+
+
+@dataclass
+class AttackResult:
+    """Per-triplet outcome of one attack at every epsilon."""
+
+    attack: str
+    norm: str
+    eps: list[float]
+    robust: torch.Tensor  # (n_eps, N) bool: still correct after the attack
+    clean: torch.Tensor  # (N,) bool: correct without attack (p != 0.5 and margin > 0)
+    keep: torch.Tensor  # (N,) bool: p != 0.5
+    seconds: float = 0.0
+    calls: int = 0
+    seed: int = 0
+    examples: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(self.keep.sum())
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float(self.clean[self.keep].double().mean()) if self.n else math.nan
+
+    def robust_accuracy(self) -> list[float]:
+        return [float(r[self.keep].double().mean()) if self.n else math.nan for r in self.robust]
+
+
+class Attack:
+    """Base class. Subclasses implement :meth:`run` (one epsilon tensor) or :meth:`attack_batch`."""
+
+    name = "attack"
+
+    def __init__(self, norm: Norm = "l2", seed: int = 0) -> None:
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        self.norm, self.seed = norm, seed
+
+    def run(
+        self, forward, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attack rows ``x`` (labels ``y``) within per-sample ``eps``; return (x_adv, claimed broken)."""
+        raise NotImplementedError
+
+    def attack_batch(
+        self, forward, x: torch.Tensor, y: torch.Tensor, eps: list[float], generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All epsilons (ascending) for one batch: (x_adv (n_eps, B, ...), claimed broken (n_eps, B))."""
+        adv = x.unsqueeze(0).repeat(len(eps), *[1] * x.dim())
+        broken = torch.zeros(len(eps), x.shape[0], dtype=torch.bool, device=x.device)
+        alive = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        for i, e in enumerate(eps):
+            if i > 0:  # nested balls: a break at a smaller radius is a break here
+                adv[i], broken[i] = adv[i - 1], broken[i - 1]
+            rows = alive.nonzero()[:, 0]
+            if rows.numel() == 0 or e == 0:
+                continue
+            sub = lambda xa, r, rows=rows: forward(xa, rows[r])  # noqa: E731
+            eps_t = torch.full((rows.numel(),), float(e), device=x.device)
+            xa, b = self.run(sub, x[rows], y[rows], eps_t, generator)
+            adv[i, rows[b]] = xa[b]
+            broken[i, rows[b]] = True
+            alive[rows[b]] = False
+        return adv, broken
+
+    def __call__(
+        self,
+        metric: Metric,
+        data: TripletDataset,
+        eps: Sequence[float],
+        batch_size: int = 32,
+        device: str | torch.device = "cpu",
+        target: Target = "ref",
+        progress: bool = True,
+        n_examples: int = 4,
+        workers: int | None = None,
+    ) -> AttackResult:
+        eps = sorted(float(e) for e in eps)
+        metric = metric.to(device).eval()
+        gen = torch.Generator().manual_seed(self.seed)
+        robust, clean, keep, examples = [], [], [], {}
+        calls = [0]
+        t0 = time.perf_counter()
+        loader = triplet_loader(data, batch_size=batch_size, workers=workers)
+        bar = tqdm(
+            iter_batches(loader), total=len(loader), desc=f"{self.name} {self.norm}", disable=not progress, leave=False
+        )
+        for batch in bar:
+            ref, x0, x1 = (batch[k].to(device) for k in ("ref", "x0", "x1"))
+            clf = TwoAFCClassifier(metric, ref, x0, x1, target)
+
+            def forward(xa, rows, clf=clf):
+                calls[0] += 1
+                return clf(xa, rows)
+
+            x = clf.clean_input()
+            y, kp = labels_from_p(batch["p"].to(device))
+            with torch.no_grad():
+                ok = (margin(clf(x), y) > 0) & kp
+            rows = ok.nonzero()[:, 0]
+            rob = torch.zeros(len(eps), x.shape[0], dtype=torch.bool, device=device)
+            adv_all = x.unsqueeze(0).repeat(len(eps), *[1] * x.dim())
+            if rows.numel():
+                sub = lambda xa, r, rows=rows, forward=forward: forward(xa, rows[r])  # noqa: E731
+                adv, broken = self.attack_batch(sub, x[rows], y[rows], eps, gen)
+                broken = broken & self._verify(clf, adv, x[rows], y[rows], rows, eps)
+                rob[:, rows] = ~broken
+                adv_all[:, rows] = adv
+            robust.append(rob.cpu())
+            clean.append(ok.cpu())
+            keep.append(kp.cpu())
+            have = sum(len(v) for v in examples.get("ref", []))
+            if have < n_examples:
+                take = slice(0, n_examples - have)
+                for k, v in (("ref", ref), ("x0", x0), ("x1", x1)):
+                    examples.setdefault(k, []).append(v[take].cpu())
+                examples.setdefault("adv", []).append(adv_all[:, take].cpu())
+        result = AttackResult(
+            self.name,
+            self.norm,
+            eps,
+            torch.cat(robust, 1),
+            torch.cat(clean),
+            torch.cat(keep),
+            time.perf_counter() - t0,
+            calls[0],
+            self.seed,
+        )
+        result.examples = {k: torch.cat(v, dim=1 if k == "adv" else 0) for k, v in examples.items()}
+        return result
+
+    def _verify(
+        self,
+        clf: TwoAFCClassifier,
+        adv: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        rows: torch.Tensor,
+        eps: list[float],
+    ) -> torch.Tensor:
+        """Claimed breaks that really are: inside ball and box, decision not correct."""
+        ok = torch.zeros(adv.shape[:2], dtype=torch.bool, device=adv.device)
+        with torch.no_grad():
+            for i, e in enumerate(eps):
+                dist = norms(adv[i] - x, self.norm)
+                inside = (dist <= e * (1 + 1e-5) + 1e-7) & (adv[i].amin(dim=tuple(range(1, x.dim()))) >= 0)
+                inside &= adv[i].amax(dim=tuple(range(1, x.dim()))) <= 1
+                ok[i] = inside & (margin(clf(adv[i], rows), y) <= 0)
+        return ok

@@ -1,0 +1,152 @@
+"""Projected gradient descent and APGD (Croce & Hein 2020) on the 2AFC classifier, per-sample radii.
+
+Both take ``forward(x_adv, rows) -> logits`` so early-stopped samples drop out of the batch, keep
+every iterate inside the ball and the box, and return the best point found per sample (the first
+that flips the decision, else the one with the highest loss).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from robustsim.attacks.geometry import Norm, ascent_direction, project, random_start
+from robustsim.attacks.losses import LOSSES
+from robustsim.attacks.twoafc import margin
+
+Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class _Best:
+    x: torch.Tensor
+    loss: torch.Tensor
+    broken: torch.Tensor
+
+    def update(self, rows: torch.Tensor, x: torch.Tensor, loss: torch.Tensor, broken: torch.Tensor) -> None:
+        better = (loss > self.loss[rows]) & ~self.broken[rows] | (broken & ~self.broken[rows])
+        idx = rows[better]
+        self.x[idx] = x[better].detach()
+        self.loss[idx] = loss[better].detach()
+        self.broken[idx] |= broken[better]
+
+
+def _loss_grad(forward: Forward, x: torch.Tensor, rows: torch.Tensor, y: torch.Tensor, loss_name: str):
+    x = x.detach().requires_grad_(True)
+    logits = forward(x, rows)
+    loss = LOSSES[loss_name](logits, y[rows])
+    (grad,) = torch.autograd.grad(loss.sum(), x)
+    return loss.detach(), grad.detach(), margin(logits.detach(), y[rows]) <= 0
+
+
+def pgd(
+    forward: Forward,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: torch.Tensor,
+    norm: Norm,
+    steps: int = 50,
+    restarts: int = 1,
+    step_size: float = 2.5,
+    schedule: str = "constant",
+    loss: str = "margin",
+    random_init: bool = True,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PGD with step ``step_size * eps / steps`` (``schedule`` constant or cosine), random start,
+    restarts and per-sample early stopping. Returns (x_adv, broken)."""
+    generator = generator or torch.Generator().manual_seed(0)
+    best = _Best(
+        x.clone(),
+        torch.full((x.shape[0],), -math.inf, device=x.device),
+        torch.zeros(x.shape[0], dtype=torch.bool, device=x.device),
+    )
+    for r in range(restarts):
+        rows = (~best.broken).nonzero()[:, 0]
+        if rows.numel() == 0:
+            break
+        x0, e = x[rows], eps[rows]
+        xa = random_start(x0, e, norm, generator) if (random_init or r > 0) else x0.clone()
+        for t in range(steps + 1):
+            lval, grad, broken = _loss_grad(forward, xa, rows, y, loss)
+            best.update(rows, xa, lval, broken)
+            keep = ~broken
+            if t == steps or not keep.any():
+                break
+            rows, xa, grad, x0, e = rows[keep], xa[keep], grad[keep], x0[keep], e[keep]
+            factor = 0.5 * (1 + math.cos(math.pi * t / steps)) if schedule == "cosine" else 1.0
+            alpha = step_size * e * factor / steps
+            xa = project(xa + alpha.view(-1, *[1] * (x.dim() - 1)) * ascent_direction(grad, norm), x0, e, norm)
+    return best.x, best.broken
+
+
+def _checkpoints(steps: int) -> list[int]:
+    p = [0.0, 0.22]
+    while p[-1] < 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return sorted({math.ceil(q * steps) for q in p[1:] if q <= 1})
+
+
+def apgd(
+    forward: Forward,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: torch.Tensor,
+    norm: Norm,
+    steps: int = 100,
+    restarts: int = 1,
+    loss: str = "ce",
+    rho: float = 0.75,
+    momentum: float = 0.75,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Auto-PGD: step size 2 eps halved at checkpoints when progress stalls, momentum 0.75, restarts
+    from the best point. Returns (x_adv, broken)."""
+    generator = generator or torch.Generator().manual_seed(0)
+    n, shape = x.shape[0], (-1, *[1] * (x.dim() - 1))
+    best = _Best(
+        x.clone(), torch.full((n,), -math.inf, device=x.device), torch.zeros(n, dtype=torch.bool, device=x.device)
+    )
+    checks = set(_checkpoints(steps))
+    for _ in range(restarts):
+        rows = (~best.broken).nonzero()[:, 0]
+        if rows.numel() == 0:
+            break
+        x0, e = x[rows], eps[rows]
+        xk = random_start(x0, e, norm, generator)
+        lk, gk, broken = _loss_grad(forward, xk, rows, y, loss)
+        best.update(rows, xk, lk, broken)
+        eta = 2 * e
+        xmax, lmax, gmax = xk.clone(), lk.clone(), gk.clone()
+        lmax_at_check, eta_at_check = lmax.clone(), eta.clone()
+        increases = torch.zeros_like(lk)
+        x_prev = xk.clone()
+        last_check = 0
+        for k in range(1, steps + 1):
+            z = project(xk + eta.view(shape) * ascent_direction(gk, norm), x0, e, norm)
+            a = momentum if k > 1 else 1.0
+            x_new = project(xk + a * (z - xk) + (1 - a) * (xk - x_prev), x0, e, norm)
+            l_new, g_new, broken = _loss_grad(forward, x_new, rows, y, loss)
+            best.update(rows, x_new, l_new, broken)
+            increases += (l_new > lk).float()
+            improved = l_new > lmax
+            xmax[improved], lmax[improved], gmax[improved] = x_new[improved], l_new[improved], g_new[improved]
+            x_prev, xk, lk, gk = xk, x_new, l_new, g_new
+            if k in checks:
+                window = k - last_check
+                stall = (increases < rho * window) | ((eta == eta_at_check) & (lmax == lmax_at_check))
+                eta = torch.where(stall, eta / 2, eta)
+                xk = torch.where(stall.view(shape), xmax, xk)
+                gk = torch.where(stall.view(shape), gmax, gk)
+                increases.zero_()
+                lmax_at_check, eta_at_check, last_check = lmax.clone(), eta.clone(), k
+            keep = ~broken
+            if not keep.any():
+                break
+            if not keep.all():
+                rows, x0, e, eta, xk, lk, gk, x_prev = (t[keep] for t in (rows, x0, e, eta, xk, lk, gk, x_prev))
+                xmax, lmax, gmax, increases = xmax[keep], lmax[keep], gmax[keep], increases[keep]
+                lmax_at_check, eta_at_check = lmax_at_check[keep], eta_at_check[keep]
+    return best.x, best.broken

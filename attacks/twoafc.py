@@ -1,0 +1,82 @@
+"""The 2AFC decision as a 2-class classifier (science.md section 4).
+
+For fixed x0, x1 and a perturbed reference x the logits are z = (d(x, x1), d(x, x0)): class 0 means
+"x0 is closer", class 1 "x1 is closer". Label = human majority (p > 0.5 -> 1); p = 0.5 is skipped.
+Embedding metrics embed the fixed images once, so each attack step costs one pass on the reference.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from robustsim.metrics.base import EmbeddingMetric, Metric
+
+Target = Literal["ref", "x0", "x1", "all"]
+TARGETS = ("ref", "x0", "x1", "all")
+
+
+def labels_from_p(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels, keep): label 1 when p > 0.5, 0 when p < 0.5; ``keep`` is False for p == 0.5."""
+    return (p > 0.5).long(), p != 0.5
+
+
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """z_y - z_{1-y}: > 0 iff the metric agrees with the label (0 is a tie, not correct)."""
+    z_true = logits.gather(1, y[:, None])[:, 0]
+    z_other = logits.gather(1, (1 - y)[:, None])[:, 0]
+    return z_true - z_other
+
+
+class TwoAFCClassifier(nn.Module):
+    """Logits (B, 2) of the 2AFC decision as a function of the perturbed image(s).
+
+    ``target`` says what the attacker moves: ``ref`` (standard), ``x0``, ``x1`` or ``all`` (input
+    then has shape (B, 3 * 3, H, W): ref, x0, x1 stacked on channels).
+    """
+
+    def __init__(
+        self, metric: Metric, ref: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, target: Target = "ref"
+    ) -> None:
+        super().__init__()
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        self.metric, self.target = metric, target
+        self.ref, self.x0, self.x1 = ref, x0, x1
+        self._fixed: dict[str, torch.Tensor] = {}
+        if isinstance(metric, EmbeddingMetric):
+            with torch.no_grad():
+                for name in ("ref", "x0", "x1"):
+                    if name != target and target != "all":
+                        self._fixed[name] = metric._embed(getattr(self, name))
+
+    def clean_input(self) -> torch.Tensor:
+        if self.target == "all":
+            return torch.cat([self.ref, self.x0, self.x1], dim=1)
+        return getattr(self, self.target)
+
+    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for the perturbed input ``x``; ``rows`` selects which triplets ``x`` belongs to."""
+        imgs = {}
+        if self.target == "all":
+            imgs["ref"], imgs["x0"], imgs["x1"] = x.split(3, dim=1)
+        else:
+            imgs[self.target] = x
+        m = self.metric
+        if isinstance(m, EmbeddingMetric):
+            emb = {}
+            moving = [k for k in ("ref", "x0", "x1") if k in imgs]
+            if moving:
+                e = m._embed(torch.cat([imgs[k] for k in moving]))
+                emb.update(zip(moving, e.split(x.shape[0]), strict=True))
+            for k, v in self._fixed.items():
+                emb[k] = v if rows is None else v[rows]
+            d1 = m.embedding_distance(emb["ref"], emb["x1"])
+            d0 = m.embedding_distance(emb["ref"], emb["x0"])
+        else:
+            get = lambda k: imgs[k] if k in imgs else (getattr(self, k) if rows is None else getattr(self, k)[rows])  # noqa: E731
+            d1 = m.distance(get("ref"), get("x1"))
+            d0 = m.distance(get("ref"), get("x0"))
+        return torch.stack([d1, d0], dim=1)

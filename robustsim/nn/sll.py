@@ -1,0 +1,109 @@
+"""SDP-based Lipschitz layers (SLL; Araujo et al. 2023), 1-Lipschitz for any weights.
+
+h(x) = x - 2 W T^{-1} relu(W^T x + b), T = diag(t), t_i = sum_j |W^T W|_ij q_j / q_i, q = exp(log_q).
+For convolutions W^T W is the kernel's self-correlation summed over spatial offsets. ``t`` depends
+on the weights only: in eval mode it is computed once and cached, keyed on the parameters' identity
+and version counters, so any change of the weights (optimizer step, load_state_dict, in-place edit)
+or a call to ``.train()`` recomputes it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _SLLBase(nn.Module):
+    lipschitz_bound: float = 1.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache: tuple[tuple, torch.Tensor] | None = None
+
+    def _cache_key(self) -> tuple:
+        return tuple((id(p), p._version, p.data_ptr(), p.device, p.dtype) for p in (self.weight, self.log_q))
+
+    def _gram(self) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def rescaling(self) -> torch.Tensor:
+        """2 / t (shape (inner,)), cached in eval mode when no weight gradient is needed."""
+        grad_needed = torch.is_grad_enabled() and (self.weight.requires_grad or self.log_q.requires_grad)
+        if self.training or grad_needed:
+            self._cache = None
+            return self._compute_rescaling()
+        key = self._cache_key()
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                self._cache = (key, self._compute_rescaling())
+        return self._cache[1]
+
+    def _compute_rescaling(self) -> torch.Tensor:
+        q = self.log_q.exp()
+        t = (self._gram().abs() * q[None, :] / q[:, None]).sum(1)
+        return 2.0 / t.clamp_min(1e-12)
+
+    def train(self, mode: bool = True):
+        self._cache = None
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .double(): drop the cache
+        self._cache = None
+        return super()._apply(fn, *args, **kwargs)
+
+
+class SLLLinear(_SLLBase):
+    """Residual SLL layer on (B, features) with an inner width ``inner`` (default = features)."""
+
+    def __init__(self, features: int, inner: int | None = None) -> None:
+        super().__init__()
+        inner = inner or features
+        self.weight = nn.Parameter(torch.empty(inner, features))
+        self.bias = nn.Parameter(torch.empty(inner))
+        self.log_q = nn.Parameter(torch.zeros(inner))
+        nn.init.xavier_normal_(self.weight)
+        bound = 1 / math.sqrt(features)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def _gram(self) -> torch.Tensor:
+        return self.weight @ self.weight.T
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        res = F.relu(F.linear(x, self.weight, self.bias)) * self.rescaling()
+        return x - res @ self.weight
+
+
+class SLLConv2d(_SLLBase):
+    """Residual SLL convolution on (B, C, H, W), kernel ``kernel_size`` with zero padding (size kept)."""
+
+    def __init__(self, channels: int, inner: int | None = None, kernel_size: int = 3) -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd to keep the spatial size, got {kernel_size}")
+        inner = inner or channels
+        self.padding = kernel_size // 2
+        self.weight = nn.Parameter(torch.empty(inner, channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(inner))
+        self.log_q = nn.Parameter(torch.zeros(inner))
+        nn.init.xavier_normal_(self.weight)
+        bound = 1 / math.sqrt(channels * kernel_size**2)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def _gram(self) -> torch.Tensor:
+        k = self.weight.shape[-1]
+        # (inner, inner, 2k-1, 2k-1): correlation of every kernel pair at every offset
+        return (
+            F.conv2d(self.weight, self.weight, padding=k - 1)
+            .flatten(1)
+            .view(self.weight.shape[0], self.weight.shape[0], -1)
+            .abs()
+            .sum(-1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        res = F.relu(F.conv2d(x, self.weight, self.bias, padding=self.padding))
+        res = res * self.rescaling()[None, :, None, None]
+        return x - F.conv_transpose2d(res, self.weight, padding=self.padding)
