@@ -1,0 +1,31 @@
+"""Attacks on perceptual metrics: the 2AFC decision as a classifier, PGD/APGD, AutoAttack, foolbox."""
+
+from robustsim.attacks.adapters import AutoAttack, FoolboxAttack, RowMatcher
+from robustsim.attacks.base import Attack, AttackResult
+from robustsim.attacks.embedding import embedding_attack
+from robustsim.attacks.geometry import norms, project
+from robustsim.attacks.gradient import APGD, PGD
+from robustsim.attacks.pgd import apgd, classifier_objective, pgd
+from robustsim.attacks.registry import list_attacks, make_attack
+from robustsim.attacks.twoafc import TwoAFCClassifier, labels_from_p, margin
+
+__all__ = [
+    "APGD",
+    "PGD",
+    "Attack",
+    "AttackResult",
+    "AutoAttack",
+    "FoolboxAttack",
+    "RowMatcher",
+    "TwoAFCClassifier",
+    "apgd",
+    "classifier_objective",
+    "embedding_attack",
+    "labels_from_p",
+    "list_attacks",
+    "make_attack",
+    "margin",
+    "norms",
+    "pgd",
+    "project",
+]

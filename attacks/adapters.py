@@ -91,10 +91,12 @@ class AutoAttack(Attack):
         attacks: list[str] | None = None,
         n_iter: int = 100,
         n_queries: int = 5000,
+        restarts: int | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__(norm, seed)
         self.version, self.attacks, self.n_iter, self.n_queries = version, attacks, n_iter, n_queries
+        self.restarts = restarts
 
     def _build(self, model: nn.Module, eps: float, device: torch.device):
         from pyautoattack import AutoAttack as _AA
@@ -117,6 +119,8 @@ class AutoAttack(Attack):
         aa.fab.n_target_classes = 1
         aa.apgd.n_iter = aa.apgd_targeted.n_iter = aa.fab.n_iter = self.n_iter
         aa.square.n_queries = self.n_queries
+        if self.restarts is not None:  # 'custom' otherwise keeps 5 restarts for apgd and fab
+            aa.apgd.n_restarts = aa.fab.n_restarts = self.restarts
         return aa
 
     def _run_group(self, forward, x, y, rows: torch.Tensor, eps: float) -> torch.Tensor:

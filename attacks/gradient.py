@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from robustsim.attacks.base import Attack
 from robustsim.attacks.geometry import Norm
-from robustsim.attacks.pgd import apgd, pgd
+from robustsim.attacks.pgd import apgd, classifier_objective, pgd
 
 
 class PGD(Attack):
@@ -27,16 +27,14 @@ class PGD(Attack):
 
     def run(self, forward, x, y, eps, generator):
         return pgd(
-            forward,
+            classifier_objective(forward, y, self.loss),
             x,
-            y,
             eps,
             self.norm,
             steps=self.steps,
             restarts=self.restarts,
             step_size=self.step_size,
             schedule=self.schedule,
-            loss=self.loss,
             generator=generator,
         )
 
@@ -51,5 +49,11 @@ class APGD(Attack):
 
     def run(self, forward, x, y, eps, generator):
         return apgd(
-            forward, x, y, eps, self.norm, steps=self.steps, restarts=self.restarts, loss=self.loss, generator=generator
+            classifier_objective(forward, y, self.loss),
+            x,
+            eps,
+            self.norm,
+            steps=self.steps,
+            restarts=self.restarts,
+            generator=generator,
         )

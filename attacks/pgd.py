@@ -1,8 +1,10 @@
-"""Projected gradient descent and APGD (Croce & Hein 2020) on the 2AFC classifier, per-sample radii.
+"""Projected gradient ascent (PGD) and APGD (Croce & Hein 2020) with per-sample radii.
 
-Both take ``forward(x_adv, rows) -> logits`` so early-stopped samples drop out of the batch, keep
-every iterate inside the ball and the box, and return the best point found per sample (the first
-that flips the decision, else the one with the highest loss).
+Both maximise an ``objective(x_adv, rows) -> (loss (B,), done (B,))``: ``rows`` index the samples
+still being attacked (early-stopped ones drop out of the batch) and ``done`` marks samples whose
+goal is reached. Every iterate stays inside the ball and the [0, 1] box; the result is the best
+point per sample (the first that is done, else the one with the highest loss).
+:func:`classifier_objective` turns the 2AFC classifier into such an objective.
 """
 
 from __future__ import annotations
@@ -17,6 +19,17 @@ from robustsim.attacks.losses import LOSSES
 from robustsim.attacks.twoafc import margin
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Objective = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def classifier_objective(forward: Forward, y: torch.Tensor, loss: str) -> Objective:
+    """Maximise ``loss`` of the logits; done when the decision is no longer correct (margin <= 0)."""
+
+    def objective(x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = forward(x, rows)
+        return LOSSES[loss](logits, y[rows]), margin(logits, y[rows]) <= 0
+
+    return objective
 
 
 @dataclass
@@ -33,25 +46,22 @@ class _Best:
         self.broken[idx] |= broken[better]
 
 
-def _loss_grad(forward: Forward, x: torch.Tensor, rows: torch.Tensor, y: torch.Tensor, loss_name: str):
+def _loss_grad(objective: Objective, x: torch.Tensor, rows: torch.Tensor):
     x = x.detach().requires_grad_(True)
-    logits = forward(x, rows)
-    loss = LOSSES[loss_name](logits, y[rows])
+    loss, done = objective(x, rows)
     (grad,) = torch.autograd.grad(loss.sum(), x)
-    return loss.detach(), grad.detach(), margin(logits.detach(), y[rows]) <= 0
+    return loss.detach(), grad.detach(), done.detach()
 
 
 def pgd(
-    forward: Forward,
+    objective: Objective,
     x: torch.Tensor,
-    y: torch.Tensor,
     eps: torch.Tensor,
     norm: Norm,
     steps: int = 50,
     restarts: int = 1,
     step_size: float = 2.5,
     schedule: str = "constant",
-    loss: str = "margin",
     random_init: bool = True,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,7 +70,7 @@ def pgd(
     generator = generator or torch.Generator().manual_seed(0)
     best = _Best(
         x.clone(),
-        torch.full((x.shape[0],), -math.inf, device=x.device),
+        torch.full((x.shape[0],), -math.inf, device=x.device, dtype=x.dtype),
         torch.zeros(x.shape[0], dtype=torch.bool, device=x.device),
     )
     for r in range(restarts):
@@ -70,7 +80,7 @@ def pgd(
         x0, e = x[rows], eps[rows]
         xa = random_start(x0, e, norm, generator) if (random_init or r > 0) else x0.clone()
         for t in range(steps + 1):
-            lval, grad, broken = _loss_grad(forward, xa, rows, y, loss)
+            lval, grad, broken = _loss_grad(objective, xa, rows)
             best.update(rows, xa, lval, broken)
             keep = ~broken
             if t == steps or not keep.any():
@@ -90,14 +100,12 @@ def _checkpoints(steps: int) -> list[int]:
 
 
 def apgd(
-    forward: Forward,
+    objective: Objective,
     x: torch.Tensor,
-    y: torch.Tensor,
     eps: torch.Tensor,
     norm: Norm,
     steps: int = 100,
     restarts: int = 1,
-    loss: str = "ce",
     rho: float = 0.75,
     momentum: float = 0.75,
     generator: torch.Generator | None = None,
@@ -107,7 +115,9 @@ def apgd(
     generator = generator or torch.Generator().manual_seed(0)
     n, shape = x.shape[0], (-1, *[1] * (x.dim() - 1))
     best = _Best(
-        x.clone(), torch.full((n,), -math.inf, device=x.device), torch.zeros(n, dtype=torch.bool, device=x.device)
+        x.clone(),
+        torch.full((n,), -math.inf, device=x.device, dtype=x.dtype),
+        torch.zeros(n, dtype=torch.bool, device=x.device),
     )
     checks = set(_checkpoints(steps))
     for _ in range(restarts):
@@ -116,7 +126,7 @@ def apgd(
             break
         x0, e = x[rows], eps[rows]
         xk = random_start(x0, e, norm, generator)
-        lk, gk, broken = _loss_grad(forward, xk, rows, y, loss)
+        lk, gk, broken = _loss_grad(objective, xk, rows)
         best.update(rows, xk, lk, broken)
         eta = 2 * e
         xmax, lmax, gmax = xk.clone(), lk.clone(), gk.clone()
@@ -128,7 +138,7 @@ def apgd(
             z = project(xk + eta.view(shape) * ascent_direction(gk, norm), x0, e, norm)
             a = momentum if k > 1 else 1.0
             x_new = project(xk + a * (z - xk) + (1 - a) * (xk - x_prev), x0, e, norm)
-            l_new, g_new, broken = _loss_grad(forward, x_new, rows, y, loss)
+            l_new, g_new, broken = _loss_grad(objective, x_new, rows)
             best.update(rows, x_new, l_new, broken)
             increases += (l_new > lk).float()
             improved = l_new > lmax

@@ -43,7 +43,10 @@ def estimate_lipschitz(
     """
     g = torch.Generator(device="cpu").manual_seed(seed)
     was_training = f.training
+    grads = [(p, p.requires_grad) for p in f.parameters()]
     f.eval()
+    for p, _ in grads:  # input gradients only: lets eval-mode weight caches (SLL rescaling) apply
+        p.requires_grad_(False)
     try:
         x = x.detach()
         best = 0.0
@@ -65,10 +68,12 @@ def estimate_lipschitz(
             num = (f(a) - f(b)).flatten(1).norm(dim=1)
             den = (a - b).flatten(1).norm(dim=1).clamp_min(1e-9)
             ratio = num / den
-            best = max(best, float(ratio.max()))
+            best = max(best, float(ratio.detach().max()))
             opt.zero_grad()
             (-ratio.sum()).backward()
             opt.step()
         return best
     finally:
         f.train(was_training)
+        for p, flag in grads:
+            p.requires_grad_(flag)

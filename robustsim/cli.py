@@ -62,12 +62,12 @@ data_option = click.option(
 limit_option = click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N triplets.")
 
 
-def open_data(spec: str, limit: int | None):
+def open_data(spec: str, limit: int | None, size: int | None = None):
     from torch.utils.data import Subset
 
     from robustsim.data import open_triplets
 
-    data = open_triplets(spec)
+    data = open_triplets(spec, size=size)
     if limit is not None and limit < len(data):
         sub = Subset(data, range(limit))
         sub.name = data.name  # type: ignore[attr-defined]
@@ -156,12 +156,174 @@ def score_cmd(
         click.echo(f"wrote {json_path}")
 
 
+eps_option = click.option(
+    "--eps",
+    "eps_text",
+    default=None,
+    help="Comma-separated radii; fractions allowed (36/255). Default depends on --norm.",
+)
+DEFAULT_EPS = {"l2": "0.5,1,2", "linf": "1/255,2/255,4/255"}
+
+
+@cli.command("certify")
+@click.option("--metric", required=True, help="A 1-Lipschitz metric: checkpoint folder or zoo name.")
+@data_option
+@click.option("--eps", "eps_text", default="36/255,72/255,108/255", show_default=True, help="l2 radii.")
+@click.option(
+    "--mode",
+    type=click.Choice(["sound", "lipsim"]),
+    default="sound",
+    show_default=True,
+    help="sound: no assumption on ||f(x)||; lipsim: the published formula (assumes ||f(x)|| >= 1).",
+)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Per-triplet radii and the curve.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Certified accuracy vs epsilon (PNG/PDF).")
+@batch_option
+@device_option
+@limit_option
+def certify_cmd(
+    metric: str,
+    data_spec: str,
+    eps_text: str,
+    mode: str,
+    json_path: str | None,
+    plot_path: str | None,
+    batch_size: int,
+    device: str,
+    limit: int | None,
+) -> None:
+    """Certified 2AFC accuracy of a 1-Lipschitz embedding metric (LipSim) at each l2 epsilon.
+
+    Only the reference image moves; images are loaded at the metric's input size so radii are in the
+    pixel space the network sees. Metrics without a Lipschitz guarantee are refused (use `audit`).
+    """
+    from robustsim.certify import certify_2afc, require_lipschitz
+    from robustsim.io import write_json
+    from robustsim.metrics import load_metric
+
+    eps = parse_floats(eps_text, "--eps")
+    dev = resolve_device(device)
+    m = load_metric(metric, device=dev)
+    require_lipschitz(m)
+    data = open_data(data_spec, limit, size=m.input_size)
+    res = certify_2afc(m, data, eps, mode=mode, batch_size=batch_size, device=dev)  # type: ignore[arg-type]
+    rows = [(f"{e:.4g} ({e * 255:.0f}/255)", pct(res.clean_score), pct(res.certified_at(e))) for e in eps]
+    click.echo(f"certified 2AFC (%) of {m.name} on {data.name} (mode={mode}, L={res.lipschitz:g}, n={len(res.p)})")
+    click.echo(format_table(["eps (l2)", "clean", "certified"], rows))
+    click.echo(f"median certified radius: {float(res.radius.median()):.4f}")
+    if json_path:
+        write_json(json_path, res.to_json())
+        click.echo(f"wrote {json_path}")
+    if plot_path:
+        from robustsim.plots import Curve, accuracy_figure, save_figure
+
+        fig = accuracy_figure(
+            [
+                Curve("clean", eps, [res.clean_score] * len(eps), "--"),
+                Curve(f"certified ({mode})", eps, [res.certified_at(e) for e in eps]),
+            ],
+            "l2",
+            f"{m.name} on {data.name}",
+        )
+        save_figure(fig, plot_path)
+        click.echo(f"wrote {plot_path}")
+
+
+@cli.command("audit")
+@click.option("--metric", required=True, help="Zoo name, a+b ensemble or checkpoint folder.")
+@data_option
+@click.option("--norm", type=click.Choice(["l2", "linf"]), default="l2", show_default=True)
+@eps_option
+@click.option(
+    "--attacks",
+    "attacks_text",
+    default="apgd-ce,apgd-margin",
+    show_default=True,
+    help="Comma-separated: pgd, pgd-cosine, apgd-ce, apgd-margin, autoattack, aa-apgd-ce, square, fab, "
+    "foolbox-pgd, foolbox:<Class>.",
+)
+@click.option("--steps", default=50, show_default=True, type=click.IntRange(1), help="Iterations per attack.")
+@click.option("--restarts", default=1, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--target",
+    type=click.Choice(["ref", "x0", "x1", "all"]),
+    default="ref",
+    show_default=True,
+    help="Which image the attacker perturbs.",
+)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write report.json, report.md, robust.png, examples.png here.",
+)
+@batch_option
+@device_option
+@limit_option
+def audit_cmd(
+    metric: str,
+    data_spec: str,
+    norm: str,
+    eps_text: str | None,
+    attacks_text: str,
+    steps: int,
+    restarts: int,
+    target: str,
+    seed: int,
+    out_dir: str | None,
+    batch_size: int,
+    device: str,
+    limit: int | None,
+) -> None:
+    """Attack a metric on 2AFC triplets; report clean, robust (worst case) and certified accuracy.
+
+    Robust accuracy per triplet is the worst case over the attacks; the report checks
+    certified <= robust <= clean and fails loudly if a law breaks.
+    """
+    from pathlib import Path
+
+    from robustsim.audit import audit_table, run_audit, write_audit
+    from robustsim.metrics import load_metric
+
+    eps = parse_floats(eps_text or DEFAULT_EPS[norm], "--eps")
+    attacks = [a.strip() for a in attacks_text.split(",") if a.strip()]
+    from robustsim.attacks import make_attack
+
+    for a in attacks:  # fail on a bad name before any work
+        make_attack(a, norm)  # type: ignore[arg-type]
+    dev = resolve_device(device)
+    m = load_metric(metric, device=dev)
+    data = open_data(data_spec, limit, size=m.input_size)
+    report, examples = run_audit(
+        m,
+        data,
+        norm,
+        eps,
+        attacks,
+        steps=steps,
+        restarts=restarts,
+        seed=seed,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        device=dev,
+        target=target,
+    )  # type: ignore[arg-type]
+    click.echo(f"audit of {m.name} on {data.name}: {norm} attacks on the {target} image")
+    click.echo(audit_table(report))
+    if out_dir:
+        for f in write_audit(report, examples, Path(out_dir)):
+            click.echo(f"wrote {f}")
+
+
 @cli.command("demo")
 @device_option
+@click.option("--quick", is_flag=True, help="Fewer triplets and steps (a smoke run).")
 @click.pass_context
-def demo_cmd(ctx: click.Context, device: str) -> None:
-    """Score several metrics on the bundled offline `mini` set (what `make demo` runs)."""
-    click.echo("robustsim demo: clean 2AFC on the bundled synthetic `mini` test split (600 triplets)")
+def demo_cmd(ctx: click.Context, device: str, quick: bool) -> None:
+    """What `make demo` runs: clean 2AFC of several metrics on the bundled `mini` set, then an audit
+    of l2 and effnet-ensemble (l2 and linf, three epsilons each)."""
+    click.echo("== clean 2AFC on the bundled synthetic `mini` test split")
     ctx.invoke(
         score_cmd,
         metrics="l2,ssim,ms-ssim,effnet-lite0,effnet-ensemble",
@@ -169,9 +331,28 @@ def demo_cmd(ctx: click.Context, device: str) -> None:
         json_path=None,
         batch_size=32,
         device=device,
-        limit=None,
+        limit=64 if quick else None,
         groups=True,
     )
+    for metric, limit, steps in (("l2", 600, 50), ("effnet-ensemble", 100, 10)):
+        for norm in ("l2", "linf"):
+            click.echo(f"\n== audit {metric}, {norm}")
+            ctx.invoke(
+                audit_cmd,
+                metric=metric,
+                data_spec="mini",
+                norm=norm,
+                eps_text=None,
+                attacks_text="apgd-ce,apgd-margin",
+                steps=5 if quick else steps,
+                restarts=1,
+                target="ref",
+                seed=0,
+                out_dir=f"runs/demo/{metric}-{norm}",
+                batch_size=50,
+                device=device,
+                limit=16 if quick else limit,
+            )
 
 
 def main(argv: list[str] | None = None) -> None:

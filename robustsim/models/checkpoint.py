@@ -54,6 +54,19 @@ def save_checkpoint(
     return path
 
 
+def recover_checkpoint(path: str | os.PathLike) -> Path | None:
+    """``path`` if it exists; else the previous version a save interrupted mid-swap left as ``.<name>.old``
+    (moved back into place); else None."""
+    path = Path(path)
+    if path.exists():
+        return path
+    old = path.with_name(f".{path.name}.old")
+    if old.is_dir() and (old / "config.json").is_file():
+        old.rename(path)
+        return path
+    return None
+
+
 def read_config(path: Path) -> dict[str, Any]:
     cfg_path = path / "config.json"
     try:
@@ -107,6 +120,7 @@ def load_net(path: str | os.PathLike) -> tuple[LipSimNet, dict[str, Any]]:
 
 def load_checkpoint_metric(path: Path) -> LipSimMetric | None:
     """Checkpoint loader for ``load_metric``: None when ``path`` is not a checkpoint folder."""
+    path = recover_checkpoint(path) or path
     if not (path.is_dir() and (path / "config.json").is_file()):
         return None
     net, cfg = load_net(path)

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustsim.nn.cache import EvalCache
+
 
 class PaddingChannels(nn.Module):
     """Zero-pad channels C_in -> C_out (an isometry: norms are kept)."""
@@ -90,8 +92,9 @@ def OrthoConv2d(
     return layer
 
 
-class Projection(nn.Module):
-    """1-Lipschitz projection to the embedding width: a semi-orthogonal matrix, no bias."""
+class Projection(EvalCache):
+    """1-Lipschitz projection to the embedding width: a semi-orthogonal matrix, no bias.
+    The orthogonalised weight is cached in eval mode (see :class:`EvalCache`)."""
 
     lipschitz_bound = 1.0
 
@@ -100,4 +103,4 @@ class Projection(nn.Module):
         self.linear = OrthoLinear(in_features, out_features, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x)
+        return F.linear(x, self._cached(lambda: self.linear.weight))

@@ -15,44 +15,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustsim.nn.cache import EvalCache
 
-class _SLLBase(nn.Module):
+
+class _SLLBase(EvalCache):
     lipschitz_bound: float = 1.0
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._cache: tuple[tuple, torch.Tensor] | None = None
-
-    def _cache_key(self) -> tuple:
-        return tuple((id(p), p._version, p.data_ptr(), p.device, p.dtype) for p in (self.weight, self.log_q))
 
     def _gram(self) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def rescaling(self) -> torch.Tensor:
-        """2 / t (shape (inner,)), cached in eval mode when no weight gradient is needed."""
-        grad_needed = torch.is_grad_enabled() and (self.weight.requires_grad or self.log_q.requires_grad)
-        if self.training or grad_needed:
-            self._cache = None
-            return self._compute_rescaling()
-        key = self._cache_key()
-        if self._cache is None or self._cache[0] != key:
-            with torch.no_grad():
-                self._cache = (key, self._compute_rescaling())
-        return self._cache[1]
+        """2 / t (shape (inner,)); cached in eval mode while the weights are unchanged."""
+        return self._cached(self._compute_rescaling)
 
     def _compute_rescaling(self) -> torch.Tensor:
         q = self.log_q.exp()
         t = (self._gram().abs() * q[None, :] / q[:, None]).sum(1)
         return 2.0 / t.clamp_min(1e-12)
-
-    def train(self, mode: bool = True):
-        self._cache = None
-        return super().train(mode)
-
-    def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .double(): drop the cache
-        self._cache = None
-        return super()._apply(fn, *args, **kwargs)
 
 
 class SLLLinear(_SLLBase):

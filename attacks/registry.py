@@ -1,0 +1,86 @@
+"""Attack names for the CLI and ``make_attack``: presets as data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from robustsim.attacks.adapters import AutoAttack, FoolboxAttack
+from robustsim.attacks.base import Attack
+from robustsim.attacks.geometry import Norm
+from robustsim.attacks.gradient import APGD, PGD
+
+from robustsim.errors import RobustsimError
+
+
+def _foolbox(cls_name: str) -> Callable[..., Attack]:
+    def build(norm: Norm, steps: int, restarts: int, seed: int) -> Attack:
+        import foolbox as fb
+
+        cls = getattr(fb.attacks, cls_name, None)
+        if cls is None:
+            raise RobustsimError(f"foolbox has no attack {cls_name!r}; see foolbox.attacks for names such as L2PGD")
+        try:
+            attack = cls(steps=steps)
+        except TypeError:
+            attack = cls()
+        return FoolboxAttack(attack, norm, seed)
+
+    return build
+
+
+ATTACKS: dict[str, tuple[Callable[..., Attack], str]] = {
+    "pgd": (
+        lambda norm, steps, restarts, seed: PGD(norm, steps, restarts, seed=seed),
+        "PGD, margin loss, random start",
+    ),
+    "pgd-cosine": (
+        lambda norm, steps, restarts, seed: PGD(norm, steps, restarts, schedule="cosine", seed=seed),
+        "PGD with a cosine step schedule",
+    ),
+    "apgd-ce": (lambda norm, steps, restarts, seed: APGD(norm, "ce", steps, restarts, seed), "our APGD, cross-entropy"),
+    "apgd-margin": (
+        lambda norm, steps, restarts, seed: APGD(norm, "margin", steps, restarts, seed),
+        "our APGD, binary margin (DLR for 2 classes)",
+    ),
+    "autoattack": (
+        lambda norm, steps, restarts, seed: AutoAttack(norm, "standard", n_iter=steps, seed=seed),
+        "pyautoattack standard ensemble (apgd-ce, apgd-t, fab-t, square) on 2 classes",
+    ),
+    "aa-apgd-ce": (
+        lambda norm, steps, restarts, seed: AutoAttack(
+            norm, "custom", ["apgd-ce"], n_iter=steps, restarts=restarts, seed=seed
+        ),
+        "pyautoattack's APGD-CE alone",
+    ),
+    "square": (
+        lambda norm, steps, restarts, seed: AutoAttack(
+            norm, "custom", ["square"], n_queries=max(steps, 100), seed=seed
+        ),
+        "pyautoattack Square (black-box)",
+    ),
+    "fab": (
+        lambda norm, steps, restarts, seed: AutoAttack(
+            norm, "custom", ["fab"], n_iter=steps, restarts=restarts, seed=seed
+        ),
+        "pyautoattack FAB (minimum norm)",
+    ),
+    "foolbox-pgd": (
+        lambda norm, steps, restarts, seed: _foolbox("L2PGD" if norm == "l2" else "LinfPGD")(
+            norm, steps, restarts, seed
+        ),
+        "foolbox L2PGD / LinfPGD",
+    ),
+}
+
+
+def list_attacks() -> list[str]:
+    return sorted(ATTACKS) + ["foolbox:<AttackClass>"]
+
+
+def make_attack(name: str, norm: Norm = "l2", steps: int = 50, restarts: int = 1, seed: int = 0) -> Attack:
+    """Build an attack by name (see :func:`list_attacks`); ``foolbox:L2CarliniWagnerAttack`` etc. also work."""
+    if name.startswith("foolbox:"):
+        return _foolbox(name.split(":", 1)[1])(norm, steps, restarts, seed)
+    if name not in ATTACKS:
+        raise RobustsimError(f"unknown attack {name!r}; choose from {', '.join(list_attacks())}")
+    return ATTACKS[name][0](norm, steps, restarts, seed)

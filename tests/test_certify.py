@@ -1,0 +1,177 @@
+"""Certificate soundness, tightness, the published formula's over-claim, the CLI."""
+
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from robustsim.attacks import classifier_objective, embedding_attack, margin, pgd
+from robustsim.attacks.twoafc import TwoAFCClassifier
+from robustsim.certify import certified_radius, certify_2afc, embedding_distance_bound, radius_from_embeddings
+from torch import nn
+
+import robustsim
+from robustsim.cli import main
+from robustsim.data import open_triplets
+from robustsim.metrics import EmbeddingMetric
+from robustsim.models import LipSimMetric, LipSimNet, LipSimPreset, save_checkpoint
+
+
+def small_metric(seed: int = 0) -> LipSimMetric:
+    torch.manual_seed(seed)
+    return LipSimMetric(LipSimNet(LipSimPreset(2, 8, 1, 64), embed_dim=32, input_size=16))
+
+
+def random_triplets(n: int, size: int = 16, seed: int = 0, spread: float = 0.5):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(n, 3, size, size, generator=g)
+    noise = lambda: (base + spread * (torch.rand(n, 3, size, size, generator=g) - 0.5)).clamp(0, 1)  # noqa: E731
+    return base, noise(), noise()
+
+
+def attack_at(metric, ref, x0, x1, radius, steps=100, restarts=2, random_init=True):
+    """Strong l2 PGD on the reference against the metric's *own* clean decision at per-triplet radius."""
+    clf = TwoAFCClassifier(metric, ref, x0, x1)
+    with torch.no_grad():
+        logits = clf(ref)
+    y = (logits[:, 1] > logits[:, 0]).long()  # 1 if x1 is closer
+    forward = lambda xa, rows: clf(xa, rows)  # noqa: E731
+    x_adv, broken = pgd(
+        classifier_objective(forward, y, "margin"),
+        ref,
+        radius,
+        "l2",
+        steps=steps,
+        restarts=restarts,
+        random_init=random_init,
+        generator=torch.Generator().manual_seed(1),
+    )
+    with torch.no_grad():
+        flipped = margin(clf(x_adv), y) <= 0
+    assert torch.all((x_adv - ref).flatten(1).norm(dim=1) <= radius * (1 + 1e-5) + 1e-7)
+    return flipped
+
+
+def test_sound_radius_is_never_broken_by_a_strong_attack():
+    """>= 1000 random triplets, PGD 100 steps x 2 restarts at 0.99 R never changes the decision."""
+    flips_inside, flips_outside = 0, 0
+    for seed in range(3):
+        metric = small_metric(seed)
+        ref, x0, x1 = random_triplets(400, seed=seed)
+        r = certified_radius(metric, ref, x0, x1)
+        assert torch.all(r >= 0)
+        flips_inside += int(attack_at(metric, ref, x0, x1, 0.99 * r).sum())
+        flips_outside += int(attack_at(metric, ref, x0, x1, 20 * r + 0.05, steps=50, restarts=1).sum())
+    assert flips_inside == 0
+    assert flips_outside > 100  # the attack is strong enough to break most triplets farther out
+
+
+def centred_linear_metric() -> EmbeddingMetric:
+    """f(x) = x - 0.5 (flattened): exactly linear up to a shift, Lipschitz constant exactly 1.
+    Float64: at 1.01 R the flip changes 1 - cos by ~1e-9, below float32 resolution."""
+    return EmbeddingMetric(nn.Flatten(), mean=0.5, std=1.0, lipschitz=1.0, name="linear").double()
+
+
+def test_radius_is_tight_for_a_linear_net():
+    metric = centred_linear_metric()
+    ref, x0, x1 = (t.double() for t in random_triplets(300, size=4, seed=3, spread=0.1))
+    ref = 0.5 + 0.05 * (ref - 0.5)  # near the centre: the box never binds
+    r = certified_radius(metric, ref, x0, x1)
+    assert not attack_at(metric, ref, x0, x1, 0.99 * r).any()
+    # from the clean point, PGD walks straight along the (constant) boundary normal
+    assert attack_at(metric, ref, x0, x1, 1.01 * r, restarts=1, random_init=False).float().mean() >= 0.99
+
+
+def test_sound_equals_lipsim_at_unit_norm_and_lipsim_over_claims_below():
+    g = torch.Generator().manual_seed(0)
+    e0, e1, e = (torch.randn(50, 8, generator=g) for _ in range(3))
+    unit = e / e.norm(dim=1, keepdim=True)
+    assert torch.allclose(
+        radius_from_embeddings(unit, e0, e1, 1.0, "sound"),
+        radius_from_embeddings(unit, e0, e1, 1.0, "lipsim"),
+        atol=1e-6,
+    )
+    small = 0.3 * unit
+    assert torch.all(radius_from_embeddings(small, e0, e1, 1.0) < radius_from_embeddings(small, e0, e1, 1.0, "lipsim"))
+    # the over-claim is real: on the linear net (||f(x)|| < 1) an attack between the radii succeeds
+    metric = centred_linear_metric()
+    ref, x0, x1 = (t.double() for t in random_triplets(200, size=4, seed=5, spread=0.1))
+    ref = 0.5 + 0.05 * (ref - 0.5)
+    sound = certified_radius(metric, ref, x0, x1, mode="sound")
+    lipsim = certified_radius(metric, ref, x0, x1, mode="lipsim")
+    assert torch.all(metric.embed(ref).norm(dim=1) < 1)
+    flipped = attack_at(metric, ref, x0, x1, 1.01 * sound, restarts=1, random_init=False)
+    claimed_safe = lipsim > 1.01 * sound
+    assert (flipped & claimed_safe).sum() > 0.9 * len(ref)
+
+
+def test_ties_get_radius_zero():
+    e = torch.randn(3, 5)
+    assert torch.all(radius_from_embeddings(e, e, e, 1.0) == 0)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 1000), eps=st.floats(0.01, 0.5))
+def test_embedding_certificate_bounds_the_embedding_attack(seed, eps):
+    metric = small_metric(seed)
+    x, _, _ = random_triplets(8, seed=seed)
+    bound = embedding_distance_bound(metric, x, eps)
+    _, d = embedding_attack(metric, x, eps, steps=40, seed=seed)
+    assert torch.all(d <= bound + 1e-6)
+
+
+def test_certify_2afc_on_mini_streams_and_obeys_laws():
+    torch.manual_seed(0)
+    metric = LipSimMetric(LipSimNet("nano", embed_dim=64, input_size=64))
+    data = open_triplets("mini")
+    eps = [0.0, 36 / 255, 72 / 255, 108 / 255]
+    res = certify_2afc(metric, data, eps, batch_size=100, progress=False)
+    curve = [res.certified_at(e) for e in eps]
+    assert len(res.radius) == len(data)
+    assert all(a >= b for a, b in zip(curve, curve[1:], strict=False))
+    assert curve[0] <= res.clean_score
+    # certified at eps counts exactly the correct triplets whose radius exceeds eps
+    manual = float(((res.clean == 1) & (res.radius > eps[1])).double().mean())
+    assert res.certified_at(eps[1]) == pytest.approx(manual)
+    assert json.loads(json.dumps(res.to_json()))["curve"][1]["eps"] == eps[1]
+
+
+def test_non_lipschitz_metric_is_refused_with_pointer_to_audit():
+    ref, x0, x1 = random_triplets(2)
+    with pytest.raises(robustsim.RobustsimError, match="robustsim audit --metric l2"):
+        certified_radius(robustsim.load_metric("l2"), ref, x0, x1)
+
+
+def test_certify_cli(tmp_path, capsys):
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "ckpt", LipSimNet("nano", embed_dim=64, input_size=64))
+    out, plot = tmp_path / "c.json", tmp_path / "c.png"
+    with pytest.raises(SystemExit) as info:
+        main(
+            [
+                "certify",
+                "--metric",
+                str(ckpt),
+                "--data",
+                "mini",
+                "--limit",
+                "40",
+                "--json",
+                str(out),
+                "--plot",
+                str(plot),
+                "--device",
+                "cpu",
+            ]
+        )
+        raise SystemExit(0)
+    assert info.value.code == 0
+    report = json.loads(out.read_text())
+    assert len(report["triplets"]) == 40 and len(report["curve"]) == 3
+    assert plot.stat().st_size > 1000
+    assert "certified" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        main(["certify", "--metric", "l2", "--data", "mini"])
+    assert info.value.code == 2
+    assert "robustsim audit" in capsys.readouterr().err
