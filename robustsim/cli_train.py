@@ -1,0 +1,140 @@
+"""``robustsim train distill|finetune``: the two LipSim training stages (also under ``torchrun``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from robustsim.cli import device_option, parse_floats, resolve_device
+
+
+def _run_options(epochs: int, batch_size: int, lr: float) -> Callable:
+    """Options every training command shares (defaults differ per stage)."""
+
+    def wrap(f: Callable) -> Callable:
+        for opt in reversed(
+            [
+                click.option(
+                    "--out",
+                    required=True,
+                    type=click.Path(file_okay=False),
+                    help="Run folder (last/, best/, log.jsonl).",
+                ),
+                click.option("--epochs", default=epochs, show_default=True, type=click.IntRange(1)),
+                click.option(
+                    "--batch-size",
+                    default=batch_size,
+                    show_default=True,
+                    type=click.IntRange(1),
+                    help="Global batch (all processes).",
+                ),
+                click.option("--lr", default=lr, show_default=True, type=click.FloatRange(0, min_open=True)),
+                click.option(
+                    "--warmup",
+                    default=0.05,
+                    show_default=True,
+                    type=click.FloatRange(0, 1),
+                    help="Warm-up fraction of all steps.",
+                ),
+                click.option("--seed", default=0, show_default=True, type=int),
+                click.option(
+                    "--workers",
+                    default=0,
+                    show_default=True,
+                    type=click.IntRange(0),
+                    help="DataLoader worker processes.",
+                ),
+                click.option(
+                    "--save-every",
+                    default=0,
+                    show_default=True,
+                    type=click.IntRange(0),
+                    help="Also save last/ every N steps (0: each epoch).",
+                ),
+                click.option(
+                    "--resume",
+                    is_flag=True,
+                    help="Continue the run in --out exactly where its last/ checkpoint stopped.",
+                ),
+                click.option(
+                    "--eval-data",
+                    default="mini:val",
+                    show_default=True,
+                    help="2AFC spec for the final summary and per-epoch checks.",
+                ),
+                device_option,
+            ]
+        ):
+            f = opt(f)
+        return f
+
+    return wrap
+
+
+def _run_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
+    keys = ("epochs", "batch_size", "lr", "warmup", "seed", "workers", "save_every", "resume")
+    run = {k: kw.pop(k) for k in keys}
+    run["device"] = str(resolve_device(kw.pop("device")))
+    return run
+
+
+def _report(result: dict[str, Any]) -> None:
+    from robustsim.train.recipes import summary_line
+
+    if "summary" in result:
+        click.echo(summary_line(result["summary"]))
+
+
+@click.group("train")
+def train_group() -> None:
+    """Train certified (1-Lipschitz) metrics: `distill` from a teacher, then `finetune` on 2AFC.
+
+    Both run unchanged under `torchrun --nproc_per_node N -m robustsim train ...` (DDP: gloo on CPU,
+    nccl on CUDA); the global --batch-size is split over the processes.
+    """
+
+
+@train_group.command("distill")
+@click.option(
+    "--teacher",
+    default="dinov2-s14+effnet-lite0",
+    show_default=True,
+    help="Embedding metric or a+b ensemble (DreamSim recipe), e.g. effnet-ensemble.",
+)
+@click.option(
+    "--student", default="tiny", show_default=True, help="LipSimNet preset: nano, tiny, small, medium, large, xlarge."
+)
+@click.option("--images", default="mini", show_default=True, help="Image folder or 2AFC spec (mini = mini:train).")
+@click.option(
+    "--val-images", default="auto", show_default=True, help="Held-out images for the RMSE check ('' for none)."
+)
+@click.option(
+    "--input-size", default=64, show_default=True, type=click.IntRange(16), help="Student input size (multiple of 16)."
+)
+@_run_options(epochs=20, batch_size=64, lr=0.01)
+def distill_cmd(**kw: Any) -> None:
+    """Distil a teacher's embeddings into a 1-Lipschitz LipSimNet student (RMSE, two augmented views)."""
+    from robustsim.train.recipes import distill
+
+    run = _run_kwargs(kw)
+    kw["val_images"] = kw["val_images"] or None
+    _report(distill(**kw, **run))
+
+
+@train_group.command("finetune")
+@click.option("--init", required=True, type=click.Path(exists=True, file_okay=False), help="Checkpoint to start from.")
+@click.option("--data", default="mini", show_default=True, help="2AFC training spec (mini = mini:train).")
+@click.option("--val", default="auto", show_default=True, help="Validation spec for model selection.")
+@click.option("--margin", default=0.5, show_default=True, type=click.FloatRange(0), help="Hinge margin.")
+@click.option("--select", type=click.Choice(["certified", "clean"]), default="certified", show_default=True)
+@click.option("--select-eps", default="36/255", show_default=True, help="l2 epsilon for --select certified.")
+@_run_options(epochs=1, batch_size=32, lr=1e-3)
+def finetune_cmd(**kw: Any) -> None:
+    """Fine-tune a checkpoint on 2AFC triplets with the hinge loss; keeps last/ and the selected best/."""
+    from robustsim.train.recipes import finetune
+
+    run = _run_kwargs(kw)
+    kw["select_eps"] = parse_floats(kw["select_eps"], "--select-eps")[0]
+    _report(finetune(**kw, **run))

@@ -1,0 +1,224 @@
+"""The training loop both recipes share: schedule, DDP, checkpoints (last/best), exact resume, logs.
+
+Every random choice is a function of (seed, epoch, step): the data order of epoch e is
+``randperm(n, seed(e))``; augmentations use ``step_generator(seed, step)`` over the *global* batch,
+of which process r takes rows r::world. So one process, several ``torchrun`` processes with the same
+global batch, and a run resumed from any saved step all see the same samples and views.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from robustsim.train.augment import step_generator
+from robustsim.train.dist import DistEnv, all_mean, barrier, init_distributed, shutdown
+from robustsim.train.state import pack_state, unpack_state
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+import robustsim
+from robustsim.errors import RobustsimError
+from robustsim.models.checkpoint import load_net, recover_checkpoint, save_checkpoint
+from robustsim.models.lipsim import LipSimMetric, LipSimNet
+
+#: settings a resumed run must share with the run it continues
+RESUME_KEYS = ("epochs", "batch_size", "lr", "warmup", "seed")
+
+
+@dataclass
+class RunConfig:
+    out: str
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 0.01
+    warmup: float = 0.05
+    seed: int = 0
+    device: str = "cpu"
+    workers: int = 0
+    save_every: int = 0
+    resume: bool = False
+    progress: bool = True
+
+
+class Task(Protocol):
+    """What a recipe plugs into :func:`fit`."""
+
+    name: str
+    dataset: Dataset
+    meta: dict[str, Any]
+
+    def loss(self, model: nn.Module, batch: Any, gen: torch.Generator, rows: slice, total: int) -> torch.Tensor:
+        """Mean loss over this process's rows of the global batch (a mean, so DDP averaging is exact)."""
+        ...
+
+    def evaluate(self, metric: LipSimMetric) -> tuple[dict[str, float], float]:
+        """Validation figures and the selection score (higher is better)."""
+        ...
+
+
+class Embedder(nn.Module):
+    """``metric._embed`` as a module's forward, so DDP's gradient hooks see the call."""
+
+    def __init__(self, metric: LipSimMetric) -> None:
+        super().__init__()
+        self.metric = metric
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.metric._embed(x)
+
+
+def lr_at(step: int, total: int, warmup: float, base: float) -> float:
+    """Linear warm-up over ``warmup`` of the steps, then cosine decay to 0."""
+    w = max(1, round(warmup * total)) if warmup > 0 else 0
+    if step < w:
+        return base * (step + 1) / w
+    progress = (step - w) / max(1, total - w)
+    return base * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class _Log:
+    path: Path | None
+    records: list[dict] = field(default_factory=list)
+
+    def write(self, **rec: Any) -> None:
+        if self.path is not None:
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+
+
+def _collate(items: list) -> Any:
+    return torch.utils.data.default_collate(items)
+
+
+def fit(net: LipSimNet, task: Task, cfg: RunConfig) -> dict[str, Any]:
+    """Train ``net`` on ``task``; writes ``out/last``, ``out/best``, ``out/log.jsonl``; returns the summary."""
+    env = init_distributed(torch.device(cfg.device))
+    try:
+        return _fit(net, task, cfg, env)
+    finally:
+        shutdown(env)
+
+
+def _fit(net: LipSimNet, task: Task, cfg: RunConfig, env: DistEnv) -> dict[str, Any]:
+    out = Path(cfg.out)
+    n, batch = len(task.dataset), cfg.batch_size
+    if batch % env.world:
+        raise RobustsimError(f"--batch-size {batch} is not divisible by the {env.world} processes; use a multiple")
+    steps_per_epoch = n // batch
+    if steps_per_epoch == 0:
+        raise RobustsimError(f"--batch-size {batch} is larger than the {n} training items; lower it")
+    total = cfg.epochs * steps_per_epoch
+    net.to(env.device)
+    metric = LipSimMetric(net, name=out.name, validate=False)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+    start, best = 0, -math.inf
+    if cfg.resume:
+        start, best = _resume(out, net, opt, cfg)
+    elif env.main and (out / "last").exists():
+        raise RobustsimError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    model: nn.Module = Embedder(metric)
+    if env.world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[env.device.index] if env.device.type == "cuda" else None
+        )
+    log = _Log(out / "log.jsonl" if env.main else None)
+    if env.main:
+        out.mkdir(parents=True, exist_ok=True)
+        log.write(event="resume" if start else "start", step=start, total=total, world=env.world, config=asdict(cfg))
+    if start == 0 and getattr(task, "select_from_init", False) and env.main:
+        # the starting weights are a selection candidate: best/ is never worse than the init
+        net.eval()
+        init_metrics, best = task.evaluate(metric)
+        net.train()
+        log.write(event="epoch", epoch=0, step=0, **init_metrics)
+        meta = _meta(task, cfg, 0, steps_per_epoch, best, init_metrics)
+        save_checkpoint(out / "best", net, meta)
+    barrier(env)
+    rows = slice(env.rank, None, env.world)
+    bar = tqdm(total=total, initial=start, desc=f"{task.name} {out.name}", disable=not (cfg.progress and env.main))
+    t0, last_metrics = time.perf_counter(), {}
+    batches = None
+    for gs in range(start, total):
+        epoch, k = divmod(gs, steps_per_epoch)
+        if batches is None or k == 0:
+            perm = torch.randperm(n, generator=step_generator(cfg.seed, epoch, salt=1))
+            order = [perm[j * batch : (j + 1) * batch][rows].tolist() for j in range(k, steps_per_epoch)]
+            loader = DataLoader(task.dataset, batch_sampler=order, num_workers=cfg.workers, collate_fn=_collate)
+            batches = iter(loader)
+        lr = lr_at(gs, total, cfg.warmup, cfg.lr)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        model.train()
+        loss = task.loss(model, next(batches), step_generator(cfg.seed, gs), rows, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        value = float(all_mean(loss.detach(), env))
+        bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2g}")
+        bar.update()
+        log.write(event="step", step=gs + 1, epoch=epoch, loss=value, lr=lr, seconds=round(time.perf_counter() - t0, 4))
+        end_of_epoch = k == steps_per_epoch - 1
+        if end_of_epoch or (cfg.save_every and (gs + 1) % cfg.save_every == 0):
+            if env.main:
+                meta = _meta(task, cfg, gs + 1, steps_per_epoch, best, last_metrics)
+                if end_of_epoch:
+                    net.eval()
+                    last_metrics, score = task.evaluate(metric)
+                    net.train()
+                    meta["metrics"] = last_metrics
+                    log.write(event="epoch", epoch=epoch + 1, step=gs + 1, **last_metrics)
+                    if score > best:
+                        best = score
+                        meta["training"]["best"] = best
+                        save_checkpoint(out / "best", net, meta)
+                tensors, opt_meta = pack_state(opt)
+                meta["training"]["optimizer"] = opt_meta
+                save_checkpoint(out / "last", net, meta, extra_tensors=tensors)
+            barrier(env)
+    bar.close()
+    return {"steps": total, "seconds": time.perf_counter() - t0, "metrics": last_metrics, "best": best}
+
+
+def _meta(task: Task, cfg: RunConfig, step: int, steps_per_epoch: int, best: float, metrics: dict) -> dict[str, Any]:
+    return {
+        "name": Path(cfg.out).name,
+        "package_version": robustsim.__version__,
+        "normalisation": {"mean": 0.5, "std": 1.0},
+        "task": task.name,
+        **task.meta,
+        "epoch": step // steps_per_epoch,
+        "metrics": metrics,
+        "training": {"global_step": step, "best": best if math.isfinite(best) else None, "config": asdict(cfg)},
+    }
+
+
+def _resume(out: Path, net: LipSimNet, opt: torch.optim.Optimizer, cfg: RunConfig) -> tuple[int, float]:
+    from safetensors.torch import load_file
+
+    last = recover_checkpoint(out / "last")
+    if last is None:
+        raise RobustsimError(f"--resume: {out / 'last'} does not exist; start without --resume")
+    saved, meta = load_net(last)
+    training = meta.get("training", {})
+    old = training.get("config", {})
+    changed = [k for k in RESUME_KEYS if k in old and old[k] != getattr(cfg, k)]
+    if changed:
+        flag = "--" + changed[0].replace("_", "-")
+        raise RobustsimError(f"--resume: {flag} differs from the saved run ({old[changed[0]]}); use the same settings")
+    if saved.config() != net.config():
+        raise RobustsimError(f"--resume: {last} holds a different architecture; use the same --student/--init")
+    net.load_state_dict(saved.state_dict())
+    state_file = last / "state.safetensors"
+    if not state_file.is_file():
+        raise RobustsimError(f"--resume: {state_file} is missing; the run cannot continue exactly")
+    unpack_state(opt, load_file(str(state_file)), training["optimizer"])
+    best = training.get("best")
+    return int(training["global_step"]), (-math.inf if best is None else float(best))

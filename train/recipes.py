@@ -1,0 +1,142 @@
+"""The two training commands as functions: build data, teacher, student and task, then :func:`fit`.
+
+``distill(...)`` and ``finetune(...)`` are what ``robustsim train distill|finetune`` call; both
+end with a summary (clean 2AFC and certified accuracy at three l2 epsilons on ``eval_data``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from robustsim.train.dist import barrier, init_distributed
+from robustsim.train.distill import DistillTask
+from robustsim.train.finetune import FinetuneTask, validation_figures
+from robustsim.train.loop import RunConfig, fit
+from robustsim.train.teacher import load_teacher, teacher_targets
+
+from robustsim.data.imageset import open_images
+from robustsim.data.triplets import open_triplets
+from robustsim.errors import RobustsimError
+from robustsim.models.checkpoint import load_net
+from robustsim.models.lipsim import LipSimMetric, LipSimNet
+
+SUMMARY_EPS = (36 / 255, 72 / 255, 108 / 255)
+DEFAULT_TEACHER = "dinov2-s14+effnet-lite0"
+
+
+def _cache_dir() -> Path:
+    from robustsim.data.mini import cache_dir
+
+    return cache_dir() / "teachers"
+
+
+def default_val(spec: str) -> str | None:
+    """The validation split that goes with a training spec (mini -> mini:val, nights:P -> nights:P:val)."""
+    if spec in ("mini", "mini:train"):
+        return "mini:val"
+    kind, _, rest = spec.partition(":")
+    if kind in ("nights", "bapps") and rest:
+        return f"{kind}:{rest.split(':')[0]}:val"
+    return None
+
+
+def summary(metric: LipSimMetric, eval_data: str, seconds: float) -> dict[str, Any]:
+    figures = validation_figures(metric, open_triplets(eval_data, size=metric.input_size), list(SUMMARY_EPS))
+    return {"data": eval_data, **figures, "seconds": seconds}
+
+
+def summary_line(s: dict[str, Any]) -> str:
+    cert = ", ".join(f"{k.split('@')[1]}: {100 * v:.1f}" for k, v in s.items() if k.startswith("certified@"))
+    return f"{s['data']}: clean 2AFC {100 * s['clean']:.1f}, certified (l2) {cert}; {s['seconds']:.0f} s"
+
+
+def distill(
+    out: str | os.PathLike,
+    teacher: str = DEFAULT_TEACHER,
+    student: str = "tiny",
+    images: str = "mini",
+    val_images: str | None = "auto",
+    input_size: int = 64,
+    eval_data: str = "mini:val",
+    cache_dir: str | os.PathLike | None = None,
+    teacher_batch_size: int = 64,
+    **run: Any,
+) -> dict[str, Any]:
+    """Distil ``teacher`` into a LipSimNet ``student`` preset; returns the run summary."""
+    cfg = RunConfig(out=str(out), **run)
+    env = init_distributed(torch.device(cfg.device))
+    device = env.device
+    train_images = open_images(images, input_size)
+    if val_images == "auto":
+        val_images = "mini:val" if images in ("mini", "mini:train") else None
+    held_out = open_images(val_images, input_size) if val_images else None
+    cache = Path(cache_dir) if cache_dir else _cache_dir()
+    if not env.main:
+        barrier(env)  # rank 0 fills the teacher cache first; the others then read it
+    t = load_teacher(teacher, train_images, device)
+    show = cfg.progress and env.main
+    targets = teacher_targets(t, train_images, cache, teacher_batch_size, device, show)
+    val_targets = teacher_targets(t, held_out, cache, teacher_batch_size, device, show) if held_out else None
+    del t
+    if env.main:
+        barrier(env)
+    torch.manual_seed(cfg.seed)
+    net = LipSimNet(student, embed_dim=int(targets.shape[1]), input_size=input_size)
+    eval_set = open_triplets(eval_data, size=input_size) if eval_data else None
+    task = DistillTask(
+        train_images,
+        targets,
+        held_out,
+        val_targets,
+        meta={"teacher": teacher, "data": images, "embed_dim": int(targets.shape[1])},
+        evaluate_2afc=(lambda m: validation_figures(m, eval_set, [SUMMARY_EPS[0]])) if eval_set else None,
+    )
+    result = fit(net, task, cfg)
+    return _finish(net, cfg, eval_data, result)
+
+
+def finetune(
+    out: str | os.PathLike,
+    init: str | os.PathLike,
+    data: str = "mini",
+    val: str | None = "auto",
+    margin: float = 0.5,
+    select: Literal["clean", "certified"] = "certified",
+    select_eps: float = 36 / 255,
+    eval_data: str | None = "mini:val",
+    **run: Any,
+) -> dict[str, Any]:
+    """Fine-tune the checkpoint ``init`` on 2AFC ``data`` with the hinge loss; returns the run summary."""
+    run.setdefault("epochs", 1)
+    run.setdefault("batch_size", 32)
+    run.setdefault("lr", 1e-3)
+    cfg = RunConfig(out=str(out), **run)
+    net, init_cfg = load_net(init)
+    spec = "mini:train" if data == "mini" else data
+    if val == "auto":
+        val = default_val(spec)
+        if val is None:
+            raise RobustsimError(f"no validation split is known for {data!r}; pass --val SPEC")
+    assert val is not None
+    train_set = open_triplets(spec, size=net.input_size)
+    task = FinetuneTask(
+        train_set,
+        open_triplets(val, size=net.input_size),
+        margin,
+        select,
+        select_eps,
+        meta={"teacher": init_cfg.get("teacher"), "data": data, "init": str(init), "margin": margin},
+    )
+    result = fit(net, task, cfg)
+    return _finish(net, cfg, eval_data or val, result)
+
+
+def _finish(net: LipSimNet, cfg: RunConfig, eval_data: str | None, result: dict[str, Any]) -> dict[str, Any]:
+    if int(os.environ.get("RANK", "0")) != 0 or not eval_data:
+        return result
+    metric = LipSimMetric(net.eval(), name=Path(cfg.out).name)
+    result["summary"] = summary(metric, eval_data, result["seconds"])
+    return result
