@@ -321,18 +321,32 @@ def audit_cmd(
 @click.option("--quick", is_flag=True, help="Fewer triplets and steps (a smoke run).")
 @click.pass_context
 def demo_cmd(ctx: click.Context, device: str, quick: bool) -> None:
-    """What `make demo` runs: clean 2AFC of several metrics on the bundled `mini` set, then an audit
-    of l2 and effnet-ensemble (l2 and linf, three epsilons each)."""
+    """What `make demo` runs: clean 2AFC of several metrics on the bundled `mini` set, certified
+    accuracy of the shipped lipsim-nano, then an audit of l2 and effnet-ensemble (l2 and linf,
+    three epsilons each)."""
     click.echo("== clean 2AFC on the bundled synthetic `mini` test split")
     ctx.invoke(
         score_cmd,
-        metrics="l2,ssim,ms-ssim,effnet-lite0,effnet-ensemble",
+        metrics="l2,ssim,ms-ssim,effnet-lite0,effnet-ensemble,lipsim-nano",
         data_spec="mini",
         json_path=None,
         batch_size=32,
         device=device,
         limit=64 if quick else None,
         groups=True,
+    )
+    click.echo("\n== certified 2AFC of the shipped 1-Lipschitz metric lipsim-nano (sound l2 radius)")
+    ctx.invoke(
+        certify_cmd,
+        metric="lipsim-nano",
+        data_spec="mini",
+        eps_text="36/255,72/255,108/255",
+        mode="sound",
+        json_path=None,
+        plot_path=None,
+        batch_size=64,
+        device=device,
+        limit=64 if quick else None,
     )
     for metric, limit, steps in (("l2", 600, 50), ("effnet-ensemble", 100, 10)):
         for norm in ("l2", "linf"):

@@ -70,6 +70,10 @@ def test_corrupt_png_exit_2_and_no_json(nights_dir, tmp_path, capsys):
         (["score", "--device", "cuda:7"], "--device"),
         (["score", "--device", "toaster"], "not a device"),
         (["score", "--batch-size", "0"], "batch-size"),
+        (["train", "distill", "--student", "huge", "--out", "/tmp/rs-never"], "unknown --student 'huge'"),
+        (["train", "distill", "--input-size", "50", "--out", "/tmp/rs-never"], "not a multiple of 16"),
+        (["train", "distill", "--images", "./no/such/dir", "--out", "/tmp/rs-never"], "does not exist"),
+        (["train", "finetune", "--init", "/no/such/ckpt", "--out", "/tmp/rs-never"], "does not exist"),
     ],
 )
 def test_bad_input_exit_2(argv, match, capsys):

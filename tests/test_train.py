@@ -124,12 +124,16 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "robustsim", "train", *args]
 
 
-def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(folders, tmp_path):
-    train, val = folders
-    common = [
-        "distill", "--teacher", TEACHER, "--student", "nano", "--images", str(train), "--val-images", "",
-        "--input-size", str(SIZE), "--epochs", "2", "--batch-size", "32", "--eval-data", "", "--device", "cpu",
+def distill_args(images: Path, epochs: int) -> list[str]:
+    """A small CPU distillation from the command line (no held-out set, no summary)."""
+    return [
+        "distill", "--teacher", TEACHER, "--student", "nano", "--images", str(images), "--val-images", "",
+        "--input-size", str(SIZE), "--epochs", str(epochs), "--batch-size", "32", "--eval-data", "", "--device", "cpu",
     ]  # fmt: skip
+
+
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(folders, tmp_path):
+    common = distill_args(folders[0], epochs=2)
     full = tmp_path / "full"
     subprocess.run(_cli(*common, "--out", str(full)), check=True, capture_output=True)
     killed = tmp_path / "killed"
@@ -210,11 +214,7 @@ def test_broken_checkpoints_fail_with_one_line_and_never_replace_the_good_one(tm
 
 
 def test_torchrun_two_processes_follow_the_single_process_loss_curve(folders, tmp_path):
-    train, _ = folders
-    args = [
-        "distill", "--teacher", TEACHER, "--student", "nano", "--images", str(train), "--val-images", "",
-        "--input-size", str(SIZE), "--epochs", "1", "--batch-size", "32", "--eval-data", "", "--device", "cpu",
-    ]  # fmt: skip
+    args = distill_args(folders[0], epochs=1)
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run(_cli(*args, "--out", str(one)), check=True, capture_output=True)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

@@ -21,7 +21,7 @@ from robustsim.data.imageset import open_images
 from robustsim.data.triplets import open_triplets
 from robustsim.errors import RobustsimError
 from robustsim.models.checkpoint import load_net
-from robustsim.models.lipsim import LipSimMetric, LipSimNet
+from robustsim.models.lipsim import PRESETS, LipSimMetric, LipSimNet
 
 SUMMARY_EPS = (36 / 255, 72 / 255, 108 / 255)
 DEFAULT_TEACHER = "dinov2-s14+effnet-lite0"
@@ -66,6 +66,10 @@ def distill(
     **run: Any,
 ) -> dict[str, Any]:
     """Distil ``teacher`` into a LipSimNet ``student`` preset; returns the run summary."""
+    if student not in PRESETS:
+        raise RobustsimError(f"unknown --student {student!r}; choose one of {', '.join(PRESETS)}")
+    if input_size % 16:
+        raise RobustsimError(f"--input-size {input_size} is not a multiple of 16 (two 4x4 poolings); try 64")
     cfg = RunConfig(out=str(out), **run)
     env = init_distributed(torch.device(cfg.device))
     device = env.device
