@@ -58,7 +58,7 @@ def test_corrupt_png_exit_2_and_no_json(nights_dir, tmp_path, capsys):
     )
     assert code == 2
     errors = [ln for ln in err.replace("\r", "\n").splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1 and str(bad) in errors[0]
+    assert len(errors) == 1 and str(bad) in errors[0] and errors[0].startswith("error: cannot read image")
     assert not out_json.exists() and not list(tmp_path.glob(".out.json*"))
 
 

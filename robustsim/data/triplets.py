@@ -143,5 +143,6 @@ def iter_batches(loader: DataLoader) -> Iterator[Batch]:
     except RobustsimError as err:
         lines = [ln for ln in str(err).splitlines() if ln.strip()]
         last = lines[-1] if lines else str(err)
-        prefix = f"{type(err).__name__}: "
-        raise type(err)(last.removeprefix(prefix)) from None
+        for prefix in (f"{type(err).__module__}.{type(err).__name__}: ", f"{type(err).__name__}: "):
+            last = last.removeprefix(prefix)
+        raise type(err)(last) from None
