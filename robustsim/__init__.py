@@ -6,6 +6,7 @@
 """
 
 from robustsim.errors import DataError, InputError, RobustsimError, WeightsError
+from robustsim.losses import PerceptualLoss
 from robustsim.metrics import (
     EmbeddingMetric,
     EnsembleMetric,
@@ -24,6 +25,7 @@ __all__ = [
     "EnsembleMetric",
     "InputError",
     "Metric",
+    "PerceptualLoss",
     "RobustsimError",
     "WeightsError",
     "list_metrics",

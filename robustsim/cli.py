@@ -369,6 +369,23 @@ def demo_cmd(ctx: click.Context, device: str, quick: bool) -> None:
             )
 
 
+@cli.command("plot")
+@click.argument("reports", nargs=-1, required=True)
+@click.option("--kind", type=click.Choice(["certified", "robust", "radius"]), default="certified", show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Figure file (.png or .pdf).")
+def plot_cmd(reports: tuple[str, ...], kind: str, out: str) -> None:
+    """Overlay audit / certify reports (folders or JSON files): one curve per metric.
+
+    certified / robust: accuracy vs epsilon (l2, or linf in /255); radius: histogram of certified radii.
+    """
+    from robustsim.overlay import load_report, overlay_figure
+    from robustsim.plots import save_figure
+
+    fig = overlay_figure([load_report(p) for p in reports], kind)  # type: ignore[arg-type]
+    save_figure(fig, out)
+    click.echo(f"wrote {out}")
+
+
 def _add_subgroups() -> None:
     from robustsim.cli_train import train_group
 

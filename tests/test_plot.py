@@ -1,0 +1,53 @@
+"""`robustsim plot` overlays reports: one labelled curve per report, checked through matplotlib's objects."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from robustsim.cli import main
+from robustsim.overlay import load_report, overlay_figure
+
+
+def run(argv: list[str]) -> int:
+    try:
+        main(argv)
+    except SystemExit as done:
+        return int(done.code or 0)
+    return 0
+
+
+@pytest.fixture(scope="module")
+def audits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audits")
+    for metric in ("l2", "ssim"):
+        argv = ["audit", "--metric", metric, "--data", "mini", "--limit", "12", "--steps", "3",
+                "--attacks", "pgd", "--eps", "0.5,1", "--out", str(root / metric), "--device", "cpu"]  # fmt: skip
+        assert run(argv) == 0
+    return root
+
+
+def test_plot_two_audit_reports_draws_two_labelled_curves(audits, tmp_path):
+    out = tmp_path / "robust.png"
+    assert (
+        run(["plot", str(audits / "l2"), str(audits / "ssim" / "report.json"), "--kind", "robust", "--out", str(out)])
+        == 0
+    )
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size[0] > 300
+    fig = overlay_figure([load_report(audits / "l2"), load_report(audits / "ssim")], "robust")
+    ax = fig.axes[0]
+    assert len(ax.get_lines()) == 2
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["l2 (mini:test)", "ssim (mini:test)"]
+    assert ax.get_xlabel() == "epsilon (l2)" and "%" in ax.get_ylabel()
+    robust = load_report(audits / "l2")["robust"]
+    assert list(ax.get_lines()[0].get_ydata()) == pytest.approx([100 * v for v in robust])
+
+
+def test_plot_errors_exit_2(audits, tmp_path, capsys):
+    for argv, words in [
+        (["plot", str(audits / "l2"), "--kind", "certified", "--out", str(tmp_path / "c.png")], "no certificate"),
+        (["plot", str(tmp_path), "--out", str(tmp_path / "x.png")], "holds no report.json"),
+    ]:
+        assert run(argv) == 2 and words in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.png"))
