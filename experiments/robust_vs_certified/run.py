@@ -1,0 +1,86 @@
+"""robust_vs_certified: clean, robust (l2 and linf, 3 epsilons each) and certified 2AFC accuracy on `mini`
+for l2, ssim, ms-ssim, effnet-ensemble and the shipped certified lipsim-nano: the LipSim paper's central
+comparison at CPU scale.
+
+Run from the repo root after `make demo`'s set-up:  .venv/bin/python experiments/robust_vs_certified/run.py
+Writes results/robust_vs_certified/{results.json, table.md, robust_l2.png, robust_linf.png} (about 10 min
+on 2 CPU cores). Deterministic: fixed seeds, the first N mini:test triplets, APGD-CE + APGD-margin.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from torch.utils.data import Subset
+
+import robustsim
+from robustsim.audit import run_audit
+from robustsim.data import open_triplets
+from robustsim.io import write_json
+from robustsim.plots import Curve, accuracy_figure, save_figure
+
+METRICS = ["l2", "ssim", "ms-ssim", "effnet-ensemble", "lipsim-nano"]
+EPS = {"l2": [0.25, 0.5, 1.0], "linf": [1 / 255, 2 / 255, 4 / 255]}
+ATTACKS = ["apgd-ce", "apgd-margin"]
+
+
+def fmt_eps(norm: str, e: float) -> str:
+    return f"{e * 255:g}/255" if norm == "linf" else f"{e:g}"
+
+
+def table(results: dict) -> str:
+    lines = []
+    for norm in ("l2", "linf"):
+        head = " | ".join(f"robust {fmt_eps(norm, e)}" for e in EPS[norm])
+        cert = " | ".join(f"cert. {fmt_eps(norm, e)}" for e in EPS[norm])
+        lines += [f"**{norm}**", "", f"| metric | clean | {head} | {cert} |", "|---" * (2 + 2 * len(EPS[norm])) + "|"]
+        for m, r in results[norm].items():
+            rob = " | ".join(f"{100 * v:.1f}" for v in r["robust"])
+            cer = (
+                " | ".join(f"{100 * v:.1f}" for v in r["certified"])
+                if r["certified"]
+                else " | ".join("-" * 1 for _ in EPS[norm])
+            )
+            lines.append(f"| {m} | {100 * r['clean']:.1f} | {rob} | {cer} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=100, help="first N mini:test triplets")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--out", default="results/robust_vs_certified")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    out = Path(args.out)
+    data = open_triplets("mini:test")
+    results: dict = {"l2": {}, "linf": {}}
+    for name in METRICS:
+        metric = robustsim.load_metric(name)
+        sub = Subset(open_triplets("mini:test", size=metric.input_size), range(args.n))
+        sub.name = data.name  # type: ignore[attr-defined]
+        for norm in ("l2", "linf"):
+            report, _ = run_audit(
+                metric, sub, norm, EPS[norm], ATTACKS, steps=args.steps, batch_size=50, progress=False
+            )
+            results[norm][name] = {k: report[k] for k in ("clean", "robust", "certified", "eps", "n")}
+            robust = [round(100 * v, 1) for v in report["robust"]]
+            print(f"{name:16s} {norm:4s} clean {100 * report['clean']:.1f} robust {robust}", flush=True)
+    write_json(out / "results.json", {"n": args.n, "steps": args.steps, "attacks": ATTACKS, "results": results})
+    (out / "table.md").write_text(table(results))
+    for norm in ("l2", "linf"):
+        curves = []
+        for name, r in results[norm].items():
+            curves.append(Curve(f"{name} robust", [0.0, *r["eps"]], [r["clean"], *r["robust"]]))
+            if r["certified"]:
+                curves.append(Curve(f"{name} certified", r["eps"], r["certified"], "--"))
+        fig = accuracy_figure(curves, norm, f"mini:test[:{args.n}], APGD-CE + APGD-margin ({args.steps} steps)")
+        save_figure(fig, out / f"robust_{norm}.png")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
