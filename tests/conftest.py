@@ -13,6 +13,17 @@ os.environ.setdefault("ROBUSTSIM_CACHE", str(ROOT / ".pytest_cache" / "robustsim
 torch.set_num_threads(1)
 
 
+def run_cli(argv: list[str]) -> int:
+    """Exit code of ``robustsim *argv`` run in-process (0 when it returns normally)."""
+    from robustsim.cli import main
+
+    try:
+        main(argv)
+    except SystemExit as done:
+        return int(done.code or 0)
+    return 0
+
+
 def save_png(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr, mode=mode).save(path)

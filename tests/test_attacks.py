@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from robustsim.attacks import (
@@ -264,35 +265,30 @@ def test_check_laws_fails_loudly():
 
 
 def test_audit_cli(tmp_path, capsys):
-    from robustsim.cli import main
-
     out = tmp_path / "audit"
-    with pytest.raises(SystemExit) as info:
-        main(
-            [
-                "audit",
-                "--metric",
-                "l2",
-                "--data",
-                "mini",
-                "--limit",
-                "20",
-                "--steps",
-                "5",
-                "--attacks",
-                "pgd,apgd-margin",
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-            ]
-        )
-        raise SystemExit(0)
-    assert info.value.code == 0
+    code = run_cli(
+        [
+            "audit",
+            "--metric",
+            "l2",
+            "--data",
+            "mini",
+            "--limit",
+            "20",
+            "--steps",
+            "5",
+            "--attacks",
+            "pgd,apgd-margin",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
     assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "robust.png", "examples.png"}
     text = capsys.readouterr().out
     assert "robust" in text and "apgd-margin" in text
-    with pytest.raises(SystemExit) as info:
-        main(["audit", "--metric", "l2", "--attacks", "nope", "--out", str(tmp_path / "x")])
-    assert info.value.code == 2 and "unknown attack 'nope'" in capsys.readouterr().err
+    assert run_cli(["audit", "--metric", "l2", "--attacks", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown attack 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from robustsim.attacks import classifier_objective, embedding_attack, margin, pgd
@@ -12,7 +13,6 @@ from robustsim.certify import certified_radius, certify_2afc, embedding_distance
 from torch import nn
 
 import robustsim
-from robustsim.cli import main
 from robustsim.data import open_triplets
 from robustsim.metrics import EmbeddingMetric
 from robustsim.models import LipSimMetric, LipSimNet, LipSimPreset, save_checkpoint
@@ -149,31 +149,27 @@ def test_certify_cli(tmp_path, capsys):
     torch.manual_seed(0)
     ckpt = save_checkpoint(tmp_path / "ckpt", LipSimNet("nano", embed_dim=64, input_size=64))
     out, plot = tmp_path / "c.json", tmp_path / "c.png"
-    with pytest.raises(SystemExit) as info:
-        main(
-            [
-                "certify",
-                "--metric",
-                str(ckpt),
-                "--data",
-                "mini",
-                "--limit",
-                "40",
-                "--json",
-                str(out),
-                "--plot",
-                str(plot),
-                "--device",
-                "cpu",
-            ]
-        )
-        raise SystemExit(0)
-    assert info.value.code == 0
+    code = run_cli(
+        [
+            "certify",
+            "--metric",
+            str(ckpt),
+            "--data",
+            "mini",
+            "--limit",
+            "40",
+            "--json",
+            str(out),
+            "--plot",
+            str(plot),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
     report = json.loads(out.read_text())
     assert len(report["triplets"]) == 40 and len(report["curve"]) == 3
     assert plot.stat().st_size > 1000
     assert "certified" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as info:
-        main(["certify", "--metric", "l2", "--data", "mini"])
-    assert info.value.code == 2
+    assert run_cli(["certify", "--metric", "l2", "--data", "mini"]) == 2
     assert "robustsim audit" in capsys.readouterr().err

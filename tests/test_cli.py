@@ -3,16 +3,13 @@ import subprocess
 import sys
 
 import pytest
-
-from robustsim.cli import main
+from conftest import run_cli
 
 
 def run(argv, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-        raise SystemExit(0)
+    code = run_cli(argv)
     out = capsys.readouterr()
-    return info.value.code, out.out, out.err
+    return code, out.out, out.err
 
 
 def test_metrics_table(capsys):

@@ -3,18 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from conftest import run_cli
 from PIL import Image
 
-from robustsim.cli import main
 from robustsim.overlay import load_report, overlay_figure
-
-
-def run(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as done:
-        return int(done.code or 0)
-    return 0
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +15,14 @@ def audits(tmp_path_factory):
     for metric in ("l2", "ssim"):
         argv = ["audit", "--metric", metric, "--data", "mini", "--limit", "12", "--steps", "3",
                 "--attacks", "pgd", "--eps", "0.5,1", "--out", str(root / metric), "--device", "cpu"]  # fmt: skip
-        assert run(argv) == 0
+        assert run_cli(argv) == 0
     return root
 
 
 def test_plot_two_audit_reports_draws_two_labelled_curves(audits, tmp_path):
     out = tmp_path / "robust.png"
-    assert (
-        run(["plot", str(audits / "l2"), str(audits / "ssim" / "report.json"), "--kind", "robust", "--out", str(out)])
-        == 0
-    )
+    reports = [str(audits / "l2"), str(audits / "ssim" / "report.json")]
+    assert run_cli(["plot", *reports, "--kind", "robust", "--out", str(out)]) == 0
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size[0] > 300
     fig = overlay_figure([load_report(audits / "l2"), load_report(audits / "ssim")], "robust")
@@ -49,5 +39,5 @@ def test_plot_errors_exit_2(audits, tmp_path, capsys):
         (["plot", str(audits / "l2"), "--kind", "certified", "--out", str(tmp_path / "c.png")], "no certificate"),
         (["plot", str(tmp_path), "--out", str(tmp_path / "x.png")], "holds no report.json"),
     ]:
-        assert run(argv) == 2 and words in capsys.readouterr().err
+        assert run_cli(argv) == 2 and words in capsys.readouterr().err
     assert not list(tmp_path.glob("*.png"))
