@@ -38,6 +38,16 @@ class _Best:
     loss: torch.Tensor
     broken: torch.Tensor
 
+    @classmethod
+    def start(cls, x: torch.Tensor) -> _Best:
+        """Nothing found yet: the clean points, loss -inf, none broken."""
+        n = x.shape[0]
+        return cls(
+            x.clone(),
+            torch.full((n,), -math.inf, device=x.device, dtype=x.dtype),
+            torch.zeros(n, dtype=torch.bool, device=x.device),
+        )
+
     def update(self, rows: torch.Tensor, x: torch.Tensor, loss: torch.Tensor, broken: torch.Tensor) -> None:
         better = (loss > self.loss[rows]) & ~self.broken[rows] | (broken & ~self.broken[rows])
         idx = rows[better]
@@ -68,11 +78,7 @@ def pgd(
     """PGD with step ``step_size * eps / steps`` (``schedule`` constant or cosine), random start,
     restarts and per-sample early stopping. Returns (x_adv, broken)."""
     generator = generator or torch.Generator().manual_seed(0)
-    best = _Best(
-        x.clone(),
-        torch.full((x.shape[0],), -math.inf, device=x.device, dtype=x.dtype),
-        torch.zeros(x.shape[0], dtype=torch.bool, device=x.device),
-    )
+    best = _Best.start(x)
     for r in range(restarts):
         rows = (~best.broken).nonzero()[:, 0]
         if rows.numel() == 0:
@@ -113,12 +119,8 @@ def apgd(
     """Auto-PGD: step size 2 eps halved at checkpoints when progress stalls, momentum 0.75, restarts
     from the best point. Returns (x_adv, broken)."""
     generator = generator or torch.Generator().manual_seed(0)
-    n, shape = x.shape[0], (-1, *[1] * (x.dim() - 1))
-    best = _Best(
-        x.clone(),
-        torch.full((n,), -math.inf, device=x.device, dtype=x.dtype),
-        torch.zeros(n, dtype=torch.bool, device=x.device),
-    )
+    shape = (-1, *[1] * (x.dim() - 1))
+    best = _Best.start(x)
     checks = set(_checkpoints(steps))
     for _ in range(restarts):
         rows = (~best.broken).nonzero()[:, 0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -86,16 +86,11 @@ def lr_at(step: int, total: int, warmup: float, base: float) -> float:
 @dataclass
 class _Log:
     path: Path | None
-    records: list[dict] = field(default_factory=list)
 
     def write(self, **rec: Any) -> None:
         if self.path is not None:
             with self.path.open("a") as fh:
                 fh.write(json.dumps(rec) + "\n")
-
-
-def _collate(items: list) -> Any:
-    return torch.utils.data.default_collate(items)
 
 
 def fit(net: LipSimNet, task: Task, cfg: RunConfig) -> dict[str, Any]:
@@ -133,14 +128,18 @@ def _fit(net: LipSimNet, task: Task, cfg: RunConfig, env: DistEnv) -> dict[str, 
     if env.main:
         out.mkdir(parents=True, exist_ok=True)
         log.write(event="resume" if start else "start", step=start, total=total, world=env.world, config=asdict(cfg))
+
+    def validate(epoch: int, step: int) -> tuple[dict[str, float], float]:
+        net.eval()
+        figures, score = task.evaluate(metric)
+        net.train()
+        log.write(event="epoch", epoch=epoch, step=step, **figures)
+        return figures, score
+
     if start == 0 and getattr(task, "select_from_init", False) and env.main:
         # the starting weights are a selection candidate: best/ is never worse than the init
-        net.eval()
-        init_metrics, best = task.evaluate(metric)
-        net.train()
-        log.write(event="epoch", epoch=0, step=0, **init_metrics)
-        meta = _meta(task, cfg, 0, steps_per_epoch, best, init_metrics)
-        save_checkpoint(out / "best", net, meta)
+        init_metrics, best = validate(0, 0)
+        save_checkpoint(out / "best", net, _meta(task, cfg, 0, steps_per_epoch, best, init_metrics))
     barrier(env)
     rows = slice(env.rank, None, env.world)
     bar = tqdm(total=total, initial=start, desc=f"{task.name} {out.name}", disable=not (cfg.progress and env.main))
@@ -151,7 +150,7 @@ def _fit(net: LipSimNet, task: Task, cfg: RunConfig, env: DistEnv) -> dict[str, 
         if batches is None or k == 0:
             perm = torch.randperm(n, generator=step_generator(cfg.seed, epoch, salt=1))
             order = [perm[j * batch : (j + 1) * batch][rows].tolist() for j in range(k, steps_per_epoch)]
-            loader = DataLoader(task.dataset, batch_sampler=order, num_workers=cfg.workers, collate_fn=_collate)
+            loader = DataLoader(task.dataset, batch_sampler=order, num_workers=cfg.workers)
             batches = iter(loader)
         lr = lr_at(gs, total, cfg.warmup, cfg.lr)
         for g in opt.param_groups:
@@ -170,11 +169,8 @@ def _fit(net: LipSimNet, task: Task, cfg: RunConfig, env: DistEnv) -> dict[str, 
             if env.main:
                 meta = _meta(task, cfg, gs + 1, steps_per_epoch, best, last_metrics)
                 if end_of_epoch:
-                    net.eval()
-                    last_metrics, score = task.evaluate(metric)
-                    net.train()
+                    last_metrics, score = validate(epoch + 1, gs + 1)
                     meta["metrics"] = last_metrics
-                    log.write(event="epoch", epoch=epoch + 1, step=gs + 1, **last_metrics)
                     if score > best:
                         best = score
                         meta["training"]["best"] = best
