@@ -41,9 +41,9 @@ def load_teacher(spec: str, images: ImageSet, device: torch.device | str = "cpu"
 
 def _teacher_key(teacher: EmbeddingMetric, images: ImageSet) -> str:
     h = hashlib.sha256(f"{teacher.name}|{images.identity}".encode())
-    for t in teacher.state_dict().values():  # weights and fitted centres
-        h.update(t.detach().cpu().contiguous().numpy().tobytes()[:4096])
-        h.update(str(tuple(t.shape)).encode())
+    for name, t in teacher.state_dict().items():  # all weights and fitted centres, every byte
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:20]
 
 
