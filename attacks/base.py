@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from robustsim.attacks.geometry import NORMS, Norm, norms
+from robustsim.attacks.geometry import NORMS, Norm, in_threat_model
 from robustsim.attacks.twoafc import Target, TwoAFCClassifier, labels_from_p, margin
 from tqdm.auto import tqdm
 
@@ -70,7 +70,9 @@ class Attack:
     def attack_batch(
         self, forward, x: torch.Tensor, y: torch.Tensor, eps: list[float], generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All epsilons (ascending) for one batch: (x_adv (n_eps, B, ...), claimed broken (n_eps, B))."""
+        """All epsilons (ascending) for one batch: (x_adv (n_eps, B, ...), claimed broken (n_eps, B)).
+
+        x_adv holds each sample's break, else the attack's best (unverified) point for that epsilon."""
         adv = x.unsqueeze(0).repeat(len(eps), *[1] * x.dim())
         broken = torch.zeros(len(eps), x.shape[0], dtype=torch.bool, device=x.device)
         alive = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
@@ -83,7 +85,7 @@ class Attack:
             sub = lambda xa, r, rows=rows: forward(xa, rows[r])  # noqa: E731
             eps_t = torch.full((rows.numel(),), float(e), device=x.device)
             xa, b = self.run(sub, x[rows], y[rows], eps_t, generator)
-            adv[i, rows[b]] = xa[b]
+            adv[i, rows] = xa  # the break, else the attack's best point
             broken[i, rows[b]] = True
             alive[rows[b]] = False
         return adv, broken
@@ -167,8 +169,5 @@ class Attack:
         ok = torch.zeros(adv.shape[:2], dtype=torch.bool, device=adv.device)
         with torch.no_grad():
             for i, e in enumerate(eps):
-                dist = norms(adv[i] - x, self.norm)
-                inside = (dist <= e * (1 + 1e-5) + 1e-7) & (adv[i].amin(dim=tuple(range(1, x.dim()))) >= 0)
-                inside &= adv[i].amax(dim=tuple(range(1, x.dim()))) <= 1
-                ok[i] = inside & (margin(clf(adv[i], rows), y) <= 0)
+                ok[i] = in_threat_model(adv[i], x, e, self.norm) & (margin(clf(adv[i], rows), y) <= 0)
         return ok

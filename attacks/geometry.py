@@ -19,6 +19,13 @@ def norms(delta: torch.Tensor, norm: Norm) -> torch.Tensor:
     return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
 
 
+def in_threat_model(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: Norm) -> torch.Tensor:
+    """(B,) True where ``x_adv`` lies in the eps ball around ``x`` (float slack 1e-5 relative) and in [0, 1]."""
+    dims = tuple(range(1, x.dim()))
+    inside = norms(x_adv - x, norm) <= eps * (1 + 1e-5) + 1e-7
+    return inside & (x_adv.amin(dim=dims) >= 0) & (x_adv.amax(dim=dims) <= 1)
+
+
 def project(x_adv: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, norm: Norm) -> torch.Tensor:
     """Project onto {||x' - x|| <= eps} and then the box [0, 1]. Since x is in the box, clamping only
     shrinks each |delta_i|, so the result lies in both sets."""

@@ -96,3 +96,21 @@ def test_embedding_metric_gradients_flow():
     x = X.clone().requires_grad_(True)
     m(x, torch.rand_like(X)).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.sampled_from(["l2", "l1", "ssim", "embedding"]), st.integers(1, 4), st.integers(1, 5), st.integers(0, 999))
+def test_pairwise_equals_distance_on_every_pair(name, bx, by, seed):
+    """metric.pairwise(x, y)[i, j] == metric(x[i], y[j]): closed forms and the chunked default agree."""
+    torch.manual_seed(seed)
+    if name == "embedding":
+        metric = EmbeddingMetric(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()))
+    else:
+        metric = robustsim.load_metric(name)
+    x, y = torch.rand(bx, 3, 16, 16), torch.rand(by, 3, 16, 16)
+    with torch.no_grad():
+        pw = metric.pairwise(x, y)
+        default = robustsim.Metric.pairwise(metric, x, y)
+        pairs = torch.stack([metric(x[i : i + 1].expand(by, -1, -1, -1), y) for i in range(bx)])
+    assert pw.shape == (bx, by)
+    assert torch.allclose(pw, pairs, atol=1e-5) and torch.allclose(default, pairs, atol=1e-6)

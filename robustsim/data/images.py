@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from robustsim.errors import DataError
@@ -35,3 +36,13 @@ def load_image(path: str | Path, size: int | None = None) -> torch.Tensor:
 def to_uint8_image(x: torch.Tensor) -> np.ndarray:
     """(3, H, W) in [0, 1] -> (H, W, 3) uint8 array, for saving grids and PNGs."""
     return x.detach().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def uint8_to_float(arr: np.ndarray, size: int | None = None) -> torch.Tensor:
+    """uint8 (..., 3, H, W) -> float in [0, 1], resized (bilinear, antialiased) to size x size if given."""
+    t = torch.from_numpy(np.array(arr)).float().div_(255.0)
+    if size is not None and (t.shape[-1] != size or t.shape[-2] != size):
+        flat = t.reshape(-1, *t.shape[-3:])
+        flat = F.interpolate(flat, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        t = flat.clamp_(0, 1).reshape(*t.shape[:-2], size, size)
+    return t

@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from robustsim.data.images import load_image
+from robustsim.data.images import load_image, uint8_to_float
 from robustsim.data.triplets import TripletDataset, open_triplets
 from robustsim.errors import DataError
 
@@ -28,22 +29,48 @@ class ImageSet(Dataset):
     identity: str = ""
 
 
-class FolderImages(ImageSet):
-    def __init__(self, root: Path, size: int) -> None:
-        self.paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not self.paths:
-            raise DataError(
-                f"image folder {root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); check the path"
-            )
-        self.size, self.name = size, f"folder:{root}"
-        listing = "\n".join(f"{p.relative_to(root)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in self.paths)
-        self.identity = f"{self.name}:{size}:" + hashlib.sha256(listing.encode()).hexdigest()[:16]
+class PathImages(ImageSet):
+    """Image files in a given order, loaded lazily at ``size`` (None = native size)."""
+
+    def __init__(self, paths: list[Path], size: int | None, name: str, root: Path | None = None) -> None:
+        self.paths, self.size, self.name = list(paths), size, name
+        base = root or Path("/")
+        listing = "\n".join(
+            f"{p.relative_to(base) if root else p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in self.paths
+        )
+        self.identity = f"{name}:{size}:" + hashlib.sha256(listing.encode()).hexdigest()[:16]
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return load_image(self.paths[i], self.size)
+
+
+class FolderImages(PathImages):
+    """Every image under ``root`` (recursive, sorted paths)."""
+
+    def __init__(self, root: Path, size: int | None) -> None:
+        paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not paths:
+            raise DataError(
+                f"image folder {root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); check the path"
+            )
+        super().__init__(paths, size, f"folder:{root}", root=root)
+
+
+class ArrayImages(ImageSet):
+    """Images stored as a uint8 array (N, 3, H, W), resized to ``size`` on access."""
+
+    def __init__(self, array: np.ndarray, size: int | None, name: str, identity: str) -> None:
+        self.array, self.size, self.name = array, size, name
+        self.identity = f"{identity}:{size}"
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return uint8_to_float(np.asarray(self.array[i]), self.size)
 
 
 class TripletImages(ImageSet):

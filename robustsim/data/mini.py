@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -137,29 +138,20 @@ def _shifted_view(photo: np.ndarray, y: int, x: int, family: str, strength: floa
     return FAMILIES[family](crop, strength, rng)
 
 
-def build_mini(root: Path | None = None) -> Path:
-    """Generate every split into ``root`` (default: the cache) atomically; return the folder."""
-    digest = manifest_hash()
-    root = root or cache_dir() / f"mini-{digest}"
+def build_cached(prefix: str, digest: str, write: Callable[[Path], dict]) -> Path:
+    """Folder ``$ROBUSTSIM_CACHE/{prefix}-{digest}``, filled once by ``write(tmp_dir) -> manifest``.
+
+    The folder appears atomically (built in a temporary folder, then renamed), so a crash or a
+    concurrent builder never leaves a half-written set behind.
+    """
+    root = cache_dir() / f"{prefix}-{digest}"
     if (root / "manifest.json").is_file():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".mini-", dir=root.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{prefix}-", dir=root.parent))
     try:
-        files = {}
-        for k, (split, n) in enumerate(sorted(COUNTS.items())):
-            images, p, fams = generate_split(split, n, seed=1000 + k)
-            np.save(tmp / f"{split}.npy", images)
-            np.save(tmp / f"{split}_p.npy", p)
-            (tmp / f"{split}_family.json").write_text(json.dumps(fams))
-            files[split] = hashlib.sha256(images.tobytes() + p.tobytes()).hexdigest()
-        manifest = {
-            "hash": digest,
-            "recipe": _recipe(),
-            "arrays_sha256": files,
-            "note": "synthetic proxy: label = weaker distortion, not human judgements",
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        manifest = write(tmp)
+        (tmp / "manifest.json").write_text(json.dumps({"hash": digest, **manifest}, indent=1))
         try:
             tmp.rename(root)
         except OSError:  # another process finished first
@@ -168,6 +160,26 @@ def build_mini(root: Path | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def _write_mini(tmp: Path) -> dict:
+    files = {}
+    for k, (split, n) in enumerate(sorted(COUNTS.items())):
+        images, p, fams = generate_split(split, n, seed=1000 + k)
+        np.save(tmp / f"{split}.npy", images)
+        np.save(tmp / f"{split}_p.npy", p)
+        (tmp / f"{split}_family.json").write_text(json.dumps(fams))
+        files[split] = hashlib.sha256(images.tobytes() + p.tobytes()).hexdigest()
+    return {
+        "recipe": _recipe(),
+        "arrays_sha256": files,
+        "note": "synthetic proxy: label = weaker distortion, not human judgements",
+    }
+
+
+def build_mini() -> Path:
+    """Generate every split into the cache atomically (once); return the folder."""
+    return build_cached("mini", manifest_hash(), _write_mini)
 
 
 def mini_triplets(split: str = "test", size: int | None = None) -> ArrayTriplets:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from robustsim.data.images import load_image
+from robustsim.data.images import load_image, uint8_to_float
 from robustsim.data.sources import (
     Record,
     bapps_records,
@@ -85,11 +85,7 @@ class ArrayTriplets(TripletDataset):
         return len(self.p)
 
     def __getitem__(self, i: int) -> dict:
-        t = torch.from_numpy(np.array(self.images[i])).float().div_(255.0)
-        if self.size is not None and self.size != self.native_size:
-            t = torch.nn.functional.interpolate(
-                t, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True
-            ).clamp_(0, 1)
+        t = uint8_to_float(self.images[i], self.size)
         return {"ref": t[0], "x0": t[1], "x1": t[2], "p": torch.tensor(float(self.p[i])), "index": torch.tensor(i)}
 
     def groups(self) -> list[str]:

@@ -16,6 +16,7 @@ from torch import nn
 from robustsim.errors import InputError
 
 _RANGE_TOL = 1e-4
+_PAIR_VALUES = 2**24  # image values per repeated batch in Metric.pairwise
 
 
 def validate_images(x: torch.Tensor, name: str = "x") -> None:
@@ -86,6 +87,20 @@ class Metric(nn.Module):
     def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def pairwise(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(Bx, By) distances d(x_i, y_j) of every pair of validated batches; differentiable.
+
+        The default evaluates :meth:`distance` on repeated pairs, a few million values at a time;
+        metrics with a closed form override it."""
+        per_call = max(1, _PAIR_VALUES // max(1, x[0].numel()))
+        step = max(1, per_call // x.shape[0])
+        parts = []
+        for start in range(0, y.shape[0], step):
+            g = y[start : start + step]
+            xx = x.repeat_interleave(g.shape[0], dim=0)
+            parts.append(self.distance(xx, g.repeat(x.shape[0], 1, 1, 1)).view(x.shape[0], g.shape[0]))
+        return torch.cat(parts, dim=1)
+
     @property
     def device(self) -> torch.device:
         for t in self.parameters():
@@ -148,6 +163,12 @@ class EmbeddingMetric(Metric):
     def embedding_distance(ex: torch.Tensor, ey: torch.Tensor) -> torch.Tensor:
         """1 - cos(ex, ey) per row, in [0, 2]; equals ||phi(x) - phi(y)||^2 / 2 for phi = e/||e||."""
         return (1.0 - F.cosine_similarity(ex, ey, dim=1, eps=1e-12)).clamp_min(0.0)
+
+    def pairwise(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(Bx, By) 1 - cos between every pair of embeddings."""
+        ex = F.normalize(self._embed(x), dim=1, eps=1e-12)
+        ey = F.normalize(self._embed(y), dim=1, eps=1e-12)
+        return (1.0 - ex @ ey.T).clamp_min(0.0)
 
     def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.shape == y.shape:

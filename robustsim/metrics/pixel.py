@@ -26,6 +26,10 @@ class L2Metric(Metric):
         _same_size(x, y, self.name)
         return (x - y).pow(2).flatten(1).mean(1)
 
+    def pairwise(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        _same_size(x[:1], y[:1], self.name)
+        return torch.cdist(x.flatten(1), y.flatten(1)).pow(2) / x[0].numel()
+
 
 class L1Metric(Metric):
     """Mean absolute pixel difference."""
@@ -35,6 +39,10 @@ class L1Metric(Metric):
     def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         _same_size(x, y, self.name)
         return (x - y).abs().flatten(1).mean(1)
+
+    def pairwise(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        _same_size(x[:1], y[:1], self.name)
+        return torch.cdist(x.flatten(1), y.flatten(1), p=1) / x[0].numel()
 
 
 class SSIMMetric(Metric):

@@ -1,0 +1,66 @@
+"""On-disk cache of unit-normalised embeddings, keyed by every byte of the metric's state and the images."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from robustsim.data.imageset import ImageSet
+from robustsim.metrics.base import EmbeddingMetric
+
+
+def embedding_key(metric: EmbeddingMetric, images: ImageSet) -> str:
+    """Hash of the metric's name, all its weights and buffers (every byte) and the images' identity."""
+    h = hashlib.sha256(f"{metric.name}|{images.identity}".encode())
+    for name, t in metric.state_dict().items():
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+@torch.no_grad()
+def cached_embeddings(
+    metric: EmbeddingMetric,
+    images: ImageSet,
+    cache_dir: str | os.PathLike,
+    prefix: str = "emb",
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> np.ndarray:
+    """(N, D) unit-norm embeddings of ``images`` as a read-only memory map; computed on the first call
+    only, written atomically (a crash never leaves a partial cache file)."""
+    cache_dir = Path(cache_dir)
+    key = embedding_key(metric, images)
+    path = cache_dir / f"{prefix}-{key}.npy"
+    if path.is_file():
+        return np.load(path, mmap_mode="r")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
+    out = None
+    try:
+        for start in tqdm(
+            range(0, len(images), batch_size), desc=f"{prefix} {metric.name}", disable=not progress, leave=False
+        ):
+            x = torch.stack([images[i] for i in range(start, min(start + batch_size, len(images)))]).to(device)
+            e = F.normalize(metric.embed(x).float(), dim=1).cpu().numpy()
+            if out is None:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(images), e.shape[1]))
+            out[start : start + len(e)] = e
+        assert out is not None
+        out.flush()
+        del out
+        os.replace(tmp, path)
+        meta = {"metric": metric.name, "images": images.identity, "shape": list(np.load(path, mmap_mode="r").shape)}
+        (cache_dir / f"{prefix}-{key}.json").write_text(json.dumps(meta))
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return np.load(path, mmap_mode="r")
