@@ -387,9 +387,11 @@ def plot_cmd(reports: tuple[str, ...], kind: str, out: str) -> None:
 
 
 def _add_subgroups() -> None:
+    from robustsim.cli_retrieval import retrieval_cmd
     from robustsim.cli_train import train_group
 
     cli.add_command(train_group)
+    cli.add_command(retrieval_cmd)
 
 
 _add_subgroups()

@@ -29,6 +29,7 @@ class Curve:
     eps: Sequence[float]
     values: Sequence[float]  # accuracies in [0, 1]
     style: str | None = None
+    color: int | None = None  # palette index; default: the curve's position
 
 
 def eps_label(norm: str) -> str:
@@ -57,7 +58,7 @@ def accuracy_figure(curves: Sequence[Curve], norm: str, title: str, ylabel: str 
             [100 * v for v in c.values],
             c.style or STYLES[(i // len(OKABE_ITO)) % 4],
             marker="o",
-            color=OKABE_ITO[i % len(OKABE_ITO)],
+            color=OKABE_ITO[(i if c.color is None else c.color) % len(OKABE_ITO)],
             label=c.label,
             linewidth=2,
         )
@@ -100,5 +101,41 @@ def example_grid(
             ax.set_yticks([])
             if i == 0:
                 ax.set_title(cols[j], fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+LABEL_COLOURS = {1: "#009E73", 0: "#D55E00", -1: "#999999"}  # positive, negative, unannotated
+
+
+def retrieval_grid(rows: Sequence[tuple[str, torch.Tensor, torch.Tensor, Sequence[int]]]) -> plt.Figure:
+    """One row per (title, query image, top-k images (k, 3, H, W), labels of the top-k): the query,
+    then its ranked results framed green (annotated similar), vermillion (not similar) or grey
+    (unannotated)."""
+    from robustsim.data.images import to_uint8_image
+
+    k = max(len(r[2]) for r in rows)
+    fig, axes = plt.subplots(len(rows), k + 1, figsize=(1.3 * (k + 1), 1.45 * len(rows)), squeeze=False)
+    for i, (title, query, top, labels) in enumerate(rows):
+        for j in range(k + 1):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.imshow(to_uint8_image(query))
+                ax.set_ylabel(title, fontsize=7)
+                colour, width = "#000000", 1.0
+            elif j - 1 < len(top):
+                ax.imshow(to_uint8_image(top[j - 1]))
+                colour, width = LABEL_COLOURS[int(labels[j - 1])], 3.0
+            else:
+                ax.axis("off")
+                continue
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(width)
+            if i == 0:
+                ax.set_title("query" if j == 0 else f"#{j}", fontsize=7)
+    fig.suptitle("green: similar, vermillion: not similar, grey: unannotated", fontsize=8)
     fig.tight_layout()
     return fig

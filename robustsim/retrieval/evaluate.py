@@ -1,0 +1,298 @@
+"""Clean, attacked and certified retrieval scores of one metric on one retrieval set.
+
+Everything is per query and streamed over query batches. Attacked scores are the worst case over
+every point the attacks found in the ball (plus the clean query, and, since balls nest, the points
+found at smaller epsilons); each point is re-checked to lie in the ball and the [0, 1] box and is
+scored by its real ranking, not by the attack's own loss. Certified recall@k counts the positives
+in the top k whose top-k radius (:mod:`robustsim.certify.retrieval`) exceeds epsilon; linf balls are
+certified through ||delta||_2 <= sqrt(d) ||delta||_inf. The laws certified <= attacked <= clean
+hold per query or the run fails.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from robustsim.attacks.geometry import Norm, in_threat_model
+from robustsim.attacks.registry import make_attack
+from robustsim.attacks.retrieval import PullIn, PushOut, attack_queries
+from robustsim.audit import AuditLawError
+from robustsim.data.retrieval import POSITIVE, RetrievalSet
+from robustsim.metrics.base import Metric
+from robustsim.retrieval import scores
+from robustsim.retrieval.index import Backend, EmbeddingGallery, Gallery, build_gallery
+
+AP_CUTOFF = 1000  # AP is computed over the top min(G, AP_CUTOFF) items (exact for smaller galleries)
+
+
+@dataclass
+class RetrievalResult:
+    """Per-query outcomes. Recalls are (Q,) clean or (n_eps, Q) under attack / certified; NaN marks
+    queries without an annotated positive."""
+
+    metric: str
+    data: str
+    note: str
+    n_gallery: int
+    ks: list[int]
+    norm: str
+    eps: list[float]
+    clean_recall: dict[int, torch.Tensor]
+    clean_ap: torch.Tensor
+    roc_auc: float
+    unannotated: dict[int, int]
+    attacked_recall: dict[int, torch.Tensor] | None = None
+    attacked_ap: torch.Tensor | None = None
+    certified_recall: dict[int, torch.Tensor] | None = None
+    targeted_success: torch.Tensor | None = None  # (n_eps, n_targeted) bool
+    top1_radius: torch.Tensor | None = None  # (Q,) certified l2 radius of the clean top-1
+    attacks: list[str] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    examples: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def n_queries(self) -> int:
+        return int(self.clean_ap.shape[0])
+
+    @property
+    def n_scored(self) -> int:
+        return int(torch.isfinite(self.clean_ap).sum())
+
+    def summary(self) -> dict:
+        """Means over the scored queries (fractions in [0, 1]), one list entry per epsilon."""
+
+        def per_eps(t: torch.Tensor | None) -> list[float] | None:
+            return None if t is None else [scores.mean(row) for row in t]
+
+        out = {
+            "clean": {f"recall@{k}": scores.mean(v) for k, v in self.clean_recall.items()},
+            "attacked": None,
+            "certified": None,
+            "targeted_success": None,
+        }
+        out["clean"]["mAP"] = scores.mean(self.clean_ap)
+        out["clean"]["roc_auc"] = self.roc_auc
+        if self.attacked_recall is not None:
+            out["attacked"] = {f"recall@{k}": per_eps(v) for k, v in self.attacked_recall.items()}
+            out["attacked"]["mAP"] = per_eps(self.attacked_ap)
+        if self.certified_recall is not None:
+            out["certified"] = {f"recall@{k}": per_eps(v) for k, v in self.certified_recall.items()}
+        if self.targeted_success is not None:
+            t = self.targeted_success
+            out["targeted_success"] = [float(r.double().mean()) if t.shape[1] else math.nan for r in t]
+        if self.top1_radius is not None:
+            out["median_top1_radius"] = float(self.top1_radius.median())
+        return out
+
+
+def _rank_scores(rank: torch.Tensor, labels: torch.Tensor, n_pos: torch.Tensor, ks: Sequence[int]):
+    rec = {k: scores.recall_at_k(rank, labels, n_pos, k) for k in ks}
+    return rec, scores.average_precision(rank, labels, n_pos)
+
+
+class _Run:
+    """State of one evaluation: the gallery, the settings, and per-query result buffers."""
+
+    def __init__(self, metric: Metric, data: RetrievalSet, gallery: Gallery, ks, norm, eps, device) -> None:
+        self.metric, self.data, self.gallery = metric, data, gallery
+        self.ks, self.norm, self.eps, self.device = ks, norm, eps, device
+        n_eligible = len(gallery) - int(data.exclude.sum(1).max()) if data.exclude.numel() else len(gallery)
+        self.K = min(n_eligible, max(max(ks), AP_CUTOFF))
+        if max(ks) > n_eligible:
+            raise ValueError(f"k={max(ks)} exceeds the {n_eligible} gallery items a query is ranked against")
+
+    def search(self, q: torch.Tensor, exc: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        return self.gallery.search(q, k or self.K, exc)[1]
+
+    def verified(self, adv: torch.Tensor, q: torch.Tensor, e: float) -> torch.Tensor:
+        """Points outside the ball or the box are replaced by the clean query (they do not count)."""
+        ok = in_threat_model(adv, q, e, self.norm)
+        return torch.where(ok.view(-1, 1, 1, 1), adv, q)
+
+
+def evaluate_retrieval(
+    metric: Metric,
+    data: RetrievalSet,
+    ks: Sequence[int] = (1, 5, 10),
+    norm: Norm = "l2",
+    eps: Sequence[float] = (),
+    attacks: Sequence[str] = ("apgd-ce",),
+    steps: int = 20,
+    restarts: int = 1,
+    targeted: bool = False,
+    seed: int = 0,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    backend: Backend = "auto",
+    n_examples: int = 4,
+    progress: bool = True,
+    cache_dir: str | None = None,
+) -> RetrievalResult:
+    """Clean recall@k / mAP / ROC-AUC; with ``eps``, attacked recall@k and mAP (untargeted), the
+    targeted success rate (``targeted``) and, for metrics with a Lipschitz guarantee, certified
+    recall@k. Images must already be at the metric's input size (open the set with that size)."""
+    t0 = time.perf_counter()
+    ks, eps = sorted({int(k) for k in ks}), sorted(float(e) for e in eps)
+    if not ks or ks[0] < 1:
+        raise ValueError("k values must be >= 1")
+    metric = metric.to(device).eval()
+    gallery = build_gallery(metric, data.gallery, device, backend, cache_dir, batch_size, progress)
+    run = _Run(metric, data, gallery, ks, norm, eps, device)
+    certify = bool(eps) and getattr(metric, "lipschitz", None) is not None and isinstance(gallery, EmbeddingGallery)
+    Q, n_e = len(data.queries), len(eps)
+    nan = float("nan")
+    clean_rec = {k: torch.full((Q,), nan, dtype=torch.float64) for k in ks}
+    clean_ap = torch.full((Q,), nan, dtype=torch.float64)
+    att_rec = {k: torch.full((n_e, Q), nan, dtype=torch.float64) for k in ks} if eps else None
+    att_ap = torch.full((n_e, Q), nan, dtype=torch.float64) if eps else None
+    cert_rec = {k: torch.full((n_e, Q), nan, dtype=torch.float64) for k in ks} if certify else None
+    top1_radius = torch.full((Q,), nan, dtype=torch.float64) if certify else None
+    targeted_ok: list[torch.Tensor] = []
+    auc_s, auc_y = [], []
+    unannotated = dict.fromkeys(ks, 0)
+    examples: dict[str, list[torch.Tensor]] = {}
+    gen = torch.Generator().manual_seed(seed)
+    built = [make_attack(a, norm, steps, restarts, seed) for a in attacks] if eps else []
+    starts = range(0, Q, batch_size)
+    for start in tqdm(starts, desc=f"retrieval {metric.name}", disable=not progress, leave=False):
+        idx = torch.arange(start, min(start + batch_size, Q))
+        q = torch.stack([data.queries[int(i)] for i in idx]).to(device)
+        lab, exc = data.labels[idx].to(device), data.exclude[idx].to(device)
+        pos = (lab == POSITIVE) & ~exc
+        n_pos = pos.sum(1)
+        rank = run.search(q, exc)
+        rec, ap = _rank_scores(rank, lab, n_pos, ks)
+        for k in ks:
+            clean_rec[k][idx] = rec[k].cpu()
+            unannotated[k] += scores.unannotated_in_top_k(rank, lab, k)
+        clean_ap[idx] = ap.cpu()
+        with torch.no_grad():
+            sim = gallery.similarity(q)
+        labelled = (lab >= 0) & ~exc
+        auc_s.append(sim[labelled].cpu())
+        auc_y.append((lab[labelled] == POSITIVE).cpu())
+        if cert_rec is not None:
+            top1_radius[idx] = _certify(run, q, rank, pos, n_pos, exc, cert_rec, idx)  # type: ignore[index]
+        best_rec = {k: rec[k].expand(n_e, -1).clone() for k in ks}
+        best_ap = ap.expand(n_e, -1).clone()
+        adv_show = q.expand(n_e, *q.shape).clone()  # per epsilon, the point with the lowest summed recall
+        show_score = sum(best_rec[k] for k in ks)
+        for attack in built:
+            for k in ks:
+                rows = ((n_pos > 0) & (rec[k] > 0)).nonzero()[:, 0]
+                if rows.numel() == 0:
+                    continue
+                goal = PushOut(gallery.similarity, pos[rows], exc[rows], k)
+                adv = attack_queries(attack, goal, q[rows], eps, gen)
+                for i, e in enumerate(eps):
+                    xa = run.verified(adv[i], q[rows], e)
+                    r2, ap2 = _rank_scores(run.search(xa, exc[rows]), lab[rows], n_pos[rows], ks)
+                    total = sum(r2[kk] for kk in ks)
+                    worse = total < show_score[i, rows]
+                    adv_show[i, rows[worse]] = xa[worse]
+                    show_score[i, rows[worse]] = total[worse]
+                    for kk in ks:
+                        best_rec[kk][i, rows] = torch.minimum(best_rec[kk][i, rows], r2[kk])
+                    best_ap[i, rows] = torch.minimum(best_ap[i, rows], ap2)
+        if att_rec is not None and att_ap is not None:
+            for k in ks:  # nested balls: a point found at a smaller epsilon counts at every larger one
+                att_rec[k][:, idx] = best_rec[k].cummin(0).values.cpu()
+            att_ap[:, idx] = best_ap.cummin(0).values.cpu()
+        if targeted and eps:
+            targeted_ok.append(_targeted(run, built, q, lab, exc, rank, gen))
+        _keep_examples(examples, n_examples, q, rank, lab, adv_show, run, exc)
+    result = RetrievalResult(
+        metric.name,
+        data.name,
+        data.note,
+        len(gallery),
+        ks,
+        norm,
+        eps,
+        clean_rec,
+        clean_ap,
+        scores.roc_auc(torch.cat(auc_s), torch.cat(auc_y)),
+        unannotated,
+        att_rec,
+        att_ap,
+        cert_rec,
+        torch.cat(targeted_ok, 1) if targeted_ok else None,
+        top1_radius,
+        list(attacks) if eps else [],
+        steps,
+        time.perf_counter() - t0,
+        {k: torch.cat(v) for k, v in examples.items()},
+    )
+    check_laws(result)
+    return result
+
+
+def _certify(run: _Run, q, rank, pos, n_pos, exc, cert_rec, idx) -> torch.Tensor:
+    """Fill certified recall for this batch; return the top-1 radii (B,)."""
+    from robustsim.certify.retrieval import retrieval_radii
+
+    assert isinstance(run.gallery, EmbeddingGallery)
+    ks = sorted(set(run.ks) | {1})
+    radii = retrieval_radii(run.metric, q, run.gallery.phi, rank[:, : max(ks)], ks, exc)
+    scale = math.sqrt(q[0].numel()) if run.norm == "linf" else 1.0
+    for k in run.ks:
+        hit = pos.gather(1, rank[:, :k])
+        for i, e in enumerate(run.eps):
+            n_cert = (hit & (radii[k] > e * scale)).sum(1).double()
+            out = n_cert / n_pos.clamp_min(1)
+            cert_rec[k][i, idx] = torch.where(n_pos > 0, out, torch.full_like(out, float("nan"))).cpu()
+    return radii[1][:, 0].double().cpu()
+
+
+def _targeted(run: _Run, attacks, q, lab, exc, rank, gen) -> torch.Tensor:
+    """(n_eps, B) bool: a random non-positive item (not the clean top-1) became the top-1."""
+    allowed = (lab != POSITIVE) & ~exc
+    allowed.scatter_(1, rank[:, :1], False)
+    weights = allowed.double().cpu()
+    weights[weights.sum(1) == 0] = 1.0  # nothing allowed: any pick, reported as a failure below
+    target = torch.multinomial(weights, 1, generator=gen)[:, 0].to(q.device)
+    ok = torch.zeros(len(run.eps), q.shape[0], dtype=torch.bool)
+    goal = PullIn(run.gallery.similarity, target, exc)
+    for attack in attacks:
+        adv = attack_queries(attack, goal, q, run.eps, gen)
+        for i, e in enumerate(run.eps):
+            top1 = run.search(run.verified(adv[i], q, e), exc, k=1)[:, 0]
+            ok[i] |= ((top1 == target) & allowed.gather(1, target[:, None])[:, 0]).cpu()
+    return ok.cummax(0).values
+
+
+def _keep_examples(store, n, q, rank, lab, adv, run: _Run, exc) -> None:
+    have = sum(len(t) for t in store.get("query", []))
+    take = slice(0, max(0, n - have))
+    if take.stop == 0:
+        return
+    k = max(run.ks)
+    store.setdefault("query", []).append(q[take].cpu())
+    store.setdefault("top", []).append(rank[take, :k].cpu())
+    store.setdefault("top_labels", []).append(lab.gather(1, rank[:, :k])[take].cpu())
+    if run.eps:
+        xa = adv[-1, take]
+        r2 = run.search(xa, exc[take], k)
+        store.setdefault("adv", []).append(xa.cpu())
+        store.setdefault("adv_top", []).append(r2.cpu())
+        store.setdefault("adv_top_labels", []).append(lab[take].gather(1, r2).cpu())
+
+
+def check_laws(res: RetrievalResult) -> None:
+    """certified <= attacked <= clean per query, and attacked non-increasing in epsilon."""
+    tol = 1e-9
+    for k in res.ks:
+        clean = res.clean_recall[k].nan_to_num(0)
+        att = res.attacked_recall[k].nan_to_num(0) if res.attacked_recall is not None else None
+        if att is not None and ((att > clean + tol).any() or (att[1:] > att[:-1] + tol).any()):
+            raise AuditLawError(f"attacked recall@{k} exceeds clean or grows with epsilon")
+        if res.certified_recall is not None and att is not None:
+            if (res.certified_recall[k].nan_to_num(0) > att + tol).any():
+                raise AuditLawError(f"certified recall@{k} exceeds attacked recall: the certificate is unsound")
