@@ -59,6 +59,15 @@ data_option = click.option(
     show_default=True,
     help="Triplets: mini[:split], nights:PATH[:split], bapps:PATH[:split[:cats]], csv:FILE.",
 )
+seed_option = click.option("--seed", default=0, show_default=True, type=int)
+restarts_option = click.option("--restarts", default=1, show_default=True, type=click.IntRange(1))
+
+
+def out_dir_option(files: str):
+    """``--out DIR``: the folder the command writes ``files`` into (atomically)."""
+    return click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help=f"Write {files} here.")
+
+
 limit_option = click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N triplets.")
 
 
@@ -243,7 +252,7 @@ def certify_cmd(
     "foolbox-pgd, foolbox:<Class>.",
 )
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(1), help="Iterations per attack.")
-@click.option("--restarts", default=1, show_default=True, type=click.IntRange(1))
+@restarts_option
 @click.option(
     "--target",
     type=click.Choice(["ref", "x0", "x1", "all"]),
@@ -251,14 +260,8 @@ def certify_cmd(
     show_default=True,
     help="Which image the attacker perturbs.",
 )
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Write report.json, report.md, robust.png, examples.png here.",
-)
+@seed_option
+@out_dir_option("report.json, report.md, robust.png, examples.png")
 @batch_option
 @device_option
 @limit_option

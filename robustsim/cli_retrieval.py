@@ -6,7 +6,15 @@ from pathlib import Path
 
 import click
 
-from robustsim.cli import device_option, limit_option, parse_floats, resolve_device
+from robustsim.cli import (
+    device_option,
+    limit_option,
+    out_dir_option,
+    parse_floats,
+    resolve_device,
+    restarts_option,
+    seed_option,
+)
 
 DEFAULT_EPS = {"l2": "0.5,1", "linf": "1/255,2/255"}
 
@@ -48,7 +56,7 @@ def parse_ks(text: str) -> list[int]:
     help="Comma-separated attack names (see `robustsim audit --help`); worst case per query.",
 )
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Iterations per attack.")
-@click.option("--restarts", default=1, show_default=True, type=click.IntRange(1))
+@restarts_option
 @click.option("--targeted", is_flag=True, help="Also try to pull a random non-positive item into the top-1.")
 @click.option(
     "--index",
@@ -58,14 +66,8 @@ def parse_ks(text: str) -> list[int]:
     show_default=True,
     help="Top-k search: exact chunked products, faiss IndexFlatIP, or auto (faiss from 50k items).",
 )
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Write report.json, report.md, recall.png and queries.png here.",
-)
+@seed_option
+@out_dir_option("report.json, report.md, recall.png and queries.png")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Queries per batch.")
 @device_option
 @limit_option
