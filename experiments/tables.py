@@ -30,8 +30,9 @@ def table_numbers(text: str) -> list[tuple[str, list[float]]]:
     return [row for row in out if row[1]]
 
 
-def check_table(generated: str, committed: Path, tol: float) -> bool:
-    """True when every number of ``generated`` is within ``tol`` of the committed table's; prints why not."""
+def check_table(generated: str, committed: Path, tol: float, rel: float = 0.0) -> bool:
+    """True when every number of ``generated`` is within ``tol + rel * |committed|`` of the committed
+    table's; prints why not."""
     got, want = table_numbers(generated), table_numbers(committed.read_text())
     if [r[0] for r in got] != [r[0] for r in want] or [len(r[1]) for r in got] != [len(r[1]) for r in want]:
         print(f"check: table layout differs from {committed}", file=sys.stderr)
@@ -40,10 +41,10 @@ def check_table(generated: str, committed: Path, tol: float) -> bool:
         (label, a, b)
         for (label, xs), (_, ys) in zip(got, want, strict=True)
         for a, b in zip(xs, ys, strict=True)
-        if abs(a - b) > tol
+        if abs(a - b) > tol + rel * abs(b)
     ]
     for label, a, b in bad:
-        print(f"check: {label}: {a} vs committed {b} (tolerance {tol})", file=sys.stderr)
+        print(f"check: {label}: {a} vs committed {b} (tolerance {tol} + {rel} relative)", file=sys.stderr)
     if not bad:
         print(f"check: every number matches {committed} within {tol}")
     return not bad

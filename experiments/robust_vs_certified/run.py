@@ -3,6 +3,7 @@ for l2, ssim, ms-ssim, effnet-ensemble and the shipped certified lipsim-nano: th
 comparison at CPU scale.
 
 Run from the repo root after `make demo`'s set-up:  .venv/bin/python experiments/robust_vs_certified/run.py
+(``--check`` also compares the table with the committed table.md, tolerance 1 point.)
 Writes results/robust_vs_certified/{results.json, table.md, robust_l2.png, robust_linf.png} (about 10 min
 on 2 CPU cores). Deterministic: fixed seeds, the first N mini:test triplets, APGD-CE + APGD-margin.
 """
@@ -10,6 +11,7 @@ on 2 CPU cores). Deterministic: fixed seeds, the first N mini:test triplets, APG
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -20,6 +22,10 @@ from robustsim.audit import run_audit
 from robustsim.data import open_triplets
 from robustsim.io import write_json
 from robustsim.plots import Curve, accuracy_figure, save_figure
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from tables import check_table  # noqa: E402
 
 METRICS = ["l2", "ssim", "ms-ssim", "effnet-ensemble", "lipsim-nano"]
 EPS = {"l2": [0.25, 0.5, 1.0], "linf": [1 / 255, 2 / 255, 4 / 255]}
@@ -53,6 +59,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100, help="first N mini:test triplets")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--out", default="results/robust_vs_certified")
+    ap.add_argument("--check", action="store_true", help="compare with the committed table.md (1 point)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     out = Path(args.out)
@@ -80,6 +87,8 @@ def main() -> None:
         fig = accuracy_figure(curves, norm, f"mini:test[:{args.n}], APGD-CE + APGD-margin ({args.steps} steps)")
         save_figure(fig, out / f"robust_{norm}.png")
     print(table(results))
+    if args.check and not check_table(table(results), HERE / "table.md", tol=1.0):
+        sys.exit(1)
 
 
 if __name__ == "__main__":
