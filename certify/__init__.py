@@ -1,4 +1,5 @@
-"""Certificates for 1-Lipschitz embedding metrics (l2 threat model on the reference image)."""
+"""Certificates for 1-Lipschitz embedding metrics (l2 threat model): 2AFC radii on the reference image,
+embedding-distance bounds, and top-k retrieval radii on the query."""
 
 from robustsim.certify.certify2afc import CertifyResult, certify_2afc
 from robustsim.certify.lipschitz import estimate_lipschitz, lipschitz_bound
@@ -8,6 +9,7 @@ from robustsim.certify.radius import (
     radius_from_embeddings,
     require_lipschitz,
 )
+from robustsim.certify.retrieval import retrieval_radii, top_k_radii
 
 __all__ = [
     "CertifyResult",
@@ -18,4 +20,6 @@ __all__ = [
     "lipschitz_bound",
     "radius_from_embeddings",
     "require_lipschitz",
+    "retrieval_radii",
+    "top_k_radii",
 ]
