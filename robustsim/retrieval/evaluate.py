@@ -98,7 +98,7 @@ def _rank_scores(rank: torch.Tensor, labels: torch.Tensor, n_pos: torch.Tensor, 
 
 
 class _Run:
-    """State of one evaluation: the gallery, the settings, and per-query result buffers."""
+    """The gallery and settings of one evaluation, with the ranking and ball checks every step uses."""
 
     def __init__(self, metric: Metric, data: RetrievalSet, gallery: Gallery, ks, norm, eps, device) -> None:
         self.metric, self.data, self.gallery = metric, data, gallery
