@@ -325,8 +325,9 @@ def audit_cmd(
 @click.pass_context
 def demo_cmd(ctx: click.Context, device: str, quick: bool) -> None:
     """What `make demo` runs: clean 2AFC of several metrics on the bundled `mini` set, certified
-    accuracy of the shipped lipsim-nano, then an audit of l2 and effnet-ensemble (l2 and linf,
-    three epsilons each)."""
+    accuracy of the shipped lipsim-nano, an audit of l2 and effnet-ensemble (l2 and linf, three
+    epsilons each), then lipsim-nano's clean, attacked and certified recall on the bundled
+    retrieval set."""
     click.echo("== clean 2AFC on the bundled synthetic `mini` test split")
     ctx.invoke(
         score_cmd,
@@ -370,6 +371,27 @@ def demo_cmd(ctx: click.Context, device: str, quick: bool) -> None:
                 device=device,
                 limit=16 if quick else limit,
             )
+    from robustsim.cli_retrieval import retrieval_cmd
+
+    click.echo("\n== retrieval with lipsim-nano on the bundled synthetic retrieval set (l2 attacks on the query)")
+    ctx.invoke(
+        retrieval_cmd,
+        metric="lipsim-nano",
+        data_spec="mini",
+        k_text="1,5,10",
+        norm="l2",
+        eps_text="0.5,1",
+        attacks_text="apgd-ce",
+        steps=3 if quick else 20,
+        restarts=1,
+        targeted=False,
+        backend="auto",
+        seed=0,
+        out_dir="runs/demo/retrieval-lipsim-nano",
+        batch_size=32,
+        device=device,
+        limit=8 if quick else None,
+    )
 
 
 @cli.command("plot")
