@@ -6,7 +6,7 @@ families mapped onto the six categories; labels are mini's synthetic 0/1 judgeme
 runs on that: this is the committed table, regenerated in about 3 minutes on 2 CPU cores.
 ``--check`` compares the table with the committed table.md (tolerance 0.1 points).
 
-Writes results/bapps_table/{results.json, table.md}. Columns follow LPIPS Table 5: distortions
+Writes results/bapps_table/{results.json, table.md, bapps_table.png}. Columns follow LPIPS Table 5: distortions
 (traditional, CNN-based, their mean) and real algorithms (super-resolution, video deblurring,
 colorisation, frame interpolation, their mean), then the mean of all six; "All" columns are means of
 the category scores, as the paper averages datasets. The human row is the expected agreement of two
@@ -99,6 +99,32 @@ def lpips_layout(scores: dict[str, dict[str, float]]) -> str:
     return markdown_table(HEADERS, rows)
 
 
+def figure(scores: dict[str, dict[str, float]], out: Path) -> None:
+    """Heat map: 2AFC (%) per metric (rows) and category (columns, the table's order)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from robustsim.plots import save_figure
+
+    cats = [c for c in DISTORTIONS + REAL if any(c in s for s in scores.values())]
+    names = list(scores)
+    grid = np.array([[100 * scores[n].get(c, np.nan) for c in cats] for n in names])
+    fig, ax = plt.subplots(figsize=(1.1 * len(cats) + 2, 0.45 * len(names) + 1.2))
+    im = ax.imshow(grid, cmap="cividis", vmin=0, vmax=100, aspect="auto")
+    for i in range(len(names)):
+        for j in range(len(cats)):
+            v = grid[i, j]
+            ax.text(j, i, "-" if np.isnan(v) else f"{v:.1f}", ha="center", va="center", fontsize=8,
+                    color="black" if v > 60 else "white")  # fmt: skip
+    ax.set_xticks(range(len(cats)), cats, fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    fig.colorbar(im, ax=ax, label="2AFC (%)")
+    ax.set_title("2AFC per BAPPS category", fontsize=9)
+    save_figure(fig, out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bapps", type=Path, default=None, help="BAPPS root (holds 2afc/); default: the mini proxy")
@@ -115,6 +141,7 @@ def main() -> None:
 
     write_json(args.out / "results.json", {"bapps": str(root), "proxy": args.bapps is None, "scores": scores})
     (args.out / "table.md").write_text(text)
+    figure(scores, args.out / "bapps_table.png")
     print(text)
     if args.check and not check_table(text, HERE / "table.md", tol=0.1):
         sys.exit(1)
