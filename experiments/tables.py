@@ -46,5 +46,5 @@ def check_table(generated: str, committed: Path, tol: float, rel: float = 0.0) -
     for label, a, b in bad:
         print(f"check: {label}: {a} vs committed {b} (tolerance {tol} + {rel} relative)", file=sys.stderr)
     if not bad:
-        print(f"check: every number matches {committed} within {tol}")
+        print(f"check: every number matches {committed} within {tol} + {rel} x the number")
     return not bad
