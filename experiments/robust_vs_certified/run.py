@@ -4,7 +4,7 @@ comparison at CPU scale.
 
 Run from the repo root after `make demo`'s set-up:  .venv/bin/python experiments/robust_vs_certified/run.py
 (``--check`` also compares the table with the committed table.md, tolerance 1 point.)
-Writes results/robust_vs_certified/{results.json, table.md, robust_l2.png, robust_linf.png} (about 10 min
+Writes results/robust_vs_certified/{results.json, table.md, robust_l2.png, robust_linf.png} (about 7 min
 on 2 CPU cores). Deterministic: fixed seeds, the first N mini:test triplets, APGD-CE + APGD-margin.
 """
 
