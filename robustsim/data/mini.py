@@ -98,9 +98,9 @@ def _recipe() -> dict:
     }
 
 
-def manifest_hash() -> str:
-    """Hash of the recipe and the source photos' bytes; names the cache folder."""
-    blob = json.dumps(_recipe(), sort_keys=True).encode() + _sources_digest().encode()
+def manifest_hash(recipe: dict | None = None) -> str:
+    """Hash of a recipe (default: mini's) and the source photos' bytes; names the cache folder."""
+    blob = json.dumps(recipe or _recipe(), sort_keys=True).encode() + _sources_digest().encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

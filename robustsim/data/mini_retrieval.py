@@ -11,7 +11,6 @@ other views of its content; every other pair is a negative (fully annotated).
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,15 @@ import torch
 
 from robustsim.data.distortions import FAMILIES
 from robustsim.data.imageset import ArrayImages
-from robustsim.data.mini import SHIFT, SIZE, SPLIT_SOURCES, _shifted_view, build_cached, source_image
+from robustsim.data.mini import (
+    SHIFT,
+    SIZE,
+    SPLIT_SOURCES,
+    _shifted_view,
+    build_cached,
+    manifest_hash,
+    source_image,
+)
 from robustsim.data.retrieval import NEGATIVE, POSITIVE, RetrievalSet
 
 RECIPE_VERSION = 1
@@ -74,13 +81,6 @@ def generate() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.ascontiguousarray(queries), np.ascontiguousarray(gallery[order]), content[order]
 
 
-def _digest() -> str:
-    from robustsim.data.mini import _sources_digest
-
-    blob = json.dumps(_recipe(), sort_keys=True).encode() + _sources_digest().encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
 def _write(tmp: Path) -> dict:
     queries, gallery, content = generate()
     np.save(tmp / "queries.npy", queries)
@@ -92,7 +92,7 @@ def _write(tmp: Path) -> dict:
 
 def mini_retrieval(size: int | None = None) -> RetrievalSet:
     """The bundled retrieval set at ``size`` (None = 64 px), built on first use."""
-    digest = _digest()
+    digest = manifest_hash(_recipe())
     root = build_cached("mini-retrieval", digest, _write)
     queries = np.load(root / "queries.npy", mmap_mode="r")
     gallery = np.load(root / "gallery.npy", mmap_mode="r")
