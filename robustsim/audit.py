@@ -27,7 +27,8 @@ class AuditLawError(RuntimeError):
     """certified <= robust <= clean (per epsilon) or monotonicity in epsilon does not hold."""
 
 
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
+    """Versions of the packages an attack report depends on ("not installed" where absent)."""
     out = {}
     for pkg in ("robustsim", "torch", "pyautoattack", "foolbox", "numpy"):
         try:
@@ -106,7 +107,7 @@ def run_audit(
             "robust": worst.int().tolist(),
             "certified": cert.int().tolist() if cert is not None else None,
         },
-        "versions": _versions(),
+        "versions": package_versions(),
         "seconds": time.perf_counter() - t0,
     }
     check_laws(report)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.metadata as md
 from pathlib import Path
 
 import torch
 
+from robustsim.audit import package_versions
 from robustsim.data.retrieval import RetrievalSet
 from robustsim.io import atomic_write, write_json
 from robustsim.retrieval.evaluate import RetrievalResult
@@ -46,13 +46,6 @@ def retrieval_table(res: RetrievalResult) -> str:
 
 
 def report_json(res: RetrievalResult) -> dict:
-    versions = {}
-    for pkg in ("robustsim", "torch", "numpy"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = "not installed"
-
     def lst(t: torch.Tensor | None):
         return (
             None if t is None else [[None if v != v else v for v in row] for row in t.reshape(-1, t.shape[-1]).tolist()]
@@ -87,7 +80,7 @@ def report_json(res: RetrievalResult) -> dict:
             else {str(k): lst(v) for k, v in res.certified_recall.items()},
             "top1_radius": None if res.top1_radius is None else lst(res.top1_radius[None])[0],
         },
-        "versions": versions,
+        "versions": package_versions(),
     }
 
 
