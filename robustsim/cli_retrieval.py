@@ -110,9 +110,10 @@ def retrieval_cmd(
     data = open_retrieval(data_spec, size=m.input_size)
     if limit is not None:
         data = data.subset(limit)
-    n_rank = len(data.gallery) - (int(data.exclude.sum(1).max()) if len(data.queries) else 0)
-    if ks[-1] > n_rank:
-        raise click.BadParameter(f"k={ks[-1]} exceeds the {n_rank} gallery items ranked per query", param_hint="--k")
+    if ks[-1] > data.n_ranked:
+        raise click.BadParameter(
+            f"k={ks[-1]} exceeds the {data.n_ranked} gallery items ranked per query", param_hint="--k"
+        )
     res = evaluate_retrieval(
         m,
         data,

@@ -46,6 +46,12 @@ class RetrievalSet:
             raise ValueError(f"labels and exclude must have shape {shape}")
 
     @property
+    def n_ranked(self) -> int:
+        """How many gallery items every query is ranked against (the gallery less its excluded items)."""
+        most_excluded = int(self.exclude.sum(1).max()) if self.exclude.numel() else 0
+        return len(self.gallery) - most_excluded
+
+    @property
     def n_positives(self) -> torch.Tensor:
         """(Q,) annotated positives per query (excluded pairs never count)."""
         return ((self.labels == POSITIVE) & ~self.exclude).sum(1)

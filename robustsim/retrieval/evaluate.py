@@ -100,13 +100,12 @@ def _rank_scores(rank: torch.Tensor, labels: torch.Tensor, n_pos: torch.Tensor, 
 class _Run:
     """The gallery and settings of one evaluation, with the ranking and ball checks every step uses."""
 
-    def __init__(self, metric: Metric, data: RetrievalSet, gallery: Gallery, ks, norm, eps, device) -> None:
-        self.metric, self.data, self.gallery = metric, data, gallery
-        self.ks, self.norm, self.eps, self.device = ks, norm, eps, device
-        n_eligible = len(gallery) - int(data.exclude.sum(1).max()) if data.exclude.numel() else len(gallery)
-        self.K = min(n_eligible, max(max(ks), AP_CUTOFF))
-        if max(ks) > n_eligible:
-            raise ValueError(f"k={max(ks)} exceeds the {n_eligible} gallery items a query is ranked against")
+    def __init__(self, metric: Metric, data: RetrievalSet, gallery: Gallery, ks, norm, eps) -> None:
+        self.metric, self.gallery = metric, gallery
+        self.ks, self.norm, self.eps = ks, norm, eps
+        self.K = min(data.n_ranked, max(max(ks), AP_CUTOFF))
+        if max(ks) > data.n_ranked:
+            raise ValueError(f"k={max(ks)} exceeds the {data.n_ranked} gallery items a query is ranked against")
 
     def search(self, q: torch.Tensor, exc: torch.Tensor, k: int | None = None) -> torch.Tensor:
         return self.gallery.search(q, k or self.K, exc)[1]
@@ -144,7 +143,7 @@ def evaluate_retrieval(
         raise ValueError("k values must be >= 1")
     metric = metric.to(device).eval()
     gallery = build_gallery(metric, data.gallery, device, backend, cache_dir, batch_size, progress)
-    run = _Run(metric, data, gallery, ks, norm, eps, device)
+    run = _Run(metric, data, gallery, ks, norm, eps)
     certify = bool(eps) and getattr(metric, "lipschitz", None) is not None and isinstance(gallery, EmbeddingGallery)
     Q, n_e = len(data.queries), len(eps)
     nan = float("nan")
