@@ -328,44 +328,26 @@ def demo_cmd(ctx: click.Context, device: str, quick: bool) -> None:
     accuracy of the shipped lipsim-nano, an audit of l2 and effnet-ensemble (l2 and linf, three
     epsilons each), then lipsim-nano's clean, attacked and certified recall on the bundled
     retrieval set."""
+    # ctx.invoke fills every option left out with its default (data mini, --eps per norm, APGD-CE and
+    # APGD-margin for audits, APGD-CE and l2 0.5,1 for retrieval, ...); only the demo's own settings are here
     click.echo("== clean 2AFC on the bundled synthetic `mini` test split")
     ctx.invoke(
         score_cmd,
         metrics="l2,ssim,ms-ssim,effnet-lite0,effnet-ensemble,lipsim-nano",
-        data_spec="mini",
-        json_path=None,
-        batch_size=32,
         device=device,
         limit=64 if quick else None,
         groups=True,
     )
     click.echo("\n== certified 2AFC of the shipped 1-Lipschitz metric lipsim-nano (sound l2 radius)")
-    ctx.invoke(
-        certify_cmd,
-        metric="lipsim-nano",
-        data_spec="mini",
-        eps_text="36/255,72/255,108/255",
-        mode="sound",
-        json_path=None,
-        plot_path=None,
-        batch_size=64,
-        device=device,
-        limit=64 if quick else None,
-    )
+    ctx.invoke(certify_cmd, metric="lipsim-nano", batch_size=64, device=device, limit=64 if quick else None)
     for metric, limit, steps in (("l2", 600, 50), ("effnet-ensemble", 100, 10)):
         for norm in ("l2", "linf"):
             click.echo(f"\n== audit {metric}, {norm}")
             ctx.invoke(
                 audit_cmd,
                 metric=metric,
-                data_spec="mini",
                 norm=norm,
-                eps_text=None,
-                attacks_text="apgd-ce,apgd-margin",
                 steps=5 if quick else steps,
-                restarts=1,
-                target="ref",
-                seed=0,
                 out_dir=f"runs/demo/{metric}-{norm}",
                 batch_size=50,
                 device=device,
@@ -377,18 +359,8 @@ def demo_cmd(ctx: click.Context, device: str, quick: bool) -> None:
     ctx.invoke(
         retrieval_cmd,
         metric="lipsim-nano",
-        data_spec="mini",
-        k_text="1,5,10",
-        norm="l2",
-        eps_text="0.5,1",
-        attacks_text="apgd-ce",
         steps=3 if quick else 20,
-        restarts=1,
-        targeted=False,
-        backend="auto",
-        seed=0,
         out_dir="runs/demo/retrieval-lipsim-nano",
-        batch_size=32,
         device=device,
         limit=8 if quick else None,
     )
