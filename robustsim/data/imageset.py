@@ -34,9 +34,8 @@ class PathImages(ImageSet):
 
     def __init__(self, paths: list[Path], size: int | None, name: str, root: Path | None = None) -> None:
         self.paths, self.size, self.name = list(paths), size, name
-        base = root or Path("/")
         listing = "\n".join(
-            f"{p.relative_to(base) if root else p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in self.paths
+            f"{p.relative_to(root) if root else p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in self.paths
         )
         self.identity = f"{name}:{size}:" + hashlib.sha256(listing.encode()).hexdigest()[:16]
 
