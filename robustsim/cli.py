@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import sys
 import time
 from fractions import Fraction
@@ -395,7 +397,11 @@ _add_subgroups()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: RobustsimError -> one line on stderr, exit 2."""
+    """Console entry point: RobustsimError -> one line on stderr, exit 2; a crash in native code (a signal)
+    still prints the Python stack of every thread."""
+    if not faulthandler.is_enabled():
+        with contextlib.suppress(AttributeError, ValueError, OSError):  # stderr without a descriptor (captured)
+            faulthandler.enable()
     try:
         cli.main(args=argv, prog_name="robustsim", standalone_mode=False)
     except click.exceptions.Abort:

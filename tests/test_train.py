@@ -217,11 +217,15 @@ def test_torchrun_two_processes_follow_the_single_process_loss_curve(folders, tm
     args = distill_args(folders[0], epochs=1)
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run(_cli(*args, "--out", str(one)), check=True, capture_output=True)
+    logs = tmp_path / "logs"  # each rank's own stdout/stderr: the agent's trace alone never says why a rank died
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     done = subprocess.run(
-        [*torchrun, "-m", "robustsim", "train", *args, "--out", str(two)], capture_output=True, text=True
+        [*torchrun, "--log-dir", str(logs), "--redirects", "3", "-m", "robustsim", "train", *args, "--out", str(two)],
+        capture_output=True,
+        text=True,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
+    ranks = "".join(f"\n--- {f.relative_to(logs)}\n{f.read_text()[-3000:]}" for f in sorted(logs.rglob("*.log")))
+    assert done.returncode == 0, done.stderr[-2000:] + ranks
 
     def curve(path: Path) -> list[float]:
         records = [json.loads(s) for s in (path / "log.jsonl").read_text().splitlines()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -52,5 +53,8 @@ def barrier(env: DistEnv) -> None:
 
 
 def shutdown(env: DistEnv) -> None:
+    """Leave the process group while the interpreter is fully alive (gloo's threads must not outlive it);
+    a collected DDP reducer goes first, so nothing holds the group when it is destroyed."""
     if env.world > 1 and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()

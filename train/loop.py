@@ -97,7 +97,9 @@ def fit(net: LipSimNet, task: Task, cfg: RunConfig) -> dict[str, Any]:
     """Train ``net`` on ``task``; writes ``out/last``, ``out/best``, ``out/log.jsonl``; returns the summary."""
     env = init_distributed(torch.device(cfg.device))
     try:
-        return _fit(net, task, cfg, env)
+        summary = _fit(net, task, cfg, env)
+        barrier(env)  # no rank tears its sockets down while a peer is still inside a collective
+        return summary
     finally:
         shutdown(env)
 
