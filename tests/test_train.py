@@ -213,6 +213,11 @@ def test_broken_checkpoints_fail_with_one_line_and_never_replace_the_good_one(tm
         assert "\n" not in str(err.value)
 
 
+def _rank_logs(logs: Path) -> str:
+    """The tail of every rank's stdout/stderr that torchrun wrote under ``logs``."""
+    return "".join(f"\n--- {f.relative_to(logs)}\n{f.read_text()[-3000:]}" for f in sorted(logs.rglob("*.log")))
+
+
 def test_torchrun_two_processes_follow_the_single_process_loss_curve(folders, tmp_path):
     args = distill_args(folders[0], epochs=1)
     one, two = tmp_path / "one", tmp_path / "two"
@@ -224,8 +229,7 @@ def test_torchrun_two_processes_follow_the_single_process_loss_curve(folders, tm
         capture_output=True,
         text=True,
     )
-    ranks = "".join(f"\n--- {f.relative_to(logs)}\n{f.read_text()[-3000:]}" for f in sorted(logs.rglob("*.log")))
-    assert done.returncode == 0, done.stderr[-2000:] + ranks
+    assert done.returncode == 0, done.stderr[-2000:] + _rank_logs(logs)
 
     def curve(path: Path) -> list[float]:
         records = [json.loads(s) for s in (path / "log.jsonl").read_text().splitlines()]
