@@ -22,7 +22,7 @@ from robustsim.train.augment import augment, step_generator
 from robustsim.train.distill import rmse
 from robustsim.train.teacher import load_teacher, teacher_targets
 
-from robustsim.data.imageset import open_images
+from robustsim.data import open_images
 from robustsim.models import LipSimNet
 from robustsim.models.lipsim import LipSimMetric
 

@@ -17,3 +17,7 @@ class DataError(RobustsimError):
 
 class WeightsError(RobustsimError, FileNotFoundError):
     """Pretrained weights are not available locally (nothing is downloaded)."""
+
+
+class OutputError(RobustsimError):
+    """An output path cannot be written (not a regular file, unwritable, in use, holds another run)."""

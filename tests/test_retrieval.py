@@ -15,7 +15,7 @@ from robustsim.certify import radius_from_embeddings
 from robustsim.certify.retrieval import pairwise_radii, top_k_radii
 from test_certify import small_metric
 
-from robustsim.data.retrieval import open_retrieval
+from robustsim.data import open_retrieval
 from robustsim.metrics import load_metric
 from robustsim.retrieval import (
     EmbeddingGallery,

@@ -23,7 +23,7 @@ from robustsim.train.distill import embedding_rmse
 from robustsim.train.finetune import validation_figures
 from robustsim.train.teacher import load_teacher, teacher_targets
 
-from robustsim.data.imageset import open_images
+from robustsim.data import open_images
 from robustsim.data.mini import mini_triplets
 from robustsim.errors import RobustsimError, WeightsError
 from robustsim.models import LipSimNet

@@ -17,8 +17,8 @@ from robustsim.train.finetune import FinetuneTask, validation_figures
 from robustsim.train.loop import RunConfig, fit
 from robustsim.train.teacher import load_teacher, teacher_targets
 
-from robustsim.data.imageset import open_images
-from robustsim.data.triplets import open_triplets
+from robustsim.cache import cache_root
+from robustsim.data.specs import open_images, open_triplets
 from robustsim.errors import RobustsimError
 from robustsim.models.checkpoint import load_net
 from robustsim.models.lipsim import PRESETS, LipSimMetric, LipSimNet
@@ -28,9 +28,7 @@ DEFAULT_TEACHER = "dinov2-s14+effnet-lite0"
 
 
 def _cache_dir() -> Path:
-    from robustsim.data.mini import cache_dir
-
-    return cache_dir() / "teachers"
+    return cache_root() / "teachers"
 
 
 def default_val(spec: str) -> str | None:

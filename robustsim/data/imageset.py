@@ -1,8 +1,7 @@
 """Single-image datasets for distillation: an image folder or the images of any 2AFC spec.
 
-``open_images(spec, size)``: an existing directory is read recursively (png, jpg, jpeg, bmp, webp,
-sorted paths); anything else is a 2AFC spec whose ref, x0 and x1 images are all used. ``mini``
-alone means ``mini:train`` here (training images). Items are (3, size, size) floats in [0, 1].
+Items are (3, size, size) floats in [0, 1]; ``identity`` keys the content (resolved paths, sizes and
+mtimes, or a verified hash) for caches. ``robustsim.data.specs.open_images`` opens them from a spec.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from robustsim.data.images import load_image, uint8_to_float
-from robustsim.data.triplets import TripletDataset, open_triplets
+from robustsim.data.triplets import TripletDataset
 from robustsim.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -32,11 +31,9 @@ class ImageSet(Dataset):
 class PathImages(ImageSet):
     """Image files in a given order, loaded lazily at ``size`` (None = native size)."""
 
-    def __init__(self, paths: list[Path], size: int | None, name: str, root: Path | None = None) -> None:
+    def __init__(self, paths: list[Path], size: int | None, name: str) -> None:
         self.paths, self.size, self.name = list(paths), size, name
-        listing = "\n".join(
-            f"{p.relative_to(root) if root else p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in self.paths
-        )
+        listing = "\n".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in self.paths)
         self.identity = f"{name}:{size}:" + hashlib.sha256(listing.encode()).hexdigest()[:16]
 
     def __len__(self) -> int:
@@ -55,7 +52,7 @@ class FolderImages(PathImages):
             raise DataError(
                 f"image folder {root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); check the path"
             )
-        super().__init__(paths, size, f"folder:{root}", root=root)
+        super().__init__(paths, size, f"folder:{root}")
 
 
 class ArrayImages(ImageSet):
@@ -75,28 +72,12 @@ class ArrayImages(ImageSet):
 class TripletImages(ImageSet):
     """Every image of a 2AFC dataset: item 3k + j is image j (ref, x0, x1) of triplet k."""
 
-    def __init__(self, triplets: TripletDataset, spec: str, size: int) -> None:
+    def __init__(self, triplets: TripletDataset, size: int) -> None:
         self.triplets, self.size, self.name = triplets, size, triplets.name
-        self.identity = f"{spec}:{size}:{len(triplets)}"
-        if spec.startswith("mini"):
-            from robustsim.data.mini import manifest_hash
-
-            self.identity += f":{manifest_hash()}"
+        self.identity = f"triplets:{triplets.identity}:{size}"
 
     def __len__(self) -> int:
         return 3 * len(self.triplets)
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.triplets[i // 3][_KEYS[i % 3]]
-
-
-def open_images(spec: str, size: int) -> ImageSet:
-    """Open an image folder or the images of a 2AFC spec at ``size`` x ``size``."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return FolderImages(path, size)
-    if ":" not in spec and ("/" in spec or spec.startswith(".")):
-        raise DataError(f"image folder {path} does not exist; pass an existing folder or a 2AFC spec such as mini")
-    if spec == "mini":
-        spec = "mini:train"
-    return TripletImages(open_triplets(spec, size=size), spec, size)

@@ -10,16 +10,14 @@ pixel metrics penalise. Splits use disjoint photos. The set is cached under
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from robustsim.cache import build_cached
 from robustsim.data.distortions import FAMILIES
 from robustsim.data.triplets import ArrayTriplets
 from robustsim.errors import DataError
@@ -46,13 +44,6 @@ SPLIT_SOURCES = {
 }
 
 
-def cache_dir() -> Path:
-    env = os.environ.get("ROBUSTSIM_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))) / "robustsim"
-
-
 def source_image(name: str) -> np.ndarray:
     """A bundled photo as uint8 (H, W, 3)."""
     if name == "grace_hopper":
@@ -76,6 +67,7 @@ def source_image(name: str) -> np.ndarray:
     return np.ascontiguousarray(img[..., :3].astype(np.uint8))
 
 
+@functools.lru_cache(maxsize=1)
 def _sources_digest() -> str:
     h = hashlib.sha256()
     for split in sorted(SPLIT_SOURCES):
@@ -138,47 +130,17 @@ def _shifted_view(photo: np.ndarray, y: int, x: int, family: str, strength: floa
     return FAMILIES[family](crop, strength, rng)
 
 
-def build_cached(prefix: str, digest: str, write: Callable[[Path], dict]) -> Path:
-    """Folder ``$ROBUSTSIM_CACHE/{prefix}-{digest}``, filled once by ``write(tmp_dir) -> manifest``.
-
-    The folder appears atomically (built in a temporary folder, then renamed), so a crash or a
-    concurrent builder never leaves a half-written set behind.
-    """
-    root = cache_dir() / f"{prefix}-{digest}"
-    if (root / "manifest.json").is_file():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{prefix}-", dir=root.parent))
-    try:
-        manifest = write(tmp)
-        (tmp / "manifest.json").write_text(json.dumps({"hash": digest, **manifest}, indent=1))
-        try:
-            tmp.rename(root)
-        except OSError:  # another process finished first
-            if not (root / "manifest.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
-
-
 def _write_mini(tmp: Path) -> dict:
-    files = {}
     for k, (split, n) in enumerate(sorted(COUNTS.items())):
         images, p, fams = generate_split(split, n, seed=1000 + k)
         np.save(tmp / f"{split}.npy", images)
         np.save(tmp / f"{split}_p.npy", p)
         (tmp / f"{split}_family.json").write_text(json.dumps(fams))
-        files[split] = hashlib.sha256(images.tobytes() + p.tobytes()).hexdigest()
-    return {
-        "recipe": _recipe(),
-        "arrays_sha256": files,
-        "note": "synthetic proxy: label = weaker distortion, not human judgements",
-    }
+    return {"recipe": _recipe(), "note": "synthetic proxy: label = weaker distortion, not human judgements"}
 
 
 def build_mini() -> Path:
-    """Generate every split into the cache atomically (once); return the folder."""
+    """Generate every split into the cache atomically (once), verified on every open; return the folder."""
     return build_cached("mini", manifest_hash(), _write_mini)
 
 
@@ -190,4 +152,4 @@ def mini_triplets(split: str = "test", size: int | None = None) -> ArrayTriplets
     images = np.load(root / f"{split}.npy", mmap_mode="r")
     p = np.load(root / f"{split}_p.npy")
     fams = json.loads((root / f"{split}_family.json").read_text())
-    return ArrayTriplets(images, p, f"mini:{split}", groups=fams, size=size)
+    return ArrayTriplets(images, p, f"mini:{split}", groups=fams, size=size, identity=f"{root.name}:{split}")

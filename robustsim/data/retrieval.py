@@ -10,20 +10,21 @@ Specs:
   ``query,positive`` (paths relative to ``queries/`` and ``gallery/``); every pair not listed is a
   negative (fully annotated).
 - ``mini`` -- the bundled synthetic set (:mod:`robustsim.data.mini_retrieval`).
-- a bare folder path is read as ``plain`` when it has ``positives.csv``, else as ``vsd``.
+- a bare folder path is read as ``plain`` when it has ``positives.csv``, else as ``vsd``
+  (specs resolve in :mod:`robustsim.data.specs`).
 
 Labels are a (Q, G) int8 matrix: 1 positive, 0 negative, -1 unannotated.
 """
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from robustsim.data.imageset import IMAGE_SUFFIXES, ImageSet, PathImages
+from robustsim.data.sources import read_csv_rows
 from robustsim.errors import DataError
 
 POSITIVE, NEGATIVE, UNANNOTATED = 1, 0, -1
@@ -66,14 +67,7 @@ class RetrievalSet:
 
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
-    if not path.is_file():
-        raise DataError(f"{path} does not exist; a retrieval set needs it (columns: {','.join(columns)})")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path} lacks column(s) {', '.join(missing)}; its header must be {','.join(columns)}")
-        rows = [(i + 2, {c: (row[c] or "").strip() for c in columns}) for i, row in enumerate(reader)]
+    rows = list(read_csv_rows(path, columns))
     if not rows:
         raise DataError(f"{path} has a header but no rows; add at least one annotated pair")
     return rows
@@ -104,7 +98,7 @@ def open_vsd(root: Path, size: int | None = None) -> RetrievalSet:
     index = {n: i for i, n in enumerate(names)}
     rows = _read_csv(csv_path, ("query", "candidate", "label"))
     pairs: dict[tuple[int, int], tuple[int, int]] = {}
-    queries: list[int] = []
+    queries: dict[int, None] = {}  # insertion-ordered set
     for line, row in rows:
         q = _lookup(index, row["query"], csv_path, line, images_dir)
         c = _lookup(index, row["candidate"], csv_path, line, images_dir)
@@ -120,18 +114,17 @@ def open_vsd(root: Path, size: int | None = None) -> RetrievalSet:
                 "both 0 and 1; keep one"
             )
         pairs[(q, c)] = (label, line)
-        if q not in queries:
-            queries.append(q)
+        queries.setdefault(q)
     qpos = {q: i for i, q in enumerate(queries)}
     labels = torch.full((len(queries), len(paths)), UNANNOTATED, dtype=torch.int8)
     for (q, c), (label, _) in pairs.items():
         labels[qpos[q], c] = label
     exclude = torch.zeros_like(labels, dtype=torch.bool)
-    exclude[torch.arange(len(queries)), torch.tensor(queries)] = True
+    exclude[torch.arange(len(queries)), torch.tensor(list(queries))] = True
     return RetrievalSet(
         f"vsd:{root.name}",
-        PathImages([paths[q] for q in queries], size, f"vsd-queries:{root}", root=images_dir),
-        PathImages(paths, size, f"vsd-gallery:{root}", root=images_dir),
+        PathImages([paths[q] for q in queries], size, f"vsd-queries:{root}"),
+        PathImages(paths, size, f"vsd-gallery:{root}"),
         labels,
         exclude,
         "expert annotations; unannotated pairs count as not similar in recall and mAP",
@@ -150,30 +143,9 @@ def open_plain(root: Path, size: int | None = None) -> RetrievalSet:
         labels[q, _lookup(gindex, row["positive"], csv_path, line, gdir)] = POSITIVE
     return RetrievalSet(
         f"plain:{root.name}",
-        PathImages(qpaths, size, f"plain-queries:{root}", root=qdir),
-        PathImages(gpaths, size, f"plain-gallery:{root}", root=gdir),
+        PathImages(qpaths, size, f"plain-queries:{root}"),
+        PathImages(gpaths, size, f"plain-gallery:{root}"),
         labels,
         torch.zeros_like(labels, dtype=torch.bool),
         "every pair not in positives.csv is a negative",
     )
-
-
-def open_retrieval(spec: str, size: int | None = None) -> RetrievalSet:
-    """Open a retrieval set from a spec (see module docstring); raises DataError on a bad spec."""
-    if spec == "mini":
-        from robustsim.data.mini_retrieval import mini_retrieval
-
-        return mini_retrieval(size)
-    kind, sep, rest = spec.partition(":")
-    if sep and kind in ("vsd", "plain"):
-        root = Path(rest).expanduser()
-    else:
-        kind, root = "", Path(spec).expanduser()
-    if not root.is_dir():
-        raise DataError(
-            f"retrieval data {spec!r}: {root} is not a folder; use mini, vsd:ROOT (images/ + pairs.csv) "
-            "or plain:ROOT (queries/, gallery/, positives.csv)"
-        )
-    if not kind:
-        kind = "plain" if (root / "positives.csv").is_file() else "vsd"
-    return open_plain(root, size) if kind == "plain" else open_vsd(root, size)

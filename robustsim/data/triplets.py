@@ -1,25 +1,22 @@
-"""2AFC triplet datasets behind one spec string, and a streaming loader.
+"""2AFC triplet datasets and a streaming loader (specs resolve in :mod:`robustsim.data.specs`).
 
-Specs: ``nights:PATH[:split]``, ``bapps:PATH[:split[:cat,...]]``, ``csv:FILE``, ``mini[:split]``.
 A batch is a dict: ref, x0, x1 (B, 3, H, W) in [0, 1]; p (B,) fraction preferring x1; index (B,).
+Every dataset has an ``identity``: a key of its content (for caches), never just its spec string.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
-from pathlib import Path
+from functools import cached_property
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data._utils.collate import default_collate
 
 from robustsim.data.images import load_image, uint8_to_float
-from robustsim.data.sources import (
-    Record,
-    bapps_records,
-    csv_records,
-    nights_records,
-)
+from robustsim.data.sources import Record
 from robustsim.errors import DataError, RobustsimError
 
 Batch = dict[str, torch.Tensor]
@@ -30,13 +27,46 @@ class TripletDataset(Dataset):
 
     name: str = "triplets"
     native_size: int | None = None
+    size: int | None = None
+
+    @property
+    def identity(self) -> str:
+        """A key of the dataset's content (images and labels) at its load size."""
+        raise NotImplementedError
 
     def groups(self) -> list[str]:
         """Per-triplet group label (category / distortion family); '' when none."""
         return [""] * len(self)
 
+    def subset(self, n: int) -> TripletDataset:
+        """The first ``n`` triplets, keeping name, groups and identity (``[:n]`` appended)."""
+        return TripletSubset(self, min(n, len(self)))
+
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+class TripletSubset(TripletDataset):
+    """The first ``n`` triplets of another dataset."""
+
+    def __init__(self, base: TripletDataset, n: int) -> None:
+        self.base, self.n = base, n
+        self.name, self.native_size, self.size = base.name, base.native_size, base.size
+
+    @property
+    def identity(self) -> str:
+        return f"{self.base.identity}[:{self.n}]"
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.base[i]
+
+    def groups(self) -> list[str]:
+        return self.base.groups()[: self.n]
 
 
 class FileTriplets(TripletDataset):
@@ -49,6 +79,20 @@ class FileTriplets(TripletDataset):
         self.name = name
         self.native_size = native_size
         self.size = size or native_size
+
+    @cached_property
+    def identity(self) -> str:  # type: ignore[override]
+        """Resolved paths, sizes and mtimes of every image, labels and groups."""
+        h = hashlib.sha256(f"{self.name}|{self.size}".encode())
+        for r in self.records:
+            for path in (r.ref, r.x0, r.x1):
+                try:
+                    st = path.stat()
+                    h.update(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+                except OSError:
+                    h.update(f"{path}:missing".encode())
+            h.update(f"{r.p!r}|{r.group}".encode())
+        return f"{self.name}:{self.size}:{h.hexdigest()[:20]}"
 
     def __len__(self) -> int:
         return len(self.records)
@@ -71,15 +115,28 @@ class FileTriplets(TripletDataset):
 
 
 class ArrayTriplets(TripletDataset):
-    """Triplets stored as a uint8 array (N, 3, 3, H, W) (memory-mapped), labels p (N,)."""
+    """Triplets stored as a uint8 array (N, 3, 3, H, W) (memory-mapped), labels p (N,).
+
+    ``identity`` is the content key the creator vouches for (e.g. a verified manifest hash)."""
 
     def __init__(
-        self, images: np.ndarray, p: np.ndarray, name: str, groups: list[str] | None = None, size: int | None = None
+        self,
+        images: np.ndarray,
+        p: np.ndarray,
+        name: str,
+        groups: list[str] | None = None,
+        size: int | None = None,
+        identity: str = "",
     ):
         self.images, self.p, self.name = images, p, name
         self._groups = groups or [""] * len(p)
         self.native_size = int(images.shape[-1])
         self.size = size
+        self._identity = identity or f"{name}:" + hashlib.sha256(np.ascontiguousarray(p).tobytes()).hexdigest()[:16]
+
+    @property
+    def identity(self) -> str:
+        return f"{self._identity}:{self.size}"
 
     def __len__(self) -> int:
         return len(self.p)
@@ -92,29 +149,16 @@ class ArrayTriplets(TripletDataset):
         return list(self._groups)
 
 
-def open_triplets(spec: str, size: int | None = None) -> TripletDataset:
-    """Open a 2AFC dataset from a spec string (see module docstring); raises DataError on a bad spec."""
-    kind, _, rest = spec.partition(":")
-    if kind == "mini":
-        from robustsim.data.mini import mini_triplets
-
-        return mini_triplets(rest or "test", size=size)
-    if not rest:
+def _collate(items: list[dict]) -> Batch:
+    """Stack triplets; images of different sizes in one batch get a one-line error, not a torch trace."""
+    shapes = {tuple(it["ref"].shape) for it in items}
+    if len(shapes) > 1:
+        a, b = sorted(shapes)[:2]
         raise DataError(
-            f"data spec {spec!r} needs a path: nights:PATH[:split], bapps:PATH[:split[:cats]], csv:FILE or mini[:split]"
+            f"triplets in one batch have images of different sizes ({a[-2]}x{a[-1]} and {b[-2]}x{b[-1]}); "
+            "resize the dataset to one size, use a metric with a fixed input size, or --batch-size 1"
         )
-    parts = rest.split(":")
-    path = Path(parts[0]).expanduser()
-    if kind == "nights":
-        split = parts[1] if len(parts) > 1 and parts[1] else "test"
-        return FileTriplets(nights_records(path, split), f"nights:{split}", size, native_size=224)
-    if kind == "bapps":
-        split = parts[1] if len(parts) > 1 and parts[1] else "val"
-        cats = tuple(parts[2].split(",")) if len(parts) > 2 and parts[2] else None
-        return FileTriplets(bapps_records(path, split, cats), f"bapps:{split}", size, native_size=64)
-    if kind == "csv":
-        return FileTriplets(csv_records(path), f"csv:{path.name}", size)
-    raise DataError(f"unknown data spec kind {kind!r} in {spec!r}; use nights:, bapps:, csv: or mini")
+    return default_collate(items)
 
 
 def triplet_loader(
@@ -125,10 +169,17 @@ def triplet_loader(
     generator: torch.Generator | None = None,
 ) -> DataLoader:
     """A streaming DataLoader; file datasets use worker processes, in-memory ones none."""
+    base = data.base if isinstance(data, TripletSubset) else data
     if workers is None:
-        workers = 2 if isinstance(data, FileTriplets) else 0
+        workers = 2 if isinstance(base, FileTriplets) else 0
     return DataLoader(
-        data, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=generator, persistent_workers=False
+        data,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        generator=generator,
+        persistent_workers=False,
+        collate_fn=_collate,
     )
 
 

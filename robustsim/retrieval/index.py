@@ -142,7 +142,7 @@ def build_gallery(
         from robustsim.metrics.cache import cached_embeddings
 
         if cache_dir is None:
-            from robustsim.data.mini import cache_dir as default_cache
+            from robustsim.cache import cache_root as default_cache
 
             cache_dir = default_cache() / "galleries"
         phi = cached_embeddings(metric, images, Path(cache_dir), "gallery", batch_size, device, progress)

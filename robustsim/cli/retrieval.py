@@ -5,16 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import torch
 
-from robustsim.cli import (
+from robustsim.cli.options import (
     device_option,
     limit_option,
     out_dir_option,
+    overwrite_option,
     parse_floats,
-    resolve_device,
+    parse_names,
     restarts_option,
     seed_option,
 )
+
+RETRIEVAL_FILES = ("report.json", "report.md", "recall.png", "queries.png")
 
 DEFAULT_EPS = {"l2": "0.5,1", "linf": "1/255,2/255"}
 
@@ -36,8 +40,8 @@ def parse_ks(text: str) -> list[int]:
     "data_spec",
     default="mini",
     show_default=True,
-    help="mini (bundled, synthetic), vsd:ROOT (images/ + pairs.csv: query,candidate,label) or "
-    "plain:ROOT (queries/, gallery/, positives.csv: query,positive).",
+    help="mini (bundled, synthetic), vsd:ROOT (images/ + pairs.csv: query,candidate,label), "
+    "plain:ROOT (queries/, gallery/, positives.csv: query,positive), or a folder of either layout.",
 )
 @click.option("--k", "k_text", default="1,5,10", show_default=True, help="Comma-separated cut-offs for recall@k.")
 @click.option("--norm", type=click.Choice(["l2", "linf"]), default="l2", show_default=True)
@@ -55,7 +59,7 @@ def parse_ks(text: str) -> list[int]:
     show_default=True,
     help="Comma-separated attack names (see `robustsim audit --help`); worst case per query.",
 )
-@click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Iterations per attack.")
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(1, 100_000), help="Iterations per attack.")
 @restarts_option
 @click.option("--targeted", is_flag=True, help="Also try to pull a random non-positive item into the top-1.")
 @click.option(
@@ -68,9 +72,10 @@ def parse_ks(text: str) -> list[int]:
 )
 @seed_option
 @out_dir_option("report.json, report.md, recall.png and queries.png")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Queries per batch.")
+@overwrite_option
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 1 << 16), help="Queries per batch.")
 @device_option
-@limit_option
+@limit_option("queries")
 def retrieval_cmd(
     metric: str,
     data_spec: str,
@@ -83,9 +88,10 @@ def retrieval_cmd(
     targeted: bool,
     backend: str,
     seed: int,
-    out_dir: str | None,
+    out_dir: Path | None,
+    overwrite: bool,
     batch_size: int,
-    device: str,
+    device: torch.device,
     limit: int | None,
 ) -> None:
     """Rank a gallery for every query and score against the annotated positives (VSD protocol):
@@ -94,47 +100,51 @@ def retrieval_cmd(
 
     Images are loaded at the metric's input size, so radii are in the pixels the network sees.
     """
+    from contextlib import nullcontext
+
     from robustsim.attacks import make_attack
-    from robustsim.data.retrieval import open_retrieval
+    from robustsim.data import open_retrieval
+    from robustsim.io import OutputDir
     from robustsim.metrics import load_metric
     from robustsim.retrieval import evaluate_retrieval
     from robustsim.retrieval.report import retrieval_table, write_retrieval
 
     ks = parse_ks(k_text)
     eps = [e for e in parse_floats(eps_text or DEFAULT_EPS[norm], "--eps") if e > 0]
-    attacks = [a.strip() for a in attacks_text.split(",") if a.strip()]
+    attacks = parse_names(attacks_text, "--attacks")
     for a in attacks:  # fail on a bad name before any work
         make_attack(a, norm)  # type: ignore[arg-type]
-    dev = resolve_device(device)
-    m = load_metric(metric, device=dev)
-    data = open_retrieval(data_spec, size=m.input_size)
-    if limit is not None:
-        data = data.subset(limit)
-    if ks[-1] > data.n_ranked:
-        raise click.BadParameter(
-            f"k={ks[-1]} exceeds the {data.n_ranked} gallery items ranked per query", param_hint="--k"
+    claim = OutputDir(out_dir, RETRIEVAL_FILES, overwrite) if out_dir else nullcontext(None)
+    with claim as out:
+        m = load_metric(metric, device=device)
+        data = open_retrieval(data_spec, size=m.input_size)
+        if limit is not None:
+            data = data.subset(limit)
+        if ks[-1] > data.n_ranked:
+            raise click.BadParameter(
+                f"k={ks[-1]} exceeds the {data.n_ranked} gallery items ranked per query", param_hint="--k"
+            )
+        res = evaluate_retrieval(
+            m,
+            data,
+            ks,
+            norm,  # type: ignore[arg-type]
+            eps,
+            attacks,
+            steps=steps,
+            restarts=restarts,
+            targeted=targeted,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            backend=backend,  # type: ignore[arg-type]
         )
-    res = evaluate_retrieval(
-        m,
-        data,
-        ks,
-        norm,  # type: ignore[arg-type]
-        eps,
-        attacks,
-        steps=steps,
-        restarts=restarts,
-        targeted=targeted,
-        seed=seed,
-        batch_size=batch_size,
-        device=dev,
-        backend=backend,  # type: ignore[arg-type]
-    )
-    click.echo(
-        f"retrieval of {m.name} on {res.data}: {res.n_queries} queries ({res.n_scored} with positives), "
-        f"{res.n_gallery} gallery items; {res.note}"
-    )
-    click.echo(retrieval_table(res))
-    click.echo(f"({res.seconds:.0f} s)")
-    if out_dir:
-        for f in write_retrieval(res, data, Path(out_dir)):
-            click.echo(f"wrote {f}")
+        click.echo(
+            f"retrieval of {m.name} on {res.data}: {res.n_queries} queries ({res.n_scored} with positives), "
+            f"{res.n_gallery} gallery items; {res.note}"
+        )
+        click.echo(retrieval_table(res))
+        click.echo(f"({res.seconds:.0f} s)")
+        if out is not None:
+            for f in write_retrieval(res, data, out):
+                click.echo(f"wrote {f}")

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from robustsim.cli import device_option, parse_floats, resolve_device
+from robustsim.cli.options import device_option, parse_floats
 
 
 def _run_options(epochs: int, batch_size: int, lr: float) -> Callable:
@@ -76,7 +76,7 @@ def _run_options(epochs: int, batch_size: int, lr: float) -> Callable:
 def _run_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
     keys = ("epochs", "batch_size", "lr", "warmup", "seed", "workers", "save_every", "resume")
     run = {k: kw.pop(k) for k in keys}
-    run["device"] = str(resolve_device(kw.pop("device")))
+    run["device"] = str(kw.pop("device"))
     return run
 
 

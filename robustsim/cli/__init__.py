@@ -1,0 +1,57 @@
+"""The ``robustsim`` command line: the group, its entry point, one module per command.
+
+Bad input: a one-line message on stderr and exit code 2. Shared options live in
+:mod:`robustsim.cli.options`; command modules import only from there (never from this package).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import sys
+
+import click
+
+from robustsim.cli.audit import audit_cmd
+from robustsim.cli.certify import certify_cmd
+from robustsim.cli.demo import demo_cmd
+from robustsim.cli.metrics import metrics_cmd
+from robustsim.cli.plot import plot_cmd
+from robustsim.cli.retrieval import retrieval_cmd
+from robustsim.cli.score import score_cmd
+from robustsim.cli.train import train_group
+from robustsim.errors import RobustsimError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="robustsim")
+def cli() -> None:
+    """robustsim: audit, certify and train robust perceptual similarity metrics.
+
+    Metrics take images in [0, 1]; 2AFC data comes from a spec (see `robustsim score --help`).
+    """
+
+
+for _command in (metrics_cmd, score_cmd, certify_cmd, audit_cmd, retrieval_cmd, plot_cmd, demo_cmd, train_group):
+    cli.add_command(_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: RobustsimError -> one line on stderr, exit 2; a crash in native code (a signal)
+    still prints the Python stack of every thread."""
+    if not faulthandler.is_enabled():
+        with contextlib.suppress(AttributeError, ValueError, OSError):  # stderr without a descriptor (captured)
+            faulthandler.enable()
+    try:
+        cli.main(args=argv, prog_name="robustsim", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(2 if isinstance(err, click.UsageError) else err.exit_code)
+    except RobustsimError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)

@@ -1,0 +1,164 @@
+"""What every ``robustsim`` command shares: option declarations, value parsers, data and output checks.
+
+Callbacks return typed values (floats, a torch.device, paths), so command functions receive what
+they use; bad values raise ``click.BadParameter`` (one line, exit 2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+
+from robustsim.data.specs import triplet_usage
+
+DEFAULT_EPS = {"l2": "0.5,1,2", "linf": "1/255,2/255,4/255"}
+MAX_BATCH = 1 << 16
+
+
+def parse_floats(text: str, what: str = "value") -> list[float]:
+    """'36/255,72/255' or '0.5,1' -> finite floats >= 0 (fractions allowed); raises click.BadParameter."""
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            value = float(Fraction(part))
+        except (ValueError, ZeroDivisionError, OverflowError):
+            raise click.BadParameter(
+                f"{part!r} is not a number; write e.g. 0.5,1 or 36/255,72/255", param_hint=what
+            ) from None
+        if not math.isfinite(value):
+            raise click.BadParameter(f"{part!r} is not a finite number", param_hint=what)
+        out.append(value)
+    if not out:
+        raise click.BadParameter("needs at least one number", param_hint=what)
+    if any(v < 0 for v in out):
+        raise click.BadParameter("epsilons must be >= 0", param_hint=what)
+    return out
+
+
+def parse_names(text: str, what: str) -> list[str]:
+    """'a, b,c' -> ['a', 'b', 'c']; names with control characters are refused (they could forge output)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise click.BadParameter("needs at least one name", param_hint=what)
+    for n in names:
+        if any(ord(c) < 32 or ord(c) == 127 for c in n):
+            raise click.BadParameter(f"{n!r} contains a control character", param_hint=what)
+    return names
+
+
+def resolve_device(device: str) -> torch.device:
+    """cpu, cuda, cuda:N or auto -> a usable torch.device (click.BadParameter otherwise)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise click.BadParameter(
+            f"{device!r} is not a device; use cpu, cuda, cuda:1 or auto", param_hint="--device"
+        ) from None
+    if dev.type not in ("cpu", "cuda"):
+        raise click.BadParameter(f"{device!r} is not supported; use cpu, cuda, cuda:N or auto", param_hint="--device")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise click.BadParameter("CUDA is not available on this machine; use --device cpu", param_hint="--device")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise click.BadParameter(
+                f"{device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)", param_hint="--device"
+            )
+    return dev
+
+
+def _device_callback(ctx: click.Context, param: click.Parameter, value: str) -> torch.device:
+    return resolve_device(value)
+
+
+def _eps_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float] | None:
+    return None if value is None else parse_floats(value, "--eps")
+
+
+device_option = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    callback=_device_callback,
+    help="cpu, cuda, cuda:N, or auto (cuda when available).",
+)
+batch_option = click.option(
+    "--batch-size",
+    default=32,
+    show_default=True,
+    type=click.IntRange(1, MAX_BATCH),
+    help="Triplets per batch.",
+)
+data_option = click.option(
+    "--data",
+    "data_spec",
+    default="mini",
+    show_default=True,
+    help=f"2AFC triplets: {triplet_usage()}.",
+)
+allow_outside_option = click.option(
+    "--allow-outside", is_flag=True, help="Let a csv: spec name images outside the CSV's folder."
+)
+seed_option = click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random choice.")
+restarts_option = click.option(
+    "--restarts", default=1, show_default=True, type=click.IntRange(1, 1000), help="Random restarts per attack."
+)
+
+
+def limit_option(what: str = "triplets") -> Callable:
+    """``--limit N``: use only the first N ``what`` (annotation files are read only that far)."""
+    return click.option(
+        "--limit", type=click.IntRange(1), default=None, help=f"Use only the first N {what} (stops reading there)."
+    )
+
+
+eps_option = click.option(
+    "--eps",
+    "eps",
+    default=None,
+    callback=_eps_callback,
+    help="Comma-separated radii; fractions allowed (36/255). Default depends on --norm.",
+)
+overwrite_option = click.option("--overwrite", is_flag=True, help="Replace a report already in --out.")
+
+
+def out_dir_option(files: str) -> Callable:
+    """``--out DIR``: the folder the command writes ``files`` into (atomically)."""
+    return click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, help=f"Write {files} here.")
+
+
+def file_output_option(name: str, help: str) -> Callable:
+    """An output file option (``--json`` / ``--plot``), checked by :func:`robustsim.io.check_output` early."""
+    return click.option(name, type=click.Path(dir_okay=True, path_type=Path), default=None, help=help)
+
+
+def check_file_outputs(**paths: Path | None) -> None:
+    """Apply the output rule to every given path before any work (one line, exit 2 on a bad one)."""
+    from robustsim.io import check_output
+
+    for opt, path in paths.items():
+        if path is not None:
+            check_output(path, f"--{opt.replace('_', '-')}")
+
+
+def open_data(spec: str, limit: int | None, size: int | None = None, allow_outside: bool = False) -> Any:
+    """The triplets of ``spec`` at ``size``, cut to the first ``limit``."""
+    from robustsim.data import open_triplets
+
+    return open_triplets(spec, size=size, limit=limit, allow_outside=allow_outside)
+
+
+def load_metrics(names: list[str], device: torch.device) -> list[Any]:
+    """Load every metric before any work, so a bad name fails first."""
+    from robustsim.metrics import load_metric
+
+    return [load_metric(n, device=device) for n in names]

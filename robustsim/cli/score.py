@@ -1,0 +1,89 @@
+"""``robustsim score``: clean 2AFC score of one or more metrics on a triplet set."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+import torch
+
+from robustsim.cli.options import (
+    allow_outside_option,
+    batch_option,
+    check_file_outputs,
+    data_option,
+    device_option,
+    file_output_option,
+    limit_option,
+    load_metrics,
+    open_data,
+    parse_names,
+)
+from robustsim.table import format_table, pct
+
+
+@click.command("score")
+@click.option(
+    "--metric",
+    "metrics",
+    default="l2,ssim,ms-ssim,effnet-lite0",
+    show_default=True,
+    help="Comma-separated zoo names, a+b ensembles or checkpoint paths.",
+)
+@data_option
+@file_output_option("--json", "Write scores to this JSON file.")
+@batch_option
+@device_option
+@limit_option()
+@allow_outside_option
+@click.option("--groups/--no-groups", default=False, help="Also print per-category scores.")
+def score_cmd(
+    metrics: str,
+    data_spec: str,
+    json: Path | None,
+    batch_size: int,
+    device: torch.device,
+    limit: int | None,
+    allow_outside: bool,
+    groups: bool,
+) -> None:
+    """Clean 2AFC score of one or more metrics on a triplet set."""
+    from robustsim.evaluate import evaluate_2afc
+    from robustsim.io import write_json
+
+    check_file_outputs(json=json)
+    names = parse_names(metrics, "--metric")
+    data = open_data(data_spec, limit, allow_outside=allow_outside)
+    loaded = load_metrics(names, device)
+    results, rows = [], []
+    for name, metric in zip(names, loaded, strict=True):
+        t0 = time.perf_counter()
+        res = evaluate_2afc(metric, data, batch_size=batch_size, device=device)
+        secs = time.perf_counter() - t0
+        results.append(
+            {
+                "metric": name,
+                "score": res.score,
+                "n": len(res.p),
+                "seconds": secs,
+                "groups": res.group_scores(),
+                "d0": res.d0.tolist(),
+                "d1": res.d1.tolist(),
+            }
+        )
+        rows.append((name, pct(res.score), len(res.p), f"{secs:.1f}"))
+    click.echo(f"2AFC score (%) on {data.name}")
+    click.echo(format_table(["metric", "2AFC", "n", "seconds"], rows))
+    if groups:
+        cats = sorted({g for r in results for g in r["groups"]})
+        if cats:
+            click.echo()
+            click.echo(
+                format_table(
+                    ["metric", *cats], [(r["metric"], *(pct(r["groups"].get(c)) for c in cats)) for r in results]
+                )
+            )
+    if json:
+        write_json(json, {"version": 1, "kind": "score", "data": data_spec, "results": results})
+        click.echo(f"wrote {json}")

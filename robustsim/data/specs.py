@@ -1,0 +1,144 @@
+"""One registry of data-spec parsers: ``kind[:rest]`` strings for 2AFC triplets, retrieval sets and images.
+
+Every spec kind is a row: its parser and the usage text that error messages and ``--help`` show.
+This module sits above the layouts (it imports them; none of them imports it), so ``mini``,
+NIGHTS, BAPPS, CSV and the retrieval layouts never import each other to resolve a spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from robustsim.data import mini, mini_retrieval, sources
+from robustsim.data.imageset import FolderImages, ImageSet, TripletImages
+from robustsim.data.retrieval import RetrievalSet, open_plain, open_vsd
+from robustsim.data.triplets import FileTriplets, TripletDataset
+from robustsim.errors import DataError
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One spec kind: ``parse(rest, size, limit)`` builds the dataset; ``usage`` shows its form."""
+
+    kind: str
+    parse: Callable[..., object]
+    usage: str
+    needs_rest: bool = True
+
+
+TRIPLET_SPECS: dict[str, Spec] = {}
+RETRIEVAL_SPECS: dict[str, Spec] = {}
+
+
+def register_triplet_spec(kind: str, parse: Callable[..., TripletDataset], usage: str, needs_rest: bool = True) -> None:
+    """Add a 2AFC spec kind: ``parse(rest, size=, limit=, allow_outside=) -> TripletDataset``."""
+    TRIPLET_SPECS[kind] = Spec(kind, parse, usage, needs_rest)
+
+
+def register_retrieval_spec(kind: str, parse: Callable[..., RetrievalSet], usage: str, needs_rest: bool = True) -> None:
+    """Add a retrieval spec kind: ``parse(rest, size) -> RetrievalSet``."""
+    RETRIEVAL_SPECS[kind] = Spec(kind, parse, usage, needs_rest)
+
+
+def triplet_usage() -> str:
+    return ", ".join(s.usage for s in TRIPLET_SPECS.values())
+
+
+def retrieval_usage() -> str:
+    return ", ".join(s.usage for s in RETRIEVAL_SPECS.values())
+
+
+def _split(spec: str, table: dict[str, Spec], usage: str, what: str) -> tuple[Spec, str]:
+    kind, _, rest = spec.partition(":")
+    entry = table.get(kind)
+    if entry is None:
+        raise DataError(f"unknown {what} spec kind {kind!r} in {spec!r}; use {usage}")
+    if entry.needs_rest and not rest:
+        raise DataError(f"{what} spec {spec!r} needs a path; use {entry.usage}")
+    return entry, rest
+
+
+def open_triplets(
+    spec: str, size: int | None = None, limit: int | None = None, allow_outside: bool = False
+) -> TripletDataset:
+    """Open a 2AFC dataset from a spec string; ``limit`` keeps the first N triplets (and stops reading
+    annotation files there); ``allow_outside`` lets a CSV name images outside its folder.
+    Raises DataError on a bad spec."""
+    entry, rest = _split(spec, TRIPLET_SPECS, triplet_usage(), "data")
+    data = entry.parse(rest, size=size, limit=limit, allow_outside=allow_outside)
+    assert isinstance(data, TripletDataset)
+    return data.subset(limit) if limit is not None and limit < len(data) else data
+
+
+def open_retrieval(spec: str, size: int | None = None) -> RetrievalSet:
+    """Open a retrieval set from a spec; a bare folder is ``plain`` when it has positives.csv, else ``vsd``."""
+    kind = spec.partition(":")[0]
+    if kind not in RETRIEVAL_SPECS:
+        root = Path(spec).expanduser()
+        if not root.is_dir():
+            raise DataError(f"retrieval data {spec!r}: {root} is not a folder; use {retrieval_usage()}")
+        spec = f"{'plain' if (root / 'positives.csv').is_file() else 'vsd'}:{spec}"
+    entry, rest = _split(spec, RETRIEVAL_SPECS, retrieval_usage(), "retrieval")
+    data = entry.parse(rest, size)
+    assert isinstance(data, RetrievalSet)
+    return data
+
+
+def open_images(spec: str, size: int) -> ImageSet:
+    """Open an image folder, or the images (ref, x0, x1) of a 2AFC spec, at ``size`` x ``size``.
+    ``mini`` alone means ``mini:train`` here (training images)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return FolderImages(path, size)
+    if ":" not in spec and ("/" in spec or spec.startswith(".")):
+        raise DataError(f"image folder {path} does not exist; pass an existing folder or a 2AFC spec such as mini")
+    if spec == "mini":
+        spec = "mini:train"
+    return TripletImages(open_triplets(spec, size=size), size)
+
+
+def _root(rest: str) -> tuple[Path, list[str]]:
+    parts = rest.split(":")
+    return Path(parts[0]).expanduser(), parts[1:]
+
+
+def _nights(rest: str, size: int | None, limit: int | None, **_: object) -> TripletDataset:
+    root, parts = _root(rest)
+    split = parts[0] if parts and parts[0] else "test"
+    return FileTriplets(sources.nights_records(root, split, limit), f"nights:{split}", size, native_size=224)
+
+
+def _bapps(rest: str, size: int | None, limit: int | None, **_: object) -> TripletDataset:
+    root, parts = _root(rest)
+    split = parts[0] if parts and parts[0] else "val"
+    cats = tuple(parts[1].split(",")) if len(parts) > 1 and parts[1] else None
+    return FileTriplets(sources.bapps_records(root, split, cats, limit), f"bapps:{split}", size, native_size=64)
+
+
+def _csv(rest: str, size: int | None, limit: int | None, allow_outside: bool = False) -> TripletDataset:
+    path = Path(rest).expanduser()
+    return FileTriplets(sources.csv_records(path, limit, allow_outside), f"csv:{path.name}", size)
+
+
+def _retrieval_root(rest: str, size: int | None, opener: Callable[[Path, int | None], RetrievalSet]) -> RetrievalSet:
+    root = Path(rest).expanduser()
+    if not root.is_dir():
+        raise DataError(f"retrieval data {root} is not a folder; use {retrieval_usage()}")
+    return opener(root, size)
+
+
+register_triplet_spec("mini", lambda rest, size, **_: mini.mini_triplets(rest or "test", size), "mini[:split]", False)
+register_triplet_spec("nights", _nights, "nights:PATH[:split]")
+register_triplet_spec("bapps", _bapps, "bapps:PATH[:split[:cat,...]]")
+register_triplet_spec("csv", _csv, "csv:FILE")
+register_retrieval_spec("mini", lambda rest, size: mini_retrieval.mini_retrieval(size), "mini", False)
+register_retrieval_spec(
+    "vsd", lambda rest, size: _retrieval_root(rest, size, open_vsd), "vsd:ROOT (images/ + pairs.csv)"
+)
+register_retrieval_spec(
+    "plain",
+    lambda rest, size: _retrieval_root(rest, size, open_plain),
+    "plain:ROOT (queries/, gallery/, positives.csv)",
+)
