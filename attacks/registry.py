@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from robustsim.attacks.adapters import AutoAttack, FoolboxAttack
@@ -17,12 +18,27 @@ def _foolbox(cls_name: str) -> Callable[..., Attack]:
         import foolbox as fb
 
         cls = getattr(fb.attacks, cls_name, None)
-        if cls is None:
-            raise RobustsimError(f"foolbox has no attack {cls_name!r}; see foolbox.attacks for names such as L2PGD")
+        usable = (
+            inspect.isclass(cls)
+            and issubclass(cls, fb.attacks.base.Attack)
+            and not inspect.isabstract(cls)
+            and hasattr(cls, "distance")
+        )
+        if not usable:
+            raise RobustsimError(
+                f"foolbox has no usable attack {cls_name!r}; name a concrete one such as L2PGD or LinfPGD"
+            )
         try:
             attack = cls(steps=steps)
         except TypeError:
-            attack = cls()
+            try:
+                attack = cls()
+            except TypeError as err:
+                raise RobustsimError(f"foolbox:{cls_name} cannot be built with defaults ({err})") from None
+        p = getattr(attack.distance, "p", None)
+        if p not in ({"l2": 2, "linf": float("inf")}[norm], None):
+            other = "l2" if p == 2 else "linf" if p == float("inf") else f"l{p}"
+            raise RobustsimError(f"foolbox:{cls_name} measures {other}, not {norm}; pass --norm {other}")
         return FoolboxAttack(attack, norm, seed)
 
     return build

@@ -17,6 +17,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from robustsim.errors import DataError
+
 _CHUNK = 1 << 20
 
 
@@ -96,8 +98,14 @@ def build_cached(prefix: str, digest: str, write: Callable[[Path], dict]) -> Pat
             return root
         print(f"robustsim: cache {root} failed verification ({problem}); rebuilding it", file=sys.stderr)
         _discard(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{prefix}-", dir=root.parent))
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{prefix}-", dir=root.parent))
+    except OSError as err:
+        raise DataError(
+            f"cannot write the cache folder {root.parent} ({err.strerror}); set ROBUSTSIM_CACHE to a writable folder"
+        ) from None
+    print(f"robustsim: building {prefix} in {root} (once; later runs reuse it)", file=sys.stderr)
     try:
         manifest = write(tmp)
         files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}

@@ -13,6 +13,8 @@ from types import ModuleType
 
 import torch
 
+from robustsim.errors import MissingPackageError
+
 _SCHEMAS = {
     "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
     "qnms": "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
@@ -48,14 +50,15 @@ def patch_torchvision_ops() -> bool:
 def import_optional(module: str, extra: str = "zoo") -> ModuleType:
     """Import a torchvision-dependent library, applying the CPU patch first.
 
-    Raises ImportError naming the pip extra to install when the library is absent.
+    Raises MissingPackageError (an ImportError and a one-line RobustsimError) naming the pip extra
+    to install when the library is absent.
     """
     if module.split(".")[0] in {"torchvision", "lpips", "timm", "open_clip"}:
         patch_torchvision_ops()
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as err:
-        raise ImportError(
+        raise MissingPackageError(
             f"{module} is not installed; install it with: pip install 'robustsim[{extra}]' "
             "torch==2.13.0 torchvision==0.28.0"
         ) from err

@@ -21,3 +21,7 @@ class WeightsError(RobustsimError, FileNotFoundError):
 
 class OutputError(RobustsimError):
     """An output path cannot be written (not a regular file, unwritable, in use, holds another run)."""
+
+
+class MissingPackageError(RobustsimError, ImportError):
+    """An optional package is not installed; the message names the pip extra that brings it."""

@@ -8,6 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from robustsim.data.triplets import TripletDataset, iter_batches, triplet_loader
+from robustsim.errors import RobustsimError
 from robustsim.metrics.base import EmbeddingMetric, Metric, validate_images
 from robustsim.scoring import two_afc_per_triplet
 
@@ -47,9 +48,19 @@ def triplet_distances(
         if metric.validate:
             for name, t in (("ref", ref), ("x0", x0), ("x1", x1)):
                 validate_images(t, name)
-        e_ref, e0, e1 = metric._embed(torch.cat([ref, x0, x1])).split(ref.shape[0])
+        e_ref, e0, e1 = metric._embed(metric.as_input(torch.cat([ref, x0, x1]))).split(ref.shape[0])
         return metric.embedding_distance(e_ref, e0), metric.embedding_distance(e_ref, e1)
     return metric(ref, x0), metric(ref, x1)
+
+
+def check_finite_distances(name: str, *distances: torch.Tensor) -> None:
+    """Refuse NaN / inf distances (broken weights or inputs) instead of scoring them as ties."""
+    bad = sum(int((~torch.isfinite(d)).sum()) for d in distances)
+    if bad:
+        raise RobustsimError(
+            f"metric {name!r} returned {bad} non-finite distance(s); its weights or inputs are broken, "
+            "re-create or re-fetch its weights"
+        )
 
 
 @torch.no_grad()
@@ -73,4 +84,5 @@ def evaluate_2afc(
         d0s.append(d0.float().cpu())
         d1s.append(d1.float().cpu())
         ps.append(batch["p"])
+    check_finite_distances(metric.name, torch.cat(d0s), torch.cat(d1s))
     return TwoAFCResult(metric.name, data.name, torch.cat(d0s), torch.cat(d1s), torch.cat(ps), data.groups())

@@ -153,22 +153,25 @@ class OutputDir:
     is gone is taken over). The lock is released on exit.
     """
 
-    def __init__(self, path: str | os.PathLike, products: Iterable[str] = (), overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        products: Iterable[str] = (),
+        overwrite: bool = False,
+        hint: str = "pass --overwrite to replace it or choose another --out",
+    ) -> None:
         self.path = Path(path)
-        self.products, self.overwrite = tuple(products), overwrite
+        self.products, self.overwrite, self.hint = tuple(products), overwrite, hint
         self._lock: Path | None = None
         self._created = False
         self._target = self.path
 
     def __enter__(self) -> Path:
         target = check_output_dir(self.path)
-        if not self.overwrite:
+        if not self.overwrite and target not in _HELD:  # a nested claim by this process checked already
             found = [p for p in self.products if os.path.lexists(target / p)]
             if found:
-                raise OutputError(
-                    f"{self.path} already holds a run ({found[0]}); "
-                    "pass --overwrite to replace it or choose another --out"
-                )
+                raise OutputError(f"{self.path} already holds a run ({found[0]}); {self.hint}")
         self._created = not target.exists()
         target.mkdir(parents=True, exist_ok=True)
         self._target = target
@@ -184,9 +187,16 @@ class OutputDir:
                     self._target.rmdir()
 
 
+_HELD: dict[Path, int] = {}  # folders this process holds, with their claim counts (claims nest)
+
+
 def acquire_lock(folder: Path) -> Path:
-    """Create ``folder/.robustsim.lock`` holding this pid; OutputError if a live process holds it."""
+    """Create ``folder/.robustsim.lock`` holding this pid; OutputError if a live process holds it.
+    A folder this process already holds is claimed again (released when every claim is)."""
     lock = folder / LOCK_NAME
+    if folder in _HELD:
+        _HELD[folder] += 1
+        return lock
     for _ in range(3):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -211,11 +221,17 @@ def acquire_lock(folder: Path) -> Path:
             raise
         with os.fdopen(fd, "w") as fh:
             fh.write(str(os.getpid()))
+        _HELD[folder] = 1
         return lock
     raise OutputError(f"cannot lock {folder}; another run keeps claiming it, choose another --out")
 
 
 def release_lock(lock: Path) -> None:
+    folder = lock.parent
+    if _HELD.get(folder, 0) > 1:
+        _HELD[folder] -= 1
+        return
+    _HELD.pop(folder, None)
     try:
         if lock.read_text().strip() == str(os.getpid()):
             lock.unlink()

@@ -1,8 +1,15 @@
-"""``robustsim plot``: overlay several audit / certify reports, one curve per metric or checkpoint."""
+"""``robustsim plot``: overlay several audit / certify / retrieval reports, one curve per report.
+
+Reports are validated before plotting (a malformed file is one line naming what is wrong), and the
+kind of plot is inferred from them when not given: certify reports -> certified accuracy, audit
+reports -> robust accuracy, retrieval reports -> attacked recall@k (``certified`` gives certified
+recall@k, where the metric has a certificate).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Literal
@@ -13,11 +20,63 @@ from robustsim.errors import RobustsimError
 from robustsim.plots import Curve, accuracy_figure, radius_histogram
 
 Kind = Literal["certified", "robust", "radius"]
+KINDS = ("certified", "robust", "radius")
 _FILES = ("report.json", "certify.json")
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def _numbers(value: object, n: int | None = None, nullable: bool = False) -> bool:
+    ok = isinstance(value, list) and all(
+        (v is None and nullable) or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in value
+    )
+    return ok and (n is None or len(value) == n)  # type: ignore[arg-type]
+
+
+def _problem(report: dict) -> str | None:
+    """What makes ``report`` unusable for plotting (None when it is well formed)."""
+    kind = report.get("kind")
+    for key in ("metric", "data"):
+        if not isinstance(report.get(key), str):
+            return f"'{key}' is missing or not a string"
+    if report.get("norm", "l2") not in ("l2", "linf"):
+        return f"'norm' is {report.get('norm')!r}, not l2 or linf"
+    if kind == "certify":
+        curve = report.get("curve")
+        if not isinstance(curve, list) or not curve:
+            return "'curve' is missing or empty"
+        if not all(isinstance(c, dict) and _numbers([c.get("eps"), c.get("certified")]) for c in curve):
+            return "'curve' entries need numeric eps and certified"
+        triplets = report.get("triplets")
+        if not isinstance(triplets, list) or not all(
+            isinstance(t, dict) and _numbers([t.get("radius")]) for t in triplets
+        ):
+            return "'triplets' entries need a numeric radius"
+        return None
+    eps = report.get("eps")
+    if not _numbers(eps) or not eps:
+        return "'eps' is missing or not a list of numbers"
+    n = len(eps)  # type: ignore[arg-type]
+    if kind == "audit":
+        if not _numbers(report.get("robust"), n, nullable=True):
+            return f"'robust' must list {n} accuracies"
+        if report.get("certified") is not None and not _numbers(report.get("certified"), n, nullable=True):
+            return f"'certified' must be null or list {n} accuracies"
+        return None
+    if kind == "retrieval":
+        s = report.get("summary")
+        ks = report.get("ks")
+        if not isinstance(s, dict) or not isinstance(s.get("clean"), dict) or not _numbers(ks) or not ks:
+            return "'summary' or 'ks' is missing"
+        for block in ("attacked", "certified"):
+            b = s.get(block)
+            if b is not None and not (isinstance(b, dict) and all(_numbers(b.get(f"recall@{k}"), n, True) for k in ks)):
+                return f"'summary.{block}' must list recall@k per epsilon"
+        return None
+    return "no 'kind' field naming an audit, certify or retrieval report"
 
 
 def load_report(path: str | os.PathLike) -> dict:
-    """An audit or certify report from its JSON file or from the folder that holds it."""
+    """An audit, certify or retrieval report from its JSON file or from the folder that holds it."""
     path = Path(path)
     if path.is_dir():
         found = [path / f for f in _FILES if (path / f).is_file()]
@@ -25,15 +84,27 @@ def load_report(path: str | os.PathLike) -> dict:
             raise RobustsimError(f"{path} holds no report.json or certify.json; pass a report file or folder")
         path = found[0]
     try:
-        report = json.loads(path.read_text())
+        report = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RobustsimError(f"report {path} does not exist; pass an audit folder or a certify --json file") from None
+    except UnicodeDecodeError:
+        raise RobustsimError(f"{path} is not UTF-8 JSON; pass a report robustsim wrote") from None
     except json.JSONDecodeError as err:
         raise RobustsimError(f"{path} is not valid JSON ({err.msg}); re-run the audit or certify command") from None
-    if not isinstance(report, dict) or report.get("kind") not in ("audit", "certify"):
-        raise RobustsimError(f"{path} is not a robustsim audit or certify report (no 'kind' field)")
+    except OSError as err:
+        raise RobustsimError(f"cannot read report {path} ({err.strerror})") from None
+    if not isinstance(report, dict):
+        raise RobustsimError(f"{path} is not a robustsim report (a JSON object with a 'kind' field)")
+    problem = _problem(report)
+    if problem:
+        raise RobustsimError(f"{path} is not a usable robustsim report: {problem}")
     report["_path"] = str(path)
     return report
+
+
+def infer_kind(reports: list[dict]) -> Kind:
+    """certified when every report is a certify report, else robust."""
+    return "certified" if all(r["kind"] == "certify" for r in reports) else "robust"
 
 
 def _label(report: dict, all_reports: list[dict]) -> str:
@@ -42,8 +113,32 @@ def _label(report: dict, all_reports: list[dict]) -> str:
     return label if len(same) == 1 else f"{label} [{Path(report['_path']).parent.name}]"
 
 
-def overlay_figure(reports: list[dict], kind: Kind) -> plt.Figure:
-    """One curve (or histogram) per report; raises RobustsimError when a report lacks the quantity."""
+def _retrieval_curves(reports: list[dict], kind: Kind) -> tuple[list[Curve], int]:
+    common = set.intersection(*(set(r["ks"]) for r in reports))
+    if not common:
+        raise RobustsimError("the retrieval reports share no k; plot reports run with a common --k")
+    k = min(common)
+    curves = []
+    for r in reports:
+        s, label = r["summary"], _label(r, reports)
+        block = s.get("attacked" if kind == "robust" else "certified")
+        if block is None:
+            what = "was not attacked (eps 0)" if kind == "robust" else "has no certificate"
+            raise RobustsimError(
+                f"{r['_path']}: {r['metric']} {what}; plot --kind {'certified' if kind == 'robust' else 'robust'}"
+            )
+        values = [math.nan if v is None else v for v in block[f"recall@{k}"]]
+        if kind == "robust":
+            curves.append(Curve(label, [0.0, *r["eps"]], [s["clean"][f"recall@{k}"], *values]))
+        else:
+            curves.append(Curve(label, r["eps"], values))
+    return curves, k
+
+
+def overlay_figure(reports: list[dict], kind: Kind | None = None) -> plt.Figure:
+    """One curve (or histogram) per report; ``kind`` None infers it (:func:`infer_kind`).
+    Raises RobustsimError when the reports cannot share the figure or lack the quantity."""
+    kind = kind or infer_kind(reports)
     if kind == "radius":
         radii = {}
         for r in reports:
@@ -55,6 +150,13 @@ def overlay_figure(reports: list[dict], kind: Kind) -> plt.Figure:
     if len(norms) > 1:
         raise RobustsimError(f"the reports mix norms ({', '.join(sorted(norms))}); plot one norm at a time")
     norm = norms.pop()
+    retrieval = [r["kind"] == "retrieval" for r in reports]
+    if any(retrieval):
+        if not all(retrieval):
+            raise RobustsimError("retrieval reports (recall) cannot share a figure with 2AFC reports; plot them apart")
+        curves, k = _retrieval_curves(reports, kind)
+        title = f"{'attacked' if kind == 'robust' else 'certified'} recall@{k} vs {norm} epsilon"
+        return accuracy_figure(curves, norm, title, ylabel=f"{kind} recall@{k} (%)")
     curves = []
     for r in reports:
         label = _label(r, reports)
@@ -63,10 +165,10 @@ def overlay_figure(reports: list[dict], kind: Kind) -> plt.Figure:
                 raise RobustsimError(f"{r['_path']} is a certify report; --kind robust needs audit reports")
             curves.append(Curve(label, [c["eps"] for c in r["curve"]], [c["certified"] for c in r["curve"]]))
         elif kind == "robust":
-            curves.append(Curve(label, r["eps"], r["robust"]))
+            curves.append(Curve(label, r["eps"], [math.nan if v is None else v for v in r["robust"]]))
         else:
             if r.get("certified") is None:
                 raise RobustsimError(f"{r['_path']}: {r['metric']} has no certificate; use --kind robust")
-            curves.append(Curve(label, r["eps"], r["certified"]))
+            curves.append(Curve(label, r["eps"], [math.nan if v is None else v for v in r["certified"]]))
     title = f"{'certified' if kind == 'certified' else 'robust'} 2AFC accuracy vs {norm} epsilon"
     return accuracy_figure(curves, norm, title, ylabel=f"{kind} 2AFC accuracy (%)")

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,7 +28,8 @@ from tqdm.auto import tqdm
 
 import robustsim
 from robustsim.errors import RobustsimError
-from robustsim.models.checkpoint import load_net, recover_checkpoint, save_checkpoint
+from robustsim.io import OutputDir, atomic_write
+from robustsim.models.checkpoint import clean_orphans, load_net, recover_checkpoint, save_checkpoint
 from robustsim.models.lipsim import LipSimMetric, LipSimNet
 
 #: settings a resumed run must share with the run it continues
@@ -93,11 +97,31 @@ class _Log:
                 fh.write(json.dumps(rec) + "\n")
 
 
+RUN_FILES = ("last", "best", "log.jsonl")
+
+
+@contextmanager
+def claim_run(cfg: RunConfig) -> Iterator[None]:
+    """The main process claims the run folder for the whole run (the same lock and checks as every report
+    folder, :class:`robustsim.io.OutputDir`): a folder holding a run is refused unless ``resume``, a
+    second live run into it is refused, and what killed checkpoint saves left behind is removed."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    out = Path(cfg.out)
+    hint = "pass --resume to continue it or choose another --out"
+    with OutputDir(out, () if cfg.resume else RUN_FILES, hint=hint):
+        for name in ("last", "best"):
+            clean_orphans(out / name)
+        yield
+
+
 def fit(net: LipSimNet, task: Task, cfg: RunConfig) -> dict[str, Any]:
     """Train ``net`` on ``task``; writes ``out/last``, ``out/best``, ``out/log.jsonl``; returns the summary."""
     env = init_distributed(torch.device(cfg.device))
     try:
-        summary = _fit(net, task, cfg, env)
+        with claim_run(cfg):
+            summary = _fit(net, task, cfg, env)
         barrier(env)  # no rank tears its sockets down while a peer is still inside a collective
         return summary
     finally:
@@ -118,9 +142,7 @@ def _fit(net: LipSimNet, task: Task, cfg: RunConfig, env: DistEnv) -> dict[str, 
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
     start, best = 0, -math.inf
     if cfg.resume:
-        start, best = _resume(out, net, opt, cfg)
-    elif env.main and (out / "last").exists():
-        raise RobustsimError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        start, best = _resume(out, net, opt, cfg, total)
     model: nn.Module = Embedder(metric)
     if env.world > 1:
         model = nn.parallel.DistributedDataParallel(
@@ -198,7 +220,23 @@ def _meta(task: Task, cfg: RunConfig, step: int, steps_per_epoch: int, best: flo
     }
 
 
-def _resume(out: Path, net: LipSimNet, opt: torch.optim.Optimizer, cfg: RunConfig) -> tuple[int, float]:
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop the records a killed run wrote after its last checkpoint (step > ``step``), so a resumed
+    run's log has each step once."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut by the kill
+        if isinstance(rec, dict) and int(rec.get("step", 0)) <= step:
+            kept.append(line)
+    atomic_write(path, lambda tmp: tmp.write_text("".join(f"{ln}\n" for ln in kept)))
+
+
+def _resume(out: Path, net: LipSimNet, opt: torch.optim.Optimizer, cfg: RunConfig, total: int) -> tuple[int, float]:
     from safetensors.torch import load_file
 
     last = recover_checkpoint(out / "last")
@@ -217,6 +255,21 @@ def _resume(out: Path, net: LipSimNet, opt: torch.optim.Optimizer, cfg: RunConfi
     state_file = last / "state.safetensors"
     if not state_file.is_file():
         raise RobustsimError(f"--resume: {state_file} is missing; the run cannot continue exactly")
-    unpack_state(opt, load_file(str(state_file)), training["optimizer"])
+    step = training.get("global_step")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total:
+        raise RobustsimError(f"--resume: {last}/config.json has global_step {step!r}, not a step in [0, {total}]")
     best = training.get("best")
-    return int(training["global_step"]), (-math.inf if best is None else float(best))
+    if best is not None and not isinstance(best, (int, float)):
+        raise RobustsimError(f"--resume: {last}/config.json has a malformed best score {best!r}")
+    try:
+        tensors = load_file(str(state_file))
+    except Exception as err:  # noqa: BLE001 - any failure to read is a corrupt file
+        raise RobustsimError(
+            f"--resume: {state_file} is corrupt or truncated ({err}); start without --resume"
+        ) from None
+    if "optimizer" not in training:
+        raise RobustsimError(f"--resume: {last}/config.json lacks the optimizer state; start without --resume")
+    unpack_state(opt, tensors, training["optimizer"])
+    if int(os.environ.get("RANK", "0")) == 0:
+        _truncate_log(out / "log.jsonl", step)
+    return step, (-math.inf if best is None else float(best))

@@ -14,7 +14,7 @@ import torch
 from robustsim.train.dist import barrier, init_distributed
 from robustsim.train.distill import DistillTask
 from robustsim.train.finetune import FinetuneTask, validation_figures
-from robustsim.train.loop import RunConfig, fit
+from robustsim.train.loop import RunConfig, claim_run, fit
 from robustsim.train.teacher import load_teacher, teacher_targets
 
 from robustsim.cache import cache_root
@@ -69,6 +69,21 @@ def distill(
     if input_size % 16:
         raise RobustsimError(f"--input-size {input_size} is not a multiple of 16 (two 4x4 poolings); try 64")
     cfg = RunConfig(out=str(out), **run)
+    with claim_run(cfg):  # refuse a taken --out before the teacher cache is computed
+        return _distill(cfg, teacher, student, images, val_images, input_size, eval_data, cache_dir, teacher_batch_size)
+
+
+def _distill(
+    cfg: RunConfig,
+    teacher: str,
+    student: str,
+    images: str,
+    val_images: str | None,
+    input_size: int,
+    eval_data: str,
+    cache_dir: str | os.PathLike | None,
+    teacher_batch_size: int,
+) -> dict[str, Any]:
     env = init_distributed(torch.device(cfg.device))
     device = env.device
     train_images = open_images(images, input_size)
@@ -116,6 +131,20 @@ def finetune(
     run.setdefault("batch_size", 32)
     run.setdefault("lr", 1e-3)
     cfg = RunConfig(out=str(out), **run)
+    with claim_run(cfg):
+        return _finetune(cfg, init, data, val, margin, select, select_eps, eval_data)
+
+
+def _finetune(
+    cfg: RunConfig,
+    init: str | os.PathLike,
+    data: str,
+    val: str | None,
+    margin: float,
+    select: Literal["clean", "certified"],
+    select_eps: float,
+    eval_data: str | None,
+) -> dict[str, Any]:
     net, init_cfg = load_net(init)
     spec = "mini:train" if data == "mini" else data
     if val == "auto":

@@ -29,7 +29,9 @@ def parse_floats(text: str, what: str = "value") -> list[float]:
             continue
         try:
             value = float(Fraction(part))
-        except (ValueError, ZeroDivisionError, OverflowError):
+        except OverflowError:
+            raise click.BadParameter(f"{part!r} is not a finite number", param_hint=what) from None
+        except (ValueError, ZeroDivisionError):
             raise click.BadParameter(
                 f"{part!r} is not a number; write e.g. 0.5,1 or 36/255,72/255", param_hint=what
             ) from None

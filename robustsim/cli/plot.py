@@ -11,16 +11,25 @@ from robustsim.cli.options import check_file_outputs
 
 @click.command("plot")
 @click.argument("reports", nargs=-1, required=True)
-@click.option("--kind", type=click.Choice(["certified", "robust", "radius"]), default="certified", show_default=True)
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Figure file (.png or .pdf).")
-def plot_cmd(reports: tuple[str, ...], kind: str, out: Path) -> None:
-    """Overlay audit / certify reports (folders or JSON files): one curve per metric.
+@click.option(
+    "--kind",
+    type=click.Choice(["certified", "robust", "radius"]),
+    default=None,
+    help="certified / robust accuracy (or recall@k) vs epsilon, or a radius histogram. "
+    "Default: certified for certify reports, robust otherwise.",
+)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Figure file (.png, .pdf or .svg).")
+def plot_cmd(reports: tuple[str, ...], kind: str | None, out: Path) -> None:
+    """Overlay audit, certify or retrieval reports (folders or JSON files): one curve per report.
 
-    certified / robust: accuracy vs epsilon (l2, or linf in /255); radius: histogram of certified radii.
+    certified / robust: accuracy vs epsilon (l2, or linf in /255); retrieval reports plot recall@k
+    (the smallest k they share); radius: histogram of certified radii (certify reports).
     """
-    from robustsim.overlay import load_report, overlay_figure
+    from robustsim.overlay import FIGURE_SUFFIXES, load_report, overlay_figure
     from robustsim.plots import save_figure
 
+    if out.suffix.lower() not in FIGURE_SUFFIXES:
+        raise click.BadParameter(f"{out} needs a figure suffix ({', '.join(FIGURE_SUFFIXES)})", param_hint="--out")
     check_file_outputs(out=out)
     fig = overlay_figure([load_report(p) for p in reports], kind)  # type: ignore[arg-type]
     save_figure(fig, out)

@@ -104,6 +104,8 @@ def nights_records(root: Path, split: str = "test", limit: int | None = None) ->
     out: list[Record] = []
     for line, row in read_csv_rows(path, NIGHTS_COLUMNS):
         votes = _float(row["votes"], path, line, "votes")
+        if votes < 0:
+            raise DataError(f"{path}:{line}: votes is {votes:g}; it must be a positive count")
         if votes < 6 or row["split"] != base:
             continue
         if imagenet:

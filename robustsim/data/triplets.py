@@ -168,10 +168,10 @@ def triplet_loader(
     shuffle: bool = False,
     generator: torch.Generator | None = None,
 ) -> DataLoader:
-    """A streaming DataLoader; file datasets use worker processes, in-memory ones none."""
+    """A streaming DataLoader; file datasets of more than one batch use worker processes, others none."""
     base = data.base if isinstance(data, TripletSubset) else data
     if workers is None:
-        workers = 2 if isinstance(base, FileTriplets) else 0
+        workers = 2 if isinstance(base, FileTriplets) and len(data) > batch_size else 0
     return DataLoader(
         data,
         batch_size=batch_size,

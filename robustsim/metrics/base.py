@@ -79,10 +79,25 @@ class Metric(nn.Module):
         super().__init__()
         self.validate = validate
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype the metric computes in (its parameters' dtype; float32 without any)."""
+        for t in self.parameters():
+            if t.is_floating_point():
+                return t.dtype
+        for t in self.buffers():
+            if t.is_floating_point():
+                return t.dtype
+        return torch.float32
+
+    def as_input(self, x: torch.Tensor) -> torch.Tensor:
+        """A validated batch in the metric's dtype (float64 or half input is converted, every metric alike)."""
+        return x if x.dtype == self.dtype else x.to(self.dtype)
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.validate:
             validate_pair(x, y)
-        return self.distance(x, y)
+        return self.distance(self.as_input(x), self.as_input(y))
 
     def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -153,7 +168,7 @@ class EmbeddingMetric(Metric):
         """(B, 3, H, W) in [0, 1] -> (B, D) un-normalised embedding."""
         if self.validate:
             validate_images(x)
-        return self._embed(x)
+        return self._embed(self.as_input(x))
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """Embedding of an already validated batch; subclasses override this, not ``embed``."""

@@ -56,6 +56,10 @@ class SSIMMetric(Metric):
 
     def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         _same_size(x, y, self.name)
+        if min(x.shape[-2:]) < 3:
+            raise InputError(
+                f"ssim needs images of at least 3x3 pixels, got {x.shape[-2]}x{x.shape[-1]}; use l2 for tiny images"
+            )
         win = min(self.win_size, _largest_odd(min(x.shape[-2:])))
         return 1.0 - ssim(x, y, data_range=1.0, size_average=False, win_size=win)
 

@@ -61,6 +61,8 @@ def load_metric(name_or_path: str | Path, device: str | torch.device | None = No
     """
     _ensure_builtins()
     key = str(name_or_path)
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise RobustsimError(f"metric name {key!r} contains a control character; pass a zoo name or a path")
     if key in _REGISTRY:
         metric = _build(_REGISTRY[key], options)
     elif "+" in key and all(part in _REGISTRY for part in key.split("+")):

@@ -37,6 +37,24 @@ PRESETS: dict[str, LipSimPreset] = {
 }
 
 
+#: sizes a checkpoint config may ask for (a config is data: it must not be able to ask for terabytes)
+CONFIG_LIMITS = {
+    "convs": (0, 512),
+    "channels": (3, 4096),
+    "linears": (0, 512),
+    "width": (1, 65536),
+    "embed_dim": (1, 65536),
+    "input_size": (16, 4096),
+}
+
+
+def _bounded(key: str, value: object) -> int:
+    lo, hi = CONFIG_LIMITS[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{key} must be an integer in [{lo}, {hi}], got {value!r}")
+    return value
+
+
 class LipSimNet(nn.Module):
     """The LipSim student; ``forward`` maps (B, 3, S, S) to (B, embed_dim)."""
 
@@ -84,8 +102,16 @@ class LipSimNet(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: dict) -> LipSimNet:
-        preset = cfg["preset"] if cfg.get("preset") in PRESETS else LipSimPreset(**cfg["layers"])
-        return cls(preset, embed_dim=int(cfg["embed_dim"]), input_size=int(cfg["input_size"]))
+        """Build from a saved config; every size must be an integer within :data:`CONFIG_LIMITS`."""
+        if isinstance(cfg.get("preset"), str) and cfg["preset"] in PRESETS:
+            preset: str | LipSimPreset = cfg["preset"]
+        else:
+            layers = cfg["layers"]
+            if not isinstance(layers, dict) or set(layers) != set(LipSimPreset.__dataclass_fields__):
+                raise ValueError(f"layers must give {', '.join(LipSimPreset.__dataclass_fields__)}")
+            preset = LipSimPreset(**{k: _bounded(k, v) for k, v in layers.items()})
+        embed_dim, input_size = _bounded("embed_dim", cfg["embed_dim"]), _bounded("input_size", cfg["input_size"])
+        return cls(preset, embed_dim=embed_dim, input_size=input_size)
 
 
 class LipSimMetric(EmbeddingMetric):

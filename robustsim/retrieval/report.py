@@ -52,7 +52,7 @@ def report_json(res: RetrievalResult) -> dict:
         )
 
     return {
-        "schema": SCHEMA_VERSION,
+        "version": SCHEMA_VERSION,
         "kind": "retrieval",
         "metric": res.metric,
         "data": res.data,
