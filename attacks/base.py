@@ -61,6 +61,10 @@ class Attack:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         self.norm, self.seed = norm, seed
 
+    def work(self) -> int:
+        """Model calls one epsilon of one batch costs at most (roughly): what a progress bar counts."""
+        return int(getattr(self, "steps", 1)) * int(getattr(self, "restarts", 1) or 1) + 1
+
     def run(
         self, forward, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,15 +113,20 @@ class Attack:
         calls = [0]
         t0 = time.perf_counter()
         loader = triplet_loader(data, batch_size=batch_size, workers=workers)
+        budget = len(eps) * self.work()  # bar units per batch: one per model call, capped
         bar = tqdm(
-            iter_batches(loader), total=len(loader), desc=f"{self.name} {self.norm}", disable=not progress, leave=False
+            total=len(loader) * budget, desc=f"{self.name} {self.norm}", disable=not progress, leave=False, unit="step"
         )
-        for batch in bar:
+        for batch in iter_batches(loader):
             ref, x0, x1 = (batch[k].to(device) for k in ("ref", "x0", "x1"))
             clf = TwoAFCClassifier(metric, ref, x0, x1, target)
+            ticks = [0]
 
-            def forward(xa, rows, clf=clf):
+            def forward(xa, rows, clf=clf, ticks=ticks):
                 calls[0] += 1
+                if ticks[0] < budget:
+                    ticks[0] += 1
+                    bar.update(1)
                 return clf(xa, rows)
 
             x = clf.clean_input()
@@ -133,6 +142,7 @@ class Attack:
                 broken = broken & self._verify(clf, adv, x[rows], y[rows], rows, eps)
                 rob[:, rows] = ~broken
                 adv_all[:, rows] = adv
+            bar.update(budget - ticks[0])  # early-stopped work counts as done
             robust.append(rob.cpu())
             clean.append(ok.cpu())
             keep.append(kp.cpu())
@@ -142,6 +152,7 @@ class Attack:
                 for k, v in (("ref", ref), ("x0", x0), ("x1", x1)):
                     examples.setdefault(k, []).append(v[take].cpu())
                 examples.setdefault("adv", []).append(adv_all[:, take].cpu())
+        bar.close()
         result = AttackResult(
             self.name,
             self.norm,

@@ -18,7 +18,7 @@ def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Binary margin z_{1-y} - z_y (the DLR numerator for 2 classes, no rescaling needed)."""
-    return -margin(logits, y)
+    return -margin(logits, y).to(logits.dtype)
 
 
 LOSSES: dict[str, LossFn] = {"ce": ce_loss, "margin": margin_loss}

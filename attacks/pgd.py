@@ -98,11 +98,19 @@ def pgd(
     return best.x, best.broken
 
 
-def _checkpoints(steps: int) -> list[int]:
-    p = [0.0, 0.22]
-    while p[-1] < 1:
-        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    return sorted({math.ceil(q * steps) for q in p[1:] if q <= 1})
+def check_schedule(steps: int) -> dict[int, int]:
+    """Steps (1-based) after which APGD checks its step size, with the window each check looks back on.
+
+    Croce & Hein's schedule as pyautoattack implements it: the first check after max(0.22 n, 1) steps,
+    each later window shorter by max(0.03 n, 1) down to max(0.06 n, 1) (all rounded down), so short runs
+    check often near their end."""
+    window, shrink, shortest = max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+    out, at = {}, 0
+    while at + window <= steps:
+        at += window
+        out[at] = window
+        window = max(window - shrink, shortest)
+    return out
 
 
 def apgd(
@@ -116,12 +124,15 @@ def apgd(
     momentum: float = 0.75,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Auto-PGD: step size 2 eps halved at checkpoints when progress stalls, momentum 0.75, restarts
-    from the best point. Returns (x_adv, broken)."""
+    """Auto-PGD (Croce & Hein 2020): step size 2 eps, momentum 0.75, and at each check of
+    :func:`check_schedule` the step halves (and the iterate returns to the best point) for samples whose
+    loss rose in at most ``rho`` of the window's steps, or that were not halved at the previous check
+    and have not improved since. Samples stop as soon as their goal is reached; restarts begin anew from
+    random points for the samples still standing. Returns (x_adv, broken)."""
     generator = generator or torch.Generator().manual_seed(0)
     shape = (-1, *[1] * (x.dim() - 1))
     best = _Best.start(x)
-    checks = set(_checkpoints(steps))
+    checks = check_schedule(steps)
     for _ in range(restarts):
         rows = (~best.broken).nonzero()[:, 0]
         if rows.numel() == 0:
@@ -132,33 +143,32 @@ def apgd(
         best.update(rows, xk, lk, broken)
         eta = 2 * e
         xmax, lmax, gmax = xk.clone(), lk.clone(), gk.clone()
-        lmax_at_check, eta_at_check = lmax.clone(), eta.clone()
+        lmax_at_check = lmax.clone()
+        halved_last = torch.ones_like(lk, dtype=torch.bool)
         increases = torch.zeros_like(lk)
         x_prev = xk.clone()
-        last_check = 0
         for k in range(1, steps + 1):
+            if broken.all():
+                break
+            if broken.any():  # early stop: finished samples leave the batch
+                keep = ~broken
+                rows, x0, e, eta, xk, lk, gk, x_prev = (t[keep] for t in (rows, x0, e, eta, xk, lk, gk, x_prev))
+                xmax, lmax, gmax, increases = xmax[keep], lmax[keep], gmax[keep], increases[keep]
+                lmax_at_check, halved_last = lmax_at_check[keep], halved_last[keep]
             z = project(xk + eta.view(shape) * ascent_direction(gk, norm), x0, e, norm)
             a = momentum if k > 1 else 1.0
             x_new = project(xk + a * (z - xk) + (1 - a) * (xk - x_prev), x0, e, norm)
             l_new, g_new, broken = _loss_grad(objective, x_new, rows)
             best.update(rows, x_new, l_new, broken)
-            increases += (l_new > lk).float()
+            increases += (l_new > lk).to(increases.dtype)
             improved = l_new > lmax
             xmax[improved], lmax[improved], gmax[improved] = x_new[improved], l_new[improved], g_new[improved]
             x_prev, xk, lk, gk = xk, x_new, l_new, g_new
             if k in checks:
-                window = k - last_check
-                stall = (increases < rho * window) | ((eta == eta_at_check) & (lmax == lmax_at_check))
+                stall = (increases <= rho * checks[k]) | (~halved_last & (lmax <= lmax_at_check))
                 eta = torch.where(stall, eta / 2, eta)
                 xk = torch.where(stall.view(shape), xmax, xk)
                 gk = torch.where(stall.view(shape), gmax, gk)
                 increases.zero_()
-                lmax_at_check, eta_at_check, last_check = lmax.clone(), eta.clone(), k
-            keep = ~broken
-            if not keep.any():
-                break
-            if not keep.all():
-                rows, x0, e, eta, xk, lk, gk, x_prev = (t[keep] for t in (rows, x0, e, eta, xk, lk, gk, x_prev))
-                xmax, lmax, gmax, increases = xmax[keep], lmax[keep], gmax[keep], increases[keep]
-                lmax_at_check, eta_at_check = lmax_at_check[keep], eta_at_check[keep]
+                lmax_at_check, halved_last = lmax.clone(), stall
     return best.x, best.broken

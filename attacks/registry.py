@@ -12,6 +12,8 @@ from robustsim.attacks.gradient import APGD, PGD
 
 from robustsim.errors import RobustsimError
 
+STEP_SIZE = 2.5  # PGD steps of STEP_SIZE * eps / steps cover the ball's diameter with room to spare
+
 
 def _foolbox(cls_name: str) -> Callable[..., Attack]:
     def build(norm: Norm, steps: int, restarts: int, seed: int) -> Attack:
@@ -28,8 +30,12 @@ def _foolbox(cls_name: str) -> Callable[..., Attack]:
             raise RobustsimError(
                 f"foolbox has no usable attack {cls_name!r}; name a concrete one such as L2PGD or LinfPGD"
             )
+        params = inspect.signature(cls).parameters
+        kwargs: dict[str, float] = {}
+        if "rel_stepsize" in params:  # foolbox's default (0.025) covers half the ball in 20 steps
+            kwargs["rel_stepsize"] = STEP_SIZE / steps
         try:
-            attack = cls(steps=steps)
+            attack = cls(steps=steps, **kwargs)
         except TypeError:
             try:
                 attack = cls()

@@ -24,10 +24,11 @@ def labels_from_p(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """z_y - z_{1-y}: > 0 iff the metric agrees with the label (0 is a tie, not correct)."""
+    """z_y - z_{1-y}: > 0 iff the metric agrees with the label (0 is a tie, not correct).
+    The difference is taken in float64, so near-ties are decided by the distances, not by rounding."""
     z_true = logits.gather(1, y[:, None])[:, 0]
     z_other = logits.gather(1, (1 - y)[:, None])[:, 0]
-    return z_true - z_other
+    return z_true.double() - z_other.double()
 
 
 class TwoAFCClassifier(nn.Module):

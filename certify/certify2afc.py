@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from robustsim.data.triplets import TripletDataset, iter_batches, triplet_loader
 from robustsim.metrics.base import EmbeddingMetric, Metric
 from robustsim.scoring import two_afc_per_triplet
+from robustsim.threads import runtime_info
 
 
 @dataclass
@@ -51,6 +52,7 @@ class CertifyResult:
             "mode": self.mode,
             "lipschitz": self.lipschitz,
             "norm": "l2",
+            "runtime": runtime_info(),
             "clean": self.clean_score,
             "curve": self.curve(),
             "triplets": [

@@ -5,6 +5,7 @@
 >>> d = metric(x, y)          # x, y: (B, 3, H, W) in [0, 1] -> (B,) distances
 """
 
+from robustsim import data
 from robustsim.errors import DataError, InputError, RobustsimError, WeightsError
 from robustsim.losses import PerceptualLoss
 from robustsim.metrics import (
@@ -28,6 +29,7 @@ __all__ = [
     "PerceptualLoss",
     "RobustsimError",
     "WeightsError",
+    "data",
     "list_metrics",
     "load_metric",
     "register_metric",

@@ -19,6 +19,7 @@ from robustsim.data.triplets import TripletDataset
 from robustsim.errors import RobustsimError
 from robustsim.metrics.base import Metric
 from robustsim.table import format_table, pct
+from robustsim.threads import runtime_info
 
 SCHEMA_VERSION = 1
 
@@ -108,6 +109,7 @@ def run_audit(
             "certified": cert.int().tolist() if cert is not None else None,
         },
         "versions": package_versions(),
+        "runtime": runtime_info(device),
         "seconds": time.perf_counter() - t0,
     }
     check_laws(report)

@@ -20,7 +20,6 @@ from robustsim.attacks import (
     pgd,
 )
 from robustsim.attacks.twoafc import TwoAFCClassifier, labels_from_p, margin
-from torch.utils.data import Subset
 
 import robustsim
 from robustsim.audit import AuditLawError, check_laws, run_audit
@@ -32,9 +31,7 @@ LINF_EPS = [1 / 255, 2 / 255, 4 / 255]
 
 
 def subset(data, n):
-    sub = Subset(data, range(n))
-    sub.name = data.name
-    return sub
+    return data.subset(n)
 
 
 @pytest.fixture(scope="module")

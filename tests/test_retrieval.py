@@ -82,7 +82,7 @@ def test_vsd_query_is_never_ranked_against_itself(vsd_dir: Path):
     metric = load_metric("l2")
     gallery = build_gallery(metric, data.gallery)
     q = torch.stack([data.queries[i] for i in range(2)])
-    _, idx = gallery.search(q, 5, data.exclude)
+    _, idx = gallery.search(q, 5, data.exclude[:2])
     names = sorted(LEVELS)
     assert [[names[i][0] for i in row] for row in idx.tolist()] == [list("bcdef"), list("edcba")]
 
@@ -94,7 +94,7 @@ def test_plain_layout_counts_unlisted_pairs_as_negatives(tmp_path: Path):
         save_png(root / "gallery" / name, grey(level))
     (root / "positives.csv").write_text("query,positive\nq.png,mid.png\n")
     data = open_retrieval(str(root))  # detected as plain
-    assert data.labels.tolist() == [[0, 1, 0]]  # far, mid, near (sorted)
+    assert data.labels.dense().tolist() == [[0, 1, 0]]  # far, mid, near (sorted)
     res = evaluate_retrieval(load_metric("l2"), data, ks=(1, 2), progress=False)
     assert res.summary()["clean"]["recall@1"] == 0.0 and res.summary()["clean"]["recall@2"] == 1.0
     assert res.summary()["clean"]["mAP"] == pytest.approx(0.5)
@@ -278,7 +278,7 @@ def test_gallery_embeddings_are_cached_per_metric_weights(tmp_path: Path):
 def test_bundled_retrieval_set_is_deterministic_and_documented():
     a, b = open_retrieval("mini"), open_retrieval("mini")
     assert len(a.queries) == 80 and len(a.gallery) == 480
-    assert (a.n_positives == 3).all() and torch.equal(a.labels, b.labels)
+    assert (a.n_positives == 3).all() and torch.equal(a.labels.dense(), b.labels.dense())
     assert torch.equal(a.queries[5], b.queries[5]) and "synthetic" in a.note
     from robustsim.data.mini_retrieval import generate
 

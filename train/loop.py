@@ -33,7 +33,7 @@ from robustsim.models.checkpoint import clean_orphans, load_net, recover_checkpo
 from robustsim.models.lipsim import LipSimMetric, LipSimNet
 
 #: settings a resumed run must share with the run it continues
-RESUME_KEYS = ("epochs", "batch_size", "lr", "warmup", "seed")
+RESUME_KEYS = ("epochs", "batch_size", "lr", "warmup", "seed", "max_steps")
 
 
 @dataclass
@@ -49,6 +49,7 @@ class RunConfig:
     save_every: int = 0
     resume: bool = False
     progress: bool = True
+    max_steps: int | None = None  # stop (and validate, save) after this many steps; the schedule spans them
 
 
 class Task(Protocol):
@@ -137,6 +138,8 @@ def _fit(net: LipSimNet, task: Task, cfg: RunConfig, env: DistEnv) -> dict[str, 
     if steps_per_epoch == 0:
         raise RobustsimError(f"--batch-size {batch} is larger than the {n} training items; lower it")
     total = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
     net.to(env.device)
     metric = LipSimMetric(net, name=out.name, validate=False)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
@@ -188,7 +191,7 @@ def _fit(net: LipSimNet, task: Task, cfg: RunConfig, env: DistEnv) -> dict[str, 
         bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2g}")
         bar.update()
         log.write(event="step", step=gs + 1, epoch=epoch, loss=value, lr=lr, seconds=round(time.perf_counter() - t0, 4))
-        end_of_epoch = k == steps_per_epoch - 1
+        end_of_epoch = k == steps_per_epoch - 1 or gs + 1 == total  # a --max-steps run ends like an epoch
         if end_of_epoch or (cfg.save_every and (gs + 1) % cfg.save_every == 0):
             if env.main:
                 meta = _meta(task, cfg, gs + 1, steps_per_epoch, best, last_metrics)

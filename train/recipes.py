@@ -7,6 +7,7 @@ end with a summary (clean 2AFC and certified accuracy at three l2 epsilons on ``
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,6 +62,7 @@ def distill(
     eval_data: str = "mini:val",
     cache_dir: str | os.PathLike | None = None,
     teacher_batch_size: int = 64,
+    limit: int | None = None,
     **run: Any,
 ) -> dict[str, Any]:
     """Distil ``teacher`` into a LipSimNet ``student`` preset; returns the run summary."""
@@ -70,7 +72,9 @@ def distill(
         raise RobustsimError(f"--input-size {input_size} is not a multiple of 16 (two 4x4 poolings); try 64")
     cfg = RunConfig(out=str(out), **run)
     with claim_run(cfg):  # refuse a taken --out before the teacher cache is computed
-        return _distill(cfg, teacher, student, images, val_images, input_size, eval_data, cache_dir, teacher_batch_size)
+        return _distill(
+            cfg, teacher, student, images, val_images, input_size, eval_data, cache_dir, teacher_batch_size, limit
+        )
 
 
 def _distill(
@@ -83,10 +87,13 @@ def _distill(
     eval_data: str,
     cache_dir: str | os.PathLike | None,
     teacher_batch_size: int,
+    limit: int | None,
 ) -> dict[str, Any]:
     env = init_distributed(torch.device(cfg.device))
     device = env.device
     train_images = open_images(images, input_size)
+    if limit is not None:
+        train_images = train_images.subset(limit)
     if val_images == "auto":
         val_images = "mini:val" if images in ("mini", "mini:train") else None
     held_out = open_images(val_images, input_size) if val_images else None
@@ -124,6 +131,7 @@ def finetune(
     select: Literal["clean", "certified"] = "certified",
     select_eps: float = 36 / 255,
     eval_data: str | None = "mini:val",
+    limit: int | None = None,
     **run: Any,
 ) -> dict[str, Any]:
     """Fine-tune the checkpoint ``init`` on 2AFC ``data`` with the hinge loss; returns the run summary."""
@@ -132,7 +140,7 @@ def finetune(
     run.setdefault("lr", 1e-3)
     cfg = RunConfig(out=str(out), **run)
     with claim_run(cfg):
-        return _finetune(cfg, init, data, val, margin, select, select_eps, eval_data)
+        return _finetune(cfg, init, data, val, margin, select, select_eps, eval_data, limit)
 
 
 def _finetune(
@@ -144,6 +152,7 @@ def _finetune(
     select: Literal["clean", "certified"],
     select_eps: float,
     eval_data: str | None,
+    limit: int | None,
 ) -> dict[str, Any]:
     net, init_cfg = load_net(init)
     spec = "mini:train" if data == "mini" else data
@@ -152,7 +161,7 @@ def _finetune(
         if val is None:
             raise RobustsimError(f"no validation split is known for {data!r}; pass --val SPEC")
     assert val is not None
-    train_set = open_triplets(spec, size=net.input_size)
+    train_set = open_triplets(spec, size=net.input_size, limit=limit)
     task = FinetuneTask(
         train_set,
         open_triplets(val, size=net.input_size),
@@ -169,5 +178,7 @@ def _finish(net: LipSimNet, cfg: RunConfig, eval_data: str | None, result: dict[
     if int(os.environ.get("RANK", "0")) != 0 or not eval_data:
         return result
     metric = LipSimMetric(net.eval(), name=Path(cfg.out).name)
+    if cfg.progress:
+        print(f"robustsim: final evaluation of {metric.name} on {eval_data}", file=sys.stderr)
     result["summary"] = summary(metric, eval_data, result["seconds"])
     return result

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.utils.data import Subset
 
 import robustsim
 from robustsim.audit import run_audit
@@ -63,12 +62,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     out = Path(args.out)
-    data = open_triplets("mini:test")
     results: dict = {"l2": {}, "linf": {}}
     for name in METRICS:
         metric = robustsim.load_metric(name)
-        sub = Subset(open_triplets("mini:test", size=metric.input_size), range(args.n))
-        sub.name = data.name  # type: ignore[attr-defined]
+        sub = open_triplets("mini:test", size=metric.input_size, limit=args.n)
         for norm in ("l2", "linf"):
             report, _ = run_audit(
                 metric, sub, norm, EPS[norm], ATTACKS, steps=args.steps, batch_size=50, progress=False

@@ -25,11 +25,22 @@ from robustsim.errors import RobustsimError
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="robustsim")
-def cli() -> None:
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 1024),
+    default=None,
+    envvar="ROBUSTSIM_THREADS",
+    help="torch threads per process (env ROBUSTSIM_THREADS). Default: the CPUs this process may use "
+    "(affinity and cgroup quota) less those busy with other work, split over torchrun processes.",
+)
+def cli(threads: int | None) -> None:
     """robustsim: audit, certify and train robust perceptual similarity metrics.
 
     Metrics take images in [0, 1]; 2AFC data comes from a spec (see `robustsim score --help`).
     """
+    from robustsim.threads import configure_threads
+
+    configure_threads(threads)
 
 
 for _command in (metrics_cmd, score_cmd, certify_cmd, audit_cmd, retrieval_cmd, plot_cmd, demo_cmd, train_group):

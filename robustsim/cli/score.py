@@ -51,6 +51,7 @@ def score_cmd(
     """Clean 2AFC score of one or more metrics on a triplet set."""
     from robustsim.evaluate import evaluate_2afc
     from robustsim.io import write_json
+    from robustsim.threads import runtime_info
 
     check_file_outputs(json=json)
     names = parse_names(metrics, "--metric")
@@ -85,5 +86,6 @@ def score_cmd(
                 )
             )
     if json:
-        write_json(json, {"version": 1, "kind": "score", "data": data_spec, "results": results})
+        report = {"version": 1, "kind": "score", "data": data_spec, "runtime": runtime_info(device), "results": results}
+        write_json(json, report)
         click.echo(f"wrote {json}")

@@ -54,6 +54,12 @@ def _run_options(epochs: int, batch_size: int, lr: float) -> Callable:
                     help="Also save last/ every N steps (0: each epoch).",
                 ),
                 click.option(
+                    "--max-steps",
+                    type=click.IntRange(1),
+                    default=None,
+                    help="Stop after N optimiser steps (validated and saved there); try training in a minute.",
+                ),
+                click.option(
                     "--resume",
                     is_flag=True,
                     help="Continue the run in --out exactly where its last/ checkpoint stopped.",
@@ -74,7 +80,7 @@ def _run_options(epochs: int, batch_size: int, lr: float) -> Callable:
 
 
 def _run_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
-    keys = ("epochs", "batch_size", "lr", "warmup", "seed", "workers", "save_every", "resume")
+    keys = ("epochs", "batch_size", "lr", "warmup", "seed", "workers", "save_every", "resume", "max_steps")
     run = {k: kw.pop(k) for k in keys}
     run["device"] = str(kw.pop("device"))
     return run
@@ -113,6 +119,7 @@ def train_group() -> None:
 @click.option(
     "--input-size", default=64, show_default=True, type=click.IntRange(16), help="Student input size (multiple of 16)."
 )
+@click.option("--limit", type=click.IntRange(1), default=None, help="Train on the first N images only.")
 @_run_options(epochs=20, batch_size=64, lr=0.01)
 def distill_cmd(**kw: Any) -> None:
     """Distil a teacher's embeddings into a 1-Lipschitz LipSimNet student (RMSE, two augmented views)."""
@@ -130,6 +137,7 @@ def distill_cmd(**kw: Any) -> None:
 @click.option("--margin", default=0.5, show_default=True, type=click.FloatRange(0), help="Hinge margin.")
 @click.option("--select", type=click.Choice(["certified", "clean"]), default="certified", show_default=True)
 @click.option("--select-eps", default="36/255", show_default=True, help="l2 epsilon for --select certified.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Train on the first N triplets only.")
 @_run_options(epochs=1, batch_size=32, lr=1e-3)
 def finetune_cmd(**kw: Any) -> None:
     """Fine-tune a checkpoint on 2AFC triplets with the hinge loss; keeps last/ and the selected best/."""

@@ -27,6 +27,29 @@ class ImageSet(Dataset):
     name: str = "images"
     identity: str = ""
 
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def subset(self, n: int) -> ImageSet:
+        """The first ``n`` images (same name; identity gains ``[:n]``)."""
+        return ImageSubset(self, min(n, len(self)))
+
+
+class ImageSubset(ImageSet):
+    """The first ``n`` images of another set."""
+
+    def __init__(self, base: ImageSet, n: int) -> None:
+        self.base, self.n, self.name = base, n, base.name
+        self.identity = f"{base.identity}[:{n}]"
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.base[i]
+
 
 class PathImages(ImageSet):
     """Image files in a given order, loaded lazily at ``size`` (None = native size)."""

@@ -26,7 +26,7 @@ from robustsim.data.mini import (
     manifest_hash,
     source_image,
 )
-from robustsim.data.retrieval import NEGATIVE, POSITIVE, RetrievalSet
+from robustsim.data.retrieval import NEGATIVE, POSITIVE, PairLabels, RetrievalSet
 
 RECIPE_VERSION = 1
 CONTENTS, QUERIES, VIEWS = 160, 80, 4
@@ -94,15 +94,15 @@ def mini_retrieval(size: int | None = None) -> RetrievalSet:
     root = build_cached("mini-retrieval", digest, _write)
     queries = np.load(root / "queries.npy", mmap_mode="r")
     gallery = np.load(root / "gallery.npy", mmap_mode="r")
-    content = torch.from_numpy(np.load(root / "content.npy"))
-    labels = torch.where(
-        content[None, :] == torch.arange(len(queries))[:, None], torch.tensor(POSITIVE), torch.tensor(NEGATIVE)
-    ).to(torch.int8)
+    content = torch.from_numpy(np.load(root / "content.npy")).long()
+    cols = (content < len(queries)).nonzero()[:, 0]  # gallery views of a query's content are its positives
+    shape = (len(queries), len(gallery))
+    labels = PairLabels(shape, NEGATIVE, content[cols], cols, torch.full((len(cols),), POSITIVE))
     return RetrievalSet(
         "mini-retrieval",
         ArrayImages(queries, size, "mini-retrieval:queries", f"mini-retrieval-q-{digest}"),
         ArrayImages(gallery, size, "mini-retrieval:gallery", f"mini-retrieval-g-{digest}"),
         labels,
-        torch.zeros_like(labels, dtype=torch.bool),
+        PairLabels(shape, False, [], [], [], torch.bool),
         "synthetic (bundled photos): positives are other distorted views of the query's window",
     )

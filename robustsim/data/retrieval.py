@@ -13,7 +13,7 @@ Specs:
 - a bare folder path is read as ``plain`` when it has ``positives.csv``, else as ``vsd``
   (specs resolve in :mod:`robustsim.data.specs`).
 
-Labels are a (Q, G) int8 matrix: 1 positive, 0 negative, -1 unannotated.
+Labels are a sparse (Q, G) int8 matrix (:class:`PairLabels`): 1 positive, 0 negative, -1 unannotated.
 """
 
 from __future__ import annotations
@@ -30,15 +30,74 @@ from robustsim.errors import DataError
 POSITIVE, NEGATIVE, UNANNOTATED = 1, 0, -1
 
 
+class PairLabels:
+    """A (Q, G) matrix stored sparsely: every pair holds ``default`` except the listed (row, col, value)
+    entries, so memory is linear in the annotations, never in queries x gallery. Indexing rows
+    (``labels[idx]``) gives them dense, for one batch of queries at a time."""
+
+    def __init__(self, shape: tuple[int, int], default: int, rows, cols, values, dtype=torch.int8) -> None:
+        self.shape, self.default, self.dtype = (int(shape[0]), int(shape[1])), default, dtype
+        rows, cols = torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)
+        values = torch.as_tensor(values, dtype=dtype)
+        if rows.numel() and (int(rows.max()) >= self.shape[0] or int(cols.max()) >= self.shape[1]):
+            raise ValueError(f"an entry lies outside the {self.shape} matrix")
+        order = torch.argsort(rows * self.shape[1] + cols)
+        self.rows, self.cols, self.values = rows[order], cols[order], values[order]
+        self._starts = torch.searchsorted(self.rows, torch.arange(self.shape[0] + 1))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        """Dense rows ``idx`` (a tensor or list of query indices, or a slice), shape (B, G)."""
+        if isinstance(idx, slice):
+            idx = torch.arange(self.shape[0])[idx]
+        idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
+        out = torch.full((idx.numel(), self.shape[1]), self.default, dtype=self.dtype)
+        for b, q in enumerate(idx.tolist()):
+            lo, hi = int(self._starts[q]), int(self._starts[q + 1])
+            out[b, self.cols[lo:hi]] = self.values[lo:hi]
+        return out
+
+    def dense(self) -> torch.Tensor:
+        return self[torch.arange(self.shape[0])]
+
+    def count(self, value: int) -> torch.Tensor:
+        """(Q,) entries per row equal to ``value``."""
+        if value == self.default:
+            listed = torch.bincount(self.rows, minlength=self.shape[0])
+            hits = torch.bincount(self.rows[self.values == value], minlength=self.shape[0])
+            return self.shape[1] - listed + hits
+        return torch.bincount(self.rows[self.values == value], minlength=self.shape[0])
+
+    def head(self, n: int) -> PairLabels:
+        """The first ``n`` rows."""
+        keep = self.rows < n
+        return PairLabels(
+            (min(n, self.shape[0]), self.shape[1]),
+            self.default,
+            self.rows[keep],
+            self.cols[keep],
+            self.values[keep],
+            self.dtype,
+        )
+
+    @classmethod
+    def from_dense(cls, matrix: torch.Tensor, default: int) -> PairLabels:
+        rows, cols = (matrix != default).nonzero(as_tuple=True)
+        return cls(tuple(matrix.shape), default, rows, cols, matrix[rows, cols], matrix.dtype)
+
+
 @dataclass
 class RetrievalSet:
-    """Queries and gallery (images at one size), labels (Q, G) and the pairs never ranked."""
+    """Queries and gallery (images at one size), labels (Q, G) and the pairs never ranked, both stored
+    sparsely (:class:`PairLabels`)."""
 
     name: str
     queries: ImageSet
     gallery: ImageSet
-    labels: torch.Tensor  # (Q, G) int8
-    exclude: torch.Tensor  # (Q, G) bool: the query itself, when it is also a gallery item
+    labels: PairLabels  # (Q, G) int8: POSITIVE, NEGATIVE or UNANNOTATED
+    exclude: PairLabels  # (Q, G) bool: the query itself, when it is also a gallery item
     note: str = ""
 
     def __post_init__(self) -> None:
@@ -49,21 +108,23 @@ class RetrievalSet:
     @property
     def n_ranked(self) -> int:
         """How many gallery items every query is ranked against (the gallery less its excluded items)."""
-        most_excluded = int(self.exclude.sum(1).max()) if self.exclude.numel() else 0
-        return len(self.gallery) - most_excluded
+        excluded = self.exclude.count(True)
+        return len(self.gallery) - (int(excluded.max()) if excluded.numel() else 0)
 
     @property
     def n_positives(self) -> torch.Tensor:
         """(Q,) annotated positives per query (excluded pairs never count)."""
-        return ((self.labels == POSITIVE) & ~self.exclude).sum(1)
+        ex = self.exclude
+        both = torch.zeros(self.labels.shape[0], dtype=torch.long)
+        if ex.rows.numel():
+            pos_at = self.labels[ex.rows].gather(1, ex.cols[:, None])[:, 0] == POSITIVE  # excluded positives
+            both = torch.bincount(ex.rows[pos_at & ex.values.bool()], minlength=self.labels.shape[0])
+        return self.labels.count(POSITIVE) - both
 
     def subset(self, n: int) -> RetrievalSet:
         """The first ``n`` queries (same gallery)."""
-        from torch.utils.data import Subset
-
-        q = Subset(self.queries, range(min(n, len(self.queries))))
-        q.identity = f"{self.queries.identity}[:{n}]"  # type: ignore[attr-defined]
-        return RetrievalSet(self.name, q, self.gallery, self.labels[:n], self.exclude[:n], self.note)  # type: ignore[arg-type]
+        q = self.queries.subset(n)
+        return RetrievalSet(self.name, q, self.gallery, self.labels.head(n), self.exclude.head(n), self.note)
 
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
@@ -116,11 +177,15 @@ def open_vsd(root: Path, size: int | None = None) -> RetrievalSet:
         pairs[(q, c)] = (label, line)
         queries.setdefault(q)
     qpos = {q: i for i, q in enumerate(queries)}
-    labels = torch.full((len(queries), len(paths)), UNANNOTATED, dtype=torch.int8)
-    for (q, c), (label, _) in pairs.items():
-        labels[qpos[q], c] = label
-    exclude = torch.zeros_like(labels, dtype=torch.bool)
-    exclude[torch.arange(len(queries)), torch.tensor(list(queries))] = True
+    shape = (len(queries), len(paths))
+    labels = PairLabels(
+        shape,
+        UNANNOTATED,
+        [qpos[q] for q, _ in pairs],
+        [c for _, c in pairs],
+        [label for label, _ in pairs.values()],
+    )
+    exclude = PairLabels(shape, False, list(range(len(queries))), list(queries), [True] * len(queries), torch.bool)
     return RetrievalSet(
         f"vsd:{root.name}",
         PathImages([paths[q] for q in queries], size, f"vsd-queries:{root}"),
@@ -137,15 +202,19 @@ def open_plain(root: Path, size: int | None = None) -> RetrievalSet:
     qpaths, gpaths = _images_under(qdir), _images_under(gdir)
     qindex = {p.relative_to(qdir).as_posix(): i for i, p in enumerate(qpaths)}
     gindex = {p.relative_to(gdir).as_posix(): i for i, p in enumerate(gpaths)}
-    labels = torch.full((len(qpaths), len(gpaths)), NEGATIVE, dtype=torch.int8)
+    positives: set[tuple[int, int]] = set()
     for line, row in _read_csv(csv_path, ("query", "positive")):
         q = _lookup(qindex, row["query"], csv_path, line, qdir)
-        labels[q, _lookup(gindex, row["positive"], csv_path, line, gdir)] = POSITIVE
+        positives.add((q, _lookup(gindex, row["positive"], csv_path, line, gdir)))
+    shape = (len(qpaths), len(gpaths))
+    labels = PairLabels(
+        shape, NEGATIVE, [q for q, _ in positives], [g for _, g in positives], [POSITIVE] * len(positives)
+    )
     return RetrievalSet(
         f"plain:{root.name}",
         PathImages(qpaths, size, f"plain-queries:{root}"),
         PathImages(gpaths, size, f"plain-gallery:{root}"),
         labels,
-        torch.zeros_like(labels, dtype=torch.bool),
+        PairLabels(shape, False, [], [], [], torch.bool),
         "every pair not in positives.csv is a negative",
     )

@@ -1,10 +1,12 @@
 """SDP-based Lipschitz layers (SLL; Araujo et al. 2023), 1-Lipschitz for any weights.
 
 h(x) = x - 2 W T^{-1} relu(W^T x + b), T = diag(t), t_i = sum_j |W^T W|_ij q_j / q_i, q = exp(log_q).
-For convolutions W^T W is the kernel's self-correlation summed over spatial offsets. ``t`` depends
-on the weights only: in eval mode it is computed once and cached, keyed on the parameters' identity
-and version counters, so any change of the weights (optimizer step, load_state_dict, in-place edit)
-or a call to ``.train()`` recomputes it.
+For convolutions W^T W is the kernel's self-correlation summed over spatial offsets. The output map
+uses the folded weight K = -2 W T^{-1} (the rescaling and the minus sign live in the kernel), so a
+forward is h(x) = x + K relu(W^T x + b): one transposed convolution (or one ``addmm``) after the
+activation, with nothing elementwise in between. K depends on the weights only: in eval mode it is
+computed once and cached, keyed on the parameters' identity and version counters, so any change of the
+weights (optimizer step, load_state_dict, in-place edit) or a call to ``.train()`` recomputes it.
 """
 
 from __future__ import annotations
@@ -25,13 +27,18 @@ class _SLLBase(EvalCache):
         raise NotImplementedError
 
     def rescaling(self) -> torch.Tensor:
-        """2 / t (shape (inner,)); cached in eval mode while the weights are unchanged."""
-        return self._cached(self._compute_rescaling)
-
-    def _compute_rescaling(self) -> torch.Tensor:
+        """2 / t (shape (inner,)), computed from the weights."""
         q = self.log_q.exp()
         t = (self._gram().abs() * q[None, :] / q[:, None]).sum(1)
         return 2.0 / t.clamp_min(1e-12)
+
+    def folded(self) -> torch.Tensor:
+        """K = -(2 / t) W, the output map with the rescaling and sign folded in; cached in eval mode."""
+        return self._cached(self._fold)
+
+    def _fold(self) -> torch.Tensor:
+        r = self.rescaling()
+        return -(self.weight * r.view(-1, *[1] * (self.weight.dim() - 1)))
 
 
 class SLLLinear(_SLLBase):
@@ -51,8 +58,7 @@ class SLLLinear(_SLLBase):
         return self.weight @ self.weight.T
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        res = F.relu(F.linear(x, self.weight, self.bias)) * self.rescaling()
-        return x - res @ self.weight
+        return torch.addmm(x, F.relu(F.linear(x, self.weight, self.bias)), self.folded())
 
 
 class SLLConv2d(_SLLBase):
@@ -84,5 +90,4 @@ class SLLConv2d(_SLLBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         res = F.relu(F.conv2d(x, self.weight, self.bias, padding=self.padding))
-        res = res * self.rescaling()[None, :, None, None]
-        return x - F.conv_transpose2d(res, self.weight, padding=self.padding)
+        return x + F.conv_transpose2d(res, self.folded(), padding=self.padding)

@@ -154,7 +154,7 @@ def evaluate_retrieval(
     cert_rec = {k: torch.full((n_e, Q), nan, dtype=torch.float64) for k in ks} if certify else None
     top1_radius = torch.full((Q,), nan, dtype=torch.float64) if certify else None
     targeted_ok: list[torch.Tensor] = []
-    auc_s, auc_y = [], []
+    auc = scores.StreamingAUC()
     unannotated = dict.fromkeys(ks, 0)
     examples: dict[str, list[torch.Tensor]] = {}
     gen = torch.Generator().manual_seed(seed)
@@ -173,10 +173,9 @@ def evaluate_retrieval(
             unannotated[k] += scores.unannotated_in_top_k(rank, lab, k)
         clean_ap[idx] = ap.cpu()
         with torch.no_grad():
-            sim = gallery.similarity(q)
+            sim = gallery.exact(q)
         labelled = (lab >= 0) & ~exc
-        auc_s.append(sim[labelled].cpu())
-        auc_y.append((lab[labelled] == POSITIVE).cpu())
+        auc.add(sim[labelled], lab[labelled] == POSITIVE)
         if cert_rec is not None:
             top1_radius[idx] = _certify(run, q, rank, pos, n_pos, exc, cert_rec, idx)  # type: ignore[index]
         best_rec = {k: rec[k].expand(n_e, -1).clone() for k in ks}
@@ -184,8 +183,11 @@ def evaluate_retrieval(
         adv_show = q.expand(n_e, *q.shape).clone()  # per epsilon, the point with the lowest summed recall
         show_score = sum(best_rec[k] for k in ks)
         for attack in built:
-            for k in ks:
-                rows = ((n_pos > 0) & (rec[k] > 0)).nonzero()[:, 0]
+            # largest k first: pushing every positive out of the top k also clears every smaller top-k,
+            # so a smaller k only re-attacks the queries whose positives survived there
+            alive = n_pos > 0
+            for k in sorted(ks, reverse=True):
+                rows = (alive & (best_rec[k] > 0).any(0)).nonzero()[:, 0]
                 if rows.numel() == 0:
                     continue
                 goal = PushOut(gallery.similarity, pos[rows], exc[rows], k)
@@ -217,7 +219,7 @@ def evaluate_retrieval(
         eps,
         clean_rec,
         clean_ap,
-        scores.roc_auc(torch.cat(auc_s), torch.cat(auc_y)),
+        auc.value()[0],
         unannotated,
         att_rec,
         att_ap,

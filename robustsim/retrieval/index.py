@@ -4,7 +4,8 @@ Similarity is ``-d(query, item)`` for every metric, so higher is closer. An embe
 gallery is its cached unit-norm embeddings (:func:`robustsim.metrics.cache.cached_embeddings`);
 then ``-d = cos - 1`` is one matrix product, and top-k search runs either exactly, by chunked
 matrix products, or with a ``faiss`` inner-product index (``IndexFlatIP``, also exact). Any other
-metric keeps the gallery images and evaluates ``metric.pairwise`` (d on every pair).
+metric keeps the gallery images and evaluates ``metric.pairwise`` (d on every pair); the l2 metric keeps
+the gallery's squared norms too, so its distances are one ``addmm``.
 """
 
 from __future__ import annotations
@@ -61,13 +62,17 @@ class Gallery:
         raise NotImplementedError
 
     def similarity(self, q: torch.Tensor) -> torch.Tensor:
-        """(B, G) similarities of [0, 1] query images ``q``; differentiable in ``q``."""
+        """(B, G) similarities of [0, 1] query images ``q``; differentiable in ``q`` (what attacks use)."""
         raise NotImplementedError
+
+    def exact(self, q: torch.Tensor) -> torch.Tensor:
+        """(B, G) similarities as the metric itself computes them (what rankings and scores use)."""
+        return self.similarity(q)
 
     def search(self, q: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-``k`` (similarities, indices) per query, best first, never an ``exclude``d (B, G) item."""
         with torch.no_grad():
-            s = self.similarity(q)
+            s = self.exact(q)
         if exclude is not None:
             s = s.masked_fill(exclude, -torch.inf)
         return s.topk(min(k, s.shape[1]), dim=1)
@@ -116,6 +121,32 @@ class PairwiseGallery(Gallery):
         return -self.metric.pairwise(q, self.images)
 
 
+class SquaredL2Gallery(Gallery):
+    """The l2 metric (mean squared pixel difference) on a fixed gallery: the gallery's squared norms are
+    computed once, so an attack step costs one ``addmm``: d = (|q|^2 + |g|^2 - 2 q.g) / P, clamped at 0.
+    That form rounds differently from the metric's own (exact ties may split), so rankings and scores
+    (:meth:`exact`) use the metric's own distances; every attack result is re-ranked with them."""
+
+    def __init__(self, metric: Metric, images: torch.Tensor) -> None:
+        self.metric, self.images = metric, images
+        self.flat = images.flatten(1)
+        self.sq = self.flat.pow(2).sum(1)
+        self.scale = 1.0 / self.flat.shape[1]
+
+    def __len__(self) -> int:
+        return self.flat.shape[0]
+
+    def similarity(self, q: torch.Tensor) -> torch.Tensor:
+        qf = q.flatten(1)
+        if qf.shape[1] != self.flat.shape[1]:
+            raise RobustsimError(f"query images have {qf.shape[1]} values, gallery images {self.flat.shape[1]}")
+        d = torch.addmm(qf.pow(2).sum(1, keepdim=True) + self.sq, qf, self.flat.T, alpha=-2.0)
+        return -(d.clamp_min(0.0) * self.scale)
+
+    def exact(self, q: torch.Tensor) -> torch.Tensor:
+        return -self.metric.pairwise(q, self.images)
+
+
 def _has_faiss() -> bool:
     try:
         import faiss  # noqa: F401
@@ -149,4 +180,7 @@ def build_gallery(
         return EmbeddingGallery(metric, torch.from_numpy(np.array(phi)).to(device), backend)
     if backend == "faiss":
         raise RobustsimError(f"metric {metric.name!r} has no embeddings, so no faiss index; use --index exact")
-    return PairwiseGallery(metric, _stack(images).to(device))
+    from robustsim.metrics.pixel import L2Metric
+
+    stacked = _stack(images).to(device)
+    return SquaredL2Gallery(metric, stacked) if type(metric) is L2Metric else PairwiseGallery(metric, stacked)

@@ -11,6 +11,7 @@ from robustsim.data.retrieval import RetrievalSet
 from robustsim.io import atomic_write, write_json
 from robustsim.retrieval.evaluate import RetrievalResult
 from robustsim.table import format_table, pct
+from robustsim.threads import runtime_info
 
 SCHEMA_VERSION = 1
 
@@ -81,6 +82,7 @@ def report_json(res: RetrievalResult) -> dict:
             "top1_radius": None if res.top1_radius is None else lst(res.top1_radius[None])[0],
         },
         "versions": package_versions(),
+        "runtime": runtime_info(),
     }
 
 

@@ -73,3 +73,62 @@ def mean(values: torch.Tensor) -> float:
     """Mean over the finite entries (queries with positives); NaN when none."""
     ok = torch.isfinite(values)
     return float(values[ok].mean()) if ok.any() else float("nan")
+
+
+class StreamingAUC:
+    """ROC-AUC over (score, is-positive) pairs that arrive in batches, in memory linear in the positives.
+
+    Positives are kept exactly. Negatives are kept exactly up to ``exact`` values (then the result equals
+    :func:`roc_auc`); past that they are folded into a histogram of ``bins`` bins over the range seen so
+    far (later scores outside it fall into the end bins), and :meth:`value` also returns the largest
+    error that folding can cause (half the share of positive-negative pairs that share a bin).
+    """
+
+    def __init__(self, exact: int = 4_000_000, bins: int = 1 << 20) -> None:
+        self.exact, self.bins = exact, bins
+        self.pos: list[torch.Tensor] = []
+        self.neg: list[torch.Tensor] = []
+        self.n_neg = 0
+        self.hist: torch.Tensor | None = None
+        self.lo = self.hi = 0.0
+
+    def add(self, scores: torch.Tensor, positive: torch.Tensor) -> None:
+        scores, positive = scores.detach().double().flatten().cpu(), positive.flatten().bool().cpu()
+        self.pos.append(scores[positive])
+        neg = scores[~positive]
+        self.n_neg += neg.numel()
+        if self.hist is None:
+            self.neg.append(neg)
+            if self.n_neg > self.exact:
+                everything = torch.cat(self.neg)
+                self.lo, self.hi = float(everything.min()), float(everything.max())
+                self.hi = self.hi if self.hi > self.lo else self.lo + 1.0
+                self.hist = torch.zeros(self.bins, dtype=torch.long)
+                self.neg = []
+                self._fold(everything)
+        else:
+            self._fold(neg)
+
+    def _bin(self, s: torch.Tensor) -> torch.Tensor:
+        pos = (s - self.lo) / (self.hi - self.lo) * self.bins
+        return pos.floor().long().clamp(0, self.bins - 1)
+
+    def _fold(self, s: torch.Tensor) -> None:
+        assert self.hist is not None
+        self.hist += torch.bincount(self._bin(s), minlength=self.bins)
+
+    def value(self) -> tuple[float, float]:
+        """(AUC, largest error from folding; 0 when exact). NaN when a class is empty."""
+        pos = torch.cat(self.pos) if self.pos else torch.zeros(0, dtype=torch.float64)
+        if pos.numel() == 0 or self.n_neg == 0:
+            return float("nan"), 0.0
+        if self.hist is None:
+            neg = torch.sort(torch.cat(self.neg)).values
+            below = torch.searchsorted(neg, pos, right=False).double()
+            equal = torch.searchsorted(neg, pos, right=True).double() - below
+            return float((below + equal / 2).sum() / (pos.numel() * self.n_neg)), 0.0
+        b = self._bin(pos)
+        cum = torch.cat([torch.zeros(1, dtype=torch.long), self.hist.cumsum(0)])
+        below, same = cum[b].double(), self.hist[b].double()
+        pairs = pos.numel() * self.n_neg
+        return float((below + same / 2).sum() / pairs), float((same / 2).sum() / pairs)
