@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-Norm = Literal["l2", "linf"]
-NORMS = ("l2", "linf")
+from robustsim.threat import NORMS, Norm
+
+__all__ = ["NORMS", "Norm", "ascent_direction", "in_threat_model", "norms", "project", "random_start"]
 
 
 def _view(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

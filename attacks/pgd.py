@@ -78,6 +78,7 @@ def pgd(
     """PGD with step ``step_size * eps / steps`` (``schedule`` constant or cosine), random start,
     restarts and per-sample early stopping. Returns (x_adv, broken)."""
     generator = generator or torch.Generator().manual_seed(0)
+    eps = eps.to(x.dtype)  # float64 radii (certificates) must not promote the iterates
     best = _Best.start(x)
     for r in range(restarts):
         rows = (~best.broken).nonzero()[:, 0]
@@ -130,6 +131,7 @@ def apgd(
     and have not improved since. Samples stop as soon as their goal is reached; restarts begin anew from
     random points for the samples still standing. Returns (x_adv, broken)."""
     generator = generator or torch.Generator().manual_seed(0)
+    eps = eps.to(x.dtype)
     shape = (-1, *[1] * (x.dim() - 1))
     best = _Best.start(x)
     checks = check_schedule(steps)

@@ -7,15 +7,11 @@ Embedding metrics embed the fixed images once, so each attack step costs one pas
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import nn
 
 from robustsim.metrics.base import EmbeddingMetric, Metric
-
-Target = Literal["ref", "x0", "x1", "all"]
-TARGETS = ("ref", "x0", "x1", "all")
+from robustsim.threat import TARGETS, Target
 
 
 def labels_from_p(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,5 +1,6 @@
-"""Distillation throughput (images/s): with vs without the on-disk teacher-embedding cache, and
-1 vs 2 processes (torchrun, gloo) for the same global batch. Measured side by side in one run.
+"""Distillation throughput: with vs without the on-disk teacher-embedding cache (one torch thread,
+process CPU time, interleaved repeats), and the CLI as 1 vs 2 processes (torchrun, gloo) for the same
+global batch (wall-clock steady-state images/s, interleaved repeats, default thread choice).
 
 Run: .venv/bin/python benchmarks/bench_train.py [--teacher effnet-lite0] [--student nano] [--size 64]
 """
@@ -22,17 +23,19 @@ from robustsim.train.augment import augment, step_generator
 from robustsim.train.distill import rmse
 from robustsim.train.teacher import load_teacher, teacher_targets
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _measure import interleaved, load, median, ratio_line  # noqa: E402
+
 from robustsim.data import open_images
 from robustsim.models import LipSimNet
 from robustsim.models.lipsim import LipSimMetric
 
 
-def step_rate(args, cached: bool, images, teacher, targets) -> float:
+def train_steps(args, cached: bool, images, teacher, targets) -> None:
     torch.manual_seed(0)
     student = LipSimMetric(LipSimNet(args.student, embed_dim=targets.shape[1], input_size=args.size), validate=False)
     opt = torch.optim.Adam(student.parameters(), lr=1e-3, betas=(0.5, 0.9))
     b = args.batch
-    t0 = time.perf_counter()
     for step in range(args.steps):
         idx = list(range(step * b, (step + 1) * b))
         x = torch.stack([images[i] for i in idx])
@@ -47,7 +50,6 @@ def step_rate(args, cached: bool, images, teacher, targets) -> float:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return args.steps * b / (time.perf_counter() - t0)
 
 
 def cli_rate(args, procs: int, folder: Path, cache: Path) -> float:
@@ -72,8 +74,10 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=9)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
+    print(f"load before {load()}")
     work = Path(tempfile.mkdtemp())
     images = open_images("mini", args.size)
     folder = work / "images"
@@ -88,20 +92,32 @@ def main() -> None:
     t0 = time.perf_counter()
     targets = teacher_targets(teacher, sub, work / "cache" / "teachers", progress=False)
     fill = time.perf_counter() - t0
-    rates = {
-        "cached": step_rate(args, True, sub, teacher, targets),
-        "uncached": step_rate(args, False, sub, teacher, targets),
-    }
+    t = interleaved(
+        {
+            "cached": lambda: train_steps(args, True, sub, teacher, targets),
+            "uncached": lambda: train_steps(args, False, sub, teacher, targets),
+        },
+        args.repeats,
+    )
     print(
         f"distil {args.student} @ {args.size}px from {args.teacher}, batch {args.batch} (x2 views), {args.steps} steps"
     )
     print(f"  filling the cache once: {fill:.1f} s for {n} images")
-    print(f"  with cache    {rates['cached']:7.1f} img/s")
     print(
-        f"  without cache {rates['uncached']:7.1f} img/s  -> cache speed-up {rates['cached'] / rates['uncached']:.2f}x"
+        f"  CPU time with cache / without: {ratio_line(t, 'cached', 'uncached')} "
+        f"({n / median(t['cached']):.1f} vs {n / median(t['uncached']):.1f} img per CPU-second)"
     )
-    one, two = cli_rate(args, 1, folder, work / "cache"), cli_rate(args, 2, folder, work / "cache")
-    print(f"  CLI 1 process {one:7.1f} img/s, torchrun 2 processes {two:7.1f} img/s -> {two / one:.2f}x")
+    rates: dict[str, list[float]] = {"one": [], "two": []}
+    for _ in range(max(1, args.repeats // 3)):
+        rates["one"].append(cli_rate(args, 1, folder, work / "cache"))
+        rates["two"].append(cli_rate(args, 2, folder, work / "cache"))
+    one, two = median(rates["one"]), median(rates["two"])
+    pairs = [b / a for a, b in zip(rates["one"], rates["two"], strict=True)]
+    print(
+        f"  CLI 1 process {one:7.1f} img/s, torchrun 2 processes {two:7.1f} img/s -> {two / one:.2f}x "
+        f"(pairs {min(pairs):.2f}..{max(pairs):.2f}, n={len(pairs)})"
+    )
+    print(f"load after {load()}")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -1,25 +1,44 @@
-"""Certificates for 1-Lipschitz embedding metrics (l2 threat model): 2AFC radii on the reference image,
-embedding-distance bounds, and top-k retrieval radii on the query."""
+"""Certificates (l2): proofs for Lipschitz embedding metrics (2AFC radii for every threat model,
+embedding-distance bounds, top-k retrieval radii), all in the caller's pixels with the preprocessing
+and float rounding accounted for; and randomized smoothing for any metric (a certificate of the
+smoothed decision)."""
 
-from robustsim.certify.certify2afc import CertifyResult, certify_2afc
-from robustsim.certify.lipschitz import estimate_lipschitz, lipschitz_bound
+from robustsim.certify.certify2afc import CertifyResult, certify_2afc, certify_smoothed
+from robustsim.certify.lipschitz import (
+    estimate_lipschitz,
+    input_lipschitz,
+    lipschitz_bound,
+    network_lipschitz,
+    preprocess_lipschitz,
+    resize_norm,
+)
 from robustsim.certify.radius import (
     certified_radius,
     embedding_distance_bound,
     radius_from_embeddings,
     require_lipschitz,
 )
-from robustsim.certify.retrieval import retrieval_radii, top_k_radii
+from robustsim.certify.retrieval import certified_gallery, retrieval_radii, top_k_radii
+from robustsim.certify.rounding import embed_with_error
+from robustsim.certify.smoothing import SmoothedMetric
 
 __all__ = [
     "CertifyResult",
+    "SmoothedMetric",
+    "certified_gallery",
     "certified_radius",
     "certify_2afc",
+    "certify_smoothed",
+    "embed_with_error",
     "embedding_distance_bound",
     "estimate_lipschitz",
+    "input_lipschitz",
     "lipschitz_bound",
+    "network_lipschitz",
+    "preprocess_lipschitz",
     "radius_from_embeddings",
     "require_lipschitz",
+    "resize_norm",
     "retrieval_radii",
     "top_k_radii",
 ]

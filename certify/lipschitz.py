@@ -1,11 +1,16 @@
-"""Lipschitz constants: the bound a model's structure guarantees, and an empirical lower estimate."""
+"""Lipschitz constants: the bound a model's structure guarantees, the exact norm of a metric's
+preprocessing (resize, normalisation) for the caller's image size, and an empirical lower estimate."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from robustsim.errors import RobustsimError
+from robustsim.metrics.base import EmbeddingMetric, Metric
 
 #: parameter-free modules that are 1-Lipschitz in l2 (elementwise 1-Lipschitz or reshapes)
 ONE_LIPSCHITZ = (nn.ReLU, nn.Identity, nn.Flatten, nn.Unflatten, nn.LeakyReLU, nn.Tanh, nn.Dropout)
@@ -17,6 +22,8 @@ def lipschitz_bound(module: nn.Module) -> float:
     modules. Raises RobustsimError for a module with no guarantee (assumption: composition only).
     """
     own = getattr(module, "lipschitz_bound", None)
+    if callable(own):
+        own = own()
     if isinstance(own, (int, float)):
         return float(own)
     if isinstance(module, nn.Sequential):
@@ -77,3 +84,70 @@ def estimate_lipschitz(
         f.train(was_training)
         for p, flag in grads:
             p.requires_grad_(flag)
+
+
+def network_lipschitz(metric: Metric) -> tuple[float, str]:
+    """(L, source) for the network of an embedding metric: the bound its structure proves
+    (:func:`lipschitz_bound`, source ``"structure"``), else the constant the user declared with
+    ``EmbeddingMetric(..., lipschitz=L)`` (source ``"declared"``). RobustsimError when neither exists."""
+    if not isinstance(metric, EmbeddingMetric):
+        raise RobustsimError(
+            f"metric {metric.name!r} is not an embedding metric, so it has no Lipschitz certificate; "
+            f"use `robustsim certify --method smoothing` or `robustsim audit --metric {metric.name}`"
+        )
+    try:
+        return lipschitz_bound(metric.net), "structure"
+    except RobustsimError:
+        declared = getattr(metric, "lipschitz", None)
+    if declared is None:
+        raise RobustsimError(
+            f"metric {metric.name!r} has no Lipschitz guarantee, so no Lipschitz certificate exists; "
+            f"use `robustsim certify --method smoothing` or `robustsim audit --metric {metric.name}`"
+        )
+    if not declared > 0:
+        raise RobustsimError(f"metric {metric.name!r} declares Lipschitz constant {declared}; it must be > 0")
+    return float(declared), "declared"
+
+
+@functools.lru_cache(maxsize=256)
+def interpolation_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in) float64 matrix of the 1-D linear interpolation ``resize`` applies along one axis
+    (align_corners=False, no antialiasing), read off by interpolating the identity."""
+    eye = torch.eye(n_in, dtype=torch.float64)[:, None, :]  # n_in signals of length n_in
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[:, 0, :].T.contiguous()
+
+
+@functools.lru_cache(maxsize=256)
+def resize_norm(in_hw: tuple[int, int], out_hw: tuple[int, int]) -> float:
+    """Exact l2 operator norm of the bilinear resize from ``in_hw`` to ``out_hw`` (per channel; the same on
+    every channel). The resize is separable, X -> A_h X A_w^T, so its norm is ||A_h||_2 ||A_w||_2."""
+    if tuple(in_hw) == tuple(out_hw):
+        return 1.0
+    a_h, a_w = interpolation_matrix(in_hw[0], out_hw[0]), interpolation_matrix(in_hw[1], out_hw[1])
+    return float(torch.linalg.matrix_norm(a_h, ord=2) * torch.linalg.matrix_norm(a_w, ord=2))
+
+
+def preprocess_lipschitz(metric: EmbeddingMetric, image_hw: tuple[int, int]) -> float:
+    """l2 Lipschitz constant of the metric's preprocessing for caller images of ``image_hw``: the resize
+    to ``input_size`` (exact, :func:`resize_norm`) times the normalisation's 1 / min(std) (the mean is a
+    shift and costs nothing). Metrics that override ``preprocess`` must provide ``preprocess_lipschitz``."""
+    own = getattr(type(metric), "preprocess_lipschitz", None)
+    if own is not None:
+        return float(own(metric, image_hw))
+    if type(metric).preprocess is not EmbeddingMetric.preprocess:
+        raise RobustsimError(
+            f"metric {metric.name!r} preprocesses its input in its own way; give it a preprocess_lipschitz(hw) "
+            "method to certify it"
+        )
+    size = metric.input_size
+    out_hw = tuple(image_hw) if size is None else (size, size)
+    return resize_norm(tuple(image_hw), out_hw) / float(metric.std.abs().min())
+
+
+def input_lipschitz(metric: Metric, image_hw: tuple[int, int]) -> tuple[float, str]:
+    """(L, source): the l2 Lipschitz constant of ``metric.embed`` with respect to the caller's
+    [0, 1] image of size ``image_hw``: network bound times preprocessing bound. Every certificate
+    uses this one function."""
+    l_net, source = network_lipschitz(metric)
+    assert isinstance(metric, EmbeddingMetric)
+    return l_net * preprocess_lipschitz(metric, tuple(image_hw)), source

@@ -6,6 +6,7 @@
 """
 
 from robustsim import data
+from robustsim.certify.smoothing import SmoothedMetric  # noqa: E402  (after the metrics it smooths)
 from robustsim.errors import DataError, InputError, RobustsimError, WeightsError
 from robustsim.losses import PerceptualLoss
 from robustsim.metrics import (
@@ -28,6 +29,7 @@ __all__ = [
     "Metric",
     "PerceptualLoss",
     "RobustsimError",
+    "SmoothedMetric",
     "WeightsError",
     "data",
     "list_metrics",

@@ -19,6 +19,8 @@ _SCHEMAS = {
     "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
     "qnms": "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
 }
+#: libraries that import torchvision (directly or through timm / open_clip)
+TORCHVISION_USERS = {"torchvision", "lpips", "timm", "open_clip", "torchattacks", "dreamsim", "piq", "DISTS_pytorch"}
 _library: torch.library.Library | None = None  # kept alive: dropping it unregisters the schemas
 
 
@@ -53,7 +55,7 @@ def import_optional(module: str, extra: str = "zoo") -> ModuleType:
     Raises MissingPackageError (an ImportError and a one-line RobustsimError) naming the pip extra
     to install when the library is absent.
     """
-    if module.split(".")[0] in {"torchvision", "lpips", "timm", "open_clip"}:
+    if module.split(".")[0] in TORCHVISION_USERS:
         patch_torchvision_ops()
     try:
         return importlib.import_module(module)

@@ -15,7 +15,12 @@ def two_afc_per_triplet(d0: torch.Tensor, d1: torch.Tensor, p: torch.Tensor) -> 
 
     ``p`` is the fraction of humans who found x1 closer to the reference.
     """
-    c = two_afc_choice(d0, d1)
+    return choice_score(two_afc_choice(d0, d1), p)
+
+
+def choice_score(choice: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Per-triplet 2AFC score of a choice (1.0 = x1, 0.0 = x0, 0.5 = tie): p, 1 - p or 1/2."""
+    c = choice.to(torch.float64)
     p = p.to(torch.float64).to(c.device)
     return c * p + (1 - c) * (1 - p)
 

@@ -2,7 +2,8 @@
 
 PaddingChannels(3 -> C) -> convs/2 SLL convs -> LipPool(4) -> convs/2 SLL convs -> LipPool(4)
 -> flatten -> semi-orthogonal projection to ``width`` -> M SLL linear layers -> semi-orthogonal
-projection to ``embed_dim``. Every stage is 1-Lipschitz, so the net is (``lipschitz_bound`` = 1).
+projection to ``embed_dim``. Every stage is 1-Lipschitz, so the net is; ``lipschitz_bound()`` derives that
+from the layers.
 Presets are rows of a table; the input size is a parameter (divisible by 16).
 """
 
@@ -58,7 +59,12 @@ def _bounded(key: str, value: object) -> int:
 class LipSimNet(nn.Module):
     """The LipSim student; ``forward`` maps (B, 3, S, S) to (B, embed_dim)."""
 
-    lipschitz_bound = 1.0
+    def lipschitz_bound(self) -> float:
+        """The product of the bounds its stages prove (``features`` then ``head``), derived from the
+        layers, not declared."""
+        from robustsim.certify.lipschitz import lipschitz_bound
+
+        return lipschitz_bound(self.features) * lipschitz_bound(self.head)
 
     def __init__(self, preset: str | LipSimPreset = "tiny", embed_dim: int = 1792, input_size: int = 224) -> None:
         super().__init__()
@@ -115,16 +121,17 @@ class LipSimNet(nn.Module):
 
 
 class LipSimMetric(EmbeddingMetric):
-    """A LipSimNet as an embedding metric. Input is centred (x - 0.5), not scaled, so the
-    whole ``embed`` keeps the net's Lipschitz bound w.r.t. the [0, 1] image at ``input_size``."""
+    """A LipSimNet as an embedding metric. Input is centred (x - 0.5), not scaled; certificates take the
+    net's bound from its layers and the resize's exact norm for the caller's image size."""
 
     def __init__(self, net: LipSimNet, name: str = "lipsim", validate: bool = True) -> None:
-        super().__init__(
-            net,
-            input_size=net.input_size,
-            mean=0.5,
-            std=1.0,
-            name=name,
-            lipschitz=net.lipschitz_bound,
-            validate=validate,
-        )
+        super().__init__(net, input_size=net.input_size, mean=0.5, std=1.0, name=name, validate=validate)
+
+    @property
+    def lipschitz(self) -> float:  # type: ignore[override]
+        """The network's bound, derived from its layers (see :meth:`LipSimNet.lipschitz_bound`)."""
+        return self.net.lipschitz_bound()
+
+    @lipschitz.setter
+    def lipschitz(self, value: float | None) -> None:  # the base class assigns it; the bound is derived
+        pass

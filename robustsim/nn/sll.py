@@ -32,6 +32,10 @@ class _SLLBase(EvalCache):
         t = (self._gram().abs() * q[None, :] / q[:, None]).sum(1)
         return 2.0 / t.clamp_min(1e-12)
 
+    def rounding_weights(self) -> list[torch.Tensor]:
+        """What the forward multiplies by besides ``weight``: the folded kernel (for rounding bounds)."""
+        return [self.folded()]
+
     def folded(self) -> torch.Tensor:
         """K = -(2 / t) W, the output map with the rescaling and sign folded in; cached in eval mode."""
         return self._cached(self._fold)

@@ -104,6 +104,7 @@ class _Run:
         self.metric, self.gallery = metric, gallery
         self.ks, self.norm, self.eps = ks, norm, eps
         self.K = min(data.n_ranked, max(max(ks), AP_CUTOFF))
+        self.certified: tuple[torch.Tensor, torch.Tensor] | None = None
         if max(ks) > data.n_ranked:
             raise ValueError(f"k={max(ks)} exceeds the {data.n_ranked} gallery items a query is ranked against")
 
@@ -145,6 +146,10 @@ def evaluate_retrieval(
     gallery = build_gallery(metric, data.gallery, device, backend, cache_dir, batch_size, progress)
     run = _Run(metric, data, gallery, ks, norm, eps)
     certify = bool(eps) and getattr(metric, "lipschitz", None) is not None and isinstance(gallery, EmbeddingGallery)
+    if certify:  # float64 gallery directions with their rounding bounds, once per evaluation
+        from robustsim.certify.retrieval import certified_gallery
+
+        run.certified = certified_gallery(metric, data.gallery, batch_size)
     Q, n_e = len(data.queries), len(eps)
     nan = float("nan")
     clean_rec = {k: torch.full((Q,), nan, dtype=torch.float64) for k in ks}
@@ -239,9 +244,10 @@ def _certify(run: _Run, q, rank, pos, n_pos, exc, cert_rec, idx) -> torch.Tensor
     """Fill certified recall for this batch; return the top-1 radii (B,)."""
     from robustsim.certify.retrieval import retrieval_radii
 
-    assert isinstance(run.gallery, EmbeddingGallery)
+    assert run.certified is not None
+    phi, phi_error = run.certified
     ks = sorted(set(run.ks) | {1})
-    radii = retrieval_radii(run.metric, q, run.gallery.phi, rank[:, : max(ks)], ks, exc)
+    radii = retrieval_radii(run.metric, q, phi, rank[:, : max(ks)], ks, exc, phi_error)
     scale = math.sqrt(q[0].numel()) if run.norm == "linf" else 1.0
     for k in run.ks:
         hit = pos.gather(1, rank[:, :k])
