@@ -5,15 +5,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], markdown: bool = False) -> str:
-    """Align columns; ``markdown=True`` gives a GitHub table."""
+def format_table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], markdown: bool = False, left: bool = False
+) -> str:
+    """Align columns (numbers right, the first column left; ``left`` aligns every column left);
+    ``markdown=True`` gives a GitHub table."""
     cells = [[_fmt(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     if markdown:
         line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"  # noqa: E731
         sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
         return "\n".join([line(headers), sep, *map(line, cells)])
-    line = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))  # noqa: E731
+    line = lambda r: "  ".join(  # noqa: E731
+        c.rjust(w) if i and not left else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+    ).rstrip()
     return "\n".join([line(headers), "  ".join("-" * w for w in widths), *map(line, cells)])
 
 

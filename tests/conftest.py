@@ -10,6 +10,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("ROBUSTSIM_CACHE", str(ROOT / ".pytest_cache" / "robustsim-cache"))
+os.environ.setdefault("ROBUSTSIM_WEIGHTS", str(ROOT / ".pytest_cache" / "robustsim-weights"))
+os.environ["ROBUSTSIM_OFFLINE"] = "1"  # no test touches the internet; the local-server tests unset it
 torch.set_num_threads(1)
 
 

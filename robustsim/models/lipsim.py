@@ -1,10 +1,12 @@
-"""LipSimNet: a 1-Lipschitz (l2) embedding network of SLL layers, after LipSim (Ghazanfari et al.).
+"""LipSimNet: a 1-Lipschitz (l2) embedding network, after LipSim (Ghazanfari et al.).
 
-PaddingChannels(3 -> C) -> convs/2 SLL convs -> LipPool(4) -> convs/2 SLL convs -> LipPool(4)
--> flatten -> semi-orthogonal projection to ``width`` -> M SLL linear layers -> semi-orthogonal
-projection to ``embed_dim``. Every stage is 1-Lipschitz, so the net is; ``lipschitz_bound()`` derives that
-from the layers.
-Presets are rows of a table; the input size is a parameter (divisible by 16).
+robustsim's layout (``head="projection"``): PaddingChannels(3 -> C) -> ``split`` convs -> LipPool(4) -> the
+other convs -> LipPool(4) -> flatten -> semi-orthogonal projection to ``width`` -> M linear layers ->
+semi-orthogonal projection to ``embed_dim``. LipSim's own layout (``split=convs``, ``head="truncate"``): all
+convs before the two poolings, M linear layers at the flattened width (inner width ``width``), then the
+first ``embed_dim`` coordinates. Conv and linear layers are of kind ``layer`` (SLL by default; inner conv
+width ``conv_inner``). Every stage is 1-Lipschitz, so the net is; ``lipschitz_bound()`` derives that from
+the layers. Presets are rows of a table; the input size is a parameter (divisible by 16).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 from torch import nn
 
 from robustsim.metrics.base import EmbeddingMetric
-from robustsim.nn import LipPool, PaddingChannels, Projection, SLLConv2d, SLLLinear
+from robustsim.nn import LipPool, PaddingChannels, Projection, Truncate
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,14 @@ class LipSimPreset:
     channels: int
     linears: int
     width: int
+    layer: str = "sll"  # the kind of conv and linear layer (robustsim.nn.LAYERS)
+    conv_inner: int = 0  # inner channels of a conv layer; 0: ``channels``
+    split: int = -1  # convs before the first pooling; -1: half of them
+    head: str = "projection"  # "projection" (robustsim) or "truncate" (LipSim's released layout)
+
+
+REQUIRED_FIELDS = ("convs", "channels", "linears", "width")
+HEADS = ("projection", "truncate")
 
 
 PRESETS: dict[str, LipSimPreset] = {
@@ -46,7 +56,31 @@ CONFIG_LIMITS = {
     "width": (1, 65536),
     "embed_dim": (1, 65536),
     "input_size": (16, 4096),
+    "conv_inner": (0, 4096),
+    "split": (-1, 512),
 }
+
+
+def _checked_layers(layers: object) -> LipSimPreset:
+    if not isinstance(layers, dict) or not set(REQUIRED_FIELDS) <= set(layers) <= set(
+        LipSimPreset.__dataclass_fields__
+    ):
+        raise ValueError(f"layers must give {', '.join(REQUIRED_FIELDS)} (and optionally the other preset fields)")
+    values: dict = {}
+    for k, v in layers.items():
+        if k == "layer":
+            from robustsim.nn import LAYERS
+
+            if v not in LAYERS:
+                raise ValueError(f"layer must be one of {', '.join(LAYERS)}, got {v!r}")
+            values[k] = v
+        elif k == "head":
+            if v not in HEADS:
+                raise ValueError(f"head must be one of {', '.join(HEADS)}, got {v!r}")
+            values[k] = v
+        else:
+            values[k] = _bounded(k, v)
+    return LipSimPreset(**values)
 
 
 def _bounded(key: str, value: object) -> int:
@@ -76,23 +110,31 @@ class LipSimNet(nn.Module):
             self.preset_name = "custom"
         if input_size % 16:
             raise ValueError(f"input_size must be divisible by 16 (two 4x4 poolings), got {input_size}")
+        from robustsim.nn import LAYERS
+
         self.preset, self.embed_dim, self.input_size = preset, embed_dim, input_size
-        c = preset.channels
-        first = preset.convs // 2
+        conv, linear = LAYERS[preset.layer]
+        c, inner = preset.channels, preset.conv_inner or preset.channels
+        first = preset.convs // 2 if preset.split < 0 else min(preset.split, preset.convs)
         self.features = nn.Sequential(
             PaddingChannels(c),
-            *[SLLConv2d(c) for _ in range(first)],
+            *[conv(c, inner) for _ in range(first)],
             LipPool(4),
-            *[SLLConv2d(c) for _ in range(preset.convs - first)],
+            *[conv(c, inner) for _ in range(preset.convs - first)],
             LipPool(4),
             nn.Flatten(),
         )
         flat = c * (input_size // 16) ** 2
-        self.head = nn.Sequential(
-            Projection(flat, preset.width),
-            *[SLLLinear(preset.width) for _ in range(preset.linears)],
-            Projection(preset.width, embed_dim),
-        )
+        if preset.head == "truncate":
+            if embed_dim > flat:
+                raise ValueError(f"a truncating head keeps {embed_dim} of {flat} coordinates; lower embed_dim")
+            self.head = nn.Sequential(*[linear(flat, preset.width) for _ in range(preset.linears)], Truncate(embed_dim))
+        else:
+            self.head = nn.Sequential(
+                Projection(flat, preset.width),
+                *[linear(preset.width, preset.width) for _ in range(preset.linears)],
+                Projection(preset.width, embed_dim),
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -112,20 +154,18 @@ class LipSimNet(nn.Module):
         if isinstance(cfg.get("preset"), str) and cfg["preset"] in PRESETS:
             preset: str | LipSimPreset = cfg["preset"]
         else:
-            layers = cfg["layers"]
-            if not isinstance(layers, dict) or set(layers) != set(LipSimPreset.__dataclass_fields__):
-                raise ValueError(f"layers must give {', '.join(LipSimPreset.__dataclass_fields__)}")
-            preset = LipSimPreset(**{k: _bounded(k, v) for k, v in layers.items()})
+            preset = _checked_layers(cfg["layers"])
         embed_dim, input_size = _bounded("embed_dim", cfg["embed_dim"]), _bounded("input_size", cfg["input_size"])
         return cls(preset, embed_dim=embed_dim, input_size=input_size)
 
 
 class LipSimMetric(EmbeddingMetric):
-    """A LipSimNet as an embedding metric. Input is centred (x - 0.5), not scaled; certificates take the
-    net's bound from its layers and the resize's exact norm for the caller's image size."""
+    """A LipSimNet as an embedding metric. Input is shifted by ``mean`` (0.5: centred; LipSim's released
+    models use 0), not scaled; certificates take the net's bound from its layers and the resize's exact
+    norm for the caller's image size."""
 
-    def __init__(self, net: LipSimNet, name: str = "lipsim", validate: bool = True) -> None:
-        super().__init__(net, input_size=net.input_size, mean=0.5, std=1.0, name=name, validate=validate)
+    def __init__(self, net: LipSimNet, name: str = "lipsim", mean: float = 0.5, validate: bool = True) -> None:
+        super().__init__(net, input_size=net.input_size, mean=mean, std=1.0, name=name, validate=validate)
 
     @property
     def lipschitz(self) -> float:  # type: ignore[override]

@@ -47,6 +47,19 @@ class LipPool(nn.Module):
         return F.avg_pool2d(x, self.k, divisor_override=self.k)
 
 
+class Truncate(nn.Module):
+    """Keep the first ``n`` coordinates (a coordinate projection: 1-Lipschitz). LipSim's last layer."""
+
+    lipschitz_bound = 1.0
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, : self.n]
+
+
 class GroupSort2(nn.Module):
     """MaxMin activation on channel pairs (gradient-norm preserving, 1-Lipschitz)."""
 

@@ -1,0 +1,111 @@
+"""``robustsim weights``: the weight-file manifest, and fetching, adding, verifying and locating files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from robustsim.cli.options import parse_names
+from robustsim.table import format_table
+
+PIN_TEXT = {"sha256": "sha256", "sha256-prefix": "prefix", "first-download": "1st-download"}
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@click.group("weights")
+def weights_group() -> None:
+    """Weight files of the metric zoo: one manifest (file, upstream URL, size, sha256 pin, licence, metrics).
+
+    Files download on first use with a progress bar unless ROBUSTSIM_OFFLINE=1 (or HF_HUB_OFFLINE=1).
+    Offline, or where a host serves a login page, get the file yourself and install it with `add`.
+    Files live in $ROBUSTSIM_WEIGHTS (default ~/.cache/robustsim/weights); torchvision files also in
+    $TORCH_HOME/hub/checkpoints.
+    """
+
+
+@weights_group.command("list")
+def list_cmd() -> None:
+    """Every file: size, pin kind, state here (fetched, fetchable, missing, corrupt), the metrics using it."""
+    from robustsim.weights import manifest, recorded_pins, state
+
+    pins = recorded_pins()
+    rows = []
+    for rec in manifest().values():
+        pin = PIN_TEXT[rec.pin] + ("*" if rec.pin == "first-download" and rec.name in pins else "")
+        size = rec.size if rec.size is not None else pins.get(rec.name, {}).get("size")
+        rows.append((rec.name, _size(size), pin, state(rec), ",".join(rec.metrics)))
+    import textwrap
+
+    click.echo(format_table(["file", "size", "pin", "state", "metrics"], rows, left=True))
+    note = (
+        "pin: sha256 = published full hash; prefix = torchvision's hash prefix in the file name; 1st-download = "
+        "no published hash, the first verified download's is recorded (* = recorded here) and checked after."
+    )
+    click.echo("\n" + "\n".join(textwrap.wrap(note, 100)))
+
+
+@weights_group.command("fetch")
+@click.argument("names", nargs=-1, required=True)
+def fetch_cmd(names: tuple[str, ...]) -> None:
+    """Download NAMES (file names from `list`, or metric names), resuming a partial download, verifying
+    size and hash, refusing HTML or truncated bodies; nothing unverified is ever installed."""
+    from robustsim.weights import files_for, manifest, resolve
+
+    wanted: list[str] = []
+    for name in parse_names(",".join(names), "NAMES"):
+        if name in manifest():
+            wanted.append(name)
+        elif files_for(name):
+            wanted += [r.name for r in files_for(name)]
+        else:
+            raise click.BadParameter(
+                f"{name!r} is neither a weight file nor a metric that needs one", param_hint="NAMES"
+            )
+    for name in dict.fromkeys(wanted):
+        click.echo(f"{name}: {resolve(name)}")
+
+
+@weights_group.command("add")
+@click.argument("name")
+@click.argument("file", type=click.Path(path_type=Path))
+def add_cmd(name: str, file: Path) -> None:
+    """Install FILE (obtained elsewhere) as weight file NAME after checking it against NAME's pin."""
+    from robustsim.weights import add_file
+
+    click.echo(f"{name}: installed {add_file(name, file)}")
+
+
+@weights_group.command("verify")
+def verify_cmd() -> None:
+    """Re-hash every weight file on disk against its pin (exit 2 if one fails)."""
+    from robustsim.errors import WeightsError
+    from robustsim.weights import verify_all
+
+    results = verify_all()
+    if not results:
+        click.echo("no weight files on disk")
+        return
+    click.echo(format_table(["file", "result"], results, left=True))
+    bad = [name for name, r in results if r != "ok"]
+    if bad:
+        raise WeightsError(f"{len(bad)} file(s) fail their pin ({bad[0]} ...); delete them and fetch or add them again")
+
+
+@weights_group.command("path")
+@click.argument("name")
+def path_cmd(name: str) -> None:
+    """Print where weight file NAME is (or would be installed)."""
+    from robustsim.weights import install_path, on_disk, record
+
+    rec = record(name)
+    click.echo(str(on_disk(rec) or install_path(rec)))

@@ -1,0 +1,331 @@
+"""The weights manager: one manifest of weight files (data, ``manifest.json``), where they live, how their
+bytes are verified, and the only code in robustsim that downloads anything.
+
+A file is usable when it is on disk and its sha256 matches its pin (:class:`WeightFile`): the full hash
+the upstream publishes, the hash prefix of torchvision's file names, or, where the upstream publishes
+none, the hash recorded at the first verified download (``pins.json`` in the weights folder). Files live
+in :func:`weights_dir` (``$ROBUSTSIM_WEIGHTS``, else ``$XDG_CACHE_HOME/robustsim/weights``); files that
+torchvision or piq also load (``torch_hub``) live in torch's hub cache (``$TORCH_HOME/hub/checkpoints``)
+and are found in either place. A missing file is fetched on first use with a progress bar unless
+``ROBUSTSIM_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1``); then the error names the file and both the
+``robustsim weights fetch`` and ``robustsim weights add`` commands. ``ROBUSTSIM_WEIGHTS_URL`` replaces every
+upstream location by ``<url>/<file name>`` (a mirror, or a local test server).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from robustsim.cache import file_sha256
+from robustsim.errors import WeightsError
+from robustsim.io import atomic_write
+
+PINS = ("sha256", "sha256-prefix", "first-download")
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One weight file of the manifest."""
+
+    name: str
+    urls: tuple[str, ...]
+    size: int | None
+    pin: str
+    sha256: str | None
+    license: str
+    source: str
+    metrics: tuple[str, ...] = ()
+    torch_hub: bool = False
+    unpack: bool = False
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.pin not in PINS:
+            raise ValueError(f"{self.name}: pin must be one of {PINS}, got {self.pin!r}")
+        if self.pin != "first-download" and not self.sha256:
+            raise ValueError(f"{self.name}: a {self.pin} pin needs its sha256")
+
+
+def weights_dir() -> Path:
+    """``$ROBUSTSIM_WEIGHTS``, else ``$XDG_CACHE_HOME/robustsim/weights`` (~/.cache/robustsim/weights)."""
+    env = os.environ.get("ROBUSTSIM_WEIGHTS")
+    if env:
+        return Path(env)
+    cache = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
+    return Path(cache) / "robustsim" / "weights"
+
+
+def torch_hub_dir() -> Path:
+    """Where torchvision caches checkpoints: ``$TORCH_HOME/hub/checkpoints``."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def offline() -> bool:
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes") for v in ("ROBUSTSIM_OFFLINE", "HF_HUB_OFFLINE")
+    )
+
+
+def _records(data: dict) -> dict[str, WeightFile]:
+    out = {}
+    for rec in data["files"]:
+        known = {k: rec[k] for k in WeightFile.__dataclass_fields__ if k in rec and k != "extra"}
+        known["urls"], known["metrics"] = tuple(known.get("urls", ())), tuple(known.get("metrics", ()))
+        out[rec["name"]] = WeightFile(**known)
+    return out
+
+
+def manifest() -> dict[str, WeightFile]:
+    """Every weight file the zoo knows, by file name: the packaged ``manifest.json``, with the records of
+    ``$ROBUSTSIM_WEIGHTS_MANIFEST`` (a file in the same format: a mirror's or a test's) added or replacing."""
+    return _manifest(os.environ.get("ROBUSTSIM_WEIGHTS_MANIFEST", ""))
+
+
+@lru_cache(maxsize=4)
+def _manifest(extra: str) -> dict[str, WeightFile]:
+    text = resources.files("robustsim.weights").joinpath("manifest.json").read_text()
+    records = _records(json.loads(text))
+    if extra:
+        try:
+            records.update(_records(json.loads(Path(extra).read_text())))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise WeightsError(f"ROBUSTSIM_WEIGHTS_MANIFEST={extra} is not a readable manifest ({err})") from None
+    return records
+
+
+def record(name: str) -> WeightFile:
+    try:
+        return manifest()[name]
+    except KeyError:
+        raise WeightsError(f"unknown weight file {name!r}; `robustsim weights list` shows the manifest") from None
+
+
+# pins recorded at first download ----------------------------------------------------------------
+
+
+def _pins_path() -> Path:
+    return weights_dir() / "pins.json"
+
+
+def recorded_pins() -> dict[str, dict]:
+    try:
+        data = json.loads(_pins_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _record_pin(rec: WeightFile, sha: str, size: int) -> None:
+    pins = recorded_pins()
+    pins[rec.name] = {"sha256": sha, "size": size}
+    _pins_path().parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(_pins_path(), lambda tmp: tmp.write_text(json.dumps(pins, indent=1, sort_keys=True) + "\n"))
+
+
+def expected_sha(rec: WeightFile) -> str | None:
+    """The hash (or hash prefix) a file must have: the manifest's, or the one recorded at first download."""
+    if rec.pin != "first-download":
+        return rec.sha256
+    return recorded_pins().get(rec.name, {}).get("sha256")
+
+
+def html_problem(path: Path) -> str | None:
+    """A reason when the file is an HTML page (a login, error or confirmation page saved as a checkpoint)."""
+    with open(path, "rb") as f:
+        head = f.read(512).lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")):
+        return "it is an HTML page, not a weight file (a login or confirmation page?); download it in a browser"
+    return None
+
+
+def check_bytes(rec: WeightFile, path: Path, sha: str | None = None) -> str | None:
+    """Why ``path`` is not ``rec``'s file (None when its size and hash match the pin)."""
+    size = path.stat().st_size
+    want_size = rec.size if rec.size is not None else recorded_pins().get(rec.name, {}).get("size")
+    if want_size is not None and size != want_size:
+        return f"it has {size} bytes, {rec.name} has {want_size}"
+    sha = sha or file_sha256(path)
+    want = expected_sha(rec)
+    if want is not None and not sha.startswith(want):
+        kind = "recorded at its first download" if rec.pin == "first-download" else "pinned"
+        return f"its sha256 {sha[:16]}... differs from the {kind} {want[:16]}..."
+    return None
+
+
+# where a file is ---------------------------------------------------------------------------------
+
+
+def install_path(rec: WeightFile) -> Path:
+    """Where a fetched or added file is written."""
+    return (torch_hub_dir() if rec.torch_hub else weights_dir()) / rec.name
+
+
+def candidates(rec: WeightFile) -> list[Path]:
+    return [weights_dir() / rec.name, torch_hub_dir() / rec.name]
+
+
+def on_disk(rec: WeightFile) -> Path | None:
+    """The first existing copy of the file (not verified)."""
+    return next((p for p in candidates(rec) if p.is_file()), None)
+
+
+def _stamp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.sha256")
+
+
+def verified(rec: WeightFile, path: Path) -> bool:
+    """True when ``path`` holds ``rec``'s bytes (hashed once per size and mtime, then stamped)."""
+    st = path.stat()
+    key = f"{st.st_size}:{st.st_mtime_ns}"
+    stamp = _stamp(path)
+    try:
+        got_key, sha = stamp.read_text().split()
+    except (OSError, ValueError):
+        got_key, sha = "", ""
+    if got_key != key:
+        sha = file_sha256(path)
+    problem = check_bytes(rec, path, sha)
+    if problem is None and got_key != key:
+        try:
+            stamp.write_text(f"{key} {sha}")
+        except OSError:
+            pass
+    return problem is None
+
+
+def state(rec: WeightFile) -> str:
+    """``fetched`` (verified on disk), ``fetchable`` (missing, downloadable now), ``missing`` (offline or
+    no known location: ``robustsim weights add``), or ``corrupt`` (on disk, failing its pin)."""
+    path = on_disk(rec)
+    if path is not None:
+        return "fetched" if verified(rec, path) else "corrupt"
+    return "fetchable" if rec.urls and not offline() else "missing"
+
+
+def resolve(name: str, fetch: bool = True, progress: bool = True) -> Path:
+    """The verified path of weight file ``name``, fetching it first when missing (unless offline);
+    an unpacked archive resolves to its folder. WeightsError naming both ways to provide it otherwise."""
+    rec = record(name)
+    path = on_disk(rec)
+    if path is not None:
+        if rec.pin == "first-download" and expected_sha(rec) is None:  # first sight of a hand-placed file
+            _record_pin(rec, file_sha256(path), path.stat().st_size)
+        if not verified(rec, path):
+            raise WeightsError(
+                f"{path} is not {rec.name} ({check_bytes(rec, path)}); delete it and run `robustsim weights fetch "
+                f"{rec.name}`, or install a good copy with `robustsim weights add {rec.name} FILE`"
+            )
+    elif not fetch or offline() or not rec.urls:
+        why = "offline (ROBUSTSIM_OFFLINE / HF_HUB_OFFLINE)" if offline() else "no download location is known"
+        if rec.urls and not offline() and not fetch:
+            why = "not on disk"
+        raise WeightsError(
+            f"{rec.name} is missing and robustsim is {why}; fetch it with `robustsim weights fetch {rec.name}` "
+            f"(online) or install a copy you have with `robustsim weights add {rec.name} FILE`"
+        )
+    else:
+        path = fetch_file(rec, progress=progress)
+    return unpacked(rec, path) if rec.unpack else path
+
+
+def fetch_file(rec: WeightFile, progress: bool = True) -> Path:
+    """Download ``rec`` (resuming a partial download), verify it and install it atomically."""
+    from robustsim.weights.download import download
+
+    if offline():
+        raise WeightsError(
+            f"{rec.name}: robustsim is offline (ROBUSTSIM_OFFLINE / HF_HUB_OFFLINE); unset it to fetch, "
+            f"or install a copy with `robustsim weights add {rec.name} FILE`"
+        )
+    if not rec.urls:
+        raise WeightsError(f"{rec.name}: no download location is known ({rec.source}); use `robustsim weights add`")
+    dest = install_path(rec)
+    base = os.environ.get("ROBUSTSIM_WEIGHTS_URL", "").rstrip("/")
+    urls = [f"{base}/{rec.name}"] if base else list(rec.urls)
+    part = download(urls, dest, rec.size, progress=progress, label=rec.name)
+    return _install(rec, part, dest, source="download")
+
+
+def add_file(name: str, source: str | os.PathLike) -> Path:
+    """Verify a file obtained elsewhere against ``name``'s pin and install it (a copy; atomic)."""
+    rec = record(name)
+    src = Path(source).expanduser()
+    if not src.is_file():
+        raise WeightsError(f"{src} is not a file; pass the downloaded {rec.name}")
+    dest = install_path(rec)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{rec.name}.", suffix=".add", dir=dest.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        return _install(rec, Path(tmp), dest, source=str(src))
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _install(rec: WeightFile, tmp: Path, dest: Path, source: str) -> Path:
+    """Check ``tmp``'s bytes against the pin (recording a first-download pin), then rename onto ``dest``;
+    a file that fails is deleted, never installed."""
+    sha = file_sha256(tmp)
+    problem = html_problem(tmp) or check_bytes(rec, tmp, sha)
+    if problem is not None:
+        tmp.unlink(missing_ok=True)
+        raise WeightsError(f"{source} is not {rec.name}: {problem}; nothing was installed")
+    if rec.pin == "first-download" and expected_sha(rec) is None:
+        _record_pin(rec, sha, tmp.stat().st_size)
+    os.replace(tmp, dest)
+    _stamp(dest).write_text(f"{dest.stat().st_size}:{dest.stat().st_mtime_ns} {sha}")
+    return dest
+
+
+def unpacked(rec: WeightFile, archive: Path) -> Path:
+    """The folder a verified zip archive unpacks into (beside it), made once and atomically."""
+    folder = archive.with_name(archive.name.removesuffix(".zip"))
+    marker = folder / ".robustsim-unpacked"
+    if marker.is_file() and marker.read_text() == archive.name:
+        return folder
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=archive.parent))
+    try:
+        with zipfile.ZipFile(archive) as z:
+            for member in z.namelist():  # refuse paths that leave the folder
+                target = (tmp / member).resolve()
+                if tmp.resolve() not in target.parents and target != tmp.resolve():
+                    raise WeightsError(f"{archive}: member {member!r} points outside the archive; not unpacked")
+            z.extractall(tmp)
+        (tmp / ".robustsim-unpacked").write_text(archive.name)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    except zipfile.BadZipFile as err:
+        raise WeightsError(f"{archive} is not a readable zip ({err}); fetch it again") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def verify_all() -> list[tuple[str, str]]:
+    """(file, result) for every manifest file on disk: re-hashed now (stamps ignored)."""
+    out = []
+    for rec in manifest().values():
+        path = on_disk(rec)
+        if path is None:
+            continue
+        _stamp(path).unlink(missing_ok=True)
+        problem = check_bytes(rec, path)
+        out.append((rec.name, "ok" if problem is None else f"BAD: {problem}"))
+    return out
+
+
+def files_for(metric: str) -> list[WeightFile]:
+    """The manifest records a zoo metric needs."""
+    return [r for r in manifest().values() if metric in r.metrics]
