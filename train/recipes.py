@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from robustsim.train.dist import barrier, init_distributed
 from robustsim.train.distill import DistillTask
-from robustsim.train.finetune import FinetuneTask, validation_figures
+from robustsim.train.finetune import LOSSES, FinetuneTask, validation_figures
 from robustsim.train.loop import RunConfig, claim_run, fit
 from robustsim.train.teacher import load_teacher, teacher_targets
 
@@ -63,6 +63,7 @@ def distill(
     cache_dir: str | os.PathLike | None = None,
     teacher_batch_size: int = 64,
     limit: int | None = None,
+    layer: str = "sll",
     **run: Any,
 ) -> dict[str, Any]:
     """Distil ``teacher`` into a LipSimNet ``student`` preset; returns the run summary."""
@@ -73,7 +74,17 @@ def distill(
     cfg = RunConfig(out=str(out), **run)
     with claim_run(cfg):  # refuse a taken --out before the teacher cache is computed
         return _distill(
-            cfg, teacher, student, images, val_images, input_size, eval_data, cache_dir, teacher_batch_size, limit
+            cfg,
+            teacher,
+            student,
+            images,
+            val_images,
+            input_size,
+            eval_data,
+            cache_dir,
+            teacher_batch_size,
+            limit,
+            layer,
         )
 
 
@@ -88,7 +99,14 @@ def _distill(
     cache_dir: str | os.PathLike | None,
     teacher_batch_size: int,
     limit: int | None,
+    layer: str,
 ) -> dict[str, Any]:
+    from dataclasses import replace
+
+    from robustsim.nn import LAYERS
+
+    if layer not in LAYERS:
+        raise RobustsimError(f"unknown --layer {layer!r}; choose one of {', '.join(LAYERS)}")
     env = init_distributed(torch.device(cfg.device))
     device = env.device
     train_images = open_images(images, input_size)
@@ -108,14 +126,15 @@ def _distill(
     if env.main:
         barrier(env)
     torch.manual_seed(cfg.seed)
-    net = LipSimNet(student, embed_dim=int(targets.shape[1]), input_size=input_size)
+    preset = student if layer == PRESETS[student].layer else replace(PRESETS[student], layer=layer)
+    net = LipSimNet(preset, embed_dim=int(targets.shape[1]), input_size=input_size)
     eval_set = open_triplets(eval_data, size=input_size) if eval_data else None
     task = DistillTask(
         train_images,
         targets,
         held_out,
         val_targets,
-        meta={"teacher": teacher, "data": images, "embed_dim": int(targets.shape[1])},
+        meta={"teacher": teacher, "data": images, "embed_dim": int(targets.shape[1]), "layer": layer},
         evaluate_2afc=(lambda m: validation_figures(m, eval_set, [SUMMARY_EPS[0]])) if eval_set else None,
     )
     result = fit(net, task, cfg)
@@ -132,6 +151,9 @@ def finetune(
     select_eps: float = 36 / 255,
     eval_data: str | None = "mini:val",
     limit: int | None = None,
+    loss: str = "hinge",
+    target_eps: float = 36 / 255,
+    radius_weight: float = 1.0,
     **run: Any,
 ) -> dict[str, Any]:
     """Fine-tune the checkpoint ``init`` on 2AFC ``data`` with the hinge loss; returns the run summary."""
@@ -140,7 +162,8 @@ def finetune(
     run.setdefault("lr", 1e-3)
     cfg = RunConfig(out=str(out), **run)
     with claim_run(cfg):
-        return _finetune(cfg, init, data, val, margin, select, select_eps, eval_data, limit)
+        objective = {"loss": loss, "target_eps": target_eps, "radius_weight": radius_weight}
+        return _finetune(cfg, init, data, val, margin, select, select_eps, eval_data, limit, objective)
 
 
 def _finetune(
@@ -153,7 +176,12 @@ def _finetune(
     select_eps: float,
     eval_data: str | None,
     limit: int | None,
+    objective: dict[str, Any],
 ) -> dict[str, Any]:
+    from robustsim.certify.lipschitz import input_lipschitz
+
+    if objective["loss"] not in LOSSES:
+        raise RobustsimError(f"unknown --loss {objective['loss']!r}; choose one of {', '.join(LOSSES)}")
     net, init_cfg = load_net(init)
     spec = "mini:train" if data == "mini" else data
     if val == "auto":
@@ -162,13 +190,18 @@ def _finetune(
             raise RobustsimError(f"no validation split is known for {data!r}; pass --val SPEC")
     assert val is not None
     train_set = open_triplets(spec, size=net.input_size, limit=limit)
+    size = net.input_size
     task = FinetuneTask(
         train_set,
-        open_triplets(val, size=net.input_size),
+        open_triplets(val, size=size),
         margin,
         select,
         select_eps,
-        meta={"teacher": init_cfg.get("teacher"), "data": data, "init": str(init), "margin": margin},
+        meta={"teacher": init_cfg.get("teacher"), "data": data, "init": str(init), "margin": margin, **objective},
+        objective=objective["loss"],
+        target_eps=objective["target_eps"],
+        radius_weight=objective["radius_weight"],
+        lipschitz=input_lipschitz(LipSimMetric(net), (size, size))[0],
     )
     result = fit(net, task, cfg)
     return _finish(net, cfg, eval_data or val, result)

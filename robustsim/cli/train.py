@@ -120,6 +120,13 @@ def train_group() -> None:
     "--input-size", default=64, show_default=True, type=click.IntRange(16), help="Student input size (multiple of 16)."
 )
 @click.option("--limit", type=click.IntRange(1), default=None, help="Train on the first N images only.")
+@click.option(
+    "--layer",
+    type=click.Choice(["sll", "aol", "cpl", "aoc"]),
+    default="sll",
+    show_default=True,
+    help="1-Lipschitz layer kind of the student (SLL, AOL, CPL, orthogonal AOC).",
+)
 @_run_options(epochs=20, batch_size=64, lr=0.01)
 def distill_cmd(**kw: Any) -> None:
     """Distil a teacher's embeddings into a 1-Lipschitz LipSimNet student (RMSE, two augmented views)."""
@@ -137,12 +144,27 @@ def distill_cmd(**kw: Any) -> None:
 @click.option("--margin", default=0.5, show_default=True, type=click.FloatRange(0), help="Hinge margin.")
 @click.option("--select", type=click.Choice(["certified", "clean"]), default="certified", show_default=True)
 @click.option("--select-eps", default="36/255", show_default=True, help="l2 epsilon for --select certified.")
+@click.option(
+    "--loss",
+    type=click.Choice(["hinge", "certified"]),
+    default="hinge",
+    show_default=True,
+    help="hinge (LipSim's) or certified: the hinge plus a hinge on the sound radius at --target-eps.",
+)
+@click.option("--target-eps", default="36/255", show_default=True, help="l2 radius the certified loss aims for.")
+@click.option(
+    "--radius-weight", default=1.0, show_default=True, type=click.FloatRange(0), help="Weight of the radius term."
+)
 @click.option("--limit", type=click.IntRange(1), default=None, help="Train on the first N triplets only.")
 @_run_options(epochs=1, batch_size=32, lr=1e-3)
 def finetune_cmd(**kw: Any) -> None:
-    """Fine-tune a checkpoint on 2AFC triplets with the hinge loss; keeps last/ and the selected best/."""
+    """Fine-tune a checkpoint on 2AFC triplets (hinge, or certified: the hinge plus a hinge on the certified
+    radius); keeps last/ and the selected best/."""
     from robustsim.train.recipes import finetune
 
     run = _run_kwargs(kw)
     kw["select_eps"] = parse_floats(kw["select_eps"], "--select-eps")[0]
+    kw["target_eps"] = parse_floats(kw["target_eps"], "--target-eps")[0]
+    if kw["target_eps"] <= 0:
+        raise click.BadParameter("must be > 0", param_hint="--target-eps")
     _report(finetune(**kw, **run))

@@ -22,6 +22,7 @@ from robustsim.errors import WeightsError
 from robustsim.models.lipsim import LipSimMetric, LipSimNet
 
 FORMAT = "robustsim-checkpoint"
+MAX_PARAMETERS = 2e9  # a config asking for more is refused before anything is allocated
 ARCHS = {"lipsim": LipSimNet}
 
 
@@ -153,6 +154,14 @@ def load_net(path: str | os.PathLike) -> tuple[LipSimNet, dict[str, Any]]:
             skeleton = arch.from_config(cfg["model"])
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise WeightsError(f"{path / 'config.json'} has a bad model config ({err}); re-save the checkpoint") from None
+    except RuntimeError:  # a layer that cannot be built on the meta device (orthogonium): bound it, then build
+        size = arch.parameter_count(cfg["model"])
+        if size > MAX_PARAMETERS:
+            raise WeightsError(
+                f"{path / 'config.json'} asks for {size:.3g} parameters (over {MAX_PARAMETERS:.0e}); "
+                "re-save the checkpoint"
+            ) from None
+        skeleton = arch.from_config(cfg["model"])
     weights = path / "model.safetensors"
     check_shapes({k: tuple(v.shape) for k, v in skeleton.state_dict().items()}, weight_shapes(weights), weights)
     try:

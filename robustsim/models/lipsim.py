@@ -90,6 +90,16 @@ def _bounded(key: str, value: object) -> int:
     return value
 
 
+def _set_spatial(stages: nn.Sequential, size: int) -> None:
+    """Tell every layer that proves its bound at its input size (CPL, AOC) what that size is."""
+    for stage in stages:
+        for sub in stage.modules():
+            if hasattr(sub, "spatial"):
+                sub.spatial = size
+        if isinstance(stage, LipPool):
+            size //= stage.k
+
+
 class LipSimNet(nn.Module):
     """The LipSim student; ``forward`` maps (B, 3, S, S) to (B, embed_dim)."""
 
@@ -124,6 +134,7 @@ class LipSimNet(nn.Module):
             LipPool(4),
             nn.Flatten(),
         )
+        _set_spatial(self.features, input_size)
         flat = c * (input_size // 16) ** 2
         if preset.head == "truncate":
             if embed_dim > flat:
@@ -148,13 +159,34 @@ class LipSimNet(nn.Module):
             "input_size": self.input_size,
         }
 
+    @staticmethod
+    def parameter_count(cfg: dict) -> float:
+        """An upper bound on the parameters a config asks for, computed without building anything."""
+        preset = (
+            PRESETS[cfg["preset"]]
+            if isinstance(cfg.get("preset"), str) and cfg["preset"] in PRESETS
+            else (_checked_layers(cfg["layers"]))
+        )
+        size = _bounded("input_size", cfg["input_size"])
+        embed = _bounded("embed_dim", cfg["embed_dim"])
+        c, inner, w = preset.channels, max(preset.conv_inner, preset.channels), preset.width
+        flat = c * (size // 16) ** 2
+        convs = preset.convs * (inner * c * 9 + 2 * inner + c)
+        linears = preset.linears * (max(flat, w) * w + 2 * w + flat)
+        return float(convs + linears + flat * w + w * embed)
+
     @classmethod
     def from_config(cls, cfg: dict) -> LipSimNet:
-        """Build from a saved config; every size must be an integer within :data:`CONFIG_LIMITS`."""
-        if isinstance(cfg.get("preset"), str) and cfg["preset"] in PRESETS:
-            preset: str | LipSimPreset = cfg["preset"]
+        """Build from a saved config (its ``layers``, else its preset name); every size must be an integer
+        within :data:`CONFIG_LIMITS`."""
+        if "layers" in cfg:
+            preset: str | LipSimPreset = _checked_layers(cfg["layers"])
+            if isinstance(cfg.get("preset"), str) and PRESETS.get(cfg["preset"]) == preset:
+                preset = cfg["preset"]
+        elif isinstance(cfg.get("preset"), str) and cfg["preset"] in PRESETS:
+            preset = cfg["preset"]
         else:
-            preset = _checked_layers(cfg["layers"])
+            raise ValueError("the model config needs layers or a preset name")
         embed_dim, input_size = _bounded("embed_dim", cfg["embed_dim"]), _bounded("input_size", cfg["input_size"])
         return cls(preset, embed_dim=embed_dim, input_size=input_size)
 

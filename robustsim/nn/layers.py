@@ -101,8 +101,28 @@ def OrthoConv2d(
         padding_mode="circular",
         bias=bias,
     )
-    layer.lipschitz_bound = 1.0
     return layer
+
+
+class OrthoConvBlock(nn.Module):
+    """An orthogonal convolution (orthogonium's AOC, circular padding) then MaxMin. Its bound is derived:
+    the exact norm of the circular convolution at the input size ``spatial`` (set by the owning network)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv, self.act = OrthoConv2d(channels, channels), GroupSort2()
+        self.spatial: int | None = None
+
+    def lipschitz_bound(self) -> float:
+        from robustsim.nn.spectral import conv_operator_norm
+
+        if self.spatial is None:
+            raise RuntimeError("OrthoConvBlock needs its input size to prove its bound: set .spatial")
+        with torch.no_grad():
+            return max(1.0, float(conv_operator_norm(self.conv.weight.detach().double(), self.spatial, circular=True)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x))
 
 
 class Projection(EvalCache):
@@ -116,9 +136,10 @@ class Projection(EvalCache):
 
     lipschitz_bound = 1.0
 
-    def __init__(self, in_features: int, out_features: int) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         nn.init.orthogonal_(self.weight)
 
     def semi_orthogonal(self) -> torch.Tensor:
@@ -128,4 +149,4 @@ class Projection(EvalCache):
         return torch.linalg.qr(w.T).Q.T
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self._cached(self.semi_orthogonal))
+        return F.linear(x, self._cached(self.semi_orthogonal), self.bias)

@@ -1,0 +1,72 @@
+"""AOL (Prach & Lampert 2022): almost-orthogonal layers, 1-Lipschitz for every weight by a rescaling.
+
+W' = W diag(d) with d_j = (sum_i |W^T W|_ij)^(-1/2): then ||W'||_2 <= 1 (the rescaled Gram matrix
+D |W^T W| D has row sums <= 1). For a convolution, |W^T W| is the kernel's absolute self-correlation over
+input channels, summed over spatial offsets (the same quantity SLL uses). The rescaling depends on the
+weights only and is cached in eval mode.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustsim.nn.cache import EvalCache
+
+
+def _inverse_sqrt(rowsums: torch.Tensor) -> torch.Tensor:
+    return rowsums.clamp_min(1e-12).rsqrt()
+
+
+class AOLLinear(EvalCache):
+    """y = W' x + b with W' the AOL rescaling of W (features -> out)."""
+
+    lipschitz_bound = 1.0
+
+    def __init__(self, features: int, out: int | None = None) -> None:
+        super().__init__()
+        out = out or features
+        self.weight = nn.Parameter(torch.empty(out, features))
+        self.bias = nn.Parameter(torch.zeros(out))
+        nn.init.orthogonal_(self.weight)
+
+    def rescaled(self) -> torch.Tensor:
+        return self._cached(self._rescale)
+
+    def _rescale(self) -> torch.Tensor:
+        d = _inverse_sqrt((self.weight.T @ self.weight).abs().sum(1))
+        return self.weight * d[None, :]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.rescaled(), self.bias)
+
+
+class AOLConv2d(EvalCache):
+    """A stride-1 'same' convolution (zero padding) with the AOL rescaling on its input channels."""
+
+    lipschitz_bound = 1.0
+
+    def __init__(self, channels: int, out: int | None = None, kernel_size: int = 3) -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd to keep the spatial size, got {kernel_size}")
+        out = out or channels
+        self.padding = kernel_size // 2
+        self.weight = nn.Parameter(torch.empty(out, channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out))
+        with torch.no_grad():  # near the identity: the rescaling then keeps the signal's norm
+            nn.init.dirac_(self.weight)
+            self.weight.add_(0.01 * torch.randn_like(self.weight))
+
+    def rescaled(self) -> torch.Tensor:
+        return self._cached(self._rescale)
+
+    def _rescale(self) -> torch.Tensor:
+        kt = self.weight.transpose(0, 1)  # (in, out, k, k)
+        gram = F.conv2d(kt, kt, padding=self.weight.shape[-1] - 1)  # (in, in, 2k-1, 2k-1)
+        d = _inverse_sqrt(gram.abs().sum((1, 2, 3)))
+        return self.weight * d[None, :, None, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.rescaled(), self.bias, padding=self.padding)

@@ -1,0 +1,128 @@
+"""CPL (Meunier et al. 2022): convex potential layers h(x) = x - 2 / ||W||^2 W relu(W^T x + b).
+
+The gradient step of a convex potential with step 2 / ||W||_2^2 is 1-Lipschitz. Here ||W||_2 is computed,
+not estimated, whenever the layer is evaluated: exactly (largest singular value) for a linear layer; for a
+'same' zero-padded convolution as the rigorous bound of :func:`robustsim.nn.spectral.conv_operator_norm` at
+the layer's input size (``spatial``, set by the network that owns the layer). So in eval mode the layer is
+1-Lipschitz for every weight (the scale is cached); ``lipschitz_bound()`` re-derives that in float64.
+Training steps use a power-iteration estimate instead (two iterations per step from vectors kept between
+steps, times 1.02): it tracks the exact norm closely and costs a fraction of a singular value decomposition.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustsim.nn.cache import EvalCache
+from robustsim.nn.spectral import conv_operator_norm, matrix_norm
+
+POWER_STEPS = 2
+MARGIN = 1.02
+
+
+class _CPLBase(EvalCache):
+    def _norm(self, weight: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _estimate(self) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def scale(self) -> torch.Tensor:
+        """2 / ||W||^2: exact and cached in eval mode, a power-iteration estimate while training."""
+        if self.training:
+            return 2.0 / (MARGIN * self._estimate()).pow(2).clamp_min(1e-12)
+        return self._cached(lambda: 2.0 / self._norm(self.weight).pow(2).clamp_min(1e-12))
+
+    def lipschitz_bound(self) -> float:
+        """max(1, (scale / 2) ||W||^2 * 2 - 1), with ||W|| recomputed in float64: the Jacobian I - s W D W^T
+        (0 <= D <= I) has eigenvalues in [1 - s ||W||^2, 1]."""
+        with torch.no_grad():
+            s = float(self.scale().double())
+            norm = float(self._norm(self.weight.detach().double()))
+        return max(1.0, s * norm * norm - 1.0)
+
+    def rounding_weights(self) -> list[torch.Tensor]:
+        return [self.weight * self.scale().detach()]
+
+
+class CPLLinear(_CPLBase):
+    """CPL on (B, features) with inner width ``inner``."""
+
+    def __init__(self, features: int, inner: int | None = None) -> None:
+        super().__init__()
+        inner = inner or features
+        self.weight = nn.Parameter(torch.empty(inner, features))
+        self.bias = nn.Parameter(torch.zeros(inner))
+        nn.init.xavier_normal_(self.weight)
+        self.register_buffer("u", F.normalize(torch.randn(features), dim=0), persistent=False)
+
+    def _norm(self, weight: torch.Tensor) -> torch.Tensor:
+        return matrix_norm(weight)
+
+    def _estimate(self) -> torch.Tensor:
+        with torch.no_grad():
+            u = self.u
+            for _ in range(POWER_STEPS):
+                u = F.normalize(self.weight.T @ (self.weight @ u), dim=0)
+            self.u.copy_(u)
+        return (self.weight @ u).norm()  # the local copy: later calls update the buffer in place
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.scale() * F.linear(F.relu(F.linear(x, self.weight, self.bias)), self.weight.T)
+
+
+class CPLConv2d(_CPLBase):
+    """CPL convolution (zero 'same' padding) on (B, C, n, n); ``spatial`` = n (needed for the norm)."""
+
+    def __init__(
+        self, channels: int, inner: int | None = None, kernel_size: int = 3, spatial: int | None = None
+    ) -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd to keep the spatial size, got {kernel_size}")
+        inner = inner or channels
+        self.padding, self.spatial = kernel_size // 2, spatial
+        self.weight = nn.Parameter(torch.empty(inner, channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(inner))
+        nn.init.kaiming_normal_(self.weight, a=math.sqrt(5))
+        self.u: torch.Tensor | None = None  # power-iteration vectors, one per frequency (training only)
+
+    def _grid(self) -> int:
+        if self.spatial is None:
+            raise RuntimeError("CPLConv2d needs its input size: set layer.spatial (LipSimNet does)")
+        return self.spatial + self.weight.shape[-1] - 1
+
+    def _norm(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.spatial is None:
+            raise RuntimeError("CPLConv2d needs its input size: set layer.spatial (LipSimNet does)")
+        return conv_operator_norm(weight, self.spatial)
+
+    def _estimate(self) -> torch.Tensor:
+        m = self._grid()
+        k = self.weight.shape[-1]
+        spectrum = (
+            torch.fft.fft2(F.pad(self.weight, (0, m - k, 0, m - k)))
+            .permute(2, 3, 0, 1)
+            .reshape(m * m, *self.weight.shape[:2])
+        )
+        with torch.no_grad():
+            if self.u is None or self.u.shape != (m * m, spectrum.shape[2]) or self.u.device != spectrum.device:
+                self.u = F.normalize(
+                    torch.randn(m * m, spectrum.shape[2], dtype=spectrum.dtype, device=spectrum.device), dim=1
+                )
+            u = self.u
+            for _ in range(POWER_STEPS):
+                v = torch.einsum("foi,fi->fo", spectrum, u)
+                u = F.normalize(torch.einsum("foi,fo->fi", spectrum.conj(), v), dim=1)
+            self.u = u
+        return torch.einsum("foi,fi->fo", spectrum, self.u).norm(dim=1).max()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spatial is not None and x.shape[-1] != self.spatial:
+            raise ValueError(f"CPLConv2d was sized for {self.spatial} px inputs, got {x.shape[-1]} px")
+        res = F.relu(F.conv2d(x, self.weight, self.bias, padding=self.padding))
+        return x - self.scale() * F.conv_transpose2d(res, self.weight, padding=self.padding)
