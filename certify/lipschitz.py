@@ -89,11 +89,21 @@ def estimate_lipschitz(
 def network_lipschitz(metric: Metric) -> tuple[float, str]:
     """(L, source) for the network of an embedding metric: the bound its structure proves
     (:func:`lipschitz_bound`, source ``"structure"``), else the constant the user declared with
-    ``EmbeddingMetric(..., lipschitz=L)`` (source ``"declared"``). RobustsimError when neither exists."""
+    ``EmbeddingMetric(..., lipschitz=L)`` (source ``"declared"``). RobustsimError when neither exists, and for
+    metrics whose embedding is not ``net(preprocess(x))`` with the base class's resize and normalisation (an
+    ensemble, a custom preprocessing): the constant would not cover their pipeline."""
     if not isinstance(metric, EmbeddingMetric):
         raise RobustsimError(
             f"metric {metric.name!r} is not an embedding metric, so it has no Lipschitz certificate; "
             f"use `robustsim certify --method smoothing` or `robustsim audit --metric {metric.name}`"
+        )
+    pipeline = ("embed", "_embed", "preprocess", "distance", "embedding_distance")
+    custom = [m for m in pipeline if getattr(type(metric), m) is not getattr(EmbeddingMetric, m)]
+    if custom:  # the bound below covers net(resize-and-normalise(x)) only, not a pipeline of its own
+        raise RobustsimError(
+            f"metric {metric.name!r} computes its embedding with its own {' and '.join(custom)} (not the network "
+            "behind a resize and normalisation), so no Lipschitz certificate exists; use `robustsim certify "
+            f"--method smoothing` or `robustsim audit --metric {metric.name}`"
         )
     try:
         return lipschitz_bound(metric.net), "structure"
