@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from robustsim.attacks.geometry import NORMS, Norm, in_threat_model
+from robustsim.attacks.geometry import NORMS, Norm, RowNoise, in_threat_model
 from robustsim.attacks.twoafc import Target, TwoAFCClassifier, labels_from_p, margin
 from tqdm.auto import tqdm
 
@@ -88,7 +88,8 @@ class Attack:
                 continue
             sub = lambda xa, r, rows=rows: forward(xa, rows[r])  # noqa: E731
             eps_t = torch.full((rows.numel(),), float(e), device=x.device)
-            xa, b = self.run(sub, x[rows], y[rows], eps_t, generator)
+            gen = generator.rows(rows) if isinstance(generator, RowNoise) else generator
+            xa, b = self.run(sub, x[rows], y[rows], eps_t, gen)
             adv[i, rows] = xa  # the break, else the attack's best point
             broken[i, rows[b]] = True
             alive[rows[b]] = False
@@ -108,7 +109,6 @@ class Attack:
     ) -> AttackResult:
         eps = sorted(float(e) for e in eps)
         metric = metric.to(device).eval()
-        gen = torch.Generator().manual_seed(self.seed)
         robust, clean, keep, examples = [], [], [], {}
         calls = [0]
         t0 = time.perf_counter()
@@ -138,7 +138,8 @@ class Attack:
             adv_all = x.unsqueeze(0).repeat(len(eps), *[1] * x.dim())
             if rows.numel():
                 sub = lambda xa, r, rows=rows, forward=forward: forward(xa, rows[r])  # noqa: E731
-                adv, broken = self.attack_batch(sub, x[rows], y[rows], eps, gen)
+                noise = RowNoise(self.seed, batch["index"][rows.cpu()])  # per-triplet: the same in any batch or shard
+                adv, broken = self.attack_batch(sub, x[rows], y[rows], eps, noise)
                 broken = broken & self._verify(clf, adv, x[rows], y[rows], rows, eps)
                 rob[:, rows] = ~broken
                 adv_all[:, rows] = adv

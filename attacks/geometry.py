@@ -6,7 +6,7 @@ import torch
 
 from robustsim.threat import NORMS, Norm
 
-__all__ = ["NORMS", "Norm", "ascent_direction", "in_threat_model", "norms", "project", "random_start"]
+__all__ = ["NORMS", "Norm", "RowNoise", "ascent_direction", "in_threat_model", "norms", "project", "random_start"]
 
 
 def _view(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -45,14 +45,52 @@ def ascent_direction(grad: torch.Tensor, norm: Norm) -> torch.Tensor:
     return grad / _view(norms(grad, "l2").clamp_min(1e-12), grad)
 
 
-def random_start(x: torch.Tensor, eps: torch.Tensor, norm: Norm, generator: torch.Generator) -> torch.Tensor:
+class RowNoise:
+    """Random numbers that depend only on (seed, each row's triplet index, how many draws that row made):
+    a triplet gets the same random starts whichever batch, shard or process attacks it. ``rows(idx)`` is
+    a view on some rows (sharing their counters)."""
+
+    def __init__(self, seed: int, ids: torch.Tensor, counts: dict[int, int] | None = None) -> None:
+        self.seed, self.ids = int(seed), [int(i) for i in ids.tolist()]
+        self.counts = counts if counts is not None else {}
+
+    def rows(self, idx: torch.Tensor) -> RowNoise:
+        return RowNoise(self.seed, torch.tensor([self.ids[int(i)] for i in idx.tolist()]), self.counts)
+
+    def _draw(self, fn, shape: tuple[int, ...]) -> torch.Tensor:
+        out = []
+        for i in self.ids:
+            n = self.counts.get(i, 0)
+            self.counts[i] = n + 1
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + i * 7919 + n * 104_729) % (2**63 - 1))
+            out.append(fn(shape[1:], generator=g))
+        return torch.stack(out) if out else torch.empty(shape)
+
+    def randn(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return self._draw(torch.randn, shape)
+
+    def rand(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return self._draw(torch.rand, shape)
+
+
+def _rand(shape: tuple[int, ...], generator: torch.Generator | RowNoise, normal: bool) -> torch.Tensor:
+    if isinstance(generator, RowNoise):
+        return generator.randn(shape) if normal else generator.rand(shape)
+    return (torch.randn if normal else torch.rand)(shape, generator=generator, device="cpu")
+
+
+def random_start(x: torch.Tensor, eps: torch.Tensor, norm: Norm, generator: torch.Generator | RowNoise) -> torch.Tensor:
     """A uniformly random point of the ball (linf: uniform cube; l2: uniform direction and volume)."""
-    noise = torch.rand(x.shape, generator=generator, device="cpu").to(x) if norm == "linf" else None
     if norm == "linf":
-        delta = (2 * noise - 1) * _view(eps, x)
+        delta = (2 * _rand(tuple(x.shape), generator, False).to(x) - 1) * _view(eps, x)
     else:
-        g = torch.randn(x.shape, generator=generator, device="cpu").to(x)
+        g = _rand(tuple(x.shape), generator, True).to(x)
         g = g / _view(norms(g, "l2").clamp_min(1e-12), x)
-        r = torch.rand(x.shape[0], generator=generator, device="cpu").to(x) ** (1.0 / x[0].numel())
+        u = (
+            _rand((x.shape[0], 1), generator, False)[:, 0]
+            if isinstance(generator, RowNoise)
+            else _rand((x.shape[0],), generator, False)
+        )
+        r = u.to(x) ** (1.0 / x[0].numel())
         delta = g * _view(eps * r, x)
     return project(x + delta, x, eps, norm)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from robustsim.attacks.geometry import Norm, ascent_direction, project, random_start
+from robustsim.attacks.geometry import Norm, RowNoise, ascent_direction, project, random_start
 from robustsim.attacks.losses import LOSSES
 from robustsim.attacks.twoafc import margin
 
@@ -56,6 +56,11 @@ class _Best:
         self.broken[idx] |= broken[better]
 
 
+def _view_rows(generator, rows: torch.Tensor):
+    """The generator for a subset of rows: a row view of per-row noise, the shared generator otherwise."""
+    return generator.rows(rows) if isinstance(generator, RowNoise) else generator
+
+
 def _loss_grad(objective: Objective, x: torch.Tensor, rows: torch.Tensor):
     x = x.detach().requires_grad_(True)
     loss, done = objective(x, rows)
@@ -73,7 +78,7 @@ def pgd(
     step_size: float = 2.5,
     schedule: str = "constant",
     random_init: bool = True,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | RowNoise | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PGD with step ``step_size * eps / steps`` (``schedule`` constant or cosine), random start,
     restarts and per-sample early stopping. Returns (x_adv, broken)."""
@@ -85,7 +90,7 @@ def pgd(
         if rows.numel() == 0:
             break
         x0, e = x[rows], eps[rows]
-        xa = random_start(x0, e, norm, generator) if (random_init or r > 0) else x0.clone()
+        xa = random_start(x0, e, norm, _view_rows(generator, rows)) if (random_init or r > 0) else x0.clone()
         for t in range(steps + 1):
             lval, grad, broken = _loss_grad(objective, xa, rows)
             best.update(rows, xa, lval, broken)
@@ -123,7 +128,7 @@ def apgd(
     restarts: int = 1,
     rho: float = 0.75,
     momentum: float = 0.75,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | RowNoise | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Auto-PGD (Croce & Hein 2020): step size 2 eps, momentum 0.75, and at each check of
     :func:`check_schedule` the step halves (and the iterate returns to the best point) for samples whose
@@ -140,7 +145,7 @@ def apgd(
         if rows.numel() == 0:
             break
         x0, e = x[rows], eps[rows]
-        xk = random_start(x0, e, norm, generator)
+        xk = random_start(x0, e, norm, _view_rows(generator, rows))
         lk, gk, broken = _loss_grad(objective, xk, rows)
         best.update(rows, xk, lk, broken)
         eta = 2 * e

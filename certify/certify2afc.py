@@ -14,6 +14,7 @@ from robustsim.certify.rounding import embed_with_error
 from tqdm.auto import tqdm
 
 from robustsim.data.triplets import TripletDataset, iter_batches, triplet_loader
+from robustsim.dist import DistEnv, gather_objects, gather_rows, init_distributed, shard_indices
 from robustsim.metrics.base import EmbeddingMetric, Metric, validate_images
 from robustsim.scoring import choice_score, two_afc_choice
 from robustsim.threads import runtime_info
@@ -108,17 +109,27 @@ def certify_2afc(
     workers: int | None = None,
     progress: bool = True,
     target: Target = "ref",
-) -> CertifyResult:
+    env: DistEnv | None = None,
+) -> CertifyResult | None:
     """Certify every triplet of ``data`` in the caller's pixels (images as loaded; the metric's resize and
     normalisation are part of the constant) against ``target`` moving. One float32 and one float64
-    embedding pass per image; no attack needed."""
+    embedding pass per image; no attack needed. Under torchrun ranks share the triplets and rank 0 gets the
+    whole result (other ranks None)."""
     metric = metric.to(device).eval()
     _, source = network_lipschitz(metric)  # refuses metrics without a bound before any work
     assert isinstance(metric, EmbeddingMetric)
+    env = env or init_distributed(torch.device(device))
+    full, mine = data, shard_indices(len(data), env)
+    if env.world > 1:
+        data = data.select(mine)
     radii, cleans, ps, constants = [], [], [], set()
     loader = triplet_loader(data, batch_size=batch_size, workers=workers)
     for batch in tqdm(
-        iter_batches(loader), total=len(loader), desc=f"certify {metric.name}", disable=not progress, leave=False
+        iter_batches(loader),
+        total=len(loader),
+        desc=f"certify {metric.name}",
+        disable=not (progress and env.main),
+        leave=False,
     ):
         ref, x0, x1 = (batch[k].to(device) for k in ("ref", "x0", "x1"))
         if metric.validate:
@@ -130,14 +141,21 @@ def certify_2afc(
         p = batch["p"].to(torch.float64)
         cleans.append(choice_score(choice.cpu(), p))
         ps.append(p)
+    radius, clean, p = torch.cat(radii).double(), torch.cat(cleans), torch.cat(ps)
+    if env.world > 1:
+        radius, clean, p = (gather_rows(t, mine, len(full), env) for t in (radius, clean, p))
+        gathered = gather_objects(sorted(constants), env)
+        if not env.main:
+            return None
+        constants = {c for part in gathered or [] for c in part}
     return CertifyResult(
         metric.name,
-        getattr(data, "name", "data"),
+        getattr(full, "name", "data"),
         mode,
         max(constants) if constants else 0.0,
-        torch.cat(radii).double(),
-        torch.cat(cleans),
-        torch.cat(ps),
+        radius,
+        clean,
+        p,
         list(eps),
         target,
         "lipschitz",

@@ -6,6 +6,7 @@
 """
 
 from robustsim import data
+from robustsim.bench.run import benchmark  # noqa: E402
 from robustsim.certify.smoothing import SmoothedMetric  # noqa: E402  (after the metrics it smooths)
 from robustsim.errors import DataError, InputError, RobustsimError, WeightsError
 from robustsim.losses import PerceptualLoss
@@ -31,6 +32,7 @@ __all__ = [
     "RobustsimError",
     "SmoothedMetric",
     "WeightsError",
+    "benchmark",
     "data",
     "list_metrics",
     "load_metric",

@@ -16,6 +16,7 @@ from robustsim.attacks.geometry import Norm
 from robustsim.attacks.registry import make_attack
 from robustsim.attacks.twoafc import Target
 from robustsim.data.triplets import TripletDataset
+from robustsim.dist import DistEnv, gather_objects, gather_rows, init_distributed, local_env, shard_indices
 from robustsim.errors import RobustsimError
 from robustsim.metrics.base import Metric
 from robustsim.table import format_table, pct
@@ -61,7 +62,16 @@ def certified_per_triplet(
         network_lipschitz(metric)
     except RobustsimError:
         return None
-    res = certify_2afc(metric, data, list(eps), batch_size=batch_size, device=device, progress=False, target=target)
+    res = certify_2afc(
+        metric,
+        data,
+        list(eps),
+        batch_size=batch_size,
+        device=device,
+        progress=False,
+        target=target,
+        env=local_env(device),  # ``data`` is already this rank's share
+    )
     correct = res.clean == 1.0
     dim = math.prod(data[0]["ref"].shape)
     scale = math.sqrt(dim) if norm == "linf" else 1.0
@@ -81,20 +91,34 @@ def run_audit(
     device: str | torch.device = "cpu",
     target: Target = "ref",
     progress: bool = True,
+    env: DistEnv | None = None,
 ) -> tuple[dict, dict]:
-    """Run every attack at every epsilon; return (report dict, example tensors for the grid)."""
+    """Run every attack at every epsilon; return (report dict, example tensors for the grid).
+
+    Under torchrun (``env`` with several ranks) each rank attacks every ``world``-th triplet and rank 0
+    gathers the per-triplet results into the report one process would write (other ranks get (None, None)).
+    """
     if not attacks:
         raise RobustsimError("no attacks given; pass e.g. --attacks apgd-ce,apgd-margin")
     eps = sorted(float(e) for e in eps)
     t0 = time.perf_counter()
     built = [make_attack(a, norm, steps, restarts, seed) for a in attacks]
+    env = env or init_distributed(torch.device(device))
+    n_all = len(data)
+    mine = shard_indices(n_all, env)
+    shard = data.select(mine) if env.world > 1 else data
     results: list[AttackResult] = [
-        att(metric, data, eps, batch_size=batch_size, device=device, target=target, progress=progress) for att in built
+        att(metric, shard, eps, batch_size=batch_size, device=device, target=target, progress=progress and env.main)
+        for att in built
     ]
+    cert = certified_per_triplet(metric, shard, eps, norm, batch_size, device, target)
+    if env.world > 1:
+        results, cert = _gather_results(results, cert, mine, n_all, env)
+        if not env.main:
+            return None, None  # type: ignore[return-value]
     first = results[0]
     keep = first.keep
     worst = torch.stack([r.robust for r in results]).all(dim=0)  # robust iff no attack broke it
-    cert = certified_per_triplet(metric, data, eps, norm, batch_size, device, target)
     if cert is not None:  # exact-arithmetic correctness can differ from the float32 decision at a near-tie
         cert &= first.clean[None, :]
     acc = lambda t: float(t[keep].double().mean()) if keep.any() else math.nan  # noqa: E731
@@ -136,6 +160,34 @@ def run_audit(
             examples["adv"][use] = r.examples["adv"][use]
             done |= use
     return report, examples
+
+
+def _gather_results(
+    results: list[AttackResult], cert: torch.Tensor | None, mine: list[int], n: int, env: DistEnv
+) -> tuple[list[AttackResult], torch.Tensor | None]:
+    """Every rank's per-triplet outcomes, in the original order, on rank 0 (time: the slowest rank's)."""
+    out = []
+    for r in results:
+        robust = gather_rows(r.robust, mine, n, env, dim=1)
+        clean, keep = gather_rows(r.clean, mine, n, env), gather_rows(r.keep, mine, n, env)
+        stats = gather_objects((r.seconds, r.calls), env)
+        if env.main:
+            assert robust is not None and clean is not None and keep is not None and stats is not None
+            merged = AttackResult(
+                r.attack,
+                r.norm,
+                r.eps,
+                robust,
+                clean,
+                keep,
+                max(s for s, _ in stats),
+                sum(c for _, c in stats),
+                r.seed,
+                r.examples,
+            )
+            out.append(merged)
+    gathered = gather_rows(cert, mine, n, env, dim=1) if cert is not None else None
+    return out, gathered
 
 
 def check_laws(report: dict, tol: float = 1e-9) -> None:

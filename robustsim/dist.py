@@ -1,4 +1,5 @@
-"""Process-group set-up for ``torchrun``: DDP with gloo on CPU and nccl on CUDA; a no-op for one process."""
+"""Process groups for ``torchrun`` (DDP training, sharded evaluation): gloo on CPU, nccl on CUDA; a no-op for
+one process. Evaluation shards triplets over ranks and gathers per-triplet results on rank 0."""
 
 from __future__ import annotations
 
@@ -58,3 +59,47 @@ def shutdown(env: DistEnv) -> None:
     if env.world > 1 and dist.is_initialized():
         gc.collect()
         dist.destroy_process_group()
+
+
+def local_env(device: torch.device | str = "cpu") -> DistEnv:
+    """A one-process environment: for work that is already a rank's share (no further sharding)."""
+    return DistEnv(0, 1, 0, torch.device(device))
+
+
+def env_from_os(device: torch.device | str = "cpu") -> DistEnv:
+    """The process's place without joining a group (rank 0 of 1 outside torchrun)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return DistEnv(rank, world, int(os.environ.get("LOCAL_RANK", "0")), torch.device(device))
+
+
+def shard_indices(n: int, env: DistEnv) -> list[int]:
+    """The triplets this rank evaluates: every ``world``-th one from ``rank`` (interleaved, so early-stopping
+    attacks leave every rank a similar amount of work)."""
+    return list(range(env.rank, n, env.world))
+
+
+def gather_rows(t: torch.Tensor, indices: list[int], n: int, env: DistEnv, dim: int = 0) -> torch.Tensor | None:
+    """On rank 0: the (..., n, ...) tensor assembled from every rank's rows (``indices``, along ``dim``) in the
+    original order; None on the other ranks. The identity for one process."""
+    if env.world == 1:
+        return t
+    parts: list = [None] * env.world
+    dist.all_gather_object(parts, (indices, t.cpu()))
+    if not env.main:
+        return None
+    shape = list(t.shape)
+    shape[dim] = n
+    out = torch.empty(shape, dtype=t.dtype)
+    for idx, part in parts:
+        out.index_copy_(dim, torch.tensor(idx, dtype=torch.long), part)
+    return out
+
+
+def gather_objects(obj: object, env: DistEnv) -> list | None:
+    """Every rank's ``obj`` on rank 0 (None elsewhere)."""
+    if env.world == 1:
+        return [obj]
+    parts: list = [None] * env.world
+    dist.all_gather_object(parts, obj)
+    return parts if env.main else None

@@ -8,6 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from robustsim.data.triplets import TripletDataset, iter_batches, triplet_loader
+from robustsim.dist import DistEnv, gather_rows, init_distributed, shard_indices
 from robustsim.errors import RobustsimError
 from robustsim.metrics.base import EmbeddingMetric, Metric, validate_images
 from robustsim.scoring import two_afc_per_triplet
@@ -71,18 +72,33 @@ def evaluate_2afc(
     device: str | torch.device = "cpu",
     workers: int | None = None,
     progress: bool = True,
-) -> TwoAFCResult:
-    """Compute d(ref, x0), d(ref, x1) for every triplet and the 2AFC score."""
+    env: DistEnv | None = None,
+) -> TwoAFCResult | None:
+    """Compute d(ref, x0), d(ref, x1) for every triplet and the 2AFC score. Under torchrun each rank scores
+    every ``world``-th triplet and rank 0 gets the whole result (other ranks None)."""
     metric = metric.to(device).eval()
+    env = env or init_distributed(torch.device(device))
+    full, mine = data, shard_indices(len(data), env)
+    if env.world > 1:
+        data = data.select(mine)
     d0s, d1s, ps = [], [], []
     loader = triplet_loader(data, batch_size=batch_size, workers=workers)
     for batch in tqdm(
-        iter_batches(loader), total=len(loader), desc=f"{metric.name} on {data.name}", disable=not progress, leave=False
+        iter_batches(loader),
+        total=len(loader),
+        desc=f"{metric.name} on {data.name}",
+        disable=not (progress and env.main),
+        leave=False,
     ):
         ref, x0, x1 = (batch[k].to(device) for k in ("ref", "x0", "x1"))
         d0, d1 = triplet_distances(metric, ref, x0, x1)
         d0s.append(d0.float().cpu())
         d1s.append(d1.float().cpu())
         ps.append(batch["p"])
-    check_finite_distances(metric.name, torch.cat(d0s), torch.cat(d1s))
-    return TwoAFCResult(metric.name, data.name, torch.cat(d0s), torch.cat(d1s), torch.cat(ps), data.groups())
+    d0, d1, p = torch.cat(d0s), torch.cat(d1s), torch.cat(ps)
+    check_finite_distances(metric.name, d0, d1)
+    if env.world > 1:
+        d0, d1, p = (gather_rows(t, mine, len(full), env) for t in (d0, d1, p))
+        if not env.main:
+            return None
+    return TwoAFCResult(metric.name, full.name, d0, d1, p, full.groups())

@@ -13,6 +13,7 @@ import sys
 import click
 
 from robustsim.cli.audit import audit_cmd
+from robustsim.cli.bench import bench_cmd
 from robustsim.cli.certify import certify_cmd
 from robustsim.cli.demo import demo_cmd
 from robustsim.cli.metrics import metrics_cmd
@@ -50,6 +51,7 @@ for _command in (
     score_cmd,
     certify_cmd,
     audit_cmd,
+    bench_cmd,
     retrieval_cmd,
     plot_cmd,
     demo_cmd,
@@ -77,3 +79,17 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, leave the process group the command joined (every rank, after its last collective)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        from robustsim.dist import barrier, env_from_os, shutdown
+
+        env = env_from_os()
+        barrier(env)
+        shutdown(env)

@@ -14,6 +14,7 @@ from robustsim.cli.options import (
     data_option,
     device_option,
     eps_option,
+    is_main,
     limit_option,
     load_metrics,
     open_data,
@@ -89,7 +90,7 @@ def audit_cmd(
     attacks = parse_names(attacks_text, "--attacks")
     for a in attacks:  # fail on a bad name before any work
         make_attack(a, norm)  # type: ignore[arg-type]
-    claim = OutputDir(out_dir, AUDIT_FILES, overwrite) if out_dir else nullcontext(None)
+    claim = OutputDir(out_dir, AUDIT_FILES, overwrite) if out_dir and is_main() else nullcontext(None)
     with claim as out:
         (m,) = load_metrics([metric], device)
         data = open_data(data_spec, limit, size=m.input_size, allow_outside=allow_outside)
@@ -106,6 +107,8 @@ def audit_cmd(
             device=device,
             target=target,  # type: ignore[arg-type]
         )
+        if report is None:  # a torchrun rank other than 0
+            return
         click.echo(f"audit of {m.name} on {data.name}: {norm} attacks on the {target} image")
         click.echo(audit_table(report))
         if out is not None:

@@ -134,6 +134,8 @@ def certify_cmd(
     data = open_data(data_spec, limit, allow_outside=allow_outside)
     if method == "lipschitz":
         res = certify_2afc(m, data, eps, mode=mode, batch_size=batch_size, device=device, target=target)  # type: ignore[arg-type]
+        if res is None:  # a torchrun rank other than 0
+            return
         how = f"method=lipschitz ({res.details['lipschitz_source']} bound), mode={mode}, L={res.lipschitz:g}"
     else:
         res = certify_smoothed(

@@ -164,3 +164,10 @@ def load_metrics(names: list[str], device: torch.device) -> list[Any]:
     from robustsim.metrics import load_metric
 
     return [load_metric(n, device=device) for n in names]
+
+
+def is_main() -> bool:
+    """True outside torchrun and on its rank 0: the process that prints and writes."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0

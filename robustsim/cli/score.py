@@ -15,6 +15,7 @@ from robustsim.cli.options import (
     data_option,
     device_option,
     file_output_option,
+    is_main,
     limit_option,
     load_metrics,
     open_data,
@@ -62,6 +63,8 @@ def score_cmd(
         t0 = time.perf_counter()
         res = evaluate_2afc(metric, data, batch_size=batch_size, device=device)
         secs = time.perf_counter() - t0
+        if res is None:  # a torchrun rank other than 0: its share went to rank 0
+            continue
         results.append(
             {
                 "metric": name,
@@ -74,6 +77,8 @@ def score_cmd(
             }
         )
         rows.append((name, pct(res.score), len(res.p), f"{secs:.1f}"))
+    if not is_main():
+        return
     click.echo(f"2AFC score (%) on {data.name}")
     click.echo(format_table(["metric", "2AFC", "n", "seconds"], rows))
     if groups:

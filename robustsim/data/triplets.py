@@ -42,6 +42,10 @@ class TripletDataset(Dataset):
         """The first ``n`` triplets, keeping name, groups and identity (``[:n]`` appended)."""
         return TripletSubset(self, min(n, len(self)))
 
+    def select(self, indices: list[int]) -> TripletDataset:
+        """The triplets at ``indices`` (a shard); items keep their original ``index``."""
+        return TripletSelection(self, indices)
+
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -67,6 +71,29 @@ class TripletSubset(TripletDataset):
 
     def groups(self) -> list[str]:
         return self.base.groups()[: self.n]
+
+
+class TripletSelection(TripletDataset):
+    """Some triplets of another dataset, in the given order."""
+
+    def __init__(self, base: TripletDataset, indices: list[int]) -> None:
+        self.base, self.indices = base, list(indices)
+        self.name, self.native_size, self.size = base.name, base.native_size, base.size
+
+    @property
+    def identity(self) -> str:
+        digest = hashlib.sha256(",".join(map(str, self.indices)).encode()).hexdigest()[:12]
+        return f"{self.base.identity}[{digest}]"
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.base[self.indices[i]]
+
+    def groups(self) -> list[str]:
+        g = self.base.groups()
+        return [g[i] for i in self.indices]
 
 
 class FileTriplets(TripletDataset):
@@ -169,7 +196,7 @@ def triplet_loader(
     generator: torch.Generator | None = None,
 ) -> DataLoader:
     """A streaming DataLoader; file datasets of more than one batch use worker processes, others none."""
-    base = data.base if isinstance(data, TripletSubset) else data
+    base = data.base if isinstance(data, (TripletSubset, TripletSelection)) else data
     if workers is None:
         workers = 2 if isinstance(base, FileTriplets) and len(data) > batch_size else 0
     return DataLoader(

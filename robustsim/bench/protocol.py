@@ -1,0 +1,64 @@
+"""The benchmark protocol, as data: what every metric is measured on, versioned and printed in every report.
+
+A protocol lists threat models (each a norm, a target and epsilons), the attacks whose per-triplet worst
+case is the robust accuracy, their iterations, how many triplets, and the certified radii. ``quick`` is sized
+for a CPU (a few minutes per metric); ``full`` is the standard one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from robustsim.errors import RobustsimError
+from robustsim.threat import ThreatModel
+
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    limit: int | None  # first N triplets of the data (None: all)
+    attacks: tuple[str, ...]
+    steps: int
+    restarts: int
+    threat_models: tuple[ThreatModel, ...]
+    certified_eps: tuple[float, ...] = (36 / 255, 72 / 255, 108 / 255)
+    smoothing: dict = field(default_factory=lambda: {"n": 256, "alpha": 0.001})
+    version: int = VERSION
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["threat_models"] = [t.to_json() for t in self.threat_models]
+        return out
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        tms = "; ".join(f"{t.norm} {', '.join(_eps(t.norm, e) for e in t.eps)}" for t in self.threat_models)
+        n = "all" if self.limit is None else f"first {self.limit}"
+        return (
+            f"protocol {self.name} v{self.version}: {n} triplets; robust = worst case of {', '.join(self.attacks)} "
+            f"({self.steps} steps, {self.restarts} restart(s)) on the reference at {tms}; certified at l2 "
+            f"{', '.join(_eps('l2', e) for e in self.certified_eps)}"
+        )
+
+
+def _eps(norm: str, e: float) -> str:
+    return f"{e * 255:g}/255" if norm == "linf" or abs(e * 255 - round(e * 255)) < 1e-9 and e < 1 else f"{e:g}"
+
+
+THREATS = (ThreatModel("l2", "ref", (0.5, 1.0)), ThreatModel("linf", "ref", (2 / 255, 4 / 255)))
+PROTOCOLS = {
+    "quick": Protocol("quick", 100, ("apgd-ce", "apgd-margin"), 10, 1, THREATS),
+    "full": Protocol("full", None, ("apgd-ce", "apgd-margin", "square"), 100, 1, THREATS),
+}
+
+
+def get_protocol(name: str) -> Protocol:
+    if name not in PROTOCOLS:
+        raise RobustsimError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]

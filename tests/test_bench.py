@@ -1,0 +1,199 @@
+"""Issue 16: ``robustsim bench`` (cells, cards, leaderboard), resumable after SIGKILL, sharded over torchrun
+processes with per-triplet results identical to one process, the leaderboard sorted in a real browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+import robustsim
+
+pytestmark = pytest.mark.xdist_group("bench")
+ARGS = ["--metrics", "l2,lipsim-nano,not-a-metric", "--limit", "16", "--device", "cpu"]
+
+
+def comparable(card: dict) -> dict:
+    """A card without what legitimately differs between runs (times, package and runtime facts)."""
+    drop = {"timings", "seconds", "seconds_this_run", "versions", "runtime"}
+    return {k: v for k, v in card.items() if k not in drop}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "ref"
+    assert run_cli(["bench", *ARGS, "--out", str(out)]) == 0
+    return out
+
+
+def test_bench_writes_cards_leaderboard_and_skips_what_cannot_run(reference):
+    cards = {p.stem: json.loads(p.read_text()) for p in (reference / "cards").glob("*.json")}
+    assert set(cards) == {"l2", "lipsim-nano"}
+    nano = cards["lipsim-nano"]
+    assert nano["protocol"]["name"] == "quick" and nano["protocol"]["version"] >= 1 and nano["data"]["n"] == 16
+    assert nano["certified"]["method"] == "lipschitz" and cards["l2"]["certified"]["method"] == "none"
+    for card in cards.values():
+        robust = [v for tm in card["robust"].values() for v in tm.values()]
+        assert all(0 <= v <= card["clean"] for v in robust)
+    c36 = nano["certified"]["36/255"]
+    assert c36 is not None and c36 <= nano["robust"]["l2-ref"]["0.5"] + 1e-9  # certified <= robust
+    board = (reference / "leaderboard.md").read_text()
+    assert "not-a-metric" in board and "unknown metric" in board and "| lipsim-nano |" in board
+    assert (reference / "leaderboard.png").stat().st_size > 5000
+    html = (reference / "leaderboard.html").read_text()
+    assert "<script>" in html and "http" not in html.split("<script>")[1]  # self-contained
+
+
+def test_python_api_matches_the_bench_numbers(reference):
+    card = json.loads((reference / "cards" / "l2.json").read_text())
+    from robustsim.data import open_triplets
+
+    clean, robust = robustsim.benchmark("l2", open_triplets("mini", limit=16), "l2", [0.5, 1.0])
+    assert clean == pytest.approx(card["clean"]) and robust == pytest.approx(list(card["robust"]["l2-ref"].values()))
+
+
+def test_changed_data_invalidates_cells_never_reused(reference, tmp_path):
+    out = tmp_path / "b"
+    shutil.copytree(reference, out)
+    cell = out / "cells" / "l2" / "clean.json"
+    before = json.loads(cell.read_text())["key"]
+    assert run_cli(["bench", "--metrics", "l2", "--limit", "12", "--device", "cpu", "--out", str(out)]) == 0
+    assert json.loads(cell.read_text())["key"] != before
+    assert json.loads((out / "cards" / "l2.json").read_text())["data"]["n"] == 12
+
+
+def test_a_bench_killed_mid_run_resumes_to_the_same_cards(reference, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "robustsim", "bench", *ARGS, "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "cells").glob("lipsim-nano/*.json")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list((out / "cells").rglob("*.json")))
+    assert 0 < done_before < len(list((reference / "cells").rglob("*.json")))  # killed part-way
+    assert not list((out / "cards").glob("lipsim-nano.json"))
+    assert run_cli(["bench", *ARGS, "--out", str(out)]) == 0
+    for name in ("l2", "lipsim-nano"):
+        got = json.loads((out / "cards" / f"{name}.json").read_text())
+        want = json.loads((reference / "cards" / f"{name}.json").read_text())
+        assert comparable(got) == comparable(want)
+
+
+def _torchrun(nproc: int, argv: list[str], cwd: Path) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "robustsim",
+        *argv,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_two_processes_give_the_per_triplet_results_of_one(tmp_path):
+    """score, audit and certify under torchrun (2 CPU processes, gloo) against one process."""
+    out = {}
+    for n in (1, 2):
+        d = tmp_path / f"p{n}"
+        d.mkdir()
+        _torchrun(
+            n, ["score", "--metric", "l2,lipsim-nano", "--limit", "24", "--json", "score.json", "--device", "cpu"], d
+        )
+        _torchrun(
+            n, ["audit", "--metric", "l2", "--limit", "24", "--steps", "5", "--out", "audit", "--device", "cpu"], d
+        )
+        _torchrun(
+            n, ["certify", "--metric", "lipsim-nano", "--limit", "24", "--json", "cert.json", "--device", "cpu"], d
+        )
+        out[n] = (
+            json.loads((d / "score.json").read_text()),
+            json.loads((d / "audit" / "report.json").read_text()),
+            json.loads((d / "cert.json").read_text()),
+        )
+    (s1, a1, c1), (s2, a2, c2) = out[1], out[2]
+    import torch
+
+    from robustsim.scoring import two_afc_choice
+
+    for r1, r2 in zip(s1["results"], s2["results"], strict=True):
+        assert r1["score"] == r2["score"] and r1["n"] == r2["n"] == 24
+        assert torch.equal(
+            two_afc_choice(torch.tensor(r1["d0"]), torch.tensor(r1["d1"])),
+            two_afc_choice(torch.tensor(r2["d0"]), torch.tensor(r2["d1"])),
+        )
+        assert torch.allclose(torch.tensor(r1["d0"]), torch.tensor(r2["d0"]), atol=1e-6)
+    assert a1["per_triplet"] == a2["per_triplet"] and a1["robust"] == a2["robust"]
+    assert [t["clean"] for t in c1["triplets"]] == [t["clean"] for t in c2["triplets"]]
+    assert c1["curve"] == c2["curve"]
+    r1, r2 = (torch.tensor([t["radius"] for t in c["triplets"]]) for c in (c1, c2))
+    assert torch.allclose(r1, r2, rtol=1e-4, atol=1e-7)
+
+
+def _chrome():
+    selenium = pytest.importorskip("selenium")
+    del selenium
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver")
+    if not (os.path.exists(binary) and driver):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (make test installs them where apt works)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = binary
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1200,800",
+    ):
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+def test_the_leaderboard_sorts_in_a_real_browser(reference, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    browser = _chrome()
+    try:
+        browser.get((reference / "leaderboard.html").resolve().as_uri())
+        headers = browser.find_elements(By.CSS_SELECTOR, "#board th")
+        col = next(i for i, h in enumerate(headers) if h.text.strip().startswith("clean"))
+
+        def column() -> list[float]:
+            rows = browser.find_elements(By.CSS_SELECTOR, "#board tbody tr")
+            return [float(r.find_elements(By.TAG_NAME, "td")[col].get_attribute("data-v")) for r in rows]
+
+        headers[col].click()
+        assert column() == sorted(column()) and len(column()) == 2
+        headers[col].click()
+        assert column() == sorted(column(), reverse=True)
+        shot = tmp_path / "board.png"
+        browser.save_screenshot(str(shot))
+        from PIL import Image
+
+        with Image.open(shot) as im:
+            assert im.size[0] >= 800 and im.size[1] >= 400
+        assert shot.stat().st_size > 10_000
+    finally:
+        browser.quit()
