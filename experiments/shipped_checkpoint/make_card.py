@@ -1,8 +1,10 @@
-"""Copy the selected checkpoint into the package as ``lipsim-nano`` and write its metric card.
+"""Copy a selected checkpoint into the package as a shipped metric and write its metric card.
 
-Usage (after train.sh): python experiments/shipped_checkpoint/make_card.py [runs/shipped]
-Writes robustsim/zoo/lipsim-nano/{config.json, model.safetensors, card.json}; the card holds the
-clean 2AFC and certified accuracy on mini's test split next to l2 / ssim / effnet baselines.
+Usage: python experiments/shipped_checkpoint/make_card.py [RUN [NAME]]
+  after train.sh:       make_card.py runs/shipped lipsim-nano
+  after train_cert.sh:  make_card.py runs/shipped-cert lipsim-nano-cert
+Writes robustsim/zoo/NAME/{config.json, model.safetensors, card.json}; the card holds the clean 2AFC and
+certified accuracy on mini's test split next to l2 / ssim / effnet baselines.
 """
 
 from __future__ import annotations
@@ -20,37 +22,50 @@ from robustsim.evaluate import evaluate_2afc
 from robustsim.io import write_json
 
 EPS = [36 / 255, 72 / 255, 108 / 255]
-NAME = "lipsim-nano"
+RECIPES = {
+    "lipsim-nano": (
+        "experiments/shipped_checkpoint/train.sh",
+        "distilled on mini:train images; fine-tuned on mini:train 2AFC (hinge, margin 0.5); selected on mini:val",
+        "certified 1-Lipschitz LipSim nano, 64 px (shipped)",
+    ),
+    "lipsim-nano-cert": (
+        "experiments/shipped_checkpoint/train_cert.sh",
+        "lipsim-nano fine-tuned one epoch on mini:train 2AFC with the certified loss (hinge margin 0.5 + 3 x hinge "
+        "on the sound radius at 36/255); selected on mini:val by certified accuracy at 36/255",
+        "lipsim-nano fine-tuned with the certified loss (shipped)",
+    ),
+}
 
 
-def main(run: Path) -> None:
-    dest = Path(robustsim.__file__).parent / "zoo" / NAME
-    tmp = dest.with_name(f".{NAME}.tmp")
+def main(run: Path, name: str) -> None:
+    recipe, data, summary = RECIPES[name]
+    dest = Path(robustsim.__file__).parent / "zoo" / name
+    tmp = dest.with_name(f".{name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     src = run / "finetune" / "best"
     cfg = json.loads((src / "config.json").read_text())
-    cfg["name"] = NAME
+    cfg["name"] = name
     (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
     shutil.copy(src / "model.safetensors", tmp / "model.safetensors")
     metric = robustsim.load_metric(tmp)
-    test = open_triplets("mini:test", size=metric.input_size)
+    test = open_triplets("mini:test")
     res = certify_2afc(metric, test, EPS, progress=False)
     import torch
 
     x = torch.stack([test[i]["ref"] for i in range(8)])
     baselines = {}
-    for name in ("l2", "ssim", "ms-ssim", "effnet-ensemble"):
-        baselines[name] = evaluate_2afc(robustsim.load_metric(name), open_triplets("mini:test"), progress=False).score
+    for base in ("l2", "ssim", "ms-ssim", "effnet-ensemble"):
+        baselines[base] = evaluate_2afc(robustsim.load_metric(base), open_triplets("mini:test"), progress=False).score
     card = {
-        "name": NAME,
+        "name": name,
+        "summary": summary,
         "architecture": f"LipSimNet preset {cfg['model']['preset']} ({cfg['model']['layers']}), "
         f"input {cfg['model']['input_size']} px, embedding {cfg['model']['embed_dim']}",
         "teacher": cfg.get("teacher") or json.loads((run / "distill" / "last" / "config.json").read_text())["teacher"],
-        "data": "distilled on mini:train images; fine-tuned on mini:train 2AFC (hinge, margin 0.5); "
-        "selected on mini:val",
-        "recipe": "experiments/shipped_checkpoint/train.sh",
-        "lipschitz_bound": 1.0,
+        "data": data,
+        "recipe": recipe,
+        "lipschitz_bound": metric.lipschitz,
         "lipschitz_estimate": estimate_lipschitz(metric.net, x - 0.5, power_steps=30, ascent_steps=30),
         "eval": "mini:test (600 synthetic triplets, not human judgements)",
         "clean": res.clean_score,
@@ -64,4 +79,5 @@ def main(run: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/shipped"))
+    run_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/shipped")
+    main(run_dir, sys.argv[2] if len(sys.argv) > 2 else "lipsim-nano")

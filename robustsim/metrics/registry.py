@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import inspect
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -140,7 +141,16 @@ def _load_path(path: Path) -> Metric:
 def shipped_checkpoints() -> list[Path]:
     """Checkpoint folders that ship inside the package (``robustsim/zoo/<name>/``)."""
     zoo = Path(__file__).resolve().parents[1] / "zoo"
-    return sorted(p for p in zoo.iterdir() if (p / "config.json").is_file()) if zoo.is_dir() else []
+    if not zoo.is_dir():
+        return []
+    return sorted(p for p in zoo.iterdir() if not p.name.startswith(".") and (p / "config.json").is_file())
+
+
+def _shipped_summary(folder: Path) -> str:
+    try:
+        return str(json.loads((folder / "card.json").read_text())["summary"])
+    except (OSError, ValueError, KeyError):
+        return "certified 1-Lipschitz LipSim, shipped with robustsim"
 
 
 def _load_shipped(folder: Path, validate: bool = True) -> Metric:
@@ -174,7 +184,7 @@ def _register_builtins() -> None:
         register_metric(
             folder.name,
             partial(_load_shipped, folder),
-            "certified 1-Lipschitz LipSim, shipped with robustsim",
+            _shipped_summary(folder),
             lambda folder=folder: (folder / "model.safetensors").is_file(),
         )
     register_metric("l2", pixel.L2Metric, "mean squared pixel difference")
