@@ -106,17 +106,18 @@ def clean_cell(metric: Metric, data: TripletDataset, batch_size: int, device, en
     }
 
 
-def robust_cells(
-    metric: Metric, data: TripletDataset, protocol: Protocol, tm, batch_size: int, device, env: DistEnv, progress: bool
+def protocol_audit(
+    metric: Metric, data: TripletDataset, protocol: Protocol, tm, eps, batch_size: int, device, progress: bool, env
 ) -> dict | None:
+    """The audit report of ``metric`` under the protocol's attacks, steps and restarts at threat model ``tm``'s
+    norm and target and the radii ``eps`` (None on ranks other than 0)."""
     from robustsim.audit import run_audit
 
-    t0 = time.perf_counter()
     report, _ = run_audit(
         metric,
         data,
         tm.norm,
-        tm.eps,
+        eps,
         protocol.attacks,
         steps=protocol.steps,
         restarts=protocol.restarts,
@@ -126,6 +127,14 @@ def robust_cells(
         progress=progress,
         env=env,
     )
+    return report
+
+
+def robust_cells(
+    metric: Metric, data: TripletDataset, protocol: Protocol, tm, batch_size: int, device, env: DistEnv, progress: bool
+) -> dict | None:
+    t0 = time.perf_counter()
+    report = protocol_audit(metric, data, protocol, tm, tm.eps, batch_size, device, progress, env)
     secs = time.perf_counter() - t0
     if report is None:
         return None
@@ -330,7 +339,6 @@ def benchmark(
 ) -> tuple[float, float | list[float]]:
     """RobustBench's one verb for a perceptual metric: (clean 2AFC, robust 2AFC) under the protocol's attacks
     with the reference perturbed in a ``threat_model`` ("l2" / "linf", or a ThreatModel) ball of ``eps``."""
-    from robustsim.audit import run_audit
     from robustsim.data import open_triplets
     from robustsim.metrics import load_metric
     from robustsim.threat import ThreatModel
@@ -340,18 +348,6 @@ def benchmark(
     d = open_triplets(data, limit=proto.limit) if isinstance(data, str) else data
     tm = threat_model if isinstance(threat_model, ThreatModel) else ThreatModel(threat_model, "ref")
     eps_list = [float(e) for e in (eps if isinstance(eps, (list, tuple)) else [eps])]
-    report, _ = run_audit(
-        m,
-        d,
-        tm.norm,
-        eps_list,
-        proto.attacks,
-        steps=proto.steps,
-        restarts=proto.restarts,
-        batch_size=batch_size,
-        device=device,
-        target=tm.target,
-        progress=False,
-    )
+    report = protocol_audit(m, d, proto, tm, eps_list, batch_size, device, False, None)
     robust = report["robust"]
     return report["clean"], robust if isinstance(eps, (list, tuple)) else robust[0]
