@@ -330,3 +330,40 @@ def test_dreamsim_equals_the_dreamsim_package_on_the_same_weights(tmp_path):
     with torch.no_grad():
         assert torch.allclose(ours.embed(x), reference.embed(x), atol=1e-5)
         assert torch.allclose(ours(x, y), reference(x, y).flatten(), atol=1e-5)
+
+
+def test_score_fetches_verifies_and_scores_in_one_command_then_runs_offline(server, tmp_path, monkeypatch):
+    """The user's path end to end, with the local server standing in for download.pytorch.org: ``score`` on an
+    LPIPS metric whose backbone is not on disk fetches it, verifies it, scores with it; the second run is
+    offline and gives the same distances. (A random SqueezeNet, pinned by this test's manifest.)"""
+    import io
+
+    from robustsim.compat import import_optional
+    from robustsim.metrics.lpips_metric import BACKBONE_FILES, LPIPSMetric
+
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    torch.save(import_optional("torchvision").models.squeezenet1_1().state_dict(), buf)
+    name, data = BACKBONE_FILES["squeeze"], buf.getvalue()
+    server.files[name] = data
+    manifest_with(tmp_path, monkeypatch, rec(name, data, metrics=["lpips-squeeze"], torch_hub=True))
+    reports = []
+    for run in ("online", "offline"):
+        if run == "offline":
+            monkeypatch.setenv("ROBUSTSIM_OFFLINE", "1")
+        n = len(server.requests)
+        out = tmp_path / f"{run}.json"
+        argv = ["score", "--metric", "lpips-squeeze", "--data", "mini", "--limit", "6", "--json", str(out)]
+        assert run_cli(argv) == 0
+        assert (len(server.requests) > n) == (run == "online")  # fetched once, then never again
+        reports.append(json.loads(out.read_text())["results"][0])
+    assert reports[0]["d0"] == reports[1]["d0"] and reports[0]["score"] == reports[1]["score"]
+    on_disk = next((tmp_path / "torch").rglob(name), None) or next((tmp_path / "weights").rglob(name))
+    assert on_disk.read_bytes() == data  # verified bytes, installed whole
+    from robustsim.data import open_triplets
+
+    batch = open_triplets("mini:test", limit=6)
+    ref, x0 = torch.stack([batch[i]["ref"] for i in range(6)]), torch.stack([batch[i]["x0"] for i in range(6)])
+    with torch.no_grad():
+        direct = LPIPSMetric("squeeze", weights=on_disk)(ref, x0)
+    assert torch.allclose(direct, torch.tensor(reports[0]["d0"]), atol=1e-5)  # the fetched backbone was used
