@@ -64,11 +64,28 @@ def _weights(module: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]
     extra = getattr(module, "rounding_weights", None)
     mats = [t for t in own if t.dim() >= 2] + (list(extra()) if extra is not None else [])
     vecs = [t for t in own if t.dim() == 1 and t.is_floating_point()]
+    vecs += list(getattr(module, "rounding_biases", list)())
     return mats, vecs
 
 
 def _is_leaf(module: nn.Module) -> bool:
     return next(module.children(), None) is None
+
+
+def _units(net: nn.Module) -> list[nn.Module]:
+    """The modules whose rounding is bounded one by one: leaves, and whole blocks that say which weights they
+    multiply by (``rounding_weights``; their insides, e.g. a weight parametrization, are not traced)."""
+    out: list[nn.Module] = []
+
+    def visit(m: nn.Module) -> None:
+        if hasattr(m, "rounding_weights") or _is_leaf(m):
+            out.append(m)
+        else:
+            for child in m.children():
+                visit(child)
+
+    visit(net)
+    return out
 
 
 class _Tape:
@@ -77,7 +94,7 @@ class _Tape:
     def __init__(self, net: nn.Module, unit: float = U64) -> None:
         self.total: torch.Tensor | None = None
         self.unit = unit
-        self.handles = [m.register_forward_hook(self._hook) for m in net.modules() if _is_leaf(m)]
+        self.handles = [m.register_forward_hook(self._hook) for m in _units(net)]
 
     def _hook(self, module: nn.Module, args: tuple, out: object) -> None:
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
@@ -104,8 +121,11 @@ class _Tape:
 def float64(module: nn.Module) -> Iterator[nn.Module]:
     """Run ``module`` in float64, restoring each parameter's and buffer's dtype after (float32 -> float64
     -> float32 is exact, so the module comes back bit for bit)."""
-    dtypes = {name: t.dtype for name, t in [*module.named_parameters(), *module.named_buffers()]}
-    module.double()
+    tensors = [*module.named_parameters(), *module.named_buffers()]
+    dtypes = {name: t.dtype for name, t in tensors}
+    for name, t in tensors:  # a weight parametrization keeps its dtype: its module applies its float32 result
+        if "parametrizations." not in name and t.is_floating_point():
+            t.data = t.data.double()
     try:
         yield module
     finally:

@@ -106,12 +106,35 @@ def OrthoConv2d(
 
 class OrthoConvBlock(nn.Module):
     """An orthogonal convolution (orthogonium's AOC, circular padding) then MaxMin. Its bound is derived:
-    the exact norm of the circular convolution at the input size ``spatial`` (set by the owning network)."""
+    the exact norm of the circular convolution at the input size ``spatial`` (set by the owning network).
+
+    In eval mode the orthogonalised kernel is computed once (float32, from the stored parameters) and reused
+    until the stored kernel parameter changes, so the bound and every forward, float32 or the certifier's
+    float64, use the same tensor (orthogonium's power iteration moves its vectors on every evaluation)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv, self.act = OrthoConv2d(channels, channels), GroupSort2()
         self.spatial: int | None = None
+        self._kernel: tuple[tuple, torch.Tensor] | None = None
+
+    def kernel(self) -> torch.Tensor:
+        """The (out, in, k, k) kernel the block applies."""
+        if self.training or torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            self._kernel = None
+            return self.conv.weight
+        original = self.conv.parametrizations.weight.original
+        key = (id(original), original._version, original.data_ptr(), original.device)
+        if self._kernel is None or self._kernel[0] != key:
+            with torch.no_grad():
+                self._kernel = (key, self.conv.weight.detach().float())
+        return self._kernel[1]
+
+    def rounding_weights(self) -> list[torch.Tensor]:
+        return [self.kernel()]
+
+    def rounding_biases(self) -> list[torch.Tensor]:
+        return [] if self.conv.bias is None else [self.conv.bias]
 
     def lipschitz_bound(self) -> float:
         from robustsim.nn.spectral import conv_operator_norm
@@ -119,10 +142,17 @@ class OrthoConvBlock(nn.Module):
         if self.spatial is None:
             raise RuntimeError("OrthoConvBlock needs its input size to prove its bound: set .spatial")
         with torch.no_grad():
-            return max(1.0, float(conv_operator_norm(self.conv.weight.detach().double(), self.spatial, circular=True)))
+            return max(1.0, float(conv_operator_norm(self.kernel().double(), self.spatial, circular=True)))
+
+    def train(self, mode: bool = True):
+        self._kernel = None
+        return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.conv(x))
+        w = self.kernel().to(x.dtype)
+        b = None if self.conv.bias is None else self.conv.bias.to(x.dtype)
+        p = w.shape[-1] // 2
+        return self.act(F.conv2d(F.pad(x, (p, p, p, p), mode="circular"), w, b))
 
 
 class Projection(EvalCache):
