@@ -15,7 +15,7 @@ from robustsim.data import open_triplets
 from robustsim.metrics.registry import shipped_checkpoints
 
 pytestmark = pytest.mark.xdist_group("shipped")
-SHIPPED = ["lipsim-nano", "lipsim-nano-cert"]
+SHIPPED = ["lipsim-nano", "lipsim-nano-aoc", "lipsim-nano-cert"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -28,11 +28,12 @@ def card(name: str) -> dict:
 @pytest.mark.parametrize("name", SHIPPED)
 def test_loads_offline_and_is_1_lipschitz(name):
     metric = robustsim.load_metric(name)
-    assert name in robustsim.list_metrics() and metric.lipschitz == 1.0
-    assert card(name)["lipschitz_bound"] == 1.0
+    bound = card(name)["lipschitz_bound"]  # derived from the weights: 1 up to an orthogonal kernel's ~3e-6
+    assert name in robustsim.list_metrics() and 1.0 <= bound <= 1 + 1e-5
+    assert metric.lipschitz == pytest.approx(bound, abs=1e-9)
     data = open_triplets("mini:val", size=metric.input_size)
     x = torch.stack([data[i]["ref"] for i in range(4)])
-    assert estimate_lipschitz(metric.net, x - 0.5, power_steps=20, ascent_steps=20) <= 1 + 1e-4
+    assert estimate_lipschitz(metric.net, x - 0.5, power_steps=20, ascent_steps=20) <= bound + 1e-4
 
 
 @pytest.mark.parametrize("name", SHIPPED)

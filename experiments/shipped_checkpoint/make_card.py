@@ -34,6 +34,14 @@ RECIPES = {
         "on the sound radius at 36/255); selected on mini:val by certified accuracy at 36/255",
         "lipsim-nano fine-tuned with the certified loss (shipped)",
     ),
+    "lipsim-nano-aoc": (
+        "experiments/shipped_checkpoint/train_aoc.sh",
+        "nano student of orthogonal AOC blocks distilled 482 steps on mini:train images; fine-tuned 180 steps on "
+        "mini:train 2AFC with the certified loss (hinge margin 0.5 + hinge on the sound radius at 36/255, weight 1); "
+        "selected on mini:val by certified accuracy at 36/255 (the aoc/certified configuration of "
+        "experiments/layers_compared)",
+        "certified 1-Lipschitz LipSim nano of orthogonal convolutions (shipped)",
+    ),
 }
 
 
