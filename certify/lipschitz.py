@@ -86,6 +86,13 @@ def estimate_lipschitz(
             p.requires_grad_(flag)
 
 
+def _no_certificate(metric: Metric, why: str) -> RobustsimError:
+    return RobustsimError(
+        f"metric {metric.name!r} {why}, so no Lipschitz certificate exists; "
+        f"use `robustsim certify --method smoothing` or `robustsim audit --metric {metric.name}`"
+    )
+
+
 def network_lipschitz(metric: Metric) -> tuple[float, str]:
     """(L, source) for the network of an embedding metric: the bound its structure proves
     (:func:`lipschitz_bound`, source ``"structure"``), else the constant the user declared with
@@ -93,27 +100,21 @@ def network_lipschitz(metric: Metric) -> tuple[float, str]:
     metrics whose embedding is not ``net(preprocess(x))`` with the base class's resize and normalisation (an
     ensemble, a custom preprocessing): the constant would not cover their pipeline."""
     if not isinstance(metric, EmbeddingMetric):
-        raise RobustsimError(
-            f"metric {metric.name!r} is not an embedding metric, so it has no Lipschitz certificate; "
-            f"use `robustsim certify --method smoothing` or `robustsim audit --metric {metric.name}`"
-        )
+        raise _no_certificate(metric, "is not an embedding metric")
     pipeline = ("embed", "_embed", "preprocess", "distance", "embedding_distance")
     custom = [m for m in pipeline if getattr(type(metric), m) is not getattr(EmbeddingMetric, m)]
     if custom:  # the bound below covers net(resize-and-normalise(x)) only, not a pipeline of its own
-        raise RobustsimError(
-            f"metric {metric.name!r} computes its embedding with its own {' and '.join(custom)} (not the network "
-            "behind a resize and normalisation), so no Lipschitz certificate exists; use `robustsim certify "
-            f"--method smoothing` or `robustsim audit --metric {metric.name}`"
+        raise _no_certificate(
+            metric,
+            f"computes its embedding with its own {' and '.join(custom)} (not the network behind a resize and "
+            "normalisation)",
         )
     try:
         return lipschitz_bound(metric.net), "structure"
     except RobustsimError:
         declared = getattr(metric, "lipschitz", None)
     if declared is None:
-        raise RobustsimError(
-            f"metric {metric.name!r} has no Lipschitz guarantee, so no Lipschitz certificate exists; "
-            f"use `robustsim certify --method smoothing` or `robustsim audit --metric {metric.name}`"
-        )
+        raise _no_certificate(metric, "has no Lipschitz guarantee")
     if not declared > 0:
         raise RobustsimError(f"metric {metric.name!r} declares Lipschitz constant {declared}; it must be > 0")
     return float(declared), "declared"

@@ -132,9 +132,7 @@ def float64(module: nn.Module) -> Iterator[nn.Module]:
         for name, t in [*module.named_parameters(), *module.named_buffers()]:
             if dtypes.get(name, t.dtype) != t.dtype:
                 t.data = t.data.to(dtypes[name])
-        if hasattr(module, "_cache"):
-            module._cache = None
-        for m in module.modules():
+        for m in module.modules():  # the module itself included
             if hasattr(m, "_cache"):
                 m._cache = None
 
