@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from robustsim.attacks.geometry import NORMS, Norm, RowNoise, in_threat_model
+from robustsim.attacks.geometry import NORMS, Norm, RowNoise, in_threat_model, rows_of
 from robustsim.attacks.twoafc import Target, TwoAFCClassifier, labels_from_p, margin
 from tqdm.auto import tqdm
 
@@ -88,8 +88,7 @@ class Attack:
                 continue
             sub = lambda xa, r, rows=rows: forward(xa, rows[r])  # noqa: E731
             eps_t = torch.full((rows.numel(),), float(e), device=x.device)
-            gen = generator.rows(rows) if isinstance(generator, RowNoise) else generator
-            xa, b = self.run(sub, x[rows], y[rows], eps_t, gen)
+            xa, b = self.run(sub, x[rows], y[rows], eps_t, rows_of(generator, rows))
             adv[i, rows] = xa  # the break, else the attack's best point
             broken[i, rows[b]] = True
             alive[rows[b]] = False

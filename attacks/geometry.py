@@ -6,7 +6,17 @@ import torch
 
 from robustsim.threat import NORMS, Norm
 
-__all__ = ["NORMS", "Norm", "RowNoise", "ascent_direction", "in_threat_model", "norms", "project", "random_start"]
+__all__ = [
+    "NORMS",
+    "Norm",
+    "RowNoise",
+    "ascent_direction",
+    "in_threat_model",
+    "norms",
+    "project",
+    "random_start",
+    "rows_of",
+]
 
 
 def _view(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -73,6 +83,11 @@ class RowNoise:
         return self._draw(torch.rand, shape)
 
 
+def rows_of(generator: torch.Generator | RowNoise | None, rows: torch.Tensor):
+    """The generator for a subset of rows: a row view of per-row noise, the shared generator otherwise."""
+    return generator.rows(rows) if isinstance(generator, RowNoise) else generator
+
+
 def _rand(shape: tuple[int, ...], generator: torch.Generator | RowNoise, normal: bool) -> torch.Tensor:
     if isinstance(generator, RowNoise):
         return generator.randn(shape) if normal else generator.rand(shape)
@@ -86,11 +101,6 @@ def random_start(x: torch.Tensor, eps: torch.Tensor, norm: Norm, generator: torc
     else:
         g = _rand(tuple(x.shape), generator, True).to(x)
         g = g / _view(norms(g, "l2").clamp_min(1e-12), x)
-        u = (
-            _rand((x.shape[0], 1), generator, False)[:, 0]
-            if isinstance(generator, RowNoise)
-            else _rand((x.shape[0],), generator, False)
-        )
-        r = u.to(x) ** (1.0 / x[0].numel())
+        r = _rand((x.shape[0],), generator, False).to(x) ** (1.0 / x[0].numel())
         delta = g * _view(eps * r, x)
     return project(x + delta, x, eps, norm)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from robustsim.attacks.geometry import Norm, RowNoise, ascent_direction, project, random_start
+from robustsim.attacks.geometry import Norm, RowNoise, ascent_direction, project, random_start, rows_of
 from robustsim.attacks.losses import LOSSES
 from robustsim.attacks.twoafc import margin
 
@@ -56,11 +56,6 @@ class _Best:
         self.broken[idx] |= broken[better]
 
 
-def _view_rows(generator, rows: torch.Tensor):
-    """The generator for a subset of rows: a row view of per-row noise, the shared generator otherwise."""
-    return generator.rows(rows) if isinstance(generator, RowNoise) else generator
-
-
 def _loss_grad(objective: Objective, x: torch.Tensor, rows: torch.Tensor):
     x = x.detach().requires_grad_(True)
     loss, done = objective(x, rows)
@@ -90,7 +85,7 @@ def pgd(
         if rows.numel() == 0:
             break
         x0, e = x[rows], eps[rows]
-        xa = random_start(x0, e, norm, _view_rows(generator, rows)) if (random_init or r > 0) else x0.clone()
+        xa = random_start(x0, e, norm, rows_of(generator, rows)) if (random_init or r > 0) else x0.clone()
         for t in range(steps + 1):
             lval, grad, broken = _loss_grad(objective, xa, rows)
             best.update(rows, xa, lval, broken)
@@ -145,7 +140,7 @@ def apgd(
         if rows.numel() == 0:
             break
         x0, e = x[rows], eps[rows]
-        xk = random_start(x0, e, norm, _view_rows(generator, rows))
+        xk = random_start(x0, e, norm, rows_of(generator, rows))
         lk, gk, broken = _loss_grad(objective, xk, rows)
         best.update(rows, xk, lk, broken)
         eta = 2 * e

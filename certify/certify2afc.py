@@ -14,7 +14,7 @@ from robustsim.certify.rounding import embed_with_error
 from tqdm.auto import tqdm
 
 from robustsim.data.triplets import TripletDataset, iter_batches, triplet_loader
-from robustsim.dist import DistEnv, gather_objects, gather_rows, init_distributed, shard_indices
+from robustsim.dist import DistEnv, gather_objects, gather_rows, init_distributed, shard
 from robustsim.metrics.base import EmbeddingMetric, Metric, validate_images
 from robustsim.scoring import choice_score, two_afc_choice
 from robustsim.threads import runtime_info
@@ -119,9 +119,7 @@ def certify_2afc(
     _, source = network_lipschitz(metric)  # refuses metrics without a bound before any work
     assert isinstance(metric, EmbeddingMetric)
     env = env or init_distributed(torch.device(device))
-    full, mine = data, shard_indices(len(data), env)
-    if env.world > 1:
-        data = data.select(mine)
+    full, (data, mine) = data, shard(data, env)
     radii, cleans, ps, constants = [], [], [], set()
     loader = triplet_loader(data, batch_size=batch_size, workers=workers)
     for batch in tqdm(

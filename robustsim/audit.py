@@ -16,7 +16,7 @@ from robustsim.attacks.geometry import Norm
 from robustsim.attacks.registry import make_attack
 from robustsim.attacks.twoafc import Target
 from robustsim.data.triplets import TripletDataset
-from robustsim.dist import DistEnv, gather_objects, gather_rows, init_distributed, local_env, shard_indices
+from robustsim.dist import DistEnv, gather_objects, gather_rows, init_distributed, local_env, shard
 from robustsim.errors import RobustsimError
 from robustsim.metrics.base import Metric
 from robustsim.table import format_table, pct
@@ -105,13 +105,12 @@ def run_audit(
     built = [make_attack(a, norm, steps, restarts, seed) for a in attacks]
     env = env or init_distributed(torch.device(device))
     n_all = len(data)
-    mine = shard_indices(n_all, env)
-    shard = data.select(mine) if env.world > 1 else data
+    share, mine = shard(data, env)
     results: list[AttackResult] = [
-        att(metric, shard, eps, batch_size=batch_size, device=device, target=target, progress=progress and env.main)
+        att(metric, share, eps, batch_size=batch_size, device=device, target=target, progress=progress and env.main)
         for att in built
     ]
-    cert = certified_per_triplet(metric, shard, eps, norm, batch_size, device, target)
+    cert = certified_per_triplet(metric, share, eps, norm, batch_size, device, target)
     if env.world > 1:
         results, cert = _gather_results(results, cert, mine, n_all, env)
         if not env.main:

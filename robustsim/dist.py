@@ -79,6 +79,13 @@ def shard_indices(n: int, env: DistEnv) -> list[int]:
     return list(range(env.rank, n, env.world))
 
 
+def shard(data, env: DistEnv):
+    """(this rank's share of ``data``, their indices in ``data``): ``data.select`` of :func:`shard_indices`
+    under torchrun, ``data`` itself for one process."""
+    mine = shard_indices(len(data), env)
+    return (data.select(mine) if env.world > 1 else data), mine
+
+
 def gather_rows(t: torch.Tensor, indices: list[int], n: int, env: DistEnv, dim: int = 0) -> torch.Tensor | None:
     """On rank 0: the (..., n, ...) tensor assembled from every rank's rows (``indices``, along ``dim``) in the
     original order; None on the other ranks. The identity for one process."""
@@ -103,3 +110,12 @@ def gather_objects(obj: object, env: DistEnv) -> list | None:
     parts: list = [None] * env.world
     dist.all_gather_object(parts, obj)
     return parts if env.main else None
+
+
+def broadcast_object(obj: object, env: DistEnv) -> object:
+    """Rank 0's ``obj`` on every rank (so every rank agrees on what work is left)."""
+    if env.world == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from robustsim.data.triplets import TripletDataset, iter_batches, triplet_loader
-from robustsim.dist import DistEnv, gather_rows, init_distributed, shard_indices
+from robustsim.dist import DistEnv, gather_rows, init_distributed, shard
 from robustsim.errors import RobustsimError
 from robustsim.metrics.base import EmbeddingMetric, Metric, validate_images
 from robustsim.scoring import two_afc_per_triplet
@@ -78,9 +78,7 @@ def evaluate_2afc(
     every ``world``-th triplet and rank 0 gets the whole result (other ranks None)."""
     metric = metric.to(device).eval()
     env = env or init_distributed(torch.device(device))
-    full, mine = data, shard_indices(len(data), env)
-    if env.world > 1:
-        data = data.select(mine)
+    full, (data, mine) = data, shard(data, env)
     d0s, d1s, ps = [], [], []
     loader = triplet_loader(data, batch_size=batch_size, workers=workers)
     for batch in tqdm(

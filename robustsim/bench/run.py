@@ -22,7 +22,7 @@ import torch
 
 from robustsim.bench.protocol import Protocol, get_protocol
 from robustsim.data.triplets import TripletDataset
-from robustsim.dist import DistEnv, init_distributed
+from robustsim.dist import DistEnv, broadcast_object, init_distributed
 from robustsim.errors import RobustsimError
 from robustsim.io import write_json
 from robustsim.metrics.base import Metric
@@ -176,13 +176,13 @@ def certified_cells(
     except RobustsimError:
         if smoothing is None:
             return ("none", {})
-        from robustsim.dist import gather_rows, shard_indices
+        from robustsim.dist import gather_rows, shard
 
-        mine = shard_indices(len(data), env)
+        share, mine = shard(data, env)
         method = f"smoothing sigma={smoothing:g}"
         res = certify_smoothed(
             metric,
-            data.select(mine) if env.world > 1 else data,
+            share,
             eps,
             smoothing,
             n=protocol.smoothing["n"],
@@ -217,7 +217,7 @@ def evaluate_metric(
     m, fp = run.metric, run.fingerprint
     key = _key(protocol, data, fp, "clean")
     cell = store.get(run.name, "clean", key) if env.main else None
-    cell = _shared(cell, env)
+    cell = broadcast_object(cell, env)
     if cell is None:
         log(f"{run.name}: clean 2AFC")
         cell = clean_cell(m, data, batch_size, device, env)
@@ -228,7 +228,7 @@ def evaluate_metric(
         names = {e: f"robust-{tm.key()}-{e:.6g}" for e in tm.eps}
         keys = {e: _key(protocol, data, fp, n) for e, n in names.items()}
         saved = {e: store.get(run.name, names[e], keys[e]) for e in tm.eps} if env.main else {}
-        saved = _shared(saved, env)
+        saved = broadcast_object(saved, env)
         if any(v is None for v in saved.values()):
             log(f"{run.name}: robust {tm.describe()}")
             cells = robust_cells(m, data, protocol, tm, batch_size, device, env, progress)
@@ -242,7 +242,7 @@ def evaluate_metric(
     extra = {"smoothing": smoothing}
     keys = {e: _key(protocol, data, fp, n, extra) for e, n in cert_names.items()}
     saved = {e: store.get(run.name, cert_names[e], keys[e]) for e in protocol.certified_eps} if env.main else {}
-    saved = _shared(saved, env)
+    saved = broadcast_object(saved, env)
     if any(v is None for v in saved.values()):
         log(f"{run.name}: certificates")
         out = certified_cells(m, data, protocol, smoothing, batch_size, device, env)
@@ -255,17 +255,6 @@ def evaluate_metric(
     for e in protocol.certified_eps:
         run.cells[cert_names[e]] = saved.get(e) if env.main else None
     return run.cells if env.main else None
-
-
-def _shared(value, env: DistEnv):
-    """Rank 0's ``value`` on every rank (every rank must agree on which cells to compute)."""
-    if env.world == 1:
-        return value
-    import torch.distributed as dist
-
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def run(

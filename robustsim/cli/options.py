@@ -168,6 +168,6 @@ def load_metrics(names: list[str], device: torch.device) -> list[Any]:
 
 def is_main() -> bool:
     """True outside torchrun and on its rank 0: the process that prints and writes."""
-    import os
+    from robustsim.dist import env_from_os
 
-    return int(os.environ.get("RANK", "0")) == 0
+    return env_from_os().main
