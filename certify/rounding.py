@@ -58,13 +58,14 @@ def _fan_in(w: torch.Tensor) -> int:
 
 
 def _weights(module: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """(weight tensors the module multiplies by, bias-like vectors) from its own parameters and buffers,
-    plus the tensors a module exposes for it (``rounding_weights``, e.g. SLL's folded kernel)."""
+    """(weight tensors the module multiplies by, bias-like vectors). A module that declares them
+    (``rounding_weights``, ``rounding_biases``: the tensors its forward applies, e.g. SLL's weight and folded
+    kernel) is taken at its word; otherwise its own parameters and buffers are (matrices and vectors)."""
+    declared = getattr(module, "rounding_weights", None)
     own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
-    extra = getattr(module, "rounding_weights", None)
-    mats = [t for t in own if t.dim() >= 2] + (list(extra()) if extra is not None else [])
-    vecs = [t for t in own if t.dim() == 1 and t.is_floating_point()]
-    vecs += list(getattr(module, "rounding_biases", list)())
+    mats = list(declared()) if declared is not None else [t for t in own if t.dim() >= 2]
+    biases = getattr(module, "rounding_biases", None)
+    vecs = list(biases()) if biases is not None else [t for t in own if t.dim() == 1 and t.is_floating_point()]
     return mats, vecs
 
 

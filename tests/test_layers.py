@@ -127,3 +127,25 @@ def test_every_layer_kind_is_certified_soundly_in_float64(layer):
     data = open_triplets("mini:test", limit=24)
     report, _ = run_audit(metric, data, "l2", [36 / 255, 0.25], ["apgd-ce", "apgd-margin"], steps=20, progress=False)
     assert report["certified"][0] > 0  # certified <= robust <= clean is checked by the audit itself
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_a_frozen_net_saves_and_loads_as_the_same_function_and_thaws_to_train(tmp_path, layer):
+    """Freezing stores every weight-derived tensor: the saved frozen checkpoint loads bit for bit (its config says
+    frozen), and a thawed copy derives its tensors from the weights again (gradients reach them)."""
+    torch.manual_seed(0)
+    net = LipSimNet(LipSimPreset(2, 8, 1, 32, layer=layer), embed_dim=16, input_size=16).eval()
+    x = torch.rand(3, 3, 16, 16)
+    net.freeze()
+    assert net.frozen and net.config()["frozen"] is True
+    y = net(x)
+    net.train()
+    assert torch.equal(net.eval()(x), y)
+    save_checkpoint(tmp_path / "ck", net)
+    loaded, cfg = load_net(tmp_path / "ck")
+    assert cfg["model"]["frozen"] is True and loaded.frozen and torch.equal(loaded(x), y)
+    loaded.thaw().train()
+    assert not loaded.frozen and "frozen" not in loaded.config()
+    loaded(x).sum().backward()
+    kernels = [p for n, p in loaded.named_parameters() if n.endswith(("weight", "weight.original")) and "features" in n]
+    assert kernels and all(p.grad is not None and p.grad.abs().sum() > 0 for p in kernels)

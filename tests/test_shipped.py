@@ -59,3 +59,38 @@ def test_certified_accuracy_on_mini_matches_the_card_and_readme(name):
     assert row, f"README has no card row for {name}"
     for value in (card_["clean"], *card_["certified"].values()):
         assert f"{100 * value:.1f}" in row
+
+
+FINGERPRINT = """
+import hashlib, sys, torch, robustsim
+metric = robustsim.load_metric(sys.argv[1])
+x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+e = metric.embed(x).detach().contiguous()
+print(hashlib.sha256(e.numpy().tobytes()).hexdigest(), repr(metric.lipschitz))
+"""
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_shipped_metric_is_one_fixed_function_whatever_ran_before_and_in_a_fresh_process(name):
+    """Issue 31 item 4: the same input gives the same bits after train()/eval(), with gradients enabled, after a
+    certification, and in a new process (the orthogonal kernels are stored, not re-derived at each evaluation)."""
+    import hashlib
+    import subprocess
+    import sys
+
+    metric = robustsim.load_metric(name)
+    x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    first = metric.embed(x).detach()
+    bound = metric.lipschitz
+    metric.train()
+    metric.eval()
+    with torch.enable_grad():
+        metric.requires_grad_(True)
+        assert torch.equal(metric.embed(x).detach(), first)
+        metric.requires_grad_(False)
+    certify_2afc(metric, open_triplets("mini:test", limit=8), [36 / 255], progress=False)
+    assert torch.equal(metric.embed(x), first) and metric.lipschitz == bound
+    out = subprocess.run([sys.executable, "-c", FINGERPRINT, name], capture_output=True, text=True, check=True)
+    digest, fresh_bound = out.stdout.split()
+    assert digest == hashlib.sha256(first.contiguous().numpy().tobytes()).hexdigest()
+    assert float(fresh_bound) == bound == card(name)["lipschitz_bound"]

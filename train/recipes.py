@@ -183,6 +183,7 @@ def _finetune(
     if objective["loss"] not in LOSSES:
         raise RobustsimError(f"unknown --loss {objective['loss']!r}; choose one of {', '.join(LOSSES)}")
     net, init_cfg = load_net(init)
+    net.thaw()  # a frozen (shipped or exported) checkpoint trains from its weights
     spec = "mini:train" if data == "mini" else data
     if val == "auto":
         val = default_val(spec)

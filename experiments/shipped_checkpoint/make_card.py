@@ -3,8 +3,12 @@
 Usage: python experiments/shipped_checkpoint/make_card.py [RUN [NAME]]
   after train.sh:       make_card.py runs/shipped lipsim-nano
   after train_cert.sh:  make_card.py runs/shipped-cert lipsim-nano-cert
-Writes robustsim/zoo/NAME/{config.json, model.safetensors, card.json}; the card holds the clean 2AFC and
-certified accuracy on mini's test split next to l2 / ssim / effnet baselines.
+  re-export a shipped metric (frozen) and recompute its card:  make_card.py --refresh NAME
+Writes robustsim/zoo/NAME/{config.json, model.safetensors, card.json}. The checkpoint is frozen: every
+weight-derived tensor the network applies (orthogonal kernels, projections, SLL's folded kernels) is stored,
+so the shipped metric is one fixed function on every machine. The card holds the Lipschitz bound derived from
+those tensors and the clean 2AFC and certified accuracy on mini's test split next to l2 / ssim / effnet
+baselines.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from robustsim.certify import certify_2afc, estimate_lipschitz
@@ -20,6 +25,7 @@ import robustsim
 from robustsim.data import open_triplets
 from robustsim.evaluate import evaluate_2afc
 from robustsim.io import write_json
+from robustsim.models import load_net, save_checkpoint
 
 EPS = [36 / 255, 72 / 255, 108 / 255]
 RECIPES = {
@@ -45,18 +51,18 @@ RECIPES = {
 }
 
 
-def main(run: Path, name: str) -> None:
+def main(src: Path, name: str, teacher: str | None = None) -> None:
+    """Export checkpoint folder ``src`` frozen as the shipped metric ``name`` and write its card."""
     recipe, data, summary = RECIPES[name]
     dest = Path(robustsim.__file__).parent / "zoo" / name
     tmp = dest.with_name(f".{name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    src = run / "finetune" / "best"
-    cfg = json.loads((src / "config.json").read_text())
-    cfg["name"] = name
-    (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
-    shutil.copy(src / "model.safetensors", tmp / "model.safetensors")
+    net, cfg = load_net(src)
+    meta = {k: v for k, v in cfg.items() if k not in ("format", "version", "model")}
+    meta["name"] = name
+    save_checkpoint(tmp, net.freeze(), meta)
     metric = robustsim.load_metric(tmp)
+    assert metric.net.frozen
     test = open_triplets("mini:test")
     res = certify_2afc(metric, test, EPS, progress=False)
     import torch
@@ -70,7 +76,7 @@ def main(run: Path, name: str) -> None:
         "summary": summary,
         "architecture": f"LipSimNet preset {cfg['model']['preset']} ({cfg['model']['layers']}), "
         f"input {cfg['model']['input_size']} px, embedding {cfg['model']['embed_dim']}",
-        "teacher": cfg.get("teacher") or json.loads((run / "distill" / "last" / "config.json").read_text())["teacher"],
+        "teacher": cfg.get("teacher") or teacher,
         "data": data,
         "recipe": recipe,
         "lipschitz_bound": metric.lipschitz,
@@ -87,5 +93,14 @@ def main(run: Path, name: str) -> None:
 
 
 if __name__ == "__main__":
-    run_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/shipped")
-    main(run_dir, sys.argv[2] if len(sys.argv) > 2 else "lipsim-nano")
+    if sys.argv[1:2] == ["--refresh"]:
+        shipped = Path(robustsim.__file__).parent / "zoo" / sys.argv[2]
+        old = json.loads((shipped / "card.json").read_text())
+        copy = Path(tempfile.mkdtemp()) / sys.argv[2]
+        shutil.copytree(shipped, copy)
+        main(copy, sys.argv[2], old.get("teacher"))
+    else:
+        run_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/shipped")
+        name = sys.argv[2] if len(sys.argv) > 2 else "lipsim-nano"
+        teacher = json.loads((run_dir / "distill" / "last" / "config.json").read_text())["teacher"]
+        main(run_dir / "finetune" / "best", name, teacher)

@@ -184,10 +184,11 @@ def _display_name(cfg: dict[str, Any], path: Path) -> str:
 
 
 def load_checkpoint_metric(path: Path) -> LipSimMetric | None:
-    """Checkpoint loader for ``load_metric``: None when ``path`` is not a checkpoint folder."""
+    """Checkpoint loader for ``load_metric``: None when ``path`` is not a checkpoint folder. The metric is
+    frozen (one fixed function: :meth:`LipSimNet.freeze`), in eval mode, without weight gradients."""
     path = recover_checkpoint(path) or path
     if not (path.is_dir() and (path / "config.json").is_file()):
         return None
     net, cfg = load_net(path)
-    metric = LipSimMetric(net, name=_display_name(cfg, path))
+    metric = LipSimMetric(net.freeze(), name=_display_name(cfg, path))
     return metric.eval().requires_grad_(False)

@@ -7,6 +7,10 @@ convs before the two poolings, M linear layers at the flattened width (inner wid
 first ``embed_dim`` coordinates. Conv and linear layers are of kind ``layer`` (SLL by default; inner conv
 width ``conv_inner``). Every stage is 1-Lipschitz, so the net is; ``lipschitz_bound()`` derives that from
 the layers. Presets are rows of a table; the input size is a parameter (divisible by 16).
+
+A net is *frozen* (:meth:`LipSimNet.freeze`) when every weight-derived tensor it applies is stored: then it is
+one fixed function, saved and loaded bit for bit (``"frozen": true`` in its config). Metrics loaded from
+checkpoints are frozen; training thaws them.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from torch import nn
 
 from robustsim.metrics.base import EmbeddingMetric
 from robustsim.nn import LipPool, PaddingChannels, Projection, Truncate
+from robustsim.nn.cache import Derived, freeze, is_frozen, thaw
 
 
 @dataclass(frozen=True)
@@ -151,13 +156,28 @@ class LipSimNet(nn.Module):
         return self.head(self.features(x))
 
     def config(self) -> dict:
-        return {
+        cfg = {
             "arch": "lipsim",
             "preset": self.preset_name,
             "layers": asdict(self.preset),
             "embed_dim": self.embed_dim,
             "input_size": self.input_size,
         }
+        if self.frozen:
+            cfg["frozen"] = True
+        return cfg
+
+    @property
+    def frozen(self) -> bool:
+        return is_frozen(self)
+
+    def freeze(self) -> LipSimNet:
+        """Store every weight-derived tensor (module docstring); in place, returns self."""
+        return freeze(self)
+
+    def thaw(self) -> LipSimNet:
+        """Derive the tensors from the weights again (to train); in place, returns self."""
+        return thaw(self)
 
     @staticmethod
     def parameter_count(cfg: dict) -> float:
@@ -188,7 +208,15 @@ class LipSimNet(nn.Module):
         else:
             raise ValueError("the model config needs layers or a preset name")
         embed_dim, input_size = _bounded("embed_dim", cfg["embed_dim"]), _bounded("input_size", cfg["input_size"])
-        return cls(preset, embed_dim=embed_dim, input_size=input_size)
+        frozen = cfg.get("frozen", False)
+        if not isinstance(frozen, bool):
+            raise ValueError(f"frozen must be true or false, got {frozen!r}")
+        net = cls(preset, embed_dim=embed_dim, input_size=input_size)
+        if frozen:  # empty buffers of the stored tensors' shapes; load_state_dict fills them
+            for m in net.modules():
+                if isinstance(m, Derived):
+                    m.freeze_layout()
+        return net
 
 
 class LipSimMetric(EmbeddingMetric):

@@ -2,8 +2,8 @@
 
 W' = W diag(d) with d_j = (sum_i |W^T W|_ij)^(-1/2): then ||W'||_2 <= 1 (the rescaled Gram matrix
 D |W^T W| D has row sums <= 1). For a convolution, |W^T W| is the kernel's absolute self-correlation over
-input channels, summed over spatial offsets (the same quantity SLL uses). The rescaling depends on the
-weights only and is cached in eval mode.
+input channels, summed over spatial offsets (the same quantity SLL uses). The rescaled weight depends on
+the weights only: it is the layer's applied tensor (memoised in eval mode, stored when frozen).
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustsim.nn.cache import EvalCache
+from robustsim.nn.cache import Derived
 
 
 def _inverse_sqrt(rowsums: torch.Tensor) -> torch.Tensor:
     return rowsums.clamp_min(1e-12).rsqrt()
 
 
-class AOLLinear(EvalCache):
+class AOLLinear(Derived):
     """y = W' x + b with W' the AOL rescaling of W (features -> out)."""
 
     lipschitz_bound = 1.0
@@ -32,9 +32,16 @@ class AOLLinear(EvalCache):
         nn.init.orthogonal_(self.weight)
 
     def rescaled(self) -> torch.Tensor:
-        return self._cached(self._rescale)
+        return self.applied()
 
-    def _rescale(self) -> torch.Tensor:
+    def rounding_weights(self) -> list[torch.Tensor]:
+        """What the forward multiplies by: the rescaled weight (for rounding bounds)."""
+        return [self.rescaled()]
+
+    def rounding_biases(self) -> list[torch.Tensor]:
+        return [self.bias]
+
+    def _derive(self) -> torch.Tensor:
         d = _inverse_sqrt((self.weight.T @ self.weight).abs().sum(1))
         return self.weight * d[None, :]
 
@@ -42,7 +49,7 @@ class AOLLinear(EvalCache):
         return F.linear(x, self.rescaled(), self.bias)
 
 
-class AOLConv2d(EvalCache):
+class AOLConv2d(Derived):
     """A stride-1 'same' convolution (zero padding) with the AOL rescaling on its input channels."""
 
     lipschitz_bound = 1.0
@@ -60,9 +67,16 @@ class AOLConv2d(EvalCache):
             self.weight.add_(0.01 * torch.randn_like(self.weight))
 
     def rescaled(self) -> torch.Tensor:
-        return self._cached(self._rescale)
+        return self.applied()
 
-    def _rescale(self) -> torch.Tensor:
+    def rounding_weights(self) -> list[torch.Tensor]:
+        """What the forward multiplies by: the rescaled weight (for rounding bounds)."""
+        return [self.rescaled()]
+
+    def rounding_biases(self) -> list[torch.Tensor]:
+        return [self.bias]
+
+    def _derive(self) -> torch.Tensor:
         kt = self.weight.transpose(0, 1)  # (in, out, k, k)
         gram = F.conv2d(kt, kt, padding=self.weight.shape[-1] - 1)  # (in, in, 2k-1, 2k-1)
         d = _inverse_sqrt(gram.abs().sum((1, 2, 3)))

@@ -17,14 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustsim.nn.cache import EvalCache
+from robustsim.nn.cache import Derived
 from robustsim.nn.spectral import conv_operator_norm, matrix_norm
 
 POWER_STEPS = 2
 MARGIN = 1.02
 
 
-class _CPLBase(EvalCache):
+class _CPLBase(Derived):
     def _norm(self, weight: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -32,10 +32,16 @@ class _CPLBase(EvalCache):
         raise NotImplementedError
 
     def scale(self) -> torch.Tensor:
-        """2 / ||W||^2: exact and cached in eval mode, a power-iteration estimate while training."""
-        if self.training:
+        """2 / ||W||^2: exact (the applied tensor) in eval mode, a power-iteration estimate while training."""
+        if self.training and not self.frozen:
             return 2.0 / (MARGIN * self._estimate()).pow(2).clamp_min(1e-12)
-        return self._cached(lambda: 2.0 / self._norm(self.weight).pow(2).clamp_min(1e-12))
+        return self.applied()
+
+    def _derive(self) -> torch.Tensor:
+        return 2.0 / self._norm(self.weight).pow(2).clamp_min(1e-12)
+
+    def _derived_shape(self) -> tuple[int, ...]:
+        return ()
 
     def lipschitz_bound(self) -> float:
         """max(1, (scale / 2) ||W||^2 * 2 - 1), with ||W|| recomputed in float64: the Jacobian I - s W D W^T
@@ -46,7 +52,11 @@ class _CPLBase(EvalCache):
         return max(1.0, s * norm * norm - 1.0)
 
     def rounding_weights(self) -> list[torch.Tensor]:
-        return [self.weight * self.scale().detach()]
+        """What the forward multiplies by: ``weight`` (inside) and ``scale * weight`` (outside)."""
+        return [self.weight, self.weight * self.scale().detach()]
+
+    def rounding_biases(self) -> list[torch.Tensor]:
+        return [self.bias]
 
 
 class CPLLinear(_CPLBase):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustsim.nn.cache import EvalCache
+from robustsim.nn.cache import Derived
 
 
 class PaddingChannels(nn.Module):
@@ -104,31 +104,33 @@ def OrthoConv2d(
     return layer
 
 
-class OrthoConvBlock(nn.Module):
+class OrthoConvBlock(Derived):
     """An orthogonal convolution (orthogonium's AOC, circular padding) then MaxMin. Its bound is derived:
     the exact norm of the circular convolution at the input size ``spatial`` (set by the owning network).
 
-    In eval mode the orthogonalised kernel is computed once (float32, from the stored parameters) and reused
-    until the stored kernel parameter changes, so the bound and every forward, float32 or the certifier's
-    float64, use the same tensor (orthogonium's power iteration moves its vectors on every evaluation)."""
+    The applied tensor is the orthogonalised (out, in, k, k) kernel, computed in float32 from the stored
+    parameters: memoised in eval mode while the kernel parameter is unchanged, stored when frozen. (orthogonium
+    moves its power-iteration vectors on every evaluation, so an unfrozen kernel can differ in its last bits
+    from one evaluation to the next; a frozen block applies one tensor.)"""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv, self.act = OrthoConv2d(channels, channels), GroupSort2()
         self.spatial: int | None = None
-        self._kernel: tuple[tuple, torch.Tensor] | None = None
+
+    def _key_tensors(self) -> list[torch.Tensor]:
+        return [self.conv.parametrizations.weight.original]
+
+    def _derive(self) -> torch.Tensor:
+        return self.conv.weight
+
+    def _derived_shape(self) -> tuple[int, ...]:
+        c = self.conv.out_channels
+        return (c, self.conv.in_channels // self.conv.groups, *self.conv.kernel_size)
 
     def kernel(self) -> torch.Tensor:
         """The (out, in, k, k) kernel the block applies."""
-        if self.training or torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
-            self._kernel = None
-            return self.conv.weight
-        original = self.conv.parametrizations.weight.original
-        key = (id(original), original._version, original.data_ptr(), original.device)
-        if self._kernel is None or self._kernel[0] != key:
-            with torch.no_grad():
-                self._kernel = (key, self.conv.weight.detach().float())
-        return self._kernel[1]
+        return self.applied()
 
     def rounding_weights(self) -> list[torch.Tensor]:
         return [self.kernel()]
@@ -144,10 +146,6 @@ class OrthoConvBlock(nn.Module):
         with torch.no_grad():
             return max(1.0, float(conv_operator_norm(self.kernel().double(), self.spatial, circular=True)))
 
-    def train(self, mode: bool = True):
-        self._kernel = None
-        return super().train(mode)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.kernel().to(x.dtype)
         b = None if self.conv.bias is None else self.conv.bias.to(x.dtype)
@@ -155,13 +153,14 @@ class OrthoConvBlock(nn.Module):
         return self.act(F.conv2d(F.pad(x, (p, p, p, p), mode="circular"), w, b))
 
 
-class Projection(EvalCache):
+class Projection(Derived):
     """1-Lipschitz projection to the embedding width: a semi-orthogonal matrix, no bias.
 
     The used matrix is the Q factor of a reduced QR of the free parameter (of its transpose when
     the map is wide): orthonormal columns (isometry) or rows (co-isometry) up to float rounding
     (~1e-6), with an O(n k^2) forward and backward, where a Householder parametrization of a
-    2560 x 256 map costs ~100x more per training step. Cached in eval mode (:class:`EvalCache`).
+    2560 x 256 map costs ~100x more per training step. The matrix is the applied tensor (memoised in
+    eval mode, stored when frozen: :class:`~robustsim.nn.cache.Derived`).
     """
 
     lipschitz_bound = 1.0
@@ -173,10 +172,21 @@ class Projection(EvalCache):
         nn.init.orthogonal_(self.weight)
 
     def semi_orthogonal(self) -> torch.Tensor:
+        """The semi-orthogonal matrix the layer applies."""
+        return self.applied()
+
+    def _derive(self) -> torch.Tensor:
         w = self.weight
         if w.shape[0] >= w.shape[1]:
             return torch.linalg.qr(w).Q
         return torch.linalg.qr(w.T).Q.T
 
+    def rounding_weights(self) -> list[torch.Tensor]:
+        """What the forward multiplies by: the semi-orthogonal matrix (for rounding bounds)."""
+        return [self.applied()]
+
+    def rounding_biases(self) -> list[torch.Tensor]:
+        return [] if self.bias is None else [self.bias]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self._cached(self.semi_orthogonal), self.bias)
+        return F.linear(x, self.applied(), self.bias)

@@ -4,9 +4,8 @@ h(x) = x - 2 W T^{-1} relu(W^T x + b), T = diag(t), t_i = sum_j |W^T W|_ij q_j /
 For convolutions W^T W is the kernel's self-correlation summed over spatial offsets. The output map
 uses the folded weight K = -2 W T^{-1} (the rescaling and the minus sign live in the kernel), so a
 forward is h(x) = x + K relu(W^T x + b): one transposed convolution (or one ``addmm``) after the
-activation, with nothing elementwise in between. K depends on the weights only: in eval mode it is
-computed once and cached, keyed on the parameters' identity and version counters, so any change of the
-weights (optimizer step, load_state_dict, in-place edit) or a call to ``.train()`` recomputes it.
+activation, with nothing elementwise in between. K depends on the weights only: it is the layer's
+:meth:`~robustsim.nn.cache.Derived.applied` tensor (memoised in eval mode, stored when frozen).
 """
 
 from __future__ import annotations
@@ -17,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustsim.nn.cache import EvalCache
+from robustsim.nn.cache import Derived
 
 
-class _SLLBase(EvalCache):
+class _SLLBase(Derived):
     lipschitz_bound: float = 1.0
 
     def _gram(self) -> torch.Tensor:  # pragma: no cover - abstract
@@ -33,14 +32,17 @@ class _SLLBase(EvalCache):
         return 2.0 / t.clamp_min(1e-12)
 
     def rounding_weights(self) -> list[torch.Tensor]:
-        """What the forward multiplies by besides ``weight``: the folded kernel (for rounding bounds)."""
-        return [self.folded()]
+        """What the forward multiplies by: ``weight`` and the folded kernel (for rounding bounds)."""
+        return [self.weight, self.folded()]
+
+    def rounding_biases(self) -> list[torch.Tensor]:
+        return [self.bias]
 
     def folded(self) -> torch.Tensor:
-        """K = -(2 / t) W, the output map with the rescaling and sign folded in; cached in eval mode."""
-        return self._cached(self._fold)
+        """K = -(2 / t) W, the output map with the rescaling and sign folded in (the applied tensor)."""
+        return self.applied()
 
-    def _fold(self) -> torch.Tensor:
+    def _derive(self) -> torch.Tensor:
         r = self.rescaling()
         return -(self.weight * r.view(-1, *[1] * (self.weight.dim() - 1)))
 
