@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 PIN     := torch==2.13.0 torchvision==0.28.0
 STAMP   := $(VENV)/.robustsim-installed
 
-.PHONY: demo test lint venv clean browser
+.PHONY: demo test test-fast lint venv clean browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,11 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
+
+# the inner loop: every test but the slow ones (pretrained CNN / ViT forwards, torchrun, SIGKILL, browser)
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -89,7 +89,9 @@ class AutoAttack(Attack):
     """The AutoAttack ensemble through ``pyautoattack`` on the 2AFC classifier.
 
     ``version='standard'`` runs apgd-ce, apgd-t (binary margin), fab-t and square; ``'custom'`` with
-    ``attacks=[...]`` picks a subset. ``n_iter`` / ``n_queries`` size it for a CPU.
+    ``attacks=[...]`` picks a subset. ``steps`` (iterations of apgd and fab) and ``n_queries`` (Square; default
+    5000 in the standard ensemble, max(steps, 100) alone) size it for a CPU; ``restarts`` None keeps
+    pyautoattack's own.
     """
 
     name = "autoattack"
@@ -97,15 +99,17 @@ class AutoAttack(Attack):
     def __init__(
         self,
         norm: Norm = "l2",
-        version: str = "standard",
-        attacks: list[str] | None = None,
-        n_iter: int = 100,
-        n_queries: int = 5000,
+        *,
+        steps: int = 100,
         restarts: int | None = None,
         seed: int = 0,
+        version: str = "standard",
+        attacks: list[str] | None = None,
+        n_queries: int | None = None,
     ) -> None:
         super().__init__(norm, seed)
-        self.version, self.attacks, self.n_iter, self.n_queries = version, attacks, n_iter, n_queries
+        self.version, self.attacks, self.n_iter = version, attacks, steps
+        self.n_queries = n_queries if n_queries is not None else 5000 if version == "standard" else max(steps, 100)
         self.restarts = restarts
 
     def work(self) -> int:
@@ -164,7 +168,7 @@ class FoolboxAttack(Attack):
     """Any foolbox 3 attack (e.g. ``foolbox.attacks.L2PGD()``): every epsilon in one foolbox call (foolbox
     itself re-runs the attack per epsilon)."""
 
-    def __init__(self, attack, norm: Norm = "l2", seed: int = 0) -> None:
+    def __init__(self, attack, norm: Norm = "l2", *, seed: int = 0) -> None:
         super().__init__(norm, seed)
         self.fb_attack = attack
         self.name = f"foolbox-{type(attack).__name__}"

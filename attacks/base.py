@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 
 import torch
 from robustsim.attacks.geometry import NORMS, Norm, RowNoise, in_threat_model, rows_of
-from robustsim.attacks.twoafc import Target, TwoAFCClassifier, labels_from_p, margin
-from tqdm.auto import tqdm
+from robustsim.attacks.twoafc import TwoAFCClassifier, labels_from_p, margin
 
-from robustsim.data.triplets import TripletDataset, iter_batches, triplet_loader
+from robustsim.data.triplets import TripletDataset
+from robustsim.dist import DistEnv, gather_objects, init_distributed
+from robustsim.errors import InputError
 from robustsim.metrics.base import Metric
-
-Forward = object  # callable (x_adv, rows) -> logits
+from robustsim.runner import run_batches
+from robustsim.threat import ThreatModel
 
 
 @dataclass
@@ -58,7 +59,7 @@ class Attack:
 
     def __init__(self, norm: Norm = "l2", seed: int = 0) -> None:
         if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+            raise InputError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
         self.norm, self.seed = norm, seed
 
     def work(self) -> int:
@@ -98,70 +99,84 @@ class Attack:
         self,
         metric: Metric,
         data: TripletDataset,
-        eps: Sequence[float],
+        threat: ThreatModel | Sequence[float],
         batch_size: int = 32,
         device: str | torch.device = "cpu",
-        target: Target = "ref",
         progress: bool = True,
         n_examples: int = 4,
         workers: int | None = None,
-    ) -> AttackResult:
-        eps = sorted(float(e) for e in eps)
+        env: DistEnv | None = None,
+    ) -> AttackResult | None:
+        """Attack every triplet at every radius of ``threat`` (a list of radii: this attack's norm, the reference
+        moving). Under torchrun each rank attacks its share and rank 0 gets the whole result (others None)."""
+        threat = ThreatModel(self.norm, "ref", tuple(threat)) if not isinstance(threat, ThreatModel) else threat
+        if threat.norm != self.norm:
+            raise InputError(f"{self.name} attacks {self.norm} balls, not {threat.norm}: make_attack(name, threat)")
+        eps, target = list(threat.eps), threat.target
         metric = metric.to(device).eval()
-        robust, clean, keep, examples = [], [], [], {}
+        env = env or init_distributed(torch.device(device))
+        examples: dict[str, list[torch.Tensor]] = {}
         calls = [0]
         t0 = time.perf_counter()
-        loader = triplet_loader(data, batch_size=batch_size, workers=workers)
-        budget = len(eps) * self.work()  # bar units per batch: one per model call, capped
-        bar = tqdm(
-            total=len(loader) * budget, desc=f"{self.name} {self.norm}", disable=not progress, leave=False, unit="step"
-        )
-        for batch in iter_batches(loader):
-            ref, x0, x1 = (batch[k].to(device) for k in ("ref", "x0", "x1"))
-            clf = TwoAFCClassifier(metric, ref, x0, x1, target)
-            ticks = [0]
 
-            def forward(xa, rows, clf=clf, ticks=ticks):
+        def step(batch: dict, tick) -> dict[str, torch.Tensor]:
+            ref, x0, x1 = batch["ref"], batch["x0"], batch["x1"]
+            clf = TwoAFCClassifier(metric, ref, x0, x1, target)
+
+            def forward(xa, rows):
                 calls[0] += 1
-                if ticks[0] < budget:
-                    ticks[0] += 1
-                    bar.update(1)
+                tick(1)
                 return clf(xa, rows)
 
             x = clf.clean_input()
-            y, kp = labels_from_p(batch["p"].to(device))
+            y, kp = labels_from_p(batch["p"].to(ref.device))
             with torch.no_grad():
                 ok = (margin(clf(x), y) > 0) & kp
             rows = ok.nonzero()[:, 0]
-            rob = torch.zeros(len(eps), x.shape[0], dtype=torch.bool, device=device)
+            rob = torch.zeros(len(eps), x.shape[0], dtype=torch.bool, device=x.device)
             adv_all = x.unsqueeze(0).repeat(len(eps), *[1] * x.dim())
             if rows.numel():
-                sub = lambda xa, r, rows=rows, forward=forward: forward(xa, rows[r])  # noqa: E731
+                sub = lambda xa, r, rows=rows: forward(xa, rows[r])  # noqa: E731
                 noise = RowNoise(self.seed, batch["index"][rows.cpu()])  # per-triplet: the same in any batch or shard
                 adv, broken = self.attack_batch(sub, x[rows], y[rows], eps, noise)
                 broken = broken & self._verify(clf, adv, x[rows], y[rows], rows, eps)
                 rob[:, rows] = ~broken
                 adv_all[:, rows] = adv
-            bar.update(budget - ticks[0])  # early-stopped work counts as done
-            robust.append(rob.cpu())
-            clean.append(ok.cpu())
-            keep.append(kp.cpu())
             have = sum(len(v) for v in examples.get("ref", []))
             if have < n_examples:
                 take = slice(0, n_examples - have)
                 for k, v in (("ref", ref), ("x0", x0), ("x1", x1)):
                     examples.setdefault(k, []).append(v[take].cpu())
                 examples.setdefault("adv", []).append(adv_all[:, take].cpu())
-        bar.close()
+                examples.setdefault("index", []).append(batch["index"][take].cpu())
+            return {"robust": rob, "clean": ok, "keep": kp}
+
+        rows = run_batches(
+            data,
+            step,
+            desc=f"{self.name} {self.norm}",
+            batch_size=batch_size,
+            device=device,
+            metric=metric,
+            workers=workers,
+            progress=progress,
+            env=env,
+            work=len(eps) * self.work(),
+            unit="step",
+            dims={"robust": 1},
+        )
+        stats = gather_objects((time.perf_counter() - t0, calls[0]), env)
+        if rows is None or stats is None:
+            return None
         result = AttackResult(
             self.name,
             self.norm,
             eps,
-            torch.cat(robust, 1),
-            torch.cat(clean),
-            torch.cat(keep),
-            time.perf_counter() - t0,
-            calls[0],
+            rows["robust"],
+            rows["clean"],
+            rows["keep"],
+            max(s for s, _ in stats),
+            sum(c for _, c in stats),
             self.seed,
         )
         result.examples = {k: torch.cat(v, dim=1 if k == "adv" else 0) for k, v in examples.items()}

@@ -15,12 +15,13 @@ class PGD(Attack):
     def __init__(
         self,
         norm: Norm = "l2",
+        *,
         steps: int = 50,
         restarts: int = 1,
+        seed: int = 0,
         step_size: float = 2.5,
         schedule: str = "constant",
         loss: str = "margin",
-        seed: int = 0,
     ) -> None:
         super().__init__(norm, seed)
         self.steps, self.restarts, self.step_size, self.schedule, self.loss = steps, restarts, step_size, schedule, loss
@@ -42,7 +43,9 @@ class PGD(Attack):
 class APGD(Attack):
     """APGD (Croce & Hein 2020) with loss ``ce`` or ``margin`` (binary DLR numerator)."""
 
-    def __init__(self, norm: Norm = "l2", loss: str = "ce", steps: int = 100, restarts: int = 1, seed: int = 0) -> None:
+    def __init__(
+        self, norm: Norm = "l2", *, steps: int = 100, restarts: int = 1, seed: int = 0, loss: str = "ce"
+    ) -> None:
         super().__init__(norm, seed)
         self.loss, self.steps, self.restarts = loss, steps, restarts
         self.name = f"apgd-{loss}"

@@ -1,9 +1,14 @@
-"""Attack names for the CLI and ``make_attack``: presets as data."""
+"""The attacks ``make_attack`` and the CLI know, as rows of one table: name, builder, fixed options, the run
+settings it takes, description. A new attack is one class and one :func:`register_attack` call; the CLI's
+help, ``list_attacks()`` and the contract test over every attack derive from this table."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 from robustsim.attacks.adapters import AutoAttack, FoolboxAttack
 from robustsim.attacks.base import Attack
@@ -11,98 +16,119 @@ from robustsim.attacks.geometry import Norm
 from robustsim.attacks.gradient import APGD, PGD
 
 from robustsim.errors import RobustsimError
+from robustsim.threat import ThreatModel
 
 STEP_SIZE = 2.5  # PGD steps of STEP_SIZE * eps / steps cover the ball's diameter with room to spare
+SETTINGS = ("steps", "restarts", "seed")
 
 
-def _foolbox(cls_name: str) -> Callable[..., Attack]:
-    def build(norm: Norm, steps: int, restarts: int, seed: int) -> Attack:
-        import foolbox as fb
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack: ``build(norm, **settings, **options)`` returns it; ``settings`` names which of the run's
+    settings (steps, restarts, seed) it takes."""
 
-        cls = getattr(fb.attacks, cls_name, None)
-        usable = (
-            inspect.isclass(cls)
-            and issubclass(cls, fb.attacks.base.Attack)
-            and not inspect.isabstract(cls)
-            and hasattr(cls, "distance")
-        )
-        if not usable:
-            raise RobustsimError(
-                f"foolbox has no usable attack {cls_name!r}; name a concrete one such as L2PGD or LinfPGD"
-            )
-        params = inspect.signature(cls).parameters
-        kwargs: dict[str, float] = {}
-        if "rel_stepsize" in params:  # foolbox's default (0.025) covers half the ball in 20 steps
-            kwargs["rel_stepsize"] = STEP_SIZE / steps
+    name: str
+    build: Callable[..., Attack]
+    description: str
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    settings: tuple[str, ...] = SETTINGS
+
+    def make(self, norm: Norm, steps: int, restarts: int, seed: int) -> Attack:
+        given = {"steps": steps, "restarts": restarts, "seed": seed}
+        return self.build(norm, **{k: given[k] for k in self.settings}, **self.options)
+
+
+def foolbox_attack(norm: Norm, *, steps: int, seed: int, cls_name: str | None = None) -> Attack:
+    """A foolbox 3 attack class by name (default L2PGD / LinfPGD for ``norm``), built with ``steps`` and a
+    step size that covers the ball."""
+    import foolbox as fb
+
+    cls_name = cls_name or ("L2PGD" if norm == "l2" else "LinfPGD")
+    cls = getattr(fb.attacks, cls_name, None)
+    usable = (
+        inspect.isclass(cls)
+        and issubclass(cls, fb.attacks.base.Attack)
+        and not inspect.isabstract(cls)
+        and hasattr(cls, "distance")
+    )
+    if not usable:
+        raise RobustsimError(f"foolbox has no usable attack {cls_name!r}; name a concrete one such as L2PGD or LinfPGD")
+    params = inspect.signature(cls).parameters
+    kwargs: dict[str, float] = {}
+    if "rel_stepsize" in params:  # foolbox's default (0.025) covers half the ball in 20 steps
+        kwargs["rel_stepsize"] = STEP_SIZE / steps
+    try:
+        attack = cls(steps=steps, **kwargs)
+    except TypeError:
         try:
-            attack = cls(steps=steps, **kwargs)
-        except TypeError:
-            try:
-                attack = cls()
-            except TypeError as err:
-                raise RobustsimError(f"foolbox:{cls_name} cannot be built with defaults ({err})") from None
-        p = getattr(attack.distance, "p", None)
-        if p not in ({"l2": 2, "linf": float("inf")}[norm], None):
-            other = "l2" if p == 2 else "linf" if p == float("inf") else f"l{p}"
-            raise RobustsimError(f"foolbox:{cls_name} measures {other}, not {norm}; pass --norm {other}")
-        return FoolboxAttack(attack, norm, seed)
-
-    return build
+            attack = cls()
+        except TypeError as err:
+            raise RobustsimError(f"foolbox:{cls_name} cannot be built with defaults ({err})") from None
+    p = getattr(attack.distance, "p", None)
+    if p not in ({"l2": 2, "linf": float("inf")}[norm], None):
+        other = "l2" if p == 2 else "linf" if p == float("inf") else f"l{p}"
+        raise RobustsimError(f"foolbox:{cls_name} measures {other}, not {norm}; pass --norm {other}")
+    return FoolboxAttack(attack, norm, seed=seed)
 
 
-ATTACKS: dict[str, tuple[Callable[..., Attack], str]] = {
-    "pgd": (
-        lambda norm, steps, restarts, seed: PGD(norm, steps, restarts, seed=seed),
-        "PGD, margin loss, random start",
-    ),
-    "pgd-cosine": (
-        lambda norm, steps, restarts, seed: PGD(norm, steps, restarts, schedule="cosine", seed=seed),
-        "PGD with a cosine step schedule",
-    ),
-    "apgd-ce": (lambda norm, steps, restarts, seed: APGD(norm, "ce", steps, restarts, seed), "our APGD, cross-entropy"),
-    "apgd-margin": (
-        lambda norm, steps, restarts, seed: APGD(norm, "margin", steps, restarts, seed),
-        "our APGD, binary margin (DLR for 2 classes)",
-    ),
-    "autoattack": (
-        lambda norm, steps, restarts, seed: AutoAttack(norm, "standard", n_iter=steps, seed=seed),
-        "pyautoattack standard ensemble (apgd-ce, apgd-t, fab-t, square) on 2 classes",
-    ),
-    "aa-apgd-ce": (
-        lambda norm, steps, restarts, seed: AutoAttack(
-            norm, "custom", ["apgd-ce"], n_iter=steps, restarts=restarts, seed=seed
-        ),
-        "pyautoattack's APGD-CE alone",
-    ),
-    "square": (
-        lambda norm, steps, restarts, seed: AutoAttack(
-            norm, "custom", ["square"], n_queries=max(steps, 100), seed=seed
-        ),
-        "pyautoattack Square (black-box)",
-    ),
-    "fab": (
-        lambda norm, steps, restarts, seed: AutoAttack(
-            norm, "custom", ["fab"], n_iter=steps, restarts=restarts, seed=seed
-        ),
-        "pyautoattack FAB (minimum norm)",
-    ),
-    "foolbox-pgd": (
-        lambda norm, steps, restarts, seed: _foolbox("L2PGD" if norm == "l2" else "LinfPGD")(
-            norm, steps, restarts, seed
-        ),
-        "foolbox L2PGD / LinfPGD",
-    ),
-}
+ATTACKS: dict[str, AttackSpec] = {}
+
+
+def register_attack(
+    name: str,
+    build: Callable[..., Attack],
+    description: str,
+    *,
+    options: Mapping[str, Any] | None = None,
+    settings: tuple[str, ...] = SETTINGS,
+) -> None:
+    """Add an attack to the table (see :class:`AttackSpec`)."""
+    if not isinstance(name, str) or not name or ":" in name:
+        raise RobustsimError(f"attack name must be a non-empty string without ':', got {name!r}")
+    if not callable(build):
+        raise RobustsimError(f"attack {name!r}: build must be callable, got {build!r}")
+    unknown = set(settings) - set(SETTINGS)
+    if unknown:
+        raise RobustsimError(f"attack {name!r}: unknown settings {sorted(unknown)}; choose from {', '.join(SETTINGS)}")
+    ATTACKS[name] = AttackSpec(name, build, description, MappingProxyType(dict(options or {})), settings)
+
+
+register_attack("pgd", PGD, "PGD, margin loss, random start")
+register_attack("pgd-cosine", PGD, "PGD with a cosine step schedule", options={"schedule": "cosine"})
+register_attack("apgd-ce", APGD, "our APGD, cross-entropy", options={"loss": "ce"})
+register_attack("apgd-margin", APGD, "our APGD, binary margin (DLR for 2 classes)", options={"loss": "margin"})
+register_attack(
+    "autoattack",
+    AutoAttack,
+    "pyautoattack standard ensemble (apgd-ce, apgd-t, fab-t, square) on 2 classes",
+    settings=("steps", "seed"),
+)
+register_attack(
+    "aa-apgd-ce", AutoAttack, "pyautoattack's APGD-CE alone", options={"version": "custom", "attacks": ["apgd-ce"]}
+)
+register_attack(
+    "square",
+    AutoAttack,
+    "pyautoattack Square (black-box; max(steps, 100) queries)",
+    options={"version": "custom", "attacks": ["square"]},
+    settings=("steps", "seed"),
+)
+register_attack("fab", AutoAttack, "pyautoattack FAB (minimum norm)", options={"version": "custom", "attacks": ["fab"]})
+register_attack("foolbox-pgd", foolbox_attack, "foolbox L2PGD / LinfPGD", settings=("steps", "seed"))
 
 
 def list_attacks() -> list[str]:
     return sorted(ATTACKS) + ["foolbox:<AttackClass>"]
 
 
-def make_attack(name: str, norm: Norm = "l2", steps: int = 50, restarts: int = 1, seed: int = 0) -> Attack:
-    """Build an attack by name (see :func:`list_attacks`); ``foolbox:L2CarliniWagnerAttack`` etc. also work."""
+def make_attack(
+    name: str, threat: ThreatModel | str = "l2", *, steps: int = 50, restarts: int = 1, seed: int = 0
+) -> Attack:
+    """Build an attack by name (see :func:`list_attacks`) for ``threat``'s norm (a ThreatModel or "l2" / "linf");
+    ``foolbox:L2CarliniWagnerAttack`` etc. also work."""
+    norm = ThreatModel.of(threat).norm
     if name.startswith("foolbox:"):
-        return _foolbox(name.split(":", 1)[1])(norm, steps, restarts, seed)
+        return foolbox_attack(norm, steps=steps, seed=seed, cls_name=name.split(":", 1)[1])
     if name not in ATTACKS:
         raise RobustsimError(f"unknown attack {name!r}; choose from {', '.join(list_attacks())}")
-    return ATTACKS[name][0](norm, steps, restarts, seed)
+    return ATTACKS[name].make(norm, steps, restarts, seed)

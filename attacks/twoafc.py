@@ -1,4 +1,4 @@
-"""The 2AFC decision as a 2-class classifier (science.md section 4).
+"""The 2AFC decision as a 2-class classifier (docs/audit.md).
 
 For fixed x0, x1 and a perturbed reference x the logits are z = (d(x, x1), d(x, x0)): class 0 means
 "x0 is closer", class 1 "x1 is closer". Label = human majority (p > 0.5 -> 1); p = 0.5 is skipped.

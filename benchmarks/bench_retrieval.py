@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _measure import interleaved, load, ratio_line  # noqa: E402
 
 from robustsim.data.retrieval import NEGATIVE, POSITIVE, PairLabels  # noqa: E402
-from robustsim.metrics import load_metric  # noqa: E402
 from robustsim.retrieval.index import Gallery, SquaredL2Gallery  # noqa: E402
 from robustsim.retrieval.scores import StreamingAUC  # noqa: E402
+from robustsim.zoo import load_metric  # noqa: E402
 
 
 class CdistGallery(Gallery):

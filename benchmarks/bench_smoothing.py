@@ -19,7 +19,7 @@ from _measure import interleaved, load, ratio_line  # noqa: E402
 from robustsim.certify import SmoothedMetric  # noqa: E402
 
 from robustsim.data import open_triplets  # noqa: E402
-from robustsim.metrics import load_metric  # noqa: E402
+from robustsim.zoo import load_metric  # noqa: E402
 
 
 def main() -> None:

@@ -23,8 +23,9 @@ from _measure import interleaved, load, ratio_line  # noqa: E402
 from robustsim.audit import run_audit  # noqa: E402
 from robustsim.data import open_triplets  # noqa: E402
 from robustsim.evaluate import evaluate_2afc  # noqa: E402
-from robustsim.metrics import load_metric  # noqa: E402
 from robustsim.threads import configure_threads, usable_cpus  # noqa: E402
+from robustsim.threat import ThreatModel  # noqa: E402
+from robustsim.zoo import load_metric  # noqa: E402
 
 
 def workloads() -> dict[str, object]:
@@ -33,7 +34,7 @@ def workloads() -> dict[str, object]:
     eff_data = open_triplets("mini", limit=96)
     return {
         "l2 audit, 50 triplets, 20 steps": lambda: run_audit(
-            l2, mini, "l2", [0.5, 1.0], ["apgd-ce"], steps=20, batch_size=50, progress=False
+            l2, mini, ThreatModel("l2", "ref", (0.5, 1.0)), ["apgd-ce"], steps=20, batch_size=50, progress=False
         ),
         "lipsim-nano score, 600 triplets": lambda: evaluate_2afc(nano, mini64, batch_size=64, progress=False),
         "effnet-lite0 score, 96 triplets": lambda: evaluate_2afc(eff, eff_data, batch_size=32, progress=False),

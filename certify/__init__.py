@@ -6,11 +6,11 @@ smoothed decision)."""
 from robustsim.certify.certify2afc import CertifyResult, certify_2afc, certify_smoothed
 from robustsim.certify.lipschitz import (
     estimate_lipschitz,
+    has_certificate,
     input_lipschitz,
     lipschitz_bound,
     network_lipschitz,
     preprocess_lipschitz,
-    resize_norm,
 )
 from robustsim.certify.radius import (
     certified_radius,
@@ -32,13 +32,13 @@ __all__ = [
     "embed_with_error",
     "embedding_distance_bound",
     "estimate_lipschitz",
+    "has_certificate",
     "input_lipschitz",
     "lipschitz_bound",
     "network_lipschitz",
     "preprocess_lipschitz",
     "radius_from_embeddings",
     "require_lipschitz",
-    "resize_norm",
     "retrieval_radii",
     "top_k_radii",
 ]

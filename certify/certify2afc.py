@@ -1,23 +1,25 @@
-"""Certified 2AFC accuracy over a dataset and a list of epsilons (streaming, one pass), for a threat
-model (which image moves) and a method: ``lipschitz`` (a proof, :mod:`robustsim.certify.radius`) or
+"""Certified 2AFC accuracy over a dataset and a threat model (which image moves, which norm, which radii),
+streaming in one pass, by a method: ``lipschitz`` (a proof, :mod:`robustsim.certify.radius`) or
 ``smoothing`` (a certificate for the smoothed metric, :mod:`robustsim.certify.smoothing`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 from robustsim.certify.lipschitz import input_lipschitz, network_lipschitz
-from robustsim.certify.radius import Mode, Target, radius_from_embeddings
+from robustsim.certify.radius import Mode, radius_from_embeddings
 from robustsim.certify.rounding import embed_with_error
-from tqdm.auto import tqdm
 
-from robustsim.data.triplets import TripletDataset, iter_batches, triplet_loader
-from robustsim.dist import DistEnv, gather_objects, gather_rows, init_distributed, shard
-from robustsim.metrics.base import EmbeddingMetric, Metric, validate_images
+from robustsim.data.triplets import TripletDataset
+from robustsim.dist import DistEnv, gather_objects, init_distributed
+from robustsim.metrics.base import EmbeddingMetric, Metric
+from robustsim.runner import run_batches
 from robustsim.scoring import choice_score, two_afc_choice
+from robustsim.table import format_table, pct
 from robustsim.threads import runtime_info
+from robustsim.threat import Target, ThreatModel
 
 ROUNDING_NOTE = (
     "radii hold for the network in exact arithmetic: embeddings are computed in float64 and the stated "
@@ -27,28 +29,42 @@ ROUNDING_NOTE = (
 
 @dataclass
 class CertifyResult:
-    """Per-triplet radius, clean 2AFC score and label; certified scores per epsilon.
+    """Per-triplet l2 radius, clean 2AFC score and label under one threat model.
 
-    Certified 2AFC at eps = mean over triplets of the clean score if R > eps, else the worst the
-    attacker can force, min(p, 1 - p) (0 for unanimous labels). It lower-bounds the robust score.
-    For smoothing, ``clean`` is the smoothed metric's score (an abstention scores min(p, 1 - p)).
+    Certified 2AFC at eps = mean over triplets of the clean score if the radius exceeds eps (for a linf threat
+    model, sqrt(d) eps: the l2 ball holding the linf ball), else the worst the attacker can force,
+    min(p, 1 - p) (0 for unanimous labels). It lower-bounds the robust score. For smoothing, ``clean`` is the
+    smoothed metric's score (an abstention scores min(p, 1 - p)) and an abstention has radius -1.
     """
 
     metric: str
     data: str
-    mode: str
-    lipschitz: float
+    threat: ThreatModel
     radius: torch.Tensor
     clean: torch.Tensor
     p: torch.Tensor
-    eps: list[float] = field(default_factory=list)
-    target: str = "ref"
+    dim: int
     method: str = "lipschitz"
+    mode: str = "sound"
+    lipschitz: float = 0.0
     details: dict = field(default_factory=dict)
+
+    @property
+    def eps(self) -> list[float]:
+        return list(self.threat.eps)
+
+    @property
+    def target(self) -> str:
+        return self.threat.target
 
     def certified_at(self, eps: float) -> float:
         worst = torch.minimum(self.p, 1 - self.p).to(self.clean.dtype)
-        return float(torch.where(self.radius > eps, self.clean, worst).mean())
+        return float(torch.where(self.radius > self.threat.l2_radius(eps, self.dim), self.clean, worst).mean())
+
+    def certified_per_triplet(self) -> torch.Tensor:
+        """(n_eps, N) bool: the clean decision is right (score 1) and certified at each radius."""
+        right = self.clean == 1.0
+        return torch.stack([right & (self.radius > self.threat.l2_radius(e, self.dim)) for e in self.eps])
 
     @property
     def clean_score(self) -> float:
@@ -57,18 +73,60 @@ class CertifyResult:
     def curve(self) -> list[dict]:
         return [{"eps": e, "certified": self.certified_at(e), "clean": self.clean_score} for e in self.eps]
 
+    def describe(self) -> str:
+        """One line: the method, its constant or smoothing settings, and n."""
+        if self.method == "lipschitz":
+            source = self.details.get("lipschitz_source")
+            how = f"method=lipschitz ({source} bound), mode={self.mode}, L={self.lipschitz:g}"
+        else:
+            sm = self.details.get("smoothing", {})
+            how = (
+                f"method=smoothing (a certificate of the SMOOTHED metric, sigma={sm.get('sigma', 0):g}, "
+                f"n={sm.get('n')}, alpha={sm.get('alpha', 0):g}, abstained on "
+                f"{100 * self.details.get('abstain_rate', 0):.1f}%)"
+            )
+        return f"{self.threat.describe()}; {how}; n={len(self.p)}"
+
+    def table(self, markdown: bool = False) -> str:
+        """Rows: epsilon; columns: clean (smoothed) and certified 2AFC (%); the median certified radius."""
+        clean = "clean" if self.method == "lipschitz" else "smoothed"
+        rows = [(self.threat.label(e), pct(self.clean_score), pct(self.certified_at(e))) for e in self.eps]
+        text = format_table([f"eps ({self.threat.norm}, {self.target})", clean, "certified"], rows, markdown=markdown)
+        certified = self.radius[self.radius >= 0]
+        if certified.numel():
+            text += ("\n\n" if markdown else "\n") + f"median certified radius (l2): {float(certified.median()):.4f}"
+        return text
+
+    def markdown(self) -> str:
+        return f"# Certified 2AFC of `{self.metric}` on `{self.data}`\n\n{self.describe()}\n\n{self.table(True)}\n"
+
+    def figure(self):
+        """Certified (and clean) 2AFC accuracy against epsilon."""
+        from robustsim.plots import Curve, accuracy_figure
+
+        clean = "clean" if self.method == "lipschitz" else "smoothed"
+        curves = [
+            Curve(clean, self.eps, [self.clean_score] * len(self.eps), "--"),
+            Curve(f"certified ({self.method}, {self.target})", self.eps, [self.certified_at(e) for e in self.eps]),
+        ]
+        return accuracy_figure(curves, self.threat.norm, f"{self.metric} on {self.data}")
+
+    def figures(self) -> dict:
+        return {"certified.png": self.figure()}
+
     def to_json(self) -> dict:
         return {
-            "version": 2,
+            "version": 3,
             "kind": "certify",
             "metric": self.metric,
             "data": self.data,
             "method": self.method,
             "mode": self.mode,
-            "threat_model": {"norm": "l2", "target": self.target, "eps": self.eps},
-            "target": self.target,
+            "threat_model": self.threat.to_json(),
+            "norm": self.threat.norm,
+            "target": self.threat.target,
+            "eps": self.eps,
             "lipschitz": self.lipschitz,
-            "norm": "l2",
             **self.details,
             "runtime": runtime_info(),
             "clean": self.clean_score,
@@ -98,66 +156,66 @@ def lipschitz_batch(
     return torch.where(exact_choice == choice, radius, torch.zeros_like(radius)), choice, torch.tensor(L)
 
 
+def _dim(data: TripletDataset) -> int:
+    return int(data[0]["ref"].numel()) if len(data) else 0
+
+
 @torch.no_grad()
 def certify_2afc(
     metric: Metric,
     data: TripletDataset,
-    eps: Sequence[float],
+    threat: ThreatModel | Iterable[float],
     mode: Mode = "sound",
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     workers: int | None = None,
     progress: bool = True,
-    target: Target = "ref",
     env: DistEnv | None = None,
 ) -> CertifyResult | None:
     """Certify every triplet of ``data`` in the caller's pixels (images as loaded; the metric's resize and
-    normalisation are part of the constant) against ``target`` moving. One float32 and one float64
-    embedding pass per image; no attack needed. Under torchrun ranks share the triplets and rank 0 gets the
-    whole result (other ranks None)."""
+    normalisation are part of the constant) against ``threat``'s target moving (a list of radii: l2, the
+    reference). One float32 and one float64 embedding pass per image; no attack needed. Under torchrun ranks
+    share the triplets and rank 0 gets the whole result (other ranks None)."""
+    threat = ThreatModel.of(threat)
     metric = metric.to(device).eval()
     _, source = network_lipschitz(metric)  # refuses metrics without a bound before any work
     assert isinstance(metric, EmbeddingMetric)
     env = env or init_distributed(torch.device(device))
-    full, (data, mine) = data, shard(data, env)
-    radii, cleans, ps, constants = [], [], [], set()
-    loader = triplet_loader(data, batch_size=batch_size, workers=workers)
-    for batch in tqdm(
-        iter_batches(loader),
-        total=len(loader),
-        desc=f"certify {metric.name}",
-        disable=not (progress and env.main),
-        leave=False,
-    ):
-        ref, x0, x1 = (batch[k].to(device) for k in ("ref", "x0", "x1"))
-        if metric.validate:
-            for name, t in (("ref", ref), ("x0", x0), ("x1", x1)):
-                validate_images(t, name)
-        radius, choice, L = lipschitz_batch(metric, ref, x0, x1, target, mode)
+    constants: set[float] = set()
+
+    def step(batch: dict, tick) -> dict[str, torch.Tensor]:
+        radius, choice, L = lipschitz_batch(metric, batch["ref"], batch["x0"], batch["x1"], threat.target, mode)
         constants.add(round(float(L), 12))
-        radii.append(radius.cpu())
         p = batch["p"].to(torch.float64)
-        cleans.append(choice_score(choice.cpu(), p))
-        ps.append(p)
-    radius, clean, p = torch.cat(radii).double(), torch.cat(cleans), torch.cat(ps)
-    if env.world > 1:
-        radius, clean, p = (gather_rows(t, mine, len(full), env) for t in (radius, clean, p))
-        gathered = gather_objects(sorted(constants), env)
-        if not env.main:
-            return None
-        constants = {c for part in gathered or [] for c in part}
+        return {"radius": radius.double(), "clean": choice_score(choice.cpu(), p), "p": p}
+
+    rows = run_batches(
+        data,
+        step,
+        desc=f"certify {metric.name}",
+        batch_size=batch_size,
+        device=device,
+        metric=metric,
+        workers=workers,
+        progress=progress,
+        env=env,
+    )
+    gathered = gather_objects(sorted(constants), env)
+    if rows is None:
+        return None
+    constant = max((c for part in gathered or [] for c in part), default=0.0)
     return CertifyResult(
-        metric.name,
-        getattr(full, "name", "data"),
-        mode,
-        max(constants) if constants else 0.0,
-        radius,
-        clean,
-        p,
-        list(eps),
-        target,
-        "lipschitz",
-        {"lipschitz_source": source, "rounding": ROUNDING_NOTE},
+        metric=metric.name,
+        data=getattr(data, "name", "data"),
+        threat=threat,
+        radius=rows["radius"],
+        clean=rows["clean"],
+        p=rows["p"],
+        dim=_dim(data),
+        method="lipschitz",
+        mode=mode,
+        lipschitz=constant,
+        details={"lipschitz_source": source, "rounding": ROUNDING_NOTE},
     )
 
 
@@ -165,7 +223,7 @@ def certify_2afc(
 def certify_smoothed(
     metric: Metric,
     data: TripletDataset,
-    eps: Sequence[float],
+    threat: ThreatModel | Iterable[float],
     sigma: float,
     n: int = 512,
     n0: int = 0,
@@ -176,44 +234,57 @@ def certify_smoothed(
     device: str | torch.device = "cpu",
     workers: int | None = None,
     progress: bool = True,
-) -> CertifyResult:
+    env: DistEnv | None = None,
+) -> CertifyResult | None:
     """Randomized-smoothing certificates (:class:`robustsim.certify.smoothing.SmoothedMetric`) for every
-    triplet: the reference moves, l2. ``clean`` holds the smoothed metric's 2AFC score (an abstention
-    scores min(p, 1 - p)); radii are -1 on abstention. Sound for each triplet with probability
-    >= 1 - alpha over the noise."""
+    triplet, the reference moving. ``clean`` holds the smoothed metric's 2AFC score (an abstention scores
+    min(p, 1 - p)); radii are -1 on abstention. Sound for each triplet with probability >= 1 - alpha over the
+    noise. Each triplet draws its noise from its own stream, so a sharded run (torchrun) equals one process."""
     from robustsim.certify.smoothing import ABSTAIN, SmoothedMetric
 
+    threat = ThreatModel.of(threat)
+    if threat.target != "ref":
+        from robustsim.errors import InputError
+
+        raise InputError("smoothing certifies the reference image only; use target 'ref'")
     metric = metric.to(device).eval()
     smooth = SmoothedMetric(metric, sigma, n=n, n0=n0, alpha=alpha, batch=noise_batch, seed=seed)
-    radii, cleans, ps = [], [], []
-    loader = triplet_loader(data, batch_size=batch_size, workers=workers)
-    bar = tqdm(total=len(data), desc=f"smoothing {metric.name}", disable=not progress, leave=False, unit="triplet")
-    for batch in iter_batches(loader):
-        ref, x0, x1 = (batch[k].to(device) for k in ("ref", "x0", "x1"))
-        if metric.validate:
-            for name, t in (("ref", ref), ("x0", x0), ("x1", x1)):
-                validate_images(t, name)
+
+    def step(batch: dict, tick) -> dict[str, torch.Tensor]:
         p = batch["p"].to(torch.float64)
-        decision, radius = smooth.certify(ref, x0, x1)
-        score = choice_score(decision.clamp(min=0).double(), p)
-        cleans.append(torch.where(decision == ABSTAIN, torch.minimum(p, 1 - p), score))
-        radii.append(radius)
-        ps.append(p)
-        bar.update(ref.shape[0])
-    bar.close()
-    radius = torch.cat(radii)
+        decision, radius = smooth.certify(batch["ref"], batch["x0"], batch["x1"], ids=batch["index"])
+        score = choice_score(decision.clamp(min=0).double().cpu(), p)
+        clean = torch.where(decision.cpu() == ABSTAIN, torch.minimum(p, 1 - p), score)
+        tick(int(batch["ref"].shape[0]))
+        return {"radius": radius.double(), "clean": clean, "p": p}
+
+    rows = run_batches(
+        data,
+        step,
+        desc=f"smoothing {metric.name}",
+        batch_size=batch_size,
+        device=device,
+        metric=metric,
+        workers=workers,
+        progress=progress,
+        env=env,
+        work=lambda b: b,
+        unit="triplet",
+    )
+    if rows is None:
+        return None
+    radius = rows["radius"]
     return CertifyResult(
-        metric.name,
-        getattr(data, "name", "data"),
-        "smoothing",
-        0.0,
-        radius,
-        torch.cat(cleans),
-        torch.cat(ps),
-        list(eps),
-        "ref",
-        "smoothing",
-        {
+        metric=metric.name,
+        data=getattr(data, "name", "data"),
+        threat=threat,
+        radius=radius,
+        clean=rows["clean"],
+        p=rows["p"],
+        dim=_dim(data),
+        method="smoothing",
+        mode="smoothing",
+        details={
             "smoothing": {"sigma": sigma, "n": n, "n0": n0, "alpha": alpha, "seed": seed},
             "abstain_rate": float((radius < 0).double().mean()),
             "certificate": f"for the smoothed metric (Gaussian noise sigma={sigma} on the reference), each "

@@ -3,14 +3,12 @@ preprocessing (resize, normalisation) for the caller's image size, and an empiri
 
 from __future__ import annotations
 
-import functools
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from robustsim.errors import RobustsimError
 from robustsim.metrics.base import EmbeddingMetric, Metric
+from robustsim.metrics.preprocess import resize_norm
 
 #: parameter-free modules that are 1-Lipschitz in l2 (elementwise 1-Lipschitz or reshapes)
 ONE_LIPSCHITZ = (nn.ReLU, nn.Identity, nn.Flatten, nn.Unflatten, nn.LeakyReLU, nn.Tanh, nn.Dropout)
@@ -86,6 +84,16 @@ def estimate_lipschitz(
             p.requires_grad_(flag)
 
 
+def has_certificate(metric: Metric) -> bool:
+    """Whether robustsim can certify ``metric`` with a Lipschitz proof: the one rule every caller asks
+    (:func:`network_lipschitz` raises the one-line reason when it cannot)."""
+    try:
+        network_lipschitz(metric)
+    except RobustsimError:
+        return False
+    return True
+
+
 def _no_certificate(metric: Metric, why: str) -> RobustsimError:
     return RobustsimError(
         f"metric {metric.name!r} {why}, so no Lipschitz certificate exists; "
@@ -120,28 +128,11 @@ def network_lipschitz(metric: Metric) -> tuple[float, str]:
     return float(declared), "declared"
 
 
-@functools.lru_cache(maxsize=256)
-def interpolation_matrix(n_in: int, n_out: int) -> torch.Tensor:
-    """(n_out, n_in) float64 matrix of the 1-D linear interpolation ``resize`` applies along one axis
-    (align_corners=False, no antialiasing), read off by interpolating the identity."""
-    eye = torch.eye(n_in, dtype=torch.float64)[:, None, :]  # n_in signals of length n_in
-    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[:, 0, :].T.contiguous()
-
-
-@functools.lru_cache(maxsize=256)
-def resize_norm(in_hw: tuple[int, int], out_hw: tuple[int, int]) -> float:
-    """Exact l2 operator norm of the bilinear resize from ``in_hw`` to ``out_hw`` (per channel; the same on
-    every channel). The resize is separable, X -> A_h X A_w^T, so its norm is ||A_h||_2 ||A_w||_2."""
-    if tuple(in_hw) == tuple(out_hw):
-        return 1.0
-    a_h, a_w = interpolation_matrix(in_hw[0], out_hw[0]), interpolation_matrix(in_hw[1], out_hw[1])
-    return float(torch.linalg.matrix_norm(a_h, ord=2) * torch.linalg.matrix_norm(a_w, ord=2))
-
-
 def preprocess_lipschitz(metric: EmbeddingMetric, image_hw: tuple[int, int]) -> float:
-    """l2 Lipschitz constant of the metric's preprocessing for caller images of ``image_hw``: the resize
-    to ``input_size`` (exact, :func:`resize_norm`) times the normalisation's 1 / min(std) (the mean is a
-    shift and costs nothing). Metrics that override ``preprocess`` must provide ``preprocess_lipschitz``."""
+    """l2 Lipschitz constant of the metric's preprocessing for caller images of ``image_hw``: its resize
+    (exact, :func:`robustsim.metrics.preprocess.resize_norm`, whatever interpolation, antialiasing or crop it
+    applies) times the normalisation's 1 / min(std) (the mean is a shift and costs nothing). Metrics that
+    override ``preprocess`` must provide ``preprocess_lipschitz``."""
     own = getattr(type(metric), "preprocess_lipschitz", None)
     if own is not None:
         return float(own(metric, image_hw))
@@ -150,9 +141,7 @@ def preprocess_lipschitz(metric: EmbeddingMetric, image_hw: tuple[int, int]) -> 
             f"metric {metric.name!r} preprocesses its input in its own way; give it a preprocess_lipschitz(hw) "
             "method to certify it"
         )
-    size = metric.input_size
-    out_hw = tuple(image_hw) if size is None else (size, size)
-    return resize_norm(tuple(image_hw), out_hw) / float(metric.std.abs().min())
+    return resize_norm(metric.resizing, (int(image_hw[0]), int(image_hw[1]))) / float(metric.std.abs().min())
 
 
 def input_lipschitz(metric: Metric, image_hw: tuple[int, int]) -> tuple[float, str]:

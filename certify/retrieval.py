@@ -1,4 +1,4 @@
-"""Certified retrieval for Lipschitz embedding metrics (science.md section 3, sound form).
+"""Certified retrieval for Lipschitz embedding metrics (the sound 2AFC radius, docs/certify.md, per ranked pair).
 
 Only the query x moves; the gallery is fixed. Item a ranks above item j iff <phi(x), phi_a - phi_j> > 0,
 i.e. iff <f(x), u> > 0 with u = phi_a - phi_j, and with f L-Lipschitz (w.r.t. the caller's query image,

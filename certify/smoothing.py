@@ -25,6 +25,8 @@ import math
 import torch
 from scipy.stats import beta, binomtest, norm
 
+from robustsim.errors import InputError
+from robustsim.limits import MAX_SIGMA
 from robustsim.metrics.base import EmbeddingMetric, Metric
 
 ABSTAIN = -1
@@ -37,12 +39,25 @@ def clopper_pearson_lower(k: torch.Tensor, n: int, alpha: float) -> torch.Tensor
     return torch.from_numpy(out).nan_to_num(0.0).where(k.cpu() > 0, torch.zeros(1, dtype=torch.float64))
 
 
+def _check_count(name: str, value: object, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _stream_seed(seed: int, triplet: int, stream: int) -> int:
+    """The seed of one triplet's noise stream (``stream`` 0: selection, 1: estimation, 2: prediction)."""
+    return (seed * 1_000_003 + triplet * 7919 + stream * 104_729 + 1) % (2**63 - 1)
+
+
 class SmoothedMetric:
     """The smoothed 2AFC decision of ``metric`` under Gaussian noise on the reference, as an object:
     :meth:`predict` (with abstention), :meth:`certify` (decision and radius) and :meth:`probability`.
 
     ``n`` noisy samples per triplet, ``n0`` selection samples (0: see module docstring), failure
-    probability ``alpha``, ``batch`` noisy images per forward pass, ``seed`` for the noise."""
+    probability ``alpha``, ``batch`` noisy images per forward pass, ``seed`` for the noise. Each triplet's
+    noise comes from its own stream (the seed, the triplet's id and the draw's purpose), drawn on the metric's
+    device: a triplet gets the same noise whatever batch, shard or process certifies it."""
 
     def __init__(
         self,
@@ -54,62 +69,78 @@ class SmoothedMetric:
         batch: int = 256,
         seed: int = 0,
     ) -> None:
-        if not sigma > 0:
-            raise ValueError(f"sigma must be > 0, got {sigma}")
-        if not 0 < alpha < 1 or n < 1 or n0 < 0:
-            raise ValueError("need 0 < alpha < 1, n >= 1 and n0 >= 0")
-        self.metric, self.sigma, self.n, self.n0, self.alpha = metric.eval(), float(sigma), n, n0, alpha
-        self.batch, self.seed = batch, seed
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def _noise(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        return (torch.randn(shape, generator=self.generator) * self.sigma).to(like)
+        if not isinstance(metric, Metric):
+            raise InputError(f"metric must be a robustsim Metric, got {type(metric).__name__}; use load_metric(name)")
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma):
+            raise InputError(f"sigma must be a finite number, got {sigma!r}")
+        if not 0 < sigma <= MAX_SIGMA:
+            raise InputError(f"sigma must be in (0, {MAX_SIGMA:g}] (noise std in [0, 1] pixel units), got {sigma!r}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+            raise InputError(f"alpha must be a number in (0, 1), got {alpha!r}")
+        self.metric, self.sigma, self.alpha = metric.eval(), float(sigma), float(alpha)
+        self.n, self.n0 = _check_count("n", n, 1), _check_count("n0", n0, 0)
+        self.batch, self.seed = _check_count("batch", batch, 1), _check_count("seed", seed, 0)
 
     @torch.no_grad()
-    def counts(self, ref: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, n: int) -> torch.Tensor:
-        """(B,) how many of ``n`` noisy copies of each reference the base metric sends to x1."""
+    def counts(
+        self, ref: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, n: int, ids=None, stream: int = 1
+    ) -> torch.Tensor:
+        """(B,) how many of ``n`` noisy copies of each reference the base metric sends to x1; triplet i's noise
+        is stream ``stream`` of id ``ids[i]`` (default: its position in the batch)."""
         m, b = self.metric, ref.shape[0]
+        ids = torch.arange(b) if ids is None else torch.as_tensor(ids).reshape(-1)
         fixed = None
         if isinstance(m, EmbeddingMetric):
             fixed = m._embed(m.as_input(torch.cat([x0, x1]))).split(b)
         out = torch.zeros(b, dtype=torch.long)
-        owner = torch.arange(b).repeat_interleave(n)  # sample j belongs to triplet owner[j]
-        for start in range(0, b * n, self.batch):
-            rows = owner[start : start + self.batch]
-            noisy = m.as_input(ref[rows] + self._noise(tuple(ref[rows].shape), ref))
-            if fixed is not None:
-                e = m._embed(noisy)
-                d0, d1 = m.embedding_distance(e, fixed[0][rows]), m.embedding_distance(e, fixed[1][rows])
-            else:
-                d0, d1 = m.distance(noisy, m.as_input(x0[rows])), m.distance(noisy, m.as_input(x1[rows]))
-            out.index_add_(0, rows, (d1 < d0).long().cpu())
+        for i in range(b):
+            g = torch.Generator(device=ref.device).manual_seed(_stream_seed(self.seed, int(ids[i]), stream))
+            for start in range(0, n, self.batch):
+                k = min(self.batch, n - start)
+                noise = torch.randn((k, *ref.shape[1:]), generator=g, device=ref.device, dtype=ref.dtype)
+                noisy = m.as_input(ref[i : i + 1] + self.sigma * noise)
+                if fixed is not None:
+                    e = m._embed(noisy)
+                    d0 = m.embedding_distance(e, fixed[0][i : i + 1].expand(k, -1))
+                    d1 = m.embedding_distance(e, fixed[1][i : i + 1].expand(k, -1))
+                else:
+                    d0 = m.distance(noisy, m.as_input(x0[i : i + 1]).expand(k, -1, -1, -1))
+                    d1 = m.distance(noisy, m.as_input(x1[i : i + 1]).expand(k, -1, -1, -1))
+                out[i] += int((d1 < d0).sum())
         return out
 
-    def probability(self, ref: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, n: int | None = None) -> torch.Tensor:
+    def probability(
+        self, ref: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, n: int | None = None, ids=None
+    ) -> torch.Tensor:
         """(B,) Monte-Carlo estimate of P(base decision = x1) under the noise."""
         n = n or self.n
-        return self.counts(ref, x0, x1, n).double() / n
+        return self.counts(ref, x0, x1, n, ids).double() / n
 
-    def predict(self, ref: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, n: int | None = None) -> torch.Tensor:
+    def predict(
+        self, ref: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, n: int | None = None, ids=None
+    ) -> torch.Tensor:
         """(B,) smoothed decision: 1 (x1), 0 (x0), or -1 (abstain) when a two-sided binomial test cannot
         tell the classes apart at level alpha (Cohen's PREDICT; wrong with probability <= alpha)."""
         n = n or self.n
-        k = self.counts(ref, x0, x1, n)
+        k = self.counts(ref, x0, x1, n, ids, stream=2)
         out = torch.full_like(k, ABSTAIN)
         for i, ki in enumerate(k.tolist()):
             if binomtest(max(ki, n - ki), n, 0.5).pvalue <= self.alpha:
                 out[i] = 1 if ki > n - ki else 0
         return out
 
-    def certify(self, ref: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(decision (B,) 1 / 0 / -1, radius (B,) float64, -1 on abstention); see the module docstring."""
+    def certify(
+        self, ref: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, ids=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(decision (B,) 1 / 0 / -1, radius (B,) float64, -1 on abstention); see the module docstring.
+        ``ids`` name each triplet's noise stream (default: its position in the batch)."""
         if self.n0 > 0:
-            top = (self.counts(ref, x0, x1, self.n0) * 2 > self.n0).long()
-            k1 = self.counts(ref, x0, x1, self.n)
+            top = (self.counts(ref, x0, x1, self.n0, ids, stream=0) * 2 > self.n0).long()
+            k1 = self.counts(ref, x0, x1, self.n, ids)
             k_top = torch.where(top == 1, k1, self.n - k1)
             p_low = clopper_pearson_lower(k_top, self.n, self.alpha)
         else:
-            k1 = self.counts(ref, x0, x1, self.n)
+            k1 = self.counts(ref, x0, x1, self.n, ids)
             top = (k1 * 2 > self.n).long()
             k_top = torch.where(top == 1, k1, self.n - k1)
             p_low = clopper_pearson_lower(k_top, self.n, self.alpha / 2)

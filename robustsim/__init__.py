@@ -6,19 +6,14 @@
 """
 
 from robustsim import data
-from robustsim.bench.run import benchmark  # noqa: E402
-from robustsim.certify.smoothing import SmoothedMetric  # noqa: E402  (after the metrics it smooths)
+from robustsim.bench.run import benchmark
+from robustsim.certify.smoothing import SmoothedMetric
 from robustsim.errors import DataError, InputError, RobustsimError, WeightsError
 from robustsim.losses import PerceptualLoss
-from robustsim.metrics import (
-    EmbeddingMetric,
-    EnsembleMetric,
-    Metric,
-    list_metrics,
-    load_metric,
-    register_metric,
-)
+from robustsim.metrics import EmbeddingMetric, EnsembleMetric, Metric
 from robustsim.scoring import two_afc_score
+from robustsim.threat import ThreatModel
+from robustsim.zoo import list_metrics, load_metric, register_metric
 
 __version__ = "0.1.0"
 
@@ -31,6 +26,7 @@ __all__ = [
     "PerceptualLoss",
     "RobustsimError",
     "SmoothedMetric",
+    "ThreatModel",
     "WeightsError",
     "benchmark",
     "data",

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
-from robustsim.data.triplets import TripletDataset, iter_batches, triplet_loader
-from robustsim.dist import DistEnv, gather_rows, init_distributed, shard
+from robustsim.data.triplets import TripletDataset
+from robustsim.dist import DistEnv
 from robustsim.errors import RobustsimError
 from robustsim.metrics.base import EmbeddingMetric, Metric, validate_images
+from robustsim.runner import run_batches
 from robustsim.scoring import two_afc_per_triplet
 
 
@@ -77,26 +77,23 @@ def evaluate_2afc(
     """Compute d(ref, x0), d(ref, x1) for every triplet and the 2AFC score. Under torchrun each rank scores
     every ``world``-th triplet and rank 0 gets the whole result (other ranks None)."""
     metric = metric.to(device).eval()
-    env = env or init_distributed(torch.device(device))
-    full, (data, mine) = data, shard(data, env)
-    d0s, d1s, ps = [], [], []
-    loader = triplet_loader(data, batch_size=batch_size, workers=workers)
-    for batch in tqdm(
-        iter_batches(loader),
-        total=len(loader),
+
+    def step(batch: dict, tick) -> dict[str, torch.Tensor]:
+        d0, d1 = triplet_distances(metric, batch["ref"], batch["x0"], batch["x1"])
+        return {"d0": d0.float(), "d1": d1.float(), "p": batch["p"]}
+
+    rows = run_batches(
+        data,
+        step,
         desc=f"{metric.name} on {data.name}",
-        disable=not (progress and env.main),
-        leave=False,
-    ):
-        ref, x0, x1 = (batch[k].to(device) for k in ("ref", "x0", "x1"))
-        d0, d1 = triplet_distances(metric, ref, x0, x1)
-        d0s.append(d0.float().cpu())
-        d1s.append(d1.float().cpu())
-        ps.append(batch["p"])
-    d0, d1, p = torch.cat(d0s), torch.cat(d1s), torch.cat(ps)
-    check_finite_distances(metric.name, d0, d1)
-    if env.world > 1:
-        d0, d1, p = (gather_rows(t, mine, len(full), env) for t in (d0, d1, p))
-        if not env.main:
-            return None
-    return TwoAFCResult(metric.name, full.name, d0, d1, p, full.groups())
+        batch_size=batch_size,
+        device=device,
+        metric=metric,
+        workers=workers,
+        progress=progress,
+        env=env,
+    )
+    if rows is None:
+        return None
+    check_finite_distances(metric.name, rows["d0"], rows["d1"])
+    return TwoAFCResult(metric.name, data.name, rows["d0"], rows["d1"], rows["p"], data.groups())

@@ -18,7 +18,7 @@ from torch import nn
 
 from robustsim.errors import RobustsimError
 from robustsim.metrics.base import Metric
-from robustsim.metrics.registry import load_metric
+from robustsim.zoo import load_metric
 
 _WEIGHTED = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*(.+?)\s*$")
 

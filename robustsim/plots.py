@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from robustsim.io import atomic_path  # noqa: E402
+from robustsim.threat import ThreatModel  # noqa: E402
 
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 STYLES = ["-", "--", "-.", ":"]
@@ -84,13 +85,13 @@ def radius_histogram(radii: dict[str, Sequence[float]], title: str) -> plt.Figur
 
 
 def example_grid(
-    ref: torch.Tensor, adv: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, eps: Sequence[float], norm: str
+    ref: torch.Tensor, adv: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, threat: ThreatModel
 ) -> plt.Figure:
-    """Rows = triplets; columns = ref, adversarial ref at each epsilon, x0, x1."""
+    """Rows = triplets; columns = ref, adversarial ref at each epsilon of ``threat``, x0, x1."""
     from robustsim.data.images import to_uint8_image
 
-    n = ref.shape[0]
-    cols = ["ref", *[f"adv eps={e * 255:.0f}/255" if norm == "linf" else f"adv eps={e:g}" for e in eps], "x0", "x1"]
+    n, eps = ref.shape[0], threat.eps
+    cols = ["ref", *[f"adv eps={threat.label(e)}" for e in eps], "x0", "x1"]
     fig, axes = plt.subplots(n, len(cols), figsize=(1.6 * len(cols), 1.6 * n), squeeze=False)
     for i in range(n):
         imgs = [ref[i], *[adv[k, i] for k in range(len(eps))], x0[i], x1[i]]

@@ -1,4 +1,4 @@
-"""The 2AFC score (science.md section 1), the one function every module uses."""
+"""The 2AFC score (docs/metrics.md), the one function every module uses."""
 
 from __future__ import annotations
 

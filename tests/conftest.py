@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -7,12 +8,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("ROBUSTSIM_CACHE", str(ROOT / ".pytest_cache" / "robustsim-cache"))
 os.environ.setdefault("ROBUSTSIM_WEIGHTS", str(ROOT / ".pytest_cache" / "robustsim-weights"))
 os.environ["ROBUSTSIM_OFFLINE"] = "1"  # no test touches the internet; the local-server tests unset it
 torch.set_num_threads(1)
+L2_EPS = [0.25, 0.5, 1.0]
+LINF_EPS = [1 / 255, 2 / 255, 4 / 255]
 
 
 def run_cli(argv: list[str]) -> int:
@@ -74,3 +78,163 @@ def bapps_dir(tmp_path: Path) -> Path:
             (d / "judge").mkdir(parents=True, exist_ok=True)
             np.save(d / "judge" / f"{i:06d}.npy", np.array([0.25 * (i + 1)], dtype=np.float32))
     return root
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = run_cli(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_error_line(err: str) -> str:
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.startswith(("error:", "Error:"))]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture
+def csv_set(tmp_path: Path) -> Path:
+    """A 4-triplet CSV set of 16 px images."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "set"
+    rows = ["ref,x0,x1,p"]
+    for i in range(4):
+        for k in ("r", "a", "b"):
+            save_png(root / f"{k}{i}.png", random_image(rng, 16))
+        rows.append(f"r{i}.png,a{i}.png,b{i}.png,{i % 2}")
+    (root / "data.csv").write_text("\n".join(rows) + "\n")
+    return root / "data.csv"
+
+
+def subset(data, n):
+    return data.subset(n)
+
+
+@pytest.fixture(scope="module")
+def mini200():
+    from robustsim.data import open_triplets
+
+    return subset(open_triplets("mini"), 200)
+
+
+def exact_min_distance(ref, x0, x1, y, norm):
+    """Smallest ||delta|| (l2 or linf) with ref + delta in [0, 1] flipping the MSE metric's decision.
+
+    MSE: d(x, x1) - d(x, x0) = (2 <x, x0 - x1> + |x1|^2 - |x0|^2) / n, linear in x. The flipped side is
+    the halfspace {a.x <= c}; its nearest point in the box along the ball's geometry is found by a
+    1-D bisection: l2 -> x(lam) = clamp(ref - lam a, 0, 1); linf -> x(t) = clamp(ref - t sign(a), 0, 1).
+    """
+    out = []
+    for r, a0, a1, lab in zip(ref.double(), x0.double(), x1.double(), y, strict=True):
+        r, a0, a1 = r.flatten(), a0.flatten(), a1.flatten()
+        # margin(x) = d0 - d1 for label 1, d1 - d0 for label 0; flip when margin(x) <= 0
+        w = 2 * (a1 - a0)  # d0 - d1 = (<x, w> + |a0|^2 - |a1|^2) / n
+        b = a0 @ a0 - a1 @ a1
+        if lab == 0:
+            w, b = -w, -b
+        direction = w if norm == "l2" else w.sign()
+
+        def value(x, w=w, b=b):  # > 0 correct, <= 0 flipped
+            return float(x @ w + b)
+
+        def point(s, r=r, direction=direction):
+            return (r - s * direction).clamp(0, 1)
+
+        hi = 1.0
+        while value(point(hi)) > 0 and hi < 1e6:
+            hi *= 2
+        if value(point(hi)) > 0:
+            out.append(math.inf)  # the box prevents any flip
+            continue
+        lo = 0.0
+        for _ in range(100):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if value(point(mid)) > 0 else (lo, mid)
+        delta = point(hi) - r
+        out.append(float(delta.norm() if norm == "l2" else delta.abs().max()))
+    return torch.tensor(out)
+
+
+def small_embedding_metric():
+    """A small random CNN as an embedding metric (32 px input)."""
+    import robustsim
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, 2, 1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 32, 3, 2, 1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(2),
+        torch.nn.Flatten(),
+    )
+    return robustsim.EmbeddingMetric(net, input_size=32, mean=0.5, std=0.25, name="cnn").requires_grad_(False)
+
+
+class Linear(nn.Module):
+    """f(z) = W z (flattened), no structural bound: its constant is declared on the metric."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__()
+        self.w = nn.Parameter(w, requires_grad=False)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z.flatten(1) @ self.w.T
+
+
+def linear_metric(seed: int, input_size: int, dim: int, scale: float, std: float, isometric: bool):
+    """W = scale x (an orthogonal matrix when ``isometric``, else a random one scaled to spectral norm
+    ``scale``); declared Lipschitz constant ``scale`` (tight)."""
+    g = torch.Generator().manual_seed(seed)
+    n_in = 3 * input_size * input_size
+    w = torch.randn(dim, n_in, generator=g, dtype=torch.float64)
+    if isometric:
+        q, _ = torch.linalg.qr(torch.randn(n_in, n_in, generator=g, dtype=torch.float64))
+        w = q[:dim]
+    w = scale * w / torch.linalg.matrix_norm(w, ord=2)
+    from robustsim.metrics import EmbeddingMetric
+
+    std_t = torch.full((3,), std, dtype=torch.float64)
+    return EmbeddingMetric(Linear(w), input_size=input_size, mean=0.5, std=std_t, lipschitz=scale).double().eval()
+
+
+def triplets(seed: int, n: int, size: int, spread: float = 0.2):
+    g = torch.Generator().manual_seed(seed)
+    ref = 0.5 + 0.1 * (torch.rand(n, 3, size, size, generator=g, dtype=torch.float64) - 0.5)
+    noise = lambda: ref + spread * (torch.rand(n, 3, size, size, generator=g, dtype=torch.float64) - 0.5)  # noqa: E731
+    return ref, noise().clamp(0, 1), noise().clamp(0, 1)
+
+
+def per_image_pgd(metric, ref, x0, x1, target: str, radius: torch.Tensor, steps: int = 60) -> torch.Tensor:
+    """A strong l2 attack on the metric's own clean decision with *each* moving image in its own ball of
+    ``radius`` (the threat the certificate covers); returns (B,) bool flipped."""
+    from robustsim.attacks.twoafc import TwoAFCClassifier, margin
+
+    clf = TwoAFCClassifier(metric, ref, x0, x1, "all")
+    clean = torch.cat([ref, x0, x1], dim=1)
+    with torch.no_grad():
+        logits = clf(clean)
+    y = (logits[:, 1] > logits[:, 0]).long()
+    moving = {"ref": [0], "x0": [1], "x1": [2], "all": [0, 1, 2]}[target]
+    r = radius.view(-1, 1, 1, 1)
+    delta = torch.zeros_like(clean)
+    flipped = torch.zeros(ref.shape[0], dtype=torch.bool)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = -margin(clf(clean + delta), y)
+        flipped |= (loss.detach() >= 0).cpu()
+        (grad,) = torch.autograd.grad(loss.sum(), delta)
+        with torch.no_grad():
+            new = delta.clone()
+            for i in moving:
+                part = slice(3 * i, 3 * i + 3)
+                g_i = grad[:, part]
+                step = g_i / g_i.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, 1, 1, 1)
+                d = delta[:, part] + 2.5 * r / steps * step
+                d = d * (r / d.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, 1, 1, 1)).clamp(max=1.0)
+                new[:, part] = d
+            delta = new
+    with torch.no_grad():
+        flipped |= (margin(clf(clean + delta), y) <= 0).cpu()
+    return flipped

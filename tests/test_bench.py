@@ -70,6 +70,7 @@ def test_changed_data_invalidates_cells_never_reused(reference, tmp_path):
     assert json.loads((out / "cards" / "l2.json").read_text())["data"]["n"] == 12
 
 
+@pytest.mark.slow
 def test_a_bench_killed_mid_run_resumes_to_the_same_cards(reference, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "robustsim", "bench", *ARGS, "--out", str(out)]
@@ -106,6 +107,7 @@ def _torchrun(nproc: int, argv: list[str], cwd: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_per_triplet_results_of_one(tmp_path):
     """score, audit and certify under torchrun (2 CPU processes, gloo) against one process."""
     out = {}
@@ -171,6 +173,7 @@ def _chrome():
     return webdriver.Chrome(service=Service(driver), options=opts)
 
 
+@pytest.mark.slow
 def test_the_leaderboard_sorts_in_a_real_browser(reference, tmp_path):
     from selenium.webdriver.common.by import By
 

@@ -4,12 +4,18 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import linear_metric, per_image_pgd, run_cli, triplets
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from robustsim.attacks import classifier_objective, embedding_attack, margin, pgd
 from robustsim.attacks.twoafc import TwoAFCClassifier
-from robustsim.certify import certified_radius, certify_2afc, embedding_distance_bound, radius_from_embeddings
+from robustsim.certify import (
+    certified_radius,
+    certify_2afc,
+    embed_with_error,
+    embedding_distance_bound,
+    radius_from_embeddings,
+)
 from torch import nn
 
 import robustsim
@@ -73,16 +79,6 @@ def centred_linear_metric() -> EmbeddingMetric:
     """f(x) = x - 0.5 (flattened): exactly linear up to a shift, Lipschitz constant exactly 1.
     Float64: at 1.01 R the flip changes 1 - cos by ~1e-9, below float32 resolution."""
     return EmbeddingMetric(nn.Flatten(), mean=0.5, std=1.0, lipschitz=1.0, name="linear").double()
-
-
-def test_radius_is_tight_for_a_linear_net():
-    metric = centred_linear_metric()
-    ref, x0, x1 = (t.double() for t in random_triplets(300, size=4, seed=3, spread=0.1))
-    ref = 0.5 + 0.05 * (ref - 0.5)  # near the centre: the box never binds
-    r = certified_radius(metric, ref, x0, x1)
-    assert not attack_at(metric, ref, x0, x1, 0.99 * r).any()
-    # from the clean point, PGD walks straight along the (constant) boundary normal
-    assert attack_at(metric, ref, x0, x1, 1.01 * r, restarts=1, random_init=False).float().mean() >= 0.99
 
 
 def test_sound_equals_lipsim_at_unit_norm_and_lipsim_over_claims_below():
@@ -173,3 +169,26 @@ def test_certify_cli(tmp_path, capsys):
     assert "certified" in capsys.readouterr().out
     assert run_cli(["certify", "--metric", "l2", "--data", "mini", "--method", "lipschitz"]) == 2
     assert "robustsim audit" in capsys.readouterr().err
+
+
+def test_radius_is_tight_for_linear_and_isometric_nets():
+    """A centred linear net (far from the box) and an isometric one at its input size: no attack breaks a
+    triplet inside 0.99 R; just outside, PGD breaks them (from the clean point along the constant boundary
+    normal); and the radius equals the exact-arithmetic one up to the stated rounding bound."""
+    metric = centred_linear_metric()
+    ref, x0, x1 = (t.double() for t in random_triplets(300, size=4, seed=3, spread=0.1))
+    ref = 0.5 + 0.05 * (ref - 0.5)  # near the centre: the box never binds
+    r = certified_radius(metric, ref, x0, x1)
+    assert not attack_at(metric, ref, x0, x1, 0.99 * r).any()
+    assert attack_at(metric, ref, x0, x1, 1.01 * r, restarts=1, random_init=False).float().mean() >= 0.99
+
+    metric = linear_metric(3, 4, 48, 1.0, 1.0, isometric=True)  # 48 = 3 x 4 x 4: an isometry
+    ref, x0, x1 = triplets(3, 200, 4, spread=0.1)
+    r = certified_radius(metric, ref, x0, x1)
+    e, _ = embed_with_error(metric, torch.cat([ref, x0, x1]))
+    a, f0, f1 = e.split(200)
+    u = nn.functional.normalize(f1, dim=1) - nn.functional.normalize(f0, dim=1)
+    plain = (a * u).sum(1).abs() / u.norm(dim=1)  # the radius with no rounding slack
+    assert torch.all(r <= plain) and torch.all(plain - r <= 1e-9 * (1 + plain))  # tight up to the bound
+    assert not per_image_pgd(metric, ref, x0, x1, "ref", 0.99 * r, steps=100).any()
+    assert per_image_pgd(metric, ref, x0, x1, "ref", 1.02 * r, steps=100).float().mean() > 0.95

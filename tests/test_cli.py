@@ -1,15 +1,16 @@
+"""The command line: tables and JSON, one-line errors with exit 2 for bad input, packaging and --help."""
+
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import run_cli
+import torch
+from conftest import ROOT, one_error_line, random_image, run, run_cli, save_png
 
-
-def run(argv, capsys):
-    code = run_cli(argv)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from robustsim.errors import RobustsimError
 
 
 def test_metrics_table(capsys):
@@ -80,6 +81,75 @@ def test_bad_input_exit_2(argv, match, capsys):
 
 
 def test_console_script_help():
-    proc = subprocess.run([sys.executable, "-m", "robustsim", "score", "--help"], capture_output=True, text=True)
+    """The installed ``robustsim`` script (not ``python -m``): --help lists every command, --version the package's,
+    and a command's --help documents its options and the data specs."""
+    import robustsim
+    from robustsim.cli import cli
+
+    script = Path(sys.executable).with_name("robustsim")
+    assert script.is_file(), "the console script is not installed beside the interpreter"
+    top = subprocess.run([str(script), "--help"], capture_output=True, text=True)
+    assert top.returncode == 0 and all(name in top.stdout for name in cli.commands)
+    version = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and robustsim.__version__ in version.stdout
+    proc = subprocess.run([str(script), "score", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
     assert "--data" in proc.stdout and "nights:PATH" in proc.stdout
+
+
+def test_known_bad_inputs_are_one_line_and_exit_2(tmp_path, csv_set, bapps_dir, capsys):
+    for argv, match in _bad_inputs(tmp_path, csv_set, bapps_dir):
+        code, out, err = run(argv, capsys)
+        assert code == 2, (argv, err)
+        assert match in err and "Traceback" not in err + out, (argv, err)
+    with pytest.raises(RobustsimError, match="at least 3x3"):
+        from robustsim.zoo import load_metric
+
+        load_metric("ssim")(torch.rand(1, 3, 1, 1), torch.rand(1, 3, 1, 1))
+
+
+def test_a_missing_optional_package_is_one_line_naming_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "lpips", None)  # import lpips now fails as if not installed
+    code, _, err = run(["score", "--metric", "lpips-alex", "--data", "mini", "--limit", "2"], capsys)
+    assert code == 2 and "robustsim[zoo]" in one_error_line(err)
+
+
+def test_packaging_license_data_namespace_and_help(capsys):
+    import robustsim
+
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License") and hasattr(robustsim, "data")
+    for cmd in (["score"], ["audit"], ["certify"], ["retrieval"], ["train", "distill"], ["train", "finetune"]):
+        assert run_cli([*cmd, "--help"]) == 0
+        limit = capsys.readouterr().out.split("--limit")[1].split("--")[0]
+        assert any(w in limit for w in ("triplets", "queries", "images")), (cmd, limit)
+
+
+def _bad_inputs(tmp_path: Path, csv_set: Path, bapps_dir: Path) -> list[tuple[list[str], str]]:
+    short = tmp_path / "short.csv"
+    short.write_text("ref,x0,x1,p\nr0.png,a0.png\n")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("ref,x0,x1,p\nr\xe9.png,a.png,b.png,1\n".encode("latin-1"))
+    mixed = csv_set.parent / "mixed.csv"
+    save_png(csv_set.parent / "big.png", random_image(np.random.default_rng(1), 24))
+    mixed.write_text("ref,x0,x1,p\nr0.png,a0.png,b0.png,1\nbig.png,big.png,big.png,0\n")
+    outside = csv_set.parent / "outside.csv"
+    outside.write_text("ref,x0,x1,p\n../../../etc/passwd,a0.png,b0.png,1\n")
+    (bapps_dir / "2afc" / "val" / "color" / "p0").mkdir(parents=True)
+    bad_report = tmp_path / "bad-report.json"
+    bad_report.write_text('{"kind": "audit", "metric": "m", "data": "d", "eps": [0.5], "robust": "x"}')
+    return [
+        (["score", "--metric", "l2", "--data", f"csv:{short}"], "too few fields"),
+        (["score", "--metric", "l2", "--data", f"csv:{latin}"], "not UTF-8"),
+        (["score", "--metric", "l2", "--data", f"csv:{mixed}"], "different sizes"),
+        (["score", "--metric", "l2", "--data", f"csv:{outside}"], "--allow-outside"),
+        (["score", "--metric", "l2", "--data", f"bapps:{bapps_dir}:val:color"], "does not exist"),
+        (["score", "--metric", "l2", "--device", "meta"], "not supported"),
+        (["score", "--metric", "l2", "--device", "mps"], "not supported"),
+        (["score", "--metric", "l2", "--batch-size", "1e23"], "batch-size"),
+        (["audit", "--metric", "l2", "--eps", "1e309"], "finite"),
+        (["audit", "--metric", "l2", "--attacks", "foolbox:Attack"], "no usable attack"),
+        (["audit", "--metric", "l2", "--attacks", "foolbox:LinfPGD"], "pass --norm linf"),
+        (["plot", str(bad_report), "--out", str(tmp_path / "x.png")], "'robust' must list"),
+        (["plot", str(bad_report), "--out", str(tmp_path / "x.txt")], "figure suffix"),
+        (["score", "--metric", "l2\nfake result line", "--data", f"csv:{csv_set}"], "control character"),
+    ]

@@ -144,7 +144,7 @@ MODEL_KEYS = st.sampled_from(["arch", "preset", "layers", "embed_dim", "input_si
     top=st.sampled_from(["edit", "null", "list", "no-model", "model-list"]),
 )
 def test_any_checkpoint_config_exits_0_or_2(images, capsys, tmp_path_factory, edits, top):
-    from robustsim.metrics.registry import shipped_checkpoints
+    from robustsim.zoo import shipped_checkpoints
 
     src = next(p for p in shipped_checkpoints() if p.name == "lipsim-nano")
     ckpt = tmp_path_factory.mktemp("ckpt") / "c"

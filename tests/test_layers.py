@@ -14,10 +14,12 @@ from hypothesis import strategies as st
 from robustsim.certify import estimate_lipschitz, lipschitz_bound
 
 from robustsim.models import LipSimNet, LipSimPreset, load_net, save_checkpoint
+from robustsim.nn import LAYERS as LAYER_KINDS
 from robustsim.nn import AOLConv2d, AOLLinear, CPLConv2d, CPLLinear, OrthoConvBlock
 from robustsim.nn.spectral import conv_operator_norm
+from robustsim.threat import ThreatModel
 
-LAYERS = ["sll", "aol", "cpl", "aoc"]
+LAYERS = sorted(LAYER_KINDS)  # every registered kind is tested
 
 
 def stretch(module: torch.nn.Module, x: torch.Tensor, steps: int = 40) -> None:
@@ -125,8 +127,9 @@ def test_every_layer_kind_is_certified_soundly_in_float64(layer):
     assert ((e32 - e64).norm(dim=1) <= delta).all() and (delta > 0).all()
     assert next(metric.net.parameters()).dtype == torch.float32  # the float64 pass leaves the model as it was
     data = open_triplets("mini:test", limit=24)
-    report, _ = run_audit(metric, data, "l2", [36 / 255, 0.25], ["apgd-ce", "apgd-margin"], steps=20, progress=False)
-    assert report["certified"][0] > 0  # certified <= robust <= clean is checked by the audit itself
+    threat = ThreatModel("l2", "ref", (36 / 255, 0.25))
+    report = run_audit(metric, data, threat, ["apgd-ce", "apgd-margin"], steps=20, progress=False)
+    assert report.certified[0] > 0  # certified <= robust <= clean is checked by the audit itself
 
 
 @pytest.mark.parametrize("layer", LAYERS)

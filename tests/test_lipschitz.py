@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from robustsim.certify import estimate_lipschitz, lipschitz_bound
@@ -167,3 +168,32 @@ def test_sll_cache_never_goes_stale():
         assert not torch.allclose(layer(x), after_step)
     layer.train()
     assert layer._cache is None
+
+
+@pytest.mark.parametrize("conv", [True, False])
+def test_folded_sll_layers_compute_the_papers_formula_in_train_and_cached_eval(conv):
+    torch.manual_seed(0)
+    layer = SLLConv2d(6) if conv else SLLLinear(12)
+    with torch.no_grad():
+        layer.log_q.normal_()
+    x = torch.randn(4, 6, 9, 9) if conv else torch.randn(4, 12)
+    expected = _paper_sll(x, layer.weight, layer.bias, layer.log_q, conv)
+    assert torch.allclose(layer(x), expected, atol=1e-5)
+    layer.eval().requires_grad_(False)
+    assert torch.allclose(layer(x), expected, atol=1e-5) and layer._cache is not None
+    with torch.no_grad():
+        layer.weight.mul_(2)  # an in-place edit invalidates the cached folded kernel
+    assert torch.allclose(layer(x), _paper_sll(x, layer.weight, layer.bias, layer.log_q, conv), atol=1e-5)
+
+
+def _paper_sll(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, log_q: torch.Tensor, conv: bool) -> torch.Tensor:
+    """h(x) = x - 2 W T^-1 relu(W^T x + b), T = diag(sum_j |W^T W|_ij q_j / q_i), written from the formula."""
+    q = log_q.exp()
+    if conv:
+        k = w.shape[-1]
+        gram = F.conv2d(w, w, padding=k - 1).abs().sum((2, 3))
+        t = (gram * q[None, :] / q[:, None]).sum(1)
+        act = F.relu(F.conv2d(x, w, b, padding=k // 2)) / t[None, :, None, None]
+        return x - 2 * F.conv_transpose2d(act, w, padding=k // 2)
+    t = ((w @ w.T).abs() * q[None, :] / q[:, None]).sum(1)
+    return x - 2 * (F.relu(x @ w.T + b) / t) @ w

@@ -1,3 +1,6 @@
+"""The Metric protocol (robustsim.metrics.base): one-line input errors, pixel metrics' values, embedding
+distances and gradients, pairwise distances, float64 input."""
+
 import pytest
 import torch
 from hypothesis import given, settings

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from conftest import run_cli
 from PIL import Image
 
-from robustsim.overlay import load_report, overlay_figure
+from robustsim.overlay import infer_kind, load_report, overlay_figure
 
 
 @pytest.fixture(scope="module")
@@ -41,3 +44,54 @@ def test_plot_errors_exit_2(audits, tmp_path, capsys):
     ]:
         assert run_cli(argv) == 2 and words in capsys.readouterr().err
     assert not list(tmp_path.glob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("reports")
+    out = {"audit": base / "audit", "certify": base / "certify.json", "retrieval": base / "retrieval"}
+    assert (
+        run_cli(["audit", "--metric", "lipsim-nano", "--limit", "8", "--steps", "2", "--out", str(out["audit"])]) == 0
+    )
+    assert run_cli(["certify", "--metric", "lipsim-nano", "--limit", "8", "--json", str(out["certify"])]) == 0
+    assert (
+        run_cli(
+            [
+                "retrieval",
+                "--metric",
+                "l2",
+                "--limit",
+                "4",
+                "--steps",
+                "2",
+                "--k",
+                "1,5",
+                "--out",
+                str(out["retrieval"]),
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+def test_plot_infers_its_kind_from_the_reports(reports, tmp_path):
+    audit, certify, retrieval = (load_report(reports[k]) for k in ("audit", "certify", "retrieval"))
+    assert infer_kind([audit]) == "robust" and infer_kind([certify]) == "certified"
+    assert infer_kind([retrieval]) == "robust" and infer_kind([audit, certify]) == "robust"
+    fig = overlay_figure([retrieval])
+    (line,) = fig.axes[0].get_lines()
+    assert line.get_xdata()[0] == 0.0 and "recall@1" in fig.axes[0].get_ylabel()
+    for sources, name in (
+        ([reports["audit"]], "a.png"),
+        ([reports["certify"]], "c.png"),
+        ([reports["retrieval"]], "r.png"),
+    ):
+        assert run_cli(["plot", *map(str, sources), "--out", str(tmp_path / name)]) == 0
+        assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_every_report_uses_the_same_schema_key(reports):
+    for path in (reports["audit"] / "report.json", reports["certify"], reports["retrieval"] / "report.json"):
+        report = json.loads(path.read_text())
+        assert report["version"] >= 1 and "schema" not in report and report["runtime"]["threads"] >= 1

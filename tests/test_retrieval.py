@@ -15,8 +15,9 @@ from robustsim.certify import radius_from_embeddings
 from robustsim.certify.retrieval import pairwise_radii, top_k_radii
 from test_certify import small_metric
 
+import robustsim
 from robustsim.data import open_retrieval
-from robustsim.metrics import load_metric
+from robustsim.data.retrieval import NEGATIVE, POSITIVE, PairLabels
 from robustsim.retrieval import (
     EmbeddingGallery,
     average_precision,
@@ -27,6 +28,10 @@ from robustsim.retrieval import (
     recall_at_k,
     roc_auc,
 )
+from robustsim.retrieval.index import PairwiseGallery, SquaredL2Gallery
+from robustsim.retrieval.scores import StreamingAUC
+from robustsim.threat import ThreatModel
+from robustsim.zoo import load_metric
 
 # grey levels: the l2 metric ranks these exactly by |level difference|
 LEVELS = {"a.png": 128, "b.png": 133, "c.png": 140, "d.png": 153, "e.png": 179, "f.png": 230}
@@ -211,7 +216,7 @@ def test_certified_top_k_survives_a_strong_attack_on_500_queries():
     top = gallery.search(q, 3)[1]
     radii = top_k_radii(f, gallery.phi, top, 1.0, (1, 3))
     exclude = torch.zeros(500, len(gallery), dtype=torch.bool)
-    attack = APGD("l2", "margin", steps=50, restarts=2, seed=0)
+    attack = APGD("l2", loss="margin", steps=50, restarts=2, seed=0)
     broken_outside = 0
     for k, item in ((1, 0), (3, 2)):  # the top-1, and the third item of the top-3
         target = torch.zeros(500, len(gallery), dtype=torch.bool)
@@ -237,7 +242,8 @@ def test_retrieval_attacks_lower_recall_and_keep_the_laws():
     recall@5 falls at l2 eps 1, and the targeted attack succeeds at a large radius."""
     metric = load_metric("lipsim-nano")
     data = open_retrieval("mini", size=metric.input_size).subset(24)
-    res = evaluate_retrieval(metric, data, ks=(1, 5), eps=(0.25, 1.0, 4.0), steps=10, targeted=True, progress=False)
+    threat = ThreatModel("l2", "ref", (0.25, 1.0, 4.0))
+    res = evaluate_retrieval(metric, data, ks=(1, 5), threat=threat, steps=10, targeted=True, progress=False)
     s = res.summary()
     assert s["attacked"]["recall@5"][1] < s["clean"]["recall@5"] - 0.1
     assert s["attacked"]["recall@5"][0] >= s["attacked"]["recall@5"][1] >= s["attacked"]["recall@5"][2]
@@ -305,3 +311,50 @@ def test_cli_writes_report_and_figures_and_faiss_matches_exact(tmp_path: Path):
 
     with Image.open(tmp_path / "exact" / "queries.png") as im:
         assert im.size[0] > 600 and im.size[1] > 400  # 4 queries x (clean, attacked) rows, 11 columns
+
+
+def test_squared_l2_gallery_matches_the_metric_and_its_gradient():
+    metric = robustsim.load_metric("l2")
+    g = torch.Generator().manual_seed(0)
+    gallery, q = torch.rand(50, 3, 16, 16, generator=g), torch.rand(6, 3, 16, 16, generator=g)
+    fast, plain = SquaredL2Gallery(metric, gallery), PairwiseGallery(metric, gallery)
+    qa, qb = q.clone().requires_grad_(True), q.clone().requires_grad_(True)
+    sa, sb = fast.similarity(qa), plain.similarity(qb)
+    assert torch.allclose(sa, sb, atol=1e-5) and torch.equal(fast.exact(q), plain.exact(q))
+    (ga,) = torch.autograd.grad(sa.sum(), qa)
+    (gb,) = torch.autograd.grad(sb.sum(), qb)
+    assert torch.allclose(ga, gb, atol=1e-5)
+
+
+@given(st.integers(0, 10_000), st.integers(2, 400), st.booleans())
+@settings(max_examples=40, deadline=None)
+def test_streaming_auc_equals_the_exact_one_or_bounds_its_error(seed, n, ties):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.rand(n, generator=g)
+    if ties:
+        s = (s * 8).round() / 8
+    y = torch.rand(n, generator=g) < 0.3
+    exact = roc_auc(s, y)
+    for cap in (10**9, 5):  # exact mode, and folded into a histogram after 5 negatives
+        auc = StreamingAUC(exact=cap, bins=256)
+        for part in torch.arange(n).split(37):
+            auc.add(s[part], y[part])
+        value, err = auc.value()
+        if np.isnan(exact):
+            assert np.isnan(value)
+        elif cap > n:
+            assert value == pytest.approx(exact, abs=1e-12) and err == 0
+        else:
+            assert abs(value - exact) <= err + 1e-12
+
+
+def test_pair_labels_are_sparse_and_index_like_a_dense_matrix():
+    g = torch.Generator().manual_seed(0)
+    dense = torch.randint(-1, 2, (9, 13), generator=g, dtype=torch.int8)
+    labels = PairLabels.from_dense(dense, NEGATIVE)
+    assert torch.equal(labels.dense(), dense) and torch.equal(labels[[4, 1]], dense[[4, 1]])
+    assert torch.equal(labels.count(POSITIVE), (dense == POSITIVE).sum(1))
+    assert torch.equal(labels.count(NEGATIVE), (dense == NEGATIVE).sum(1))
+    assert torch.equal(labels.head(3).dense(), dense[:3])
+    big = PairLabels((4000, 8000), NEGATIVE, torch.arange(4000), torch.arange(4000) * 2, torch.ones(4000))
+    assert big.rows.numel() == 4000 and big[[7]].shape == (1, 8000) and int(big.count(POSITIVE).sum()) == 4000

@@ -1,3 +1,5 @@
+"""The 2AFC score (robustsim.scoring)."""
+
 import pytest
 import torch
 from hypothesis import given

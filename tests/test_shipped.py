@@ -12,7 +12,7 @@ from robustsim.certify import certify_2afc, estimate_lipschitz
 
 import robustsim
 from robustsim.data import open_triplets
-from robustsim.metrics.registry import shipped_checkpoints
+from robustsim.zoo import shipped_checkpoints
 
 pytestmark = pytest.mark.xdist_group("shipped")
 SHIPPED = ["lipsim-nano", "lipsim-nano-aoc", "lipsim-nano-cert"]

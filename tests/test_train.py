@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import save_png
+from conftest import run_cli, save_png
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from robustsim.train import distill, finetune, hinge_2afc, lr_at
@@ -31,7 +31,6 @@ from robustsim.models.checkpoint import load_net, save_checkpoint
 from robustsim.models.lipsim import LipSimMetric
 
 pytestmark = pytest.mark.xdist_group("train")
-ROOT = Path(__file__).resolve().parents[1]
 TEACHER = "effnet-lite0"
 SIZE = 32
 
@@ -75,6 +74,7 @@ def distilled(folders, tmp_path_factory) -> tuple[Path, dict]:
     return out, res
 
 
+@pytest.mark.slow
 def test_distillation_lowers_the_heldout_rmse_to_the_teacher(folders, distilled):
     train, val = folders
     out, res = distilled
@@ -116,6 +116,7 @@ def test_finetune_raises_clean_2afc_on_mini_val(tmp_path):
     assert [r["epoch"] for r in log if r["event"] == "epoch"] == [0, 1, 2]  # the init is a candidate too
 
 
+@pytest.mark.slow
 def test_the_certified_loss_raises_the_mean_sound_radius_versus_the_hinge(distilled, tmp_path):
     """From the same distilled student, one epoch of each loss on the same triplets: the certified loss
     (a hinge on the certifier's own radius) ends with the larger mean sound radius on held-out triplets."""
@@ -156,6 +157,7 @@ def distill_args(images: Path, epochs: int) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(folders, tmp_path):
     common = distill_args(folders[0], epochs=2)
     full = tmp_path / "full"
@@ -182,6 +184,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(folders, tmp_
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_settings_and_a_second_fresh_run(distilled, folders):
     out, _ = distilled
     train, val = folders
@@ -242,6 +245,7 @@ def _rank_logs(logs: Path) -> str:
     return "".join(f"\n--- {f.relative_to(logs)}\n{f.read_text()[-3000:]}" for f in sorted(logs.rglob("*.log")))
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_follow_the_single_process_loss_curve(folders, tmp_path):
     args = distill_args(folders[0], epochs=1)
     one, two = tmp_path / "one", tmp_path / "two"
@@ -294,3 +298,57 @@ def test_augmentation_is_the_same_whichever_process_computes_a_row():
     for rank in (0, 1):
         part = augment(x[rank::2], step_generator(3, 7), slice(rank, None, 2), 8)
         torch.testing.assert_close(part, full[rank::2])
+
+
+def test_resume_refuses_truncated_state_and_a_negative_step(tmp_path, capsys):
+    from robustsim.train.loop import RunConfig
+    from safetensors.torch import save_file
+
+    from robustsim.models.checkpoint import save_checkpoint
+    from robustsim.models.lipsim import LipSimNet
+
+    net = LipSimNet("nano", embed_dim=8, input_size=16)
+    run_dir = tmp_path / "run"
+    cfg = RunConfig(out=str(run_dir), epochs=1, batch_size=4)
+    meta = {"training": {"global_step": -5, "config": {}, "optimizer": {"param_groups": [], "scalars": {}}}}
+    save_checkpoint(run_dir / "last", net, meta, extra_tensors={"rng.torch": torch.get_rng_state()})
+    from robustsim.train.loop import _resume
+
+    opt = torch.optim.Adam(net.parameters())
+    with pytest.raises(RobustsimError, match="global_step -5"):
+        _resume(run_dir, net, opt, cfg, total=10)
+    meta["training"]["global_step"] = 3
+    save_checkpoint(run_dir / "last", net, meta, extra_tensors={"rng.torch": torch.get_rng_state()})
+    state = run_dir / "last" / "state.safetensors"
+    state.write_bytes(state.read_bytes()[:40])
+    with pytest.raises(RobustsimError, match="corrupt or truncated"):
+        _resume(run_dir, net, opt, cfg, total=10)
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "unused.safetensors"))
+
+
+def test_train_limit_and_max_steps_make_a_one_minute_run(tmp_path):
+    out = tmp_path / "run"
+    argv = [
+        "train",
+        "distill",
+        "--teacher",
+        "effnet-lite0",
+        "--student",
+        "nano",
+        "--input-size",
+        "32",
+        "--limit",
+        "48",
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "16",
+        "--eval-data",
+        "",
+        "--out",
+        str(out),
+    ]
+    assert run_cli(argv) == 0
+    steps = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps if r["event"] == "step"] == [1, 2, 3]
+    assert json.loads((out / "last" / "config.json").read_text())["training"]["global_step"] == 3

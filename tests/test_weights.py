@@ -208,8 +208,8 @@ def test_a_hung_host_ends_in_one_line(server, tmp_path, monkeypatch):
 
 
 def test_weights_list_and_metrics_show_every_metric_with_its_state(capsys):
-    from robustsim.metrics import metric_entries
     from robustsim.weights import manifest
+    from robustsim.zoo import metric_entries
 
     assert run_cli(["weights", "list"]) == 0
     out = capsys.readouterr().out

@@ -1,3 +1,6 @@
+"""Zoo metrics against their upstream packages (lpips, timm, open_clip, efficientnet), the registry's names and
+errors, weight files never unpickled."""
+
 import json
 
 import pytest
@@ -133,6 +136,7 @@ def test_weight_files_are_never_unpickled(tmp_path):
         load_state_dict(trunc)
 
 
+@pytest.mark.slow
 def test_effnet_pretrained_offline():
     m = robustsim.load_metric("effnet-lite0")
     assert all(not p.requires_grad for p in m.parameters())

@@ -66,7 +66,7 @@ LOSSES = ("hinge", "certified")
 def validation_figures(metric: LipSimMetric, data: TripletDataset, eps: list[float]) -> dict[str, float]:
     """Clean 2AFC score and certified accuracy at each epsilon (l2) on ``data``."""
     res = certify_2afc(  # rank 0 validates alone: no sharding across the training job's ranks
-        metric, data, eps=eps, batch_size=128, device=metric.device, progress=False, env=local_env(metric.device)
+        metric, data, eps, batch_size=128, device=metric.device, progress=False, env=local_env(metric.device)
     )
     return {"clean": res.clean_score, **{f"certified@{e:.4g}": res.certified_at(e) for e in eps}}
 

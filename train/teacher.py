@@ -18,7 +18,7 @@ from robustsim.errors import RobustsimError
 from robustsim.metrics.base import EmbeddingMetric
 from robustsim.metrics.cache import cached_embeddings
 from robustsim.metrics.ensemble import EnsembleMetric
-from robustsim.metrics.registry import load_metric
+from robustsim.zoo import load_metric
 
 CENTRE_IMAGES = 256
 

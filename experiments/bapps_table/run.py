@@ -69,7 +69,7 @@ def category_scores(metrics: list[str], root: Path, split: str, batch_size: int 
     """{row: {category: 2AFC score in [0, 1]}} for the human row and every metric."""
     from robustsim.data import open_triplets
     from robustsim.evaluate import evaluate_2afc
-    from robustsim.metrics import load_metric
+    from robustsim.zoo import load_metric
 
     data = open_triplets(f"bapps:{root}:{split}")
     p = torch.tensor([r.p for r in data.records])

@@ -36,8 +36,8 @@ EPS = [36 / 255, 0.5, 1.0]
 def load(name: str):
     """A zoo metric; LPIPS falls back to a random (seeded) backbone when its weights are absent."""
     from robustsim.errors import WeightsError
-    from robustsim.metrics import load_metric
     from robustsim.metrics.lpips_metric import LPIPSMetric
+    from robustsim.zoo import load_metric
 
     try:
         return load_metric(name), name

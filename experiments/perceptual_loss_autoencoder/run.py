@@ -99,7 +99,7 @@ def main() -> None:
     torch.set_num_threads(2)
     from robustsim.data.mini import mini_triplets
     from robustsim.io import write_json
-    from robustsim.metrics import load_metric
+    from robustsim.zoo import load_metric
 
     train_set, test_set = mini_triplets("train"), mini_triplets("test")
     images = torch.stack([train_set[i]["ref"] for i in range(len(train_set))])

@@ -24,6 +24,7 @@ from robustsim.audit import run_audit
 from robustsim.data import open_triplets
 from robustsim.io import write_json
 from robustsim.plots import Curve, accuracy_figure, save_figure
+from robustsim.threat import ThreatModel
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -73,12 +74,11 @@ def main() -> None:
         metric = robustsim.load_metric(name)
         sub = open_triplets("mini:test", limit=args.n)
         for norm in ("l2", "linf"):
-            report, _ = run_audit(
-                metric, sub, norm, EPS[norm], ATTACKS, steps=args.steps, batch_size=50, progress=False
-            )
-            results[norm][name] = {k: report[k] for k in ("clean", "robust", "certified", "eps", "n")}
-            robust = [round(100 * v, 1) for v in report["robust"]]
-            print(f"{name:16s} {norm:4s} clean {100 * report['clean']:.1f} robust {robust}", flush=True)
+            threat = ThreatModel(norm, "ref", tuple(EPS[norm]))
+            report = run_audit(metric, sub, threat, ATTACKS, steps=args.steps, batch_size=50, progress=False)
+            results[norm][name] = {k: getattr(report, k) for k in ("clean", "robust", "certified", "eps", "n")}
+            robust = [round(100 * v, 1) for v in report.robust]
+            print(f"{name:16s} {norm:4s} clean {100 * report.clean:.1f} robust {robust}", flush=True)
     for sigma in SIGMAS:  # certificates of the smoothed metric (reference noise, l2 only)
         metric = robustsim.load_metric(SMOOTHED)
         sub = open_triplets("mini:test", limit=args.n)

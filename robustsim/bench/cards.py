@@ -6,43 +6,56 @@ from __future__ import annotations
 
 import html
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from robustsim.bench.protocol import Protocol
+from robustsim.bench.run import Cell, protocol_cells
 from robustsim.data.triplets import TripletDataset
 from robustsim.io import atomic_write
 from robustsim.metrics.base import Metric
+from robustsim.threat import format_eps
 
 
-def _eps_label(norm: str, e: float) -> str:
-    return f"{e * 255:g}/255" if norm == "linf" else f"{e:g}"
+@dataclass(frozen=True)
+class Column:
+    """A leaderboard column: the cell it reads and its title."""
+
+    cell: Cell
+    title: str
 
 
-def columns(protocol: Protocol) -> list[tuple[str, str, object]]:
-    """(cell name, column title, how to read the card's number) of the leaderboard, in order."""
-    cols: list[tuple[str, str, object]] = [("clean", "clean", lambda card: card["clean"])]
-    for tm in protocol.threat_models:
-        for e in tm.eps:
-            label = _eps_label(tm.norm, e)
-            cols.append(
-                (
-                    f"robust-{tm.key()}-{e:.6g}",
-                    f"{tm.norm} {label}",
-                    lambda card, k=tm.key(), label=label: card["robust"][k][label],
-                )
-            )
-    for e in protocol.certified_eps:
-        label = f"{round(e * 255)}/255"
-        cols.append((f"certified-l2-{e:.6g}", f"cert. {label}", lambda card, label=label: card["certified"].get(label)))
+def columns(protocol: Protocol) -> list[Column]:
+    """The leaderboard's number columns, in order: clean, robust per threat model and radius, certified."""
+    clean, robust, certified = protocol_cells(protocol)
+    cols = [Column(clean[0], "clean")]
+    for cells in robust:
+        cols += [Column(c, f"{c.threat.norm} {c.threat.label(c.eps)}") for c in cells if c.threat and c.eps]
+    cols += [Column(c, f"cert. {format_eps(c.eps)}") for c in certified if c.eps is not None]
     return cols
 
 
-def _value(cells: dict, cell: str) -> float | None:
-    c = cells.get(cell) or {}
+def cell_value(cells: dict, cell: Cell) -> float | None:
+    """The number a cell holds (score, robust or certified accuracy), None when it has none."""
+    c = cells.get(cell.name) or {}
     for key in ("score", "robust", "certified"):
         if isinstance(c.get(key), (int, float)):
             return float(c[key])
     return None
+
+
+@dataclass
+class Row:
+    """One leaderboard row: the metric, its numbers by column title, its parameter count and time."""
+
+    metric: str
+    values: dict[str, float | None]
+    parameters: int
+    seconds: float
+
+    def sort_key(self, title: str) -> float:
+        v = self.values.get(title)
+        return -v if v is not None else 1.0
 
 
 def make_card(
@@ -53,26 +66,26 @@ def make_card(
     protocol: Protocol,
     data_spec: str,
     data: TripletDataset,
-    reported: dict,
     seconds: float,
 ) -> dict:
     """The card of one metric: provenance, protocol, every number with its timing, published figures."""
     from robustsim.audit import package_versions
-    from robustsim.metrics.registry import _REGISTRY
     from robustsim.threads import runtime_info
     from robustsim.weights import expected_sha, record
+    from robustsim.zoo import list_metrics, metric_entry
 
-    entry = _REGISTRY.get(name)
+    entry = metric_entry(name) if name in list_metrics() else None
     files = {}
-    for f in entry.files if entry else ():
+    for f in entry.all_files() if entry else ():
         rec = record(f)
         files[f] = {"pin": rec.pin, "sha256": expected_sha(rec), "source": rec.source, "license": rec.license}
+    _, robust_cells, certified_cells = protocol_cells(protocol)
     robust = {
-        tm.key(): {_eps_label(tm.norm, e): _value(cells, f"robust-{tm.key()}-{e:.6g}") for e in tm.eps}
-        for tm in protocol.threat_models
+        cs[0].threat.key(): {cs[0].threat.label(c.eps): cell_value(cells, c) for c in cs if c.eps is not None}
+        for cs in robust_cells
+        if cs and cs[0].threat is not None
     }
-    cert_cells = [cells.get(f"certified-l2-{e:.6g}") or {} for e in protocol.certified_eps]
-    method = cert_cells[0].get("method", "none") if cert_cells else "none"
+    first = cells.get(certified_cells[0].name) or {} if certified_cells else {}
     return {
         "name": name,
         "source": entry.description if entry else str(name),
@@ -81,49 +94,55 @@ def make_card(
         "protocol": protocol.to_json(),
         "protocol_text": protocol.describe(),
         "data": {"spec": data_spec, "name": data.name, "n": len(data), "identity": data.identity},
-        "clean": _value(cells, "clean"),
+        "clean": cell_value(cells, Cell("clean")),
         "robust": robust,
         "certified": {
-            "method": method,
-            **{
-                f"{round(e * 255)}/255": c.get("certified")
-                for e, c in zip(protocol.certified_eps, cert_cells, strict=True)
-            },
+            "method": first.get("method", "none"),
+            **{format_eps(c.eps): cell_value(cells, c) for c in certified_cells if c.eps is not None},
         },
         "timings": {
             cell: {k: v for k, v in (c or {}).items() if k in ("seconds", "images_per_s")} for cell, c in cells.items()
         },
         "seconds": seconds,
-        "reported": reported,
+        "reported": dict(entry.reported) if entry else {},
         "versions": package_versions(),
         "runtime": runtime_info(),
     }
 
 
-def _compute_seconds(cells: dict, protocol: Protocol) -> float:
-    """Compute time of the metric's cells (an attack run serves every epsilon of its threat model: once)."""
-    first = [f"robust-{tm.key()}-{tm.eps[0]:.6g}" for tm in protocol.threat_models]
-    first += ["clean", f"certified-l2-{protocol.certified_eps[0]:.6g}"]
-    return float(sum((cells.get(c) or {}).get("seconds", 0.0) for c in first))
+def card_value(card: dict, column: Column) -> float | None:
+    """The number of ``column`` on a card."""
+    cell = column.cell
+    if cell.kind == "clean":
+        return card["clean"]
+    if cell.kind == "robust" and cell.threat is not None and cell.eps is not None:
+        return card["robust"].get(cell.threat.key(), {}).get(cell.threat.label(cell.eps))
+    return card["certified"].get(format_eps(cell.eps)) if cell.eps is not None else None
 
 
-def leaderboard_rows(cards: dict, protocol: Protocol) -> list[list]:
-    rows = []
-    for name, card in cards.items():
-        row: list = [name, *(read(card) for _, _, read in columns(protocol)), card["parameters"], card["seconds"]]
-        rows.append(row)
-    return sorted(rows, key=lambda r: -(r[2] if isinstance(r[2], float) else -1))  # by robust at the first radius
+def leaderboard_rows(cards: dict, protocol: Protocol) -> list[Row]:
+    """One row per card, sorted by robust accuracy at the first threat model's first radius (best first)."""
+    cols = columns(protocol)
+    rows = [
+        Row(name, {c.title: card_value(card, c) for c in cols}, card["parameters"], card["seconds"])
+        for name, card in cards.items()
+    ]
+    return sorted(rows, key=lambda r: r.sort_key(cols[1].title))
 
 
 def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
+def _cells(row: Row, cols: list[Column]) -> list[str]:
+    return [row.metric, *[_pct(row.values[c.title]) for c in cols], f"{row.parameters:,}", f"{row.seconds:.1f}"]
+
+
 def write_leaderboard(cards: dict, skipped: dict, protocol: Protocol, data_spec: str, out: Path) -> list[Path]:
     """leaderboard.md, leaderboard.html and leaderboard.png in ``out`` (atomically)."""
-    heads = ["metric", *[title for _, title, _ in columns(protocol)], "params", "seconds"]
+    cols = columns(protocol)
+    heads = ["metric", *[c.title for c in cols], "params", "seconds"]
     rows = leaderboard_rows(cards, protocol)
-    fmt = lambda r: [r[0], *[_pct(v) for v in r[1:-2]], f"{r[-2]:,}", f"{r[-1]:.1f}"]  # noqa: E731
     md = [
         f"# Leaderboard on `{data_spec}`",
         "",
@@ -135,28 +154,29 @@ def write_leaderboard(cards: dict, skipped: dict, protocol: Protocol, data_spec:
         "| " + " | ".join(heads) + " |",
         "|" + "---|" * len(heads),
     ]
-    md += ["| " + " | ".join(fmt(r)) + " |" for r in rows]
+    md += ["| " + " | ".join(_cells(r, cols)) + " |" for r in rows]
     if skipped:
         md += ["", "Skipped:", ""] + [f"- `{name}`: {why}" for name, why in skipped.items()]
     files = [atomic_write(out / "leaderboard.md", lambda p: p.write_text("\n".join(md) + "\n"))]
     files.append(
         atomic_write(
-            out / "leaderboard.html", lambda p: p.write_text(_html(heads, rows, fmt, protocol, data_spec, skipped))
+            out / "leaderboard.html", lambda p: p.write_text(_html(heads, rows, cols, protocol, data_spec, skipped))
         )
     )
     from robustsim.plots import save_figure
 
-    files.append(save_figure(_figure(rows, protocol), out / "leaderboard.png"))
+    files.append(save_figure(_figure(rows, cols, protocol), out / "leaderboard.png"))
     return files
 
 
-def _html(heads, rows, fmt, protocol: Protocol, data_spec: str, skipped: dict) -> str:
+def _html(heads, rows: list[Row], cols: list[Column], protocol: Protocol, data_spec: str, skipped: dict) -> str:
     """A self-contained page: one table; clicking a column header sorts by it (numbers as numbers)."""
     body = []
     for r in rows:
-        cells = [f'<td data-v="{html.escape(str(r[0]))}">{html.escape(r[0])}</td>']
-        for raw, shown in zip(r[1:], fmt(r)[1:], strict=True):
-            key = "" if raw is None else f"{raw:.6g}" if isinstance(raw, float) else str(raw)
+        raw = [*(r.values[c.title] for c in cols), r.parameters, r.seconds]
+        cells = [f'<td data-v="{html.escape(r.metric)}">{html.escape(r.metric)}</td>']
+        for value, shown in zip(raw, _cells(r, cols)[1:], strict=True):
+            key = "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
             cells.append(f'<td data-v="{key}">{html.escape(shown)}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     head = "".join(f'<th data-col="{i}">{html.escape(h)}</th>' for i, h in enumerate(heads))
@@ -199,16 +219,18 @@ document.querySelectorAll("#board th").forEach(function (th) {{
 """
 
 
-def _figure(rows: list[list], protocol: Protocol):
+def _figure(rows: list[Row], cols: list[Column], protocol: Protocol):
     import matplotlib.pyplot as plt
 
     from robustsim.plots import OKABE_ITO
 
     first = protocol.threat_models[0]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    cert_col = 1 + sum(len(t.eps) for t in protocol.threat_models) + 1
+    clean_col, robust_col = cols[0].title, cols[1].title
+    cert_col = next((c.title for c in cols if c.cell.kind == "certified"), None)
     for i, r in enumerate(rows):
-        clean, robust, cert = r[1], r[2], r[cert_col]
+        clean, robust = r.values[clean_col], r.values[robust_col]
+        cert = r.values.get(cert_col) if cert_col else None
         if clean is None or robust is None:
             continue
         ax.scatter(
@@ -217,12 +239,12 @@ def _figure(rows: list[list], protocol: Protocol):
             color=OKABE_ITO[i % len(OKABE_ITO)],
             s=60,
             marker="*" if cert else "o",
-            label=r[0] + (" (certified)" if cert else ""),
+            label=r.metric + (" (certified)" if cert else ""),
         )
     lim = [0, 100]
     ax.plot(lim, lim, ":", color="grey", lw=1)
     ax.set_xlabel("clean 2AFC (%)")
-    ax.set_ylabel(f"robust 2AFC at {first.norm} {_eps_label(first.norm, first.eps[0])} (%)")
+    ax.set_ylabel(f"robust 2AFC at {first.norm} {first.label(first.eps[0])} (%)")
     ax.set_title("clean vs robust per metric (stars: has a certificate)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from robustsim.errors import RobustsimError
-from robustsim.threat import ThreatModel
+from robustsim.threat import ThreatModel, format_eps
 
 VERSION = 1
 
@@ -30,25 +30,23 @@ class Protocol:
     version: int = VERSION
 
     def to_json(self) -> dict:
+        """The protocol as plain JSON values (lists, not tuples: what a card stores and reads back)."""
         out = asdict(self)
         out["threat_models"] = [t.to_json() for t in self.threat_models]
+        out["attacks"], out["certified_eps"] = list(self.attacks), list(self.certified_eps)
         return out
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
 
     def describe(self) -> str:
-        tms = "; ".join(f"{t.norm} {', '.join(_eps(t.norm, e) for e in t.eps)}" for t in self.threat_models)
+        tms = "; ".join(f"{t.norm} {', '.join(t.labels())}" for t in self.threat_models)
         n = "all" if self.limit is None else f"first {self.limit}"
         return (
             f"protocol {self.name} v{self.version}: {n} triplets; robust = worst case of {', '.join(self.attacks)} "
             f"({self.steps} steps, {self.restarts} restart(s)) on the reference at {tms}; certified at l2 "
-            f"{', '.join(_eps('l2', e) for e in self.certified_eps)}"
+            f"{', '.join(format_eps(e) for e in self.certified_eps)}"
         )
-
-
-def _eps(norm: str, e: float) -> str:
-    return f"{e * 255:g}/255" if norm == "linf" or abs(e * 255 - round(e * 255)) < 1e-9 and e < 1 else f"{e:g}"
 
 
 THREATS = (ThreatModel("l2", "ref", (0.5, 1.0)), ThreatModel("linf", "ref", (2 / 255, 4 / 255)))

@@ -1,11 +1,11 @@
 """``robustsim bench``: every requested metric under one standard protocol, cell by cell, resumable.
 
-A *cell* is one number's worth of work for one metric: its clean 2AFC, its robust 2AFC at one threat
-model and epsilon, or its certified 2AFC at one radius. Each cell is saved atomically as soon as it is
+A *cell* (:class:`Cell`) is one number's worth of work for one metric: its clean 2AFC, its robust 2AFC at one
+threat model and epsilon, or its certified 2AFC at one radius. Each cell is saved atomically as soon as it is
 computed, under a key hashing the protocol, the data's content and the metric's weights; a re-run reuses
-exactly the cells whose key still matches and computes the rest, so a killed run continues where it
-stopped and nothing stale is ever reused. (An attack computes all epsilons of a threat model in one run,
-the balls nesting, so a resumed run repeats at most that one attack run.)
+exactly the cells whose key still matches and computes the rest (:meth:`CellStore.fill`), so a killed run
+continues where it stopped and nothing stale is ever reused. (An attack computes all epsilons of a threat
+model in one run, the balls nesting, so a resumed run repeats at most that one attack run.)
 
 Under torchrun every rank attacks its share of the triplets and rank 0 gathers them and writes.
 """
@@ -14,35 +14,47 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 
 from robustsim.bench.protocol import Protocol, get_protocol
 from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv, broadcast_object, init_distributed
-from robustsim.errors import RobustsimError
+from robustsim.errors import InputError, RobustsimError
 from robustsim.io import write_json
 from robustsim.metrics.base import Metric
+from robustsim.threat import ThreatModel
 
-#: published figures, shown beside ours on the cards (science.md section 7; NIGHTS, not mini)
-REPORTED = {
-    "dreamsim": {
-        "NIGHTS 2AFC (DreamSim README)": 96.2,
-        "NIGHTS clean / linf 4/255 / l2 3.0 (Croce et al. 2024)": [96.2, 0.5, 0.9],
-    },
-    "dino-vitb16": {"NIGHTS 2AFC (DreamSim README)": 94.8},
-    "clip-vitb16": {"NIGHTS 2AFC (DreamSim README)": 93.6},
-    "openclip-vitb16": {"NIGHTS 2AFC (DreamSim README)": 95.3},
-    "lipsim-small-pretrained": {"NIGHTS clean / linf 4/255 / l2 3.0 (Croce et al. 2024)": [86.6, 8.6, 26.5]},
-    "lipsim-small-m0.5": {
-        "NIGHTS clean / linf 4/255 / l2 3.0 (Croce et al. 2024)": [85.1, 32.8, 53.1],
-        "BAPPS clean / certified 36, 72, 108 /255 (LipSim paper)": [74.3, 31.2, 15.1, 6.8],
-    },
-    "r-lpips": {"NIGHTS clean / linf 4/255 / l2 3.0 (Croce et al. 2024)": [71.6, 16.2, 26.9]},
-}
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell: ``kind`` clean, robust (at ``threat``'s norm and target, radius ``eps``) or certified (l2)."""
+
+    kind: str
+    eps: float | None = None
+    threat: ThreatModel | None = None
+
+    @property
+    def name(self) -> str:
+        """The cell's file name (stable across versions: saved cells keep matching)."""
+        if self.kind == "clean":
+            return "clean"
+        if self.kind == "robust":
+            assert self.threat is not None
+            return f"robust-{self.threat.key()}-{self.eps:.6g}"
+        return f"certified-l2-{self.eps:.6g}"
+
+
+def protocol_cells(protocol: Protocol) -> tuple[list[Cell], list[list[Cell]], list[Cell]]:
+    """(clean, robust per threat model, certified) cells of a protocol."""
+    robust = [[Cell("robust", e, tm) for e in tm.eps] for tm in protocol.threat_models]
+    return [Cell("clean")], robust, [Cell("certified", e) for e in protocol.certified_eps]
 
 
 def metric_fingerprint(metric: Metric) -> str:
@@ -59,34 +71,51 @@ class CellStore:
     """Cells of one benchmark folder: ``cells/<metric>/<cell>.json`` holding {key, result}."""
 
     root: Path
+    protocol: Protocol
+    data: TripletDataset
+    env: DistEnv
 
-    def _path(self, metric: str, cell: str) -> Path:
-        return self.root / "cells" / metric / f"{cell}.json"
+    def _path(self, metric: str, cell: Cell) -> Path:
+        return self.root / "cells" / metric / f"{cell.name}.json"
 
-    def get(self, metric: str, cell: str, key: str) -> dict | None:
+    def key(self, fingerprint: str, cell: Cell, extra: object = None) -> str:
+        blob = json.dumps(
+            [self.protocol.digest(), self.data.identity, fingerprint, cell.name, extra], sort_keys=True, default=str
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    def get(self, metric: str, cell: Cell, key: str) -> dict | None:
         try:
             data = json.loads(self._path(metric, cell).read_text())
         except (OSError, ValueError):
             return None
         return data.get("result") if isinstance(data, dict) and data.get("key") == key else None
 
-    def put(self, metric: str, cell: str, key: str, result: dict) -> None:
-        write_json(self._path(metric, cell), {"key": key, "cell": cell, "result": result})
+    def put(self, metric: str, cell: Cell, key: str, result: dict) -> None:
+        write_json(self._path(metric, cell), {"key": key, "cell": cell.name, "result": result})
 
-
-@dataclass
-class MetricRun:
-    """What the bench knows of one metric while it runs."""
-
-    name: str
-    metric: Metric
-    fingerprint: str
-    cells: dict = field(default_factory=dict)
-
-
-def _key(protocol: Protocol, data: TripletDataset, fp: str, cell: str, extra: object = None) -> str:
-    blob = json.dumps([protocol.digest(), data.identity, fp, cell, extra], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+    def fill(
+        self,
+        metric: str,
+        fingerprint: str,
+        cells: Sequence[Cell],
+        compute: Callable[[], dict[Cell, dict] | None],
+        extra: object = None,
+    ) -> dict[Cell, dict | None]:
+        """The results of ``cells``: the saved ones whose key matches (rank 0 reads, every rank learns), else
+        ``compute()`` for all of them (every rank: it may shard), saved by rank 0 as it returns. Other ranks
+        get None for each cell."""
+        keys = {c: self.key(fingerprint, c, extra) for c in cells}
+        saved = {c: self.get(metric, c, keys[c]) for c in cells} if self.env.main else {}
+        saved = cast(dict, broadcast_object(saved, self.env))  # rank 0's dict, on every rank
+        if all(saved.get(c) is not None for c in cells):
+            return saved if self.env.main else dict.fromkeys(cells)
+        computed = compute()
+        if not self.env.main or computed is None:
+            return dict.fromkeys(cells)
+        for c in cells:
+            self.put(metric, c, keys[c], computed[c])
+        return {c: computed[c] for c in cells}
 
 
 def clean_cell(metric: Metric, data: TripletDataset, batch_size: int, device, env: DistEnv) -> dict | None:
@@ -107,47 +136,61 @@ def clean_cell(metric: Metric, data: TripletDataset, batch_size: int, device, en
 
 
 def protocol_audit(
-    metric: Metric, data: TripletDataset, protocol: Protocol, tm, eps, batch_size: int, device, progress: bool, env
-) -> dict | None:
-    """The audit report of ``metric`` under the protocol's attacks, steps and restarts at threat model ``tm``'s
-    norm and target and the radii ``eps`` (None on ranks other than 0)."""
+    metric: Metric,
+    data: TripletDataset,
+    protocol: Protocol,
+    threat: ThreatModel,
+    batch_size: int,
+    device,
+    progress: bool,
+    env: DistEnv | None,
+):
+    """The audit report of ``metric`` under the protocol's attacks, steps and restarts at ``threat`` (None on
+    ranks other than 0)."""
     from robustsim.audit import run_audit
 
-    report, _ = run_audit(
+    return run_audit(
         metric,
         data,
-        tm.norm,
-        eps,
+        threat,
         protocol.attacks,
         steps=protocol.steps,
         restarts=protocol.restarts,
         batch_size=batch_size,
         device=device,
-        target=tm.target,
         progress=progress,
         env=env,
     )
-    return report
 
 
 def robust_cells(
-    metric: Metric, data: TripletDataset, protocol: Protocol, tm, batch_size: int, device, env: DistEnv, progress: bool
-) -> dict | None:
+    metric: Metric,
+    data: TripletDataset,
+    protocol: Protocol,
+    cells: list[Cell],
+    batch_size: int,
+    device,
+    env: DistEnv,
+    progress: bool,
+) -> dict[Cell, dict] | None:
+    """One attack run over the radii of ``cells`` (one threat model)."""
+    threat = cells[0].threat
+    assert threat is not None
     t0 = time.perf_counter()
-    report = protocol_audit(metric, data, protocol, tm, tm.eps, batch_size, device, progress, env)
+    report = protocol_audit(metric, data, protocol, threat, batch_size, device, progress, env)
     secs = time.perf_counter() - t0
     if report is None:
         return None
     out = {}
-    for i, e in enumerate(report["eps"]):
-        out[e] = {
-            "robust": report["robust"][i],
-            "clean": report["clean"],
-            "n": report["n"],
+    for i, cell in enumerate(cells):
+        out[cell] = {
+            "robust": report.robust[i],
+            "clean": report.clean,
+            "n": report.n,
             "seconds": secs,
-            "images_per_s": report["n"] * (protocol.steps + 1) / max(secs, 1e-9),
-            "per_triplet": report["per_triplet"]["robust"][i],
-            "certified_here": report["certified"][i] if report["certified"] is not None else None,
+            "images_per_s": report.n * (protocol.steps + 1) / max(secs, 1e-9),
+            "per_triplet": report.per_triplet["robust"][i],
+            "certified_here": report.certified[i] if report.certified is not None else None,
         }
     return out
 
@@ -156,105 +199,94 @@ def certified_cells(
     metric: Metric,
     data: TripletDataset,
     protocol: Protocol,
+    cells: list[Cell],
     smoothing: float | None,
     batch_size: int,
     device,
     env: DistEnv,
-) -> tuple[str, dict] | None:
-    """("lipschitz" | "smoothing", {eps: cell}) or None when the metric has no certificate here."""
-    from robustsim.certify import certify_2afc, certify_smoothed
-    from robustsim.certify.lipschitz import network_lipschitz
+) -> dict[Cell, dict] | None:
+    """Every certified cell: a Lipschitz proof where the metric has one, else smoothing (when asked), else a
+    cell saying there is no certificate."""
+    from robustsim.certify import certify_2afc, certify_smoothed, has_certificate
 
-    eps = list(protocol.certified_eps)
+    eps = ThreatModel("l2", "ref", tuple(c.eps for c in cells if c.eps is not None))
     t0 = time.perf_counter()
-    try:
-        network_lipschitz(metric)
-        method, res = (
-            "lipschitz",
-            certify_2afc(metric, data, eps, batch_size=batch_size, device=device, progress=False, env=env),
-        )
-    except RobustsimError:
-        if smoothing is None:
-            return ("none", {})
-        from robustsim.dist import gather_rows, shard
-
-        share, mine = shard(data, env)
+    if has_certificate(metric):
+        method = "lipschitz"
+        res = certify_2afc(metric, data, eps, batch_size=batch_size, device=device, progress=False, env=env)
+    elif smoothing is None:
+        return {c: {"method": "none"} for c in cells}
+    else:
         method = f"smoothing sigma={smoothing:g}"
-        res = certify_smoothed(
-            metric,
-            share,
-            eps,
-            smoothing,
-            n=protocol.smoothing["n"],
-            alpha=protocol.smoothing["alpha"],
-            device=device,
-            progress=False,
-        )
-        if env.world > 1:
-            parts = [gather_rows(t, mine, len(data), env) for t in (res.radius, res.clean, res.p)]
-            if not env.main:
-                return None
-            res.radius, res.clean, res.p = parts  # type: ignore[assignment]
+        n, alpha = protocol.smoothing["n"], protocol.smoothing["alpha"]
+        res = certify_smoothed(metric, data, eps, smoothing, n=n, alpha=alpha, device=device, progress=False, env=env)
     if res is None:
         return None
     secs = time.perf_counter() - t0
-    return method, {e: {"certified": res.certified_at(e), "clean": res.clean_score, "seconds": secs} for e in eps}
+    return {
+        c: {"method": method, "certified": res.certified_at(c.eps), "clean": res.clean_score, "seconds": secs}
+        for c in cells
+        if c.eps is not None
+    }
+
+
+@dataclass
+class MetricRun:
+    """What the bench knows of one metric while it runs."""
+
+    name: str
+    metric: Metric
+    fingerprint: str
+    cells: dict[str, dict | None] = field(default_factory=dict)
 
 
 def evaluate_metric(
     run: MetricRun,
-    data: TripletDataset,
-    protocol: Protocol,
     store: CellStore,
     smoothing: float | None,
     batch_size: int,
     device,
-    env: DistEnv,
     progress: bool,
     log,
-) -> dict | None:
-    """Fill every cell of one metric (reusing saved ones); on rank 0 return its cells."""
-    m, fp = run.metric, run.fingerprint
-    key = _key(protocol, data, fp, "clean")
-    cell = store.get(run.name, "clean", key) if env.main else None
-    cell = broadcast_object(cell, env)
-    if cell is None:
-        log(f"{run.name}: clean 2AFC")
+) -> dict[str, dict | None] | None:
+    """Fill every cell of one metric (reusing saved ones); on rank 0 return them by cell name."""
+    m, data, protocol, env = run.metric, store.data, store.protocol, store.env
+    clean, robust, certified = protocol_cells(protocol)
+
+    def announce(what: str, compute: Callable[[], dict[Cell, dict] | None]):
+        def wrapped():
+            log(f"{run.name}: {what}")
+            return compute()
+
+        return wrapped
+
+    def clean_compute() -> dict[Cell, dict] | None:
         cell = clean_cell(m, data, batch_size, device, env)
-        if env.main:
-            store.put(run.name, "clean", key, cell)
-    run.cells["clean"] = cell
-    for tm in protocol.threat_models:
-        names = {e: f"robust-{tm.key()}-{e:.6g}" for e in tm.eps}
-        keys = {e: _key(protocol, data, fp, n) for e, n in names.items()}
-        saved = {e: store.get(run.name, names[e], keys[e]) for e in tm.eps} if env.main else {}
-        saved = broadcast_object(saved, env)
-        if any(v is None for v in saved.values()):
-            log(f"{run.name}: robust {tm.describe()}")
-            cells = robust_cells(m, data, protocol, tm, batch_size, device, env, progress)
-            if env.main:
-                for e in tm.eps:
-                    store.put(run.name, names[e], keys[e], cells[e])  # type: ignore[index]
-                saved = cells  # type: ignore[assignment]
-        for e in tm.eps:
-            run.cells[names[e]] = saved[e] if env.main else None
-    cert_names = {e: f"certified-l2-{e:.6g}" for e in protocol.certified_eps}
-    extra = {"smoothing": smoothing}
-    keys = {e: _key(protocol, data, fp, n, extra) for e, n in cert_names.items()}
-    saved = {e: store.get(run.name, cert_names[e], keys[e]) for e in protocol.certified_eps} if env.main else {}
-    saved = broadcast_object(saved, env)
-    if any(v is None for v in saved.values()):
-        log(f"{run.name}: certificates")
-        out = certified_cells(m, data, protocol, smoothing, batch_size, device, env)
-        if env.main and out is not None:
-            method, cells = out
-            for e in protocol.certified_eps:
-                cell = {"method": method, **cells[e]} if cells else {"method": method}
-                store.put(run.name, cert_names[e], keys[e], cell)
-                saved[e] = cell
-    for e in protocol.certified_eps:
-        run.cells[cert_names[e]] = saved.get(e) if env.main else None
+        return None if cell is None else {clean[0]: cell}
+
+    found = store.fill(run.name, run.fingerprint, clean, announce("clean 2AFC", clean_compute))
+    for cells in robust:
+        threat = cells[0].threat
+        assert threat is not None
+        compute = announce(
+            f"robust {threat.describe()}",
+            lambda cells=cells: robust_cells(m, data, protocol, cells, batch_size, device, env, progress),
+        )
+        found.update(store.fill(run.name, run.fingerprint, cells, compute))
+    compute = announce(
+        "certificates", lambda: certified_cells(m, data, protocol, certified, smoothing, batch_size, device, env)
+    )
+    found.update(store.fill(run.name, run.fingerprint, certified, compute, extra={"smoothing": smoothing}))
+    run.cells = {c.name: v for c, v in found.items()}
     return run.cells if env.main else None
+
+
+def _checked_metrics(metrics: object) -> list[str]:
+    if isinstance(metrics, (str, bytes)) or not isinstance(metrics, Sequence):
+        raise InputError(f"metrics must be a list of names, got {metrics!r}; pass e.g. ['l2', 'lipsim-nano']")
+    if not metrics or not all(isinstance(m, str) and m for m in metrics):
+        raise InputError(f"metrics must be a non-empty list of names, got {metrics!r}")
+    return list(metrics)
 
 
 def run(
@@ -274,14 +306,23 @@ def run(
     {metric: reason}} on rank 0 (None on other ranks)."""
     from robustsim.bench.cards import make_card, write_leaderboard
     from robustsim.data import open_triplets
-    from robustsim.metrics import load_metric, metric_entries
+    from robustsim.zoo import load_metric, metric_entries
 
+    metrics = _checked_metrics(metrics)
+    if not isinstance(out, (str, Path)) or not str(out):
+        raise InputError(f"out must be a folder path, got {out!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InputError(f"limit must be a positive integer or None, got {limit!r}")
+    if smoothing is not None and not (
+        isinstance(smoothing, (int, float)) and math.isfinite(smoothing) and smoothing > 0
+    ):
+        raise InputError(f"smoothing must be a positive sigma or None, got {smoothing!r}")
     proto = get_protocol(protocol)
     env = init_distributed(torch.device(device))
     out = Path(out)
     n = min(x for x in (limit, proto.limit) if x is not None) if (limit or proto.limit) else None
     triplets = open_triplets(data, limit=n)
-    store = CellStore(out)
+    store = CellStore(out, proto, triplets, env)
     if metrics == ["all"]:
         metrics = [e.name for e in metric_entries() if e.weights_available()]
     cards, skipped = {}, {}
@@ -296,18 +337,10 @@ def run(
             continue
         runner = MetricRun(name, metric, metric_fingerprint(metric))
         t0 = time.perf_counter()
-        cells = evaluate_metric(runner, triplets, proto, store, smoothing, batch_size, env.device, env, progress, say)
+        cells = evaluate_metric(runner, store, smoothing, batch_size, env.device, progress, say)
         if env.main and cells is not None:
             cards[name] = make_card(
-                name,
-                metric,
-                runner.fingerprint,
-                cells,
-                proto,
-                data,
-                triplets,
-                REPORTED.get(name, {}),
-                time.perf_counter() - t0,
+                name, metric, runner.fingerprint, cells, proto, data, triplets, time.perf_counter() - t0
             )
             write_json(out / "cards" / f"{name}.json", cards[name])
         del metric
@@ -320,23 +353,30 @@ def run(
 def benchmark(
     metric: Metric | str,
     data: TripletDataset | str = "mini",
-    threat_model: str = "l2",
-    eps: float | list[float] = 0.5,
+    threat_model: ThreatModel | str = "l2",
+    eps: float | Sequence[float] | None = 0.5,
     protocol: str = "quick",
     device: str | torch.device = "cpu",
     batch_size: int = 32,
 ) -> tuple[float, float | list[float]]:
-    """RobustBench's one verb for a perceptual metric: (clean 2AFC, robust 2AFC) under the protocol's attacks
-    with the reference perturbed in a ``threat_model`` ("l2" / "linf", or a ThreatModel) ball of ``eps``."""
+    """RobustBench's one verb for a perceptual metric: (clean 2AFC, robust 2AFC) under the protocol's attacks,
+    as fractions in [0, 1], with the reference perturbed in a ``threat_model`` ball ("l2" / "linf", or a
+    ThreatModel, whose radii ``eps=None`` keeps) of radius ``eps`` (a list gives a list)."""
     from robustsim.data import open_triplets
-    from robustsim.metrics import load_metric
-    from robustsim.threat import ThreatModel
+    from robustsim.data.triplets import TripletDataset as _Triplets
+    from robustsim.zoo import load_metric
 
+    if not isinstance(metric, (Metric, str)):
+        raise InputError(f"metric must be a Metric or a zoo name, got {type(metric).__name__}")
+    if not isinstance(data, (_Triplets, str)):
+        raise InputError(f"data must be a 2AFC spec such as 'mini' or a TripletDataset, got {type(data).__name__}")
+    threat = ThreatModel.of(threat_model, eps)
+    if not threat.eps:
+        raise InputError("eps must give at least one radius, e.g. eps=0.5 or eps=[0.5, 1.0]")
     proto = get_protocol(protocol)
     m = load_metric(metric, device=device) if isinstance(metric, str) else metric
     d = open_triplets(data, limit=proto.limit) if isinstance(data, str) else data
-    tm = threat_model if isinstance(threat_model, ThreatModel) else ThreatModel(threat_model, "ref")
-    eps_list = [float(e) for e in (eps if isinstance(eps, (list, tuple)) else [eps])]
-    report = protocol_audit(m, d, proto, tm, eps_list, batch_size, device, False, None)
-    robust = report["robust"]
-    return report["clean"], robust if isinstance(eps, (list, tuple)) else robust[0]
+    report = protocol_audit(m, d, proto, threat, batch_size, device, False, None)
+    assert report is not None
+    one = isinstance(eps, (int, float)) or (eps is None and len(threat.eps) == 1)
+    return report.clean, report.robust[0] if one else report.robust

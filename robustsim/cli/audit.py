@@ -7,24 +7,25 @@ from pathlib import Path
 import click
 import torch
 
+from robustsim.attacks.registry import list_attacks
 from robustsim.cli.options import (
     DEFAULT_EPS,
     allow_outside_option,
     batch_option,
     data_option,
     device_option,
-    eps_option,
     is_main,
     limit_option,
     load_metrics,
     open_data,
     out_dir_option,
     overwrite_option,
-    parse_floats,
     parse_names,
     restarts_option,
     seed_option,
+    threat_options,
 )
+from robustsim.threat import ThreatModel
 
 AUDIT_FILES = ("report.json", "report.md", "robust.png", "examples.png")
 
@@ -32,25 +33,16 @@ AUDIT_FILES = ("report.json", "report.md", "robust.png", "examples.png")
 @click.command("audit")
 @click.option("--metric", required=True, help="Zoo name, a+b ensemble or checkpoint folder.")
 @data_option
-@click.option("--norm", type=click.Choice(["l2", "linf"]), default="l2", show_default=True)
-@eps_option
+@threat_options(DEFAULT_EPS)
 @click.option(
     "--attacks",
     "attacks_text",
     default="apgd-ce,apgd-margin",
     show_default=True,
-    help="Comma-separated: pgd, pgd-cosine, apgd-ce, apgd-margin, autoattack, aa-apgd-ce, square, fab, "
-    "foolbox-pgd, foolbox:<Class>.",
+    help=f"Comma-separated: {', '.join(list_attacks())}.",
 )
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(1, 100_000), help="Iterations per attack.")
 @restarts_option
-@click.option(
-    "--target",
-    type=click.Choice(["ref", "x0", "x1", "all"]),
-    default="ref",
-    show_default=True,
-    help="Which image the attacker perturbs.",
-)
 @seed_option
 @out_dir_option("report.json, report.md, robust.png, examples.png")
 @overwrite_option
@@ -61,12 +53,10 @@ AUDIT_FILES = ("report.json", "report.md", "robust.png", "examples.png")
 def audit_cmd(
     metric: str,
     data_spec: str,
-    norm: str,
-    eps: list[float] | None,
+    threat: ThreatModel,
     attacks_text: str,
     steps: int,
     restarts: int,
-    target: str,
     seed: int,
     out_dir: Path | None,
     overwrite: bool,
@@ -83,34 +73,24 @@ def audit_cmd(
     from contextlib import nullcontext
 
     from robustsim.attacks import make_attack
-    from robustsim.audit import audit_table, run_audit, write_audit
+    from robustsim.audit import run_audit
     from robustsim.io import OutputDir
+    from robustsim.reports import write_report
 
-    eps = eps if eps is not None else parse_floats(DEFAULT_EPS[norm], "--eps")
     attacks = parse_names(attacks_text, "--attacks")
     for a in attacks:  # fail on a bad name before any work
-        make_attack(a, norm)  # type: ignore[arg-type]
+        make_attack(a, threat)
     claim = OutputDir(out_dir, AUDIT_FILES, overwrite) if out_dir and is_main() else nullcontext(None)
     with claim as out:
         (m,) = load_metrics([metric], device)
         data = open_data(data_spec, limit, size=m.input_size, allow_outside=allow_outside)
-        report, examples = run_audit(
-            m,
-            data,
-            norm,  # type: ignore[arg-type]
-            eps,
-            attacks,
-            steps=steps,
-            restarts=restarts,
-            seed=seed,
-            batch_size=batch_size,
-            device=device,
-            target=target,  # type: ignore[arg-type]
+        report = run_audit(
+            m, data, threat, attacks, steps=steps, restarts=restarts, seed=seed, batch_size=batch_size, device=device
         )
         if report is None:  # a torchrun rank other than 0
             return
-        click.echo(f"audit of {m.name} on {data.name}: {norm} attacks on the {target} image")
-        click.echo(audit_table(report))
+        click.echo(f"audit of {m.name} on {data.name}: {threat.describe()}")
+        click.echo(report.table())
         if out is not None:
-            for f in write_audit(report, examples, out):
+            for f in write_report(report, out):
                 click.echo(f"wrote {f}")

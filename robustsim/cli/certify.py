@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import click
 import torch
@@ -14,19 +15,30 @@ from robustsim.cli.options import (
     data_option,
     device_option,
     file_output_option,
+    is_main,
     limit_option,
     load_metrics,
     open_data,
-    parse_floats,
+    out_dir_option,
+    overwrite_option,
     seed_option,
+    threat_options,
 )
-from robustsim.table import format_table, pct
+from robustsim.limits import MAX_SIGMA
+from robustsim.threat import ThreatModel
+
+CERTIFY_FILES = ("report.json", "report.md", "certified.png")
+DEFAULT_CERT_EPS = {"l2": "36/255,72/255,108/255", "linf": "1/255,2/255,4/255"}
 
 
 @click.command("certify")
 @click.option("--metric", required=True, help="Zoo name, a+b ensemble or checkpoint folder.")
 @data_option
-@click.option("--eps", "eps_text", default="36/255,72/255,108/255", show_default=True, help="l2 radii.")
+@threat_options(
+    DEFAULT_CERT_EPS,
+    target_help="Which image the attacker may move (all: each of the three within eps). Smoothing: ref only.",
+    eps_help="Comma-separated radii (linf: certified through the l2 ball of radius sqrt(d) eps).",
+)
 @click.option(
     "--method",
     type=click.Choice(["auto", "lipschitz", "smoothing"]),
@@ -34,13 +46,6 @@ from robustsim.table import format_table, pct
     show_default=True,
     help="lipschitz: a proof from the metric's Lipschitz bound; smoothing: a certificate of the smoothed "
     "metric (any metric); auto: lipschitz where the metric has a bound, else smoothing.",
-)
-@click.option(
-    "--target",
-    type=click.Choice(["ref", "x0", "x1", "all"]),
-    default="ref",
-    show_default=True,
-    help="Which image the attacker may move (all: each of the three within eps). Smoothing: ref only.",
 )
 @click.option(
     "--mode",
@@ -52,7 +57,7 @@ from robustsim.table import format_table, pct
 )
 @click.option(
     "--sigma",
-    type=click.FloatRange(0, min_open=True),
+    type=click.FloatRange(0, MAX_SIGMA, min_open=True),
     default=0.25,
     show_default=True,
     help="Smoothing: noise std in [0, 1] pixel units.",
@@ -80,7 +85,9 @@ from robustsim.table import format_table, pct
     help="Smoothing: failure probability of each certificate.",
 )
 @seed_option
-@file_output_option("--json", "Per-triplet radii and the curve.")
+@out_dir_option(", ".join(CERTIFY_FILES))
+@overwrite_option
+@file_output_option("--json", "Per-triplet radii and the curve (the report.json of --out).")
 @file_output_option("--plot", "Certified accuracy vs epsilon (PNG/PDF).")
 @batch_option
 @device_option
@@ -89,15 +96,16 @@ from robustsim.table import format_table, pct
 def certify_cmd(
     metric: str,
     data_spec: str,
-    eps_text: str,
+    threat: ThreatModel,
     method: str,
-    target: str,
     mode: str,
     sigma: float,
     n_samples: int,
     n0: int,
     alpha: float,
     seed: int,
+    out_dir: Path | None,
+    overwrite: bool,
     json: Path | None,
     plot: Path | None,
     batch_size: int,
@@ -105,7 +113,7 @@ def certify_cmd(
     limit: int | None,
     allow_outside: bool,
 ) -> None:
-    """Certified 2AFC accuracy at each l2 epsilon, in the pixels of the images as loaded (the metric's own
+    """Certified 2AFC accuracy at each epsilon, in the pixels of the images as loaded (the metric's own
     resize and normalisation are part of the certificate).
 
     lipschitz: a proof for 1-Lipschitz embedding metrics (LipSim): the radius within which the moving
@@ -113,67 +121,50 @@ def certify_cmd(
     smoothing: for any metric, a certificate of the smoothed decision under Gaussian noise on the
     reference (Cohen et al. 2019), each sound with probability 1 - alpha; abstentions are reported.
     """
-    from robustsim.certify import certify_2afc, certify_smoothed
-    from robustsim.certify.lipschitz import network_lipschitz
-    from robustsim.errors import RobustsimError
-    from robustsim.io import write_json
+    from contextlib import nullcontext
 
-    eps = parse_floats(eps_text, "--eps")
+    from robustsim.certify import certify_2afc, certify_smoothed, has_certificate
+    from robustsim.certify.radius import Mode
+    from robustsim.io import OutputDir, write_json
+    from robustsim.plots import save_figure
+    from robustsim.reports import write_report
+
     check_file_outputs(json=json, plot=plot)
-    (m,) = load_metrics([metric], device)
-    if method == "auto":
-        try:
-            network_lipschitz(m)
-            method = "lipschitz"
-        except RobustsimError:
-            method = "smoothing"
-    if method == "smoothing" and target != "ref":
-        raise click.BadParameter(
-            "smoothing certifies the reference image only; use --target ref", param_hint="--target"
-        )
-    data = open_data(data_spec, limit, allow_outside=allow_outside)
-    if method == "lipschitz":
-        res = certify_2afc(m, data, eps, mode=mode, batch_size=batch_size, device=device, target=target)  # type: ignore[arg-type]
+    claim = OutputDir(out_dir, CERTIFY_FILES, overwrite) if out_dir and is_main() else nullcontext(None)
+    with claim as out:
+        (m,) = load_metrics([metric], device)
+        if method == "auto":
+            method = "lipschitz" if has_certificate(m) else "smoothing"
+        if method == "smoothing" and threat.target != "ref":
+            raise click.BadParameter(
+                "smoothing certifies the reference image only; use --target ref", param_hint="--target"
+            )
+        data = open_data(data_spec, limit, allow_outside=allow_outside)
+        if method == "lipschitz":
+            res = certify_2afc(m, data, threat, mode=cast(Mode, mode), batch_size=batch_size, device=device)
+        else:
+            res = certify_smoothed(
+                m,
+                data,
+                threat,
+                sigma,
+                n=n_samples,
+                n0=n0,
+                alpha=alpha,
+                batch_size=min(batch_size, 16),
+                seed=seed,
+                device=device,
+            )
         if res is None:  # a torchrun rank other than 0
             return
-        how = f"method=lipschitz ({res.details['lipschitz_source']} bound), mode={mode}, L={res.lipschitz:g}"
-    else:
-        res = certify_smoothed(
-            m,
-            data,
-            eps,
-            sigma,
-            n=n_samples,
-            n0=n0,
-            alpha=alpha,
-            batch_size=min(batch_size, 16),
-            seed=seed,
-            device=device,
-        )
-        how = (
-            f"method=smoothing (a certificate of the SMOOTHED metric, sigma={sigma:g}, n={n_samples}, alpha={alpha:g}, "
-            f"abstained on {100 * res.details['abstain_rate']:.1f}%)"
-        )
-    rows = [(f"{e:.4g} ({e * 255:.0f}/255)", pct(res.clean_score), pct(res.certified_at(e))) for e in eps]
-    click.echo(f"certified 2AFC (%) of {m.name} on {data.name}, {target} moving; {how}; n={len(res.p)}")
-    clean = "clean" if method == "lipschitz" else "smoothed"
-    click.echo(format_table([f"eps (l2, {target})", clean, "certified"], rows))
-    certified = res.radius[res.radius >= 0]
-    if certified.numel():
-        click.echo(f"median certified radius: {float(certified.median()):.4f}")
-    if json:
-        write_json(json, res.to_json())
-        click.echo(f"wrote {json}")
-    if plot:
-        from robustsim.plots import Curve, accuracy_figure, save_figure
-
-        fig = accuracy_figure(
-            [
-                Curve(clean, eps, [res.clean_score] * len(eps), "--"),
-                Curve(f"certified ({method}, {target})", eps, [res.certified_at(e) for e in eps]),
-            ],
-            "l2",
-            f"{m.name} on {data.name}",
-        )
-        save_figure(fig, plot)
-        click.echo(f"wrote {plot}")
+        click.echo(f"certified 2AFC (%) of {m.name} on {data.name}: {res.describe()}")
+        click.echo(res.table())
+        if out is not None:
+            for f in write_report(res, out):
+                click.echo(f"wrote {f}")
+        if json:
+            write_json(json, res.to_json())
+            click.echo(f"wrote {json}")
+        if plot:
+            save_figure(res.figure(), plot)
+            click.echo(f"wrote {plot}")

@@ -26,7 +26,7 @@ def _clip(text: str, width: int) -> str:
 def metrics_cmd(width: int | None) -> None:
     """List the metric zoo: each metric's state here (built-in, fetched, fetchable, missing, or the package it
     needs) and what it is. `robustsim weights list` shows the weight files behind it."""
-    from robustsim.metrics import metric_entries
+    from robustsim.zoo import metric_entries
 
     width = width or min(100, shutil.get_terminal_size((100, 24)).columns)
     entries = metric_entries()

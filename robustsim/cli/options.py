@@ -6,19 +6,21 @@ they use; bad values raise ``click.BadParameter`` (one line, exit 2).
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 import torch
 
 from robustsim.data.specs import triplet_usage
+from robustsim.limits import MAX_BATCH
+from robustsim.threat import NORMS, TARGETS, Norm, Target, ThreatModel
 
 DEFAULT_EPS = {"l2": "0.5,1,2", "linf": "1/255,2/255,4/255"}
-MAX_BATCH = 1 << 16
 
 
 def parse_floats(text: str, what: str = "value") -> list[float]:
@@ -84,6 +86,52 @@ def _device_callback(ctx: click.Context, param: click.Parameter, value: str) -> 
 
 def _eps_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float] | None:
     return None if value is None else parse_floats(value, "--eps")
+
+
+def threat_options(
+    default_eps: Mapping[str, str],
+    *,
+    norms: Sequence[str] = NORMS,
+    targets: Sequence[str] = TARGETS,
+    target_help: str = "Which image the attacker perturbs.",
+    eps_help: str = "Comma-separated radii; fractions allowed (36/255).",
+    keep_zero: bool = True,
+) -> Callable:
+    """``--norm``, ``--eps`` and ``--target`` as one value: the command receives ``threat: ThreatModel``
+    (radii parsed and sorted; ``keep_zero=False`` drops 0, which means "clean only" there)."""
+
+    def decorate(command: Callable) -> Callable:
+        @functools.wraps(command)
+        def wrapper(*args: Any, norm: str, eps_text: str | None, target: str, **kwargs: Any) -> Any:
+            eps = parse_floats(eps_text or default_eps[norm], "--eps")
+            eps = eps if keep_zero else [e for e in eps if e > 0]
+            threat = ThreatModel(cast(Norm, norm), cast(Target, target), tuple(eps))
+            return command(*args, threat=threat, **kwargs)
+
+        defaults = "; ".join(f"{n}: {default_eps[n]}" for n in norms)
+        options = [
+            click.option("--norm", type=click.Choice(list(norms)), default=norms[0], show_default=True),
+            click.option("--eps", "eps_text", default=None, help=f"{eps_help} Default ({defaults})."),
+        ]
+        if len(targets) > 1:
+            choice = click.Choice(list(targets))
+            target = click.option("--target", type=choice, default=targets[0], show_default=True, help=target_help)
+            options.append(target)
+        else:  # fixed by the command (retrieval moves the query): not an option
+            wrapper = _fixed(wrapper, target=targets[0])
+        for option in reversed(options):
+            wrapper = option(wrapper)
+        return wrapper
+
+    return decorate
+
+
+def _fixed(command: Callable, **values: Any) -> Callable:
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return command(*args, **values, **kwargs)
+
+    return wrapper
 
 
 device_option = click.option(
@@ -161,7 +209,7 @@ def open_data(spec: str, limit: int | None, size: int | None = None, allow_outsi
 
 def load_metrics(names: list[str], device: torch.device) -> list[Any]:
     """Load every metric before any work, so a bad name fails first."""
-    from robustsim.metrics import load_metric
+    from robustsim.zoo import load_metric
 
     return [load_metric(n, device=device) for n in names]
 

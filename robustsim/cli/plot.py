@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import click
 
 from robustsim.cli.options import check_file_outputs
+
+if TYPE_CHECKING:
+    from robustsim.overlay import Kind
 
 
 @click.command("plot")
@@ -31,6 +35,6 @@ def plot_cmd(reports: tuple[str, ...], kind: str | None, out: Path) -> None:
     if out.suffix.lower() not in FIGURE_SUFFIXES:
         raise click.BadParameter(f"{out} needs a figure suffix ({', '.join(FIGURE_SUFFIXES)})", param_hint="--out")
     check_file_outputs(out=out)
-    fig = overlay_figure([load_report(p) for p in reports], kind)  # type: ignore[arg-type]
+    fig = overlay_figure([load_report(p) for p in reports], cast("Kind | None", kind))
     save_figure(fig, out)
     click.echo(f"wrote {out}")

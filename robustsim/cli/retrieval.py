@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import click
 import torch
@@ -12,11 +13,12 @@ from robustsim.cli.options import (
     limit_option,
     out_dir_option,
     overwrite_option,
-    parse_floats,
     parse_names,
     restarts_option,
     seed_option,
+    threat_options,
 )
+from robustsim.threat import ThreatModel
 
 RETRIEVAL_FILES = ("report.json", "report.md", "recall.png", "queries.png")
 
@@ -44,13 +46,11 @@ def parse_ks(text: str) -> list[int]:
     "plain:ROOT (queries/, gallery/, positives.csv: query,positive), or a folder of either layout.",
 )
 @click.option("--k", "k_text", default="1,5,10", show_default=True, help="Comma-separated cut-offs for recall@k.")
-@click.option("--norm", type=click.Choice(["l2", "linf"]), default="l2", show_default=True)
-@click.option(
-    "--eps",
-    "eps_text",
-    default=None,
-    help="Comma-separated radii of the query perturbation (fractions allowed); 0 = clean only. "
-    "Default: 0.5,1 (l2) or 1/255,2/255 (linf).",
+@threat_options(
+    DEFAULT_EPS,
+    targets=("ref",),
+    eps_help="Comma-separated radii of the query perturbation (fractions allowed); 0 = clean only.",
+    keep_zero=False,
 )
 @click.option(
     "--attacks",
@@ -80,8 +80,7 @@ def retrieval_cmd(
     metric: str,
     data_spec: str,
     k_text: str,
-    norm: str,
-    eps_text: str | None,
+    threat: ThreatModel,
     attacks_text: str,
     steps: int,
     restarts: int,
@@ -105,15 +104,16 @@ def retrieval_cmd(
     from robustsim.attacks import make_attack
     from robustsim.data import open_retrieval
     from robustsim.io import OutputDir
-    from robustsim.metrics import load_metric
+    from robustsim.reports import write_report
     from robustsim.retrieval import evaluate_retrieval
-    from robustsim.retrieval.report import retrieval_table, write_retrieval
+    from robustsim.retrieval.index import Backend
+    from robustsim.retrieval.report import RetrievalReport, retrieval_table
+    from robustsim.zoo import load_metric
 
     ks = parse_ks(k_text)
-    eps = [e for e in parse_floats(eps_text or DEFAULT_EPS[norm], "--eps") if e > 0]
     attacks = parse_names(attacks_text, "--attacks")
     for a in attacks:  # fail on a bad name before any work
-        make_attack(a, norm)  # type: ignore[arg-type]
+        make_attack(a, threat)
     claim = OutputDir(out_dir, RETRIEVAL_FILES, overwrite) if out_dir else nullcontext(None)
     with claim as out:
         m = load_metric(metric, device=device)
@@ -128,8 +128,7 @@ def retrieval_cmd(
             m,
             data,
             ks,
-            norm,  # type: ignore[arg-type]
-            eps,
+            threat,
             attacks,
             steps=steps,
             restarts=restarts,
@@ -137,7 +136,7 @@ def retrieval_cmd(
             seed=seed,
             batch_size=batch_size,
             device=device,
-            backend=backend,  # type: ignore[arg-type]
+            backend=cast(Backend, backend),
         )
         click.echo(
             f"retrieval of {m.name} on {res.data}: {res.n_queries} queries ({res.n_scored} with positives), "
@@ -146,5 +145,5 @@ def retrieval_cmd(
         click.echo(retrieval_table(res))
         click.echo(f"({res.seconds:.0f} s)")
         if out is not None:
-            for f in write_retrieval(res, data, out):
+            for f in write_report(RetrievalReport(res), out):
                 click.echo(f"wrote {f}")

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from robustsim.cli.options import device_option, parse_floats
+from robustsim.nn import LAYERS
 
 
 def _run_options(epochs: int, batch_size: int, lr: float) -> Callable:
@@ -122,7 +123,7 @@ def train_group() -> None:
 @click.option("--limit", type=click.IntRange(1), default=None, help="Train on the first N images only.")
 @click.option(
     "--layer",
-    type=click.Choice(["sll", "aol", "cpl", "aoc"]),
+    type=click.Choice(sorted(LAYERS)),
     default="sll",
     show_default=True,
     help="1-Lipschitz layer kind of the student (SLL, AOL, CPL, orthogonal AOC).",

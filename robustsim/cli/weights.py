@@ -37,13 +37,14 @@ def weights_group() -> None:
 def list_cmd() -> None:
     """Every file: size, pin kind, state here (fetched, fetchable, missing, corrupt), the metrics using it."""
     from robustsim.weights import manifest, recorded_pins, state
+    from robustsim.zoo import metrics_using
 
     pins = recorded_pins()
     rows = []
     for rec in manifest().values():
         pin = PIN_TEXT[rec.pin] + ("*" if rec.pin == "first-download" and rec.name in pins else "")
         size = rec.size if rec.size is not None else pins.get(rec.name, {}).get("size")
-        rows.append((rec.name, _size(size), pin, state(rec), ",".join(rec.metrics)))
+        rows.append((rec.name, _size(size), pin, state(rec), ",".join(metrics_using(rec.name))))
     import textwrap
 
     click.echo(format_table(["file", "size", "pin", "state", "metrics"], rows, left=True))
@@ -59,14 +60,15 @@ def list_cmd() -> None:
 def fetch_cmd(names: tuple[str, ...]) -> None:
     """Download NAMES (file names from `list`, or metric names), resuming a partial download, verifying
     size and hash, refusing HTML or truncated bodies; nothing unverified is ever installed."""
-    from robustsim.weights import files_for, manifest, resolve
+    from robustsim.weights import manifest, resolve
+    from robustsim.zoo import files_of, list_metrics
 
     wanted: list[str] = []
     for name in parse_names(",".join(names), "NAMES"):
         if name in manifest():
             wanted.append(name)
-        elif files_for(name):
-            wanted += [r.name for r in files_for(name)]
+        elif all(part in list_metrics() for part in name.split("+")) and files_of(name):
+            wanted += files_of(name)
         else:
             raise click.BadParameter(
                 f"{name!r} is neither a weight file nor a metric that needs one", param_hint="NAMES"

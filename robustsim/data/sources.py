@@ -1,4 +1,4 @@
-"""On-disk 2AFC layouts (science.md section 2) parsed into triplet records, every label validated.
+"""On-disk 2AFC layouts (NIGHTS, BAPPS, CSV: docs/data.md) parsed into triplet records, every label validated.
 
 A record is (ref_path, x0_path, x1_path, p) with p = fraction of humans who found x1 closer.
 A bad row (p outside [0, 1], NaN, more right votes than votes, too few fields) is refused with its

@@ -1,23 +1,7 @@
-"""Metric protocol and zoo."""
+"""The Metric protocol and the metric implementations (the zoo that names them is :mod:`robustsim.zoo`)."""
 
 from robustsim.metrics.base import EmbeddingMetric, Metric, validate_images
 from robustsim.metrics.ensemble import EnsembleMetric
-from robustsim.metrics.registry import (
-    list_metrics,
-    load_metric,
-    metric_entries,
-    register_checkpoint_loader,
-    register_metric,
-)
+from robustsim.metrics.preprocess import Resize
 
-__all__ = [
-    "EmbeddingMetric",
-    "EnsembleMetric",
-    "Metric",
-    "list_metrics",
-    "load_metric",
-    "metric_entries",
-    "register_checkpoint_loader",
-    "register_metric",
-    "validate_images",
-]
+__all__ = ["EmbeddingMetric", "EnsembleMetric", "Metric", "Resize", "validate_images"]

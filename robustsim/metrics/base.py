@@ -7,6 +7,7 @@ Each metric resizes and normalises internally, so callers always pass [0, 1] ima
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustsim.errors import InputError
+from robustsim.metrics.preprocess import Resize
 
 _RANGE_TOL = 1e-4
 _PAIR_VALUES = 2**24  # image values per repeated batch in Metric.pairwise
@@ -66,9 +68,9 @@ def validate_pair(x: torch.Tensor, y: torch.Tensor) -> None:
 class Metric(nn.Module):
     """A perceptual distance d(x, y) >= 0 on [0, 1] RGB batches, returning (B,).
 
-    Subclasses implement :meth:`distance` on validated inputs. ``lipschitz`` is the l2 Lipschitz
-    constant the architecture *guarantees* for ``embed`` w.r.t. the [0, 1] input (None = no
-    guarantee); the certifier only accepts metrics that declare one.
+    Subclasses implement :meth:`distance` on validated inputs. ``lipschitz`` is an l2 Lipschitz constant
+    of the embedding network a user declares (None: none declared); the certifier prefers the bound it
+    derives from the network's layers (:func:`robustsim.certify.lipschitz.network_lipschitz`).
     """
 
     name: str = "metric"
@@ -130,17 +132,16 @@ class Metric(nn.Module):
 
 def resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
     """Bilinear (differentiable) resize to size x size; identity when already that size."""
-    if size is None or (x.shape[-2] == size and x.shape[-1] == size):
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+    return Resize(size)(x)
 
 
 class EmbeddingMetric(Metric):
     """Turn any network ``f`` into a metric d(x, y) = 1 - cos(f(x), f(y)).
 
-    ``mean``/``std`` normalise the [0, 1] input after resizing to ``input_size``; ``lipschitz``
-    declares a guaranteed l2 Lipschitz constant of the whole ``embed`` (including the
-    normalisation), used by the certifier.
+    The [0, 1] input is resized (``resizing``, a :class:`~robustsim.metrics.preprocess.Resize`; by default a
+    bilinear squash to ``input_size``) and normalised by ``mean`` / ``std`` before ``net``. ``lipschitz``
+    declares a guaranteed l2 Lipschitz constant of ``net`` alone, on its (preprocessed) input: the certifier
+    multiplies it by the exact norm of the resize and by 1 / min(std) for the caller's image size.
     """
 
     def __init__(
@@ -152,17 +153,29 @@ class EmbeddingMetric(Metric):
         name: str = "embedding",
         lipschitz: float | None = None,
         validate: bool = True,
+        resizing: Resize | None = None,
     ) -> None:
         super().__init__(validate=validate)
+        if resizing is not None and input_size is not None and resizing.size != input_size:
+            raise InputError(f"input_size {input_size} differs from the resize's size {resizing.size}; give one")
         self.net = net
         self.name = name
-        self.input_size = input_size
+        self.resizing = resizing if resizing is not None else Resize(input_size)
         self.lipschitz = lipschitz
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1))
 
+    @property
+    def input_size(self) -> int | None:
+        """The side of the square image the network sees (None: the caller's size)."""
+        return self.resizing.size
+
+    @input_size.setter
+    def input_size(self, size: int | None) -> None:
+        self.resizing = dataclasses.replace(self.resizing, size=size)
+
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        return (resize(x, self.input_size) - self.mean) / self.std
+        return (self.resizing(x) - self.mean) / self.std
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> (B, D) un-normalised embedding."""

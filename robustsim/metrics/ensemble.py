@@ -43,3 +43,8 @@ class EnsembleMetric(EmbeddingMetric):
         """Set each member's centre to its mean embedding over ``images`` ((B, 3, H, W) in [0, 1])."""
         for m, c in zip(self.members, self.centers, strict=True):
             c.data = m.embed(images).mean(0)
+
+
+def zoo_ensemble(members: Sequence[Metric], name: str | None = None, validate: bool = True, **_: object) -> Metric:
+    """The builder of a zoo ensemble row: its members, already built (with the options given to the row)."""
+    return EnsembleMetric(members, name=name, validate=validate)

@@ -35,7 +35,7 @@ def resolve_weights(name: str, explicit: str | os.PathLike | None, candidates: l
         if path.is_file():
             return path
     expected = " or ".join(str(p) for p in candidates)
-    raise WeightsError(f"{name}: no local weights (robustsim never downloads); expected {expected}; {hint}")
+    raise WeightsError(f"{name}: no local weights; expected {expected}; {hint}")
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -42,7 +42,7 @@ HEADS = ("projection", "truncate")
 
 
 PRESETS: dict[str, LipSimPreset] = {
-    # published LipSim sizes (science.md section 3)
+    # the LipSim paper's sizes (Ghazanfari et al. 2023, docs/layers.md)
     "small": LipSimPreset(20, 45, 7, 1024),
     "medium": LipSimPreset(30, 60, 10, 2048),
     "large": LipSimPreset(50, 90, 10, 2048),

@@ -17,16 +17,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader, Dataset
 
-from robustsim.attacks.geometry import Norm, in_threat_model
+from robustsim.attacks.geometry import in_threat_model
 from robustsim.attacks.registry import make_attack
 from robustsim.attacks.retrieval import PullIn, PushOut, attack_queries
 from robustsim.audit import AuditLawError
+from robustsim.certify.lipschitz import has_certificate
 from robustsim.data.retrieval import POSITIVE, RetrievalSet
+from robustsim.dist import local_env
 from robustsim.metrics.base import Metric
 from robustsim.retrieval import scores
 from robustsim.retrieval.index import Backend, EmbeddingGallery, Gallery, build_gallery
+from robustsim.runner import run_batches
+from robustsim.threat import ThreatModel
 
 AP_CUTOFF = 1000  # AP is computed over the top min(G, AP_CUTOFF) items (exact for smaller galleries)
 
@@ -41,8 +45,7 @@ class RetrievalResult:
     note: str
     n_gallery: int
     ks: list[int]
-    norm: str
-    eps: list[float]
+    threat: ThreatModel
     clean_recall: dict[int, torch.Tensor]
     clean_ap: torch.Tensor
     roc_auc: float
@@ -56,6 +59,14 @@ class RetrievalResult:
     steps: int = 0
     seconds: float = 0.0
     examples: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def norm(self) -> str:
+        return self.threat.norm
+
+    @property
+    def eps(self) -> list[float]:
+        return list(self.threat.eps)
 
     @property
     def n_queries(self) -> int:
@@ -117,12 +128,28 @@ class _Run:
         return torch.where(ok.view(-1, 1, 1, 1), adv, q)
 
 
+class QueryItems(Dataset):
+    """The queries of a retrieval set as loader items: {"query": image, "index": i}."""
+
+    def __init__(self, data: RetrievalSet) -> None:
+        self.queries = data.queries
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"query": self.queries[i], "index": torch.tensor(i)}
+
+
+def _query_loader(items: QueryItems, batch_size: int, workers: int | None = None) -> DataLoader:
+    return DataLoader(items, batch_size=batch_size, shuffle=False, num_workers=0)
+
+
 def evaluate_retrieval(
     metric: Metric,
     data: RetrievalSet,
     ks: Sequence[int] = (1, 5, 10),
-    norm: Norm = "l2",
-    eps: Sequence[float] = (),
+    threat: ThreatModel | None = None,
     attacks: Sequence[str] = ("apgd-ce",),
     steps: int = 20,
     restarts: int = 1,
@@ -135,54 +162,50 @@ def evaluate_retrieval(
     progress: bool = True,
     cache_dir: str | None = None,
 ) -> RetrievalResult:
-    """Clean recall@k / mAP / ROC-AUC; with ``eps``, attacked recall@k and mAP (untargeted), the
-    targeted success rate (``targeted``) and, for metrics with a Lipschitz guarantee, certified
-    recall@k. Images must already be at the metric's input size (open the set with that size)."""
+    """Clean recall@k / mAP / ROC-AUC; with a ``threat`` (the query moving; radii > 0), attacked recall@k and
+    mAP (untargeted), the targeted success rate (``targeted``) and, for metrics with a Lipschitz certificate,
+    certified recall@k. Images must already be at the metric's input size (open the set with that size)."""
     t0 = time.perf_counter()
-    ks, eps = sorted({int(k) for k in ks}), sorted(float(e) for e in eps)
+    threat = threat if threat is not None else ThreatModel("l2", "ref", ())
+    ks, eps = sorted({int(k) for k in ks}), list(threat.eps)
     if not ks or ks[0] < 1:
         raise ValueError("k values must be >= 1")
+    if eps and eps[0] <= 0:
+        raise ValueError("attack radii must be > 0 (an empty threat model scores the clean ranking only)")
+    norm = threat.norm
     metric = metric.to(device).eval()
     gallery = build_gallery(metric, data.gallery, device, backend, cache_dir, batch_size, progress)
     run = _Run(metric, data, gallery, ks, norm, eps)
-    certify = bool(eps) and getattr(metric, "lipschitz", None) is not None and isinstance(gallery, EmbeddingGallery)
+    certify = bool(eps) and has_certificate(metric) and isinstance(gallery, EmbeddingGallery)
     if certify:  # float64 gallery directions with their rounding bounds, once per evaluation
         from robustsim.certify.retrieval import certified_gallery
 
         run.certified = certified_gallery(metric, data.gallery, batch_size)
-    Q, n_e = len(data.queries), len(eps)
-    nan = float("nan")
-    clean_rec = {k: torch.full((Q,), nan, dtype=torch.float64) for k in ks}
-    clean_ap = torch.full((Q,), nan, dtype=torch.float64)
-    att_rec = {k: torch.full((n_e, Q), nan, dtype=torch.float64) for k in ks} if eps else None
-    att_ap = torch.full((n_e, Q), nan, dtype=torch.float64) if eps else None
-    cert_rec = {k: torch.full((n_e, Q), nan, dtype=torch.float64) for k in ks} if certify else None
-    top1_radius = torch.full((Q,), nan, dtype=torch.float64) if certify else None
-    targeted_ok: list[torch.Tensor] = []
+    n_e = len(eps)
     auc = scores.StreamingAUC()
     unannotated = dict.fromkeys(ks, 0)
     examples: dict[str, list[torch.Tensor]] = {}
     gen = torch.Generator().manual_seed(seed)
-    built = [make_attack(a, norm, steps, restarts, seed) for a in attacks] if eps else []
-    starts = range(0, Q, batch_size)
-    for start in tqdm(starts, desc=f"retrieval {metric.name}", disable=not progress, leave=False):
-        idx = torch.arange(start, min(start + batch_size, Q))
-        q = torch.stack([data.queries[int(i)] for i in idx]).to(device)
-        lab, exc = data.labels[idx].to(device), data.exclude[idx].to(device)
+    built = [make_attack(a, threat, steps=steps, restarts=restarts, seed=seed) for a in attacks] if eps else []
+
+    def step(batch: dict, tick) -> dict[str, torch.Tensor]:
+        idx, q = batch["index"], batch["query"]
+        lab, exc = data.labels[idx].to(q.device), data.exclude[idx].to(q.device)
         pos = (lab == POSITIVE) & ~exc
         n_pos = pos.sum(1)
         rank = run.search(q, exc)
         rec, ap = _rank_scores(rank, lab, n_pos, ks)
+        out = {f"clean_recall@{k}": rec[k] for k in ks}
+        out["clean_ap"] = ap
         for k in ks:
-            clean_rec[k][idx] = rec[k].cpu()
             unannotated[k] += scores.unannotated_in_top_k(rank, lab, k)
-        clean_ap[idx] = ap.cpu()
         with torch.no_grad():
             sim = gallery.exact(q)
         labelled = (lab >= 0) & ~exc
         auc.add(sim[labelled], lab[labelled] == POSITIVE)
-        if cert_rec is not None:
-            top1_radius[idx] = _certify(run, q, rank, pos, n_pos, exc, cert_rec, idx)  # type: ignore[index]
+        if certify:
+            radii, top1 = _certify(run, q, rank, pos, n_pos, exc)
+            out.update({f"certified_recall@{k}": v for k, v in radii.items()}, top1_radius=top1)
         best_rec = {k: rec[k].expand(n_e, -1).clone() for k in ks}
         best_ap = ap.expand(n_e, -1).clone()
         adv_show = q.expand(n_e, *q.shape).clone()  # per epsilon, the point with the lowest summed recall
@@ -207,30 +230,47 @@ def evaluate_retrieval(
                     for kk in ks:
                         best_rec[kk][i, rows] = torch.minimum(best_rec[kk][i, rows], r2[kk])
                     best_ap[i, rows] = torch.minimum(best_ap[i, rows], ap2)
-        if att_rec is not None and att_ap is not None:
-            for k in ks:  # nested balls: a point found at a smaller epsilon counts at every larger one
-                att_rec[k][:, idx] = best_rec[k].cummin(0).values.cpu()
-            att_ap[:, idx] = best_ap.cummin(0).values.cpu()
+        if eps:  # nested balls: a point found at a smaller epsilon counts at every larger one
+            out.update({f"attacked_recall@{k}": best_rec[k].cummin(0).values for k in ks})
+            out["attacked_ap"] = best_ap.cummin(0).values
         if targeted and eps:
-            targeted_ok.append(_targeted(run, built, q, lab, exc, rank, gen))
-        _keep_examples(examples, n_examples, q, rank, lab, adv_show, run, exc)
+            out["targeted"] = _targeted(run, built, q, lab, exc, rank, gen)
+        _keep_examples(examples, n_examples, q, rank, lab, adv_show, run, exc, data)
+        return out
+
+    along_eps = ("attacked_ap", "targeted", *(f"{kind}_recall@{k}" for kind in ("attacked", "certified") for k in ks))
+    rows = run_batches(
+        QueryItems(data),
+        step,
+        desc=f"retrieval {metric.name}",
+        batch_size=batch_size,
+        device=device,
+        metric=metric,
+        progress=progress,
+        env=local_env(device),
+        dims=dict.fromkeys(along_eps, 1),
+        images=("query",),
+        loader=_query_loader,
+    )
+    assert rows is not None
+    nan = lambda t: t.double().where(torch.isfinite(t.double()), torch.nan)  # noqa: E731
+    per_k = lambda kind: {k: nan(rows[f"{kind}_recall@{k}"]) for k in ks} if f"{kind}_recall@{ks[0]}" in rows else None  # noqa: E731
     result = RetrievalResult(
         metric.name,
         data.name,
         data.note,
         len(gallery),
         ks,
-        norm,
-        eps,
-        clean_rec,
-        clean_ap,
+        threat,
+        {k: nan(rows[f"clean_recall@{k}"]) for k in ks},
+        nan(rows["clean_ap"]),
         auc.value()[0],
         unannotated,
-        att_rec,
-        att_ap,
-        cert_rec,
-        torch.cat(targeted_ok, 1) if targeted_ok else None,
-        top1_radius,
+        per_k("attacked"),
+        nan(rows["attacked_ap"]) if "attacked_ap" in rows else None,
+        per_k("certified"),
+        rows.get("targeted"),
+        rows["top1_radius"].double() if "top1_radius" in rows else None,
         list(attacks) if eps else [],
         steps,
         time.perf_counter() - t0,
@@ -240,8 +280,8 @@ def evaluate_retrieval(
     return result
 
 
-def _certify(run: _Run, q, rank, pos, n_pos, exc, cert_rec, idx) -> torch.Tensor:
-    """Fill certified recall for this batch; return the top-1 radii (B,)."""
+def _certify(run: _Run, q, rank, pos, n_pos, exc) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """({k: (n_eps, B) certified recall@k}, (B,) top-1 radii) for this batch."""
     from robustsim.certify.retrieval import retrieval_radii
 
     assert run.certified is not None
@@ -249,13 +289,16 @@ def _certify(run: _Run, q, rank, pos, n_pos, exc, cert_rec, idx) -> torch.Tensor
     ks = sorted(set(run.ks) | {1})
     radii = retrieval_radii(run.metric, q, phi, rank[:, : max(ks)], ks, exc, phi_error)
     scale = math.sqrt(q[0].numel()) if run.norm == "linf" else 1.0
+    out = {}
     for k in run.ks:
         hit = pos.gather(1, rank[:, :k])
-        for i, e in enumerate(run.eps):
+        rows = []
+        for e in run.eps:
             n_cert = (hit & (radii[k] > e * scale)).sum(1).double()
-            out = n_cert / n_pos.clamp_min(1)
-            cert_rec[k][i, idx] = torch.where(n_pos > 0, out, torch.full_like(out, float("nan"))).cpu()
-    return radii[1][:, 0].double().cpu()
+            frac = n_cert / n_pos.clamp_min(1)
+            rows.append(torch.where(n_pos > 0, frac, torch.full_like(frac, float("nan"))))
+        out[k] = torch.stack(rows)
+    return out, radii[1][:, 0].double()
 
 
 def _targeted(run: _Run, attacks, q, lab, exc, rank, gen) -> torch.Tensor:
@@ -275,20 +318,24 @@ def _targeted(run: _Run, attacks, q, lab, exc, rank, gen) -> torch.Tensor:
     return ok.cummax(0).values
 
 
-def _keep_examples(store, n, q, rank, lab, adv, run: _Run, exc) -> None:
+def _keep_examples(store, n, q, rank, lab, adv, run: _Run, exc, data: RetrievalSet) -> None:
+    """The first ``n`` queries with their top-k (indices, labels and images), clean and attacked."""
     have = sum(len(t) for t in store.get("query", []))
     take = slice(0, max(0, n - have))
     if take.stop == 0:
         return
     k = max(run.ks)
+    images = lambda ranks: torch.stack([torch.stack([data.gallery[int(j)] for j in r]) for r in ranks])  # noqa: E731
     store.setdefault("query", []).append(q[take].cpu())
     store.setdefault("top", []).append(rank[take, :k].cpu())
+    store.setdefault("top_images", []).append(images(rank[take, :k].tolist()))
     store.setdefault("top_labels", []).append(lab.gather(1, rank[:, :k])[take].cpu())
     if run.eps:
         xa = adv[-1, take]
         r2 = run.search(xa, exc[take], k)
         store.setdefault("adv", []).append(xa.cpu())
         store.setdefault("adv_top", []).append(r2.cpu())
+        store.setdefault("adv_top_images", []).append(images(r2.tolist()))
         store.setdefault("adv_top_labels", []).append(lab[take].gather(1, r2).cpu())
 
 

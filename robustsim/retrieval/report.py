@@ -1,23 +1,16 @@
-"""Retrieval report: the printed table, report.json / report.md and the two figures, written atomically."""
+"""Retrieval report: the printed table, report.json / report.md and the two figures (written by
+:func:`robustsim.reports.write_report` through :class:`RetrievalReport`)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 
 from robustsim.audit import package_versions
-from robustsim.data.retrieval import RetrievalSet
-from robustsim.io import atomic_write, write_json
 from robustsim.retrieval.evaluate import RetrievalResult
 from robustsim.table import format_table, pct
 from robustsim.threads import runtime_info
 
-SCHEMA_VERSION = 1
-
-
-def _eps_text(e: float, norm: str) -> str:
-    return f"{e * 255:.3g}/255" if norm == "linf" else f"{e:.3g}"
+SCHEMA_VERSION = 2
 
 
 def retrieval_table(res: RetrievalResult) -> str:
@@ -32,12 +25,12 @@ def retrieval_table(res: RetrievalResult) -> str:
         for i, e in enumerate(res.eps):
             m_ap = pct(block["mAP"][i]) if "mAP" in block else "-"
             rows.append(
-                (f"{kind} {res.norm} {_eps_text(e, res.norm)}", *[pct(block[f"recall@{k}"][i]) for k in res.ks], m_ap)
+                (f"{kind} {res.norm} {res.threat.label(e)}", *[pct(block[f"recall@{k}"][i]) for k in res.ks], m_ap)
             )
     lines = [format_table(head, rows), f"ROC-AUC over labelled pairs: {pct(s['clean']['roc_auc'])}"]
     if s["targeted_success"] is not None:
         pairs = zip(res.eps, s["targeted_success"], strict=True)
-        rates = ", ".join(f"{_eps_text(e, res.norm)}: {pct(v)}" for e, v in pairs)
+        rates = ", ".join(f"{res.threat.label(e)}: {pct(v)}" for e, v in pairs)
         lines.append(f"targeted (random non-positive pulled to top-1) success: {rates}")
     if "median_top1_radius" in s:
         lines.append(f"median certified top-1 radius (l2): {s['median_top1_radius']:.4f}")
@@ -64,6 +57,7 @@ def report_json(res: RetrievalResult) -> dict:
         "ks": res.ks,
         "norm": res.norm,
         "eps": res.eps,
+        "threat_model": res.threat.to_json(),
         "attacks": res.attacks,
         "steps": res.steps,
         "seconds": res.seconds,
@@ -104,31 +98,36 @@ def recall_figure(res: RetrievalResult):
     return accuracy_figure(curves, res.norm, f"{res.metric} on {res.data}", ylabel="recall@k (%)")
 
 
-def query_figure(res: RetrievalResult, data: RetrievalSet):
+def query_figure(res: RetrievalResult):
     """Each example query with its top-k, clean and (when attacked) after the attack at the largest epsilon."""
     from robustsim.plots import retrieval_grid
 
     ex = res.examples
     rows = []
     for i in range(len(ex.get("query", []))):
-        top = torch.stack([data.gallery[int(j)] for j in ex["top"][i]])
-        rows.append((f"query {i}", ex["query"][i], top, ex["top_labels"][i].tolist()))
+        rows.append((f"query {i}", ex["query"][i], ex["top_images"][i], ex["top_labels"][i].tolist()))
         if "adv" in ex:
-            adv_top = torch.stack([data.gallery[int(j)] for j in ex["adv_top"][i]])
-            title = f"attacked {res.norm} {_eps_text(res.eps[-1], res.norm)}"
-            rows.append((title, ex["adv"][i], adv_top, ex["adv_top_labels"][i].tolist()))
+            title = f"attacked {res.norm} {res.threat.label(res.eps[-1])}"
+            rows.append((title, ex["adv"][i], ex["adv_top_images"][i], ex["adv_top_labels"][i].tolist()))
     return retrieval_grid(rows)
 
 
-def write_retrieval(res: RetrievalResult, data: RetrievalSet, out: Path) -> list[Path]:
-    """report.json, report.md, recall.png and queries.png in ``out`` (each written atomically)."""
-    from robustsim.plots import save_figure
+class RetrievalReport:
+    """A retrieval result as a report (:mod:`robustsim.reports`): report.json, report.md, recall.png and,
+    with examples, queries.png."""
 
-    out.mkdir(parents=True, exist_ok=True)
-    files = [write_json(out / "report.json", report_json(res))]
-    md_text = f"# Retrieval: {res.metric} on {res.data}\n\n{res.note}\n\n```\n{retrieval_table(res)}\n```\n"
-    files.append(atomic_write(out / "report.md", lambda tmp: tmp.write_text(md_text)))
-    files.append(save_figure(recall_figure(res), out / "recall.png"))
-    if res.examples.get("query") is not None:
-        files.append(save_figure(query_figure(res, data), out / "queries.png"))
-    return files
+    def __init__(self, res: RetrievalResult) -> None:
+        self.res = res
+
+    def to_json(self) -> dict:
+        return report_json(self.res)
+
+    def markdown(self) -> str:
+        res = self.res
+        return f"# Retrieval: {res.metric} on {res.data}\n\n{res.note}\n\n```\n{retrieval_table(res)}\n```\n"
+
+    def figures(self) -> dict:
+        out = {"recall.png": recall_figure(self.res)}
+        if self.res.examples.get("query") is not None:
+            out["queries.png"] = query_figure(self.res)
+        return out

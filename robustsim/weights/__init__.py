@@ -44,7 +44,6 @@ class WeightFile:
     sha256: str | None
     license: str
     source: str
-    metrics: tuple[str, ...] = ()
     torch_hub: bool = False
     unpack: bool = False
     extra: dict = field(default_factory=dict, compare=False, hash=False)
@@ -80,7 +79,7 @@ def _records(data: dict) -> dict[str, WeightFile]:
     out = {}
     for rec in data["files"]:
         known = {k: rec[k] for k in WeightFile.__dataclass_fields__ if k in rec and k != "extra"}
-        known["urls"], known["metrics"] = tuple(known.get("urls", ())), tuple(known.get("metrics", ()))
+        known["urls"] = tuple(known.get("urls", ()))
         out[rec["name"]] = WeightFile(**known)
     return out
 
@@ -325,7 +324,3 @@ def verify_all() -> list[tuple[str, str]]:
         out.append((rec.name, "ok" if problem is None else f"BAD: {problem}"))
     return out
 
-
-def files_for(metric: str) -> list[WeightFile]:
-    """The manifest records a zoo metric needs."""
-    return [r for r in manifest().values() if metric in r.metrics]

@@ -1,0 +1,102 @@
+"""What a metric does to a caller's [0, 1] image before its network: a resize (:class:`Resize`: size,
+interpolation, antialiasing, optional centre crop), then a per-channel normalisation (x - mean) / std.
+
+Every step is linear in the image, so certificates need its exact l2 operator norm for the caller's image
+size (:func:`resize_norm`). The resize is separable: X -> A_h X A_w^T per channel, where A_h, A_w are 1-D
+matrices read off by applying the very same interpolation to the identity, and a centre crop keeps some rows
+of each. So ||resize|| = ||A_h||_2 ||A_w||_2, each a small exact singular value; the normalisation adds
+1 / min(std).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+Interpolation = Literal["bilinear", "bicubic"]
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+@dataclass(frozen=True)
+class Resize:
+    """Resize to ``size`` x ``size`` (None: keep the caller's size). ``crop=False`` squashes the image to a
+    square; ``crop=True`` resizes its shorter side to ``size`` and keeps the centre ``size`` x ``size`` (as
+    torchvision's Resize(size) then CenterCrop(size), which open_clip and DINO apply)."""
+
+    size: int | None = None
+    interpolation: Interpolation = "bilinear"
+    antialias: bool = False
+    crop: bool = False
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        if self.size is not None and (isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1):
+            raise ValueError(f"size must be a positive integer or None, got {self.size!r}")
+
+    def resized_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
+        """The size the image is interpolated to (before any crop)."""
+        h, w = hw
+        if self.size is None:
+            return h, w
+        if not self.crop:
+            return self.size, self.size
+        if h <= w:  # torchvision: the shorter side becomes ``size``, the longer one int(size * long / short)
+            return self.size, int(self.size * w / h)
+        return int(self.size * h / w), self.size
+
+    def output_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
+        return (int(hw[0]), int(hw[1])) if self.size is None else (self.size, self.size)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The resized batch (differentiable); the identity when nothing changes."""
+        hw = tuple(x.shape[-2:])
+        mid = self.resized_hw(hw)
+        if mid != hw:
+            x = F.interpolate(x, size=mid, mode=self.interpolation, align_corners=False, antialias=self.antialias)
+        if self.crop and self.size is not None:
+            top, left = _crop_offset(mid[0], self.size), _crop_offset(mid[1], self.size)
+            x = x[..., top : top + self.size, left : left + self.size]
+        return x
+
+    def describe(self) -> str:
+        if self.size is None:
+            return "no resize"
+        how = f"{self.interpolation}{', antialiased' if self.antialias else ''}"
+        if self.crop:
+            return f"shorter side to {self.size} ({how}), centre crop"
+        return f"{self.size} x {self.size} ({how})"
+
+
+def _crop_offset(n: int, size: int) -> int:
+    return int(round((n - size) / 2.0))  # torchvision's center_crop
+
+
+@functools.lru_cache(maxsize=256)
+def axis_matrix(n_in: int, n_mid: int, n_out: int, interpolation: str, antialias: bool) -> torch.Tensor:
+    """(n_out, n_in) float64 matrix of one axis of the resize: interpolate n_in -> n_mid (the same call as
+    :meth:`Resize.__call__`, on an identity), then keep the centre n_out rows."""
+    eye = torch.eye(n_in, dtype=torch.float64)[:, None, None, :]  # n_in signals of length n_in, height 1
+    if n_mid == n_in:
+        rows = eye[:, 0, 0, :]
+    else:
+        rows = F.interpolate(eye, size=(1, n_mid), mode=interpolation, align_corners=False, antialias=antialias)
+        rows = rows[:, 0, 0, :]
+    start = _crop_offset(n_mid, n_out)
+    return rows.T[start : start + n_out].contiguous()
+
+
+@functools.lru_cache(maxsize=256)
+def resize_norm(resize: Resize, hw: tuple[int, int]) -> float:
+    """Exact l2 operator norm (per channel, the same on every channel) of ``resize`` on ``hw`` images."""
+    hw = (int(hw[0]), int(hw[1]))
+    mid, out = resize.resized_hw(hw), resize.output_hw(hw)
+    if mid == hw and out == hw:
+        return 1.0
+    a_h = axis_matrix(hw[0], mid[0], out[0], resize.interpolation, resize.antialias)
+    a_w = axis_matrix(hw[1], mid[1], out[1], resize.interpolation, resize.antialias)
+    return float(torch.linalg.matrix_norm(a_h, ord=2) * torch.linalg.matrix_norm(a_w, ord=2))

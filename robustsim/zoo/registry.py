@@ -1,0 +1,208 @@
+"""The metric zoo's machinery: ``load_metric``, ``list_metrics``, ``register_metric``.
+
+Every zoo entry is one declared row (:class:`~robustsim.zoo.entry.MetricEntry`); the built-in rows are the table
+in :mod:`robustsim.zoo.table`, and the metrics that ship with robustsim are the folders beside them
+(``robustsim/zoo/<name>/``). Every reader derives from the rows: "can it run here" (``entry.state()``), "which
+files does it need" (:func:`files_of`: what ``robustsim weights fetch <metric>`` fetches, what ``robustsim weights
+list`` shows), the figures bench cards show beside ours.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import torch
+
+from robustsim.errors import InputError, RobustsimError
+from robustsim.metrics.base import Metric
+from robustsim.models.checkpoint import load_checkpoint_metric
+from robustsim.zoo.entry import MetricEntry
+from robustsim.zoo.table import BUILTIN
+
+_REGISTRY: dict[str, MetricEntry] = {}
+_CHECKPOINT_LOADERS: list[Callable[[Path], Metric | None]] = []
+_BUILTINS_LOADED = False
+
+
+def add_entry(entry: MetricEntry) -> None:
+    """Add (or replace) a zoo row."""
+    _REGISTRY[entry.name] = entry
+
+
+def register_metric(
+    name: str,
+    build: Callable[..., Metric],
+    description: str = "",
+    weights_available: Callable[[], bool] | None = None,
+    files: tuple[str, ...] = (),
+    packages: tuple[str, ...] = (),
+    *,
+    options: Mapping[str, Any] | None = None,
+    reported: Mapping[str, Any] | None = None,
+) -> None:
+    """Add a named metric: ``build(**options)`` must return a Metric. ``files`` are manifest weight files it
+    opens, ``packages`` the optional modules it imports, ``weights_available`` checks local weights that are
+    not in the manifest, ``reported`` holds published figures shown on bench cards."""
+    if not isinstance(name, str) or not name.strip() or any(ord(c) < 32 or c in "+/\\" for c in name):
+        raise InputError(f"metric name must be a non-empty string without control characters, '+' or '/', got {name!r}")
+    if not callable(build):
+        raise InputError(f"metric {name!r}: build must be a callable returning a Metric, got {build!r}")
+    if weights_available is not None and not callable(weights_available):
+        raise InputError(f"metric {name!r}: weights_available must be callable, got {weights_available!r}")
+    for what, value in (("files", files), ("packages", packages)):
+        if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+            raise InputError(f"metric {name!r}: {what} must be a tuple of names, got {value!r}")
+    _ensure_builtins()
+    add_entry(
+        MetricEntry(
+            name,
+            build,
+            str(description),
+            MappingProxyType(dict(options or {})),
+            tuple(files),
+            tuple(packages),
+            weights_available,
+            reported=MappingProxyType(dict(reported or {})),
+        )
+    )
+
+
+def register_checkpoint_loader(loader: Callable[[Path], Metric | None]) -> None:
+    """Add a loader tried on paths; it returns a Metric or None when the path is not its format."""
+    _CHECKPOINT_LOADERS.append(loader)
+
+
+def list_metrics() -> list[str]:
+    """Names accepted by :func:`load_metric` (paths to checkpoints and ``a+b`` ensembles also work)."""
+    _ensure_builtins()
+    return sorted(_REGISTRY)
+
+
+def metric_entries() -> list[MetricEntry]:
+    _ensure_builtins()
+    return [_REGISTRY[n] for n in sorted(_REGISTRY)]
+
+
+def metric_entry(name: str) -> MetricEntry:
+    """The zoo row of ``name`` (RobustsimError naming the closest names when unknown)."""
+    _ensure_builtins()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "run `robustsim metrics` to list them"
+        raise RobustsimError(f"unknown metric {name!r}; {hint}")
+    return _REGISTRY[name]
+
+
+def files_of(name: str) -> tuple[str, ...]:
+    """Every manifest weight file zoo metric ``name`` opens (an ``a+b`` ensemble: its members')."""
+    return tuple(dict.fromkeys(f for part in name.split("+") for f in metric_entry(part).all_files()))
+
+
+def metrics_using(file: str) -> list[str]:
+    """The zoo metrics whose build opens weight file ``file``."""
+    return [e.name for e in metric_entries() if file in e.all_files()]
+
+
+def load_metric(name_or_path: str | Path, device: str | torch.device | None = None, **options: Any) -> Metric:
+    """Build a metric by zoo name, ``a+b+c`` ensemble name, or path to a robustsim checkpoint.
+
+    The metric is returned in eval mode on ``device`` (default CPU). Raises RobustsimError for an
+    unknown name, an unsupported option, a bad device or missing local weights.
+    """
+    _ensure_builtins()
+    if not isinstance(name_or_path, (str, Path)):
+        raise InputError(f"metric must be a zoo name or a checkpoint path, got {type(name_or_path).__name__}")
+    device = _checked_device(device)
+    key = str(name_or_path)
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise RobustsimError(f"metric name {key!r} contains a control character; pass a zoo name or a path")
+    if key in _REGISTRY:
+        metric = _REGISTRY[key].make(options)
+    elif "+" in key and all(part in _REGISTRY for part in key.split("+")):
+        from robustsim.metrics.ensemble import EnsembleMetric
+
+        metric = EnsembleMetric([_REGISTRY[p].make(options) for p in key.split("+")], name=key)
+    elif Path(key).expanduser().exists():
+        metric = _load_path(Path(key).expanduser())
+    else:
+        close = difflib.get_close_matches(key, list(_REGISTRY), n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "run `robustsim metrics` to list them"
+        raise RobustsimError(f"unknown metric {key!r} (not a zoo name nor an existing path); {hint}")
+    metric.eval()
+    return metric.to(device) if device is not None else metric
+
+
+def _checked_device(device: object) -> torch.device | None:
+    """None, or a usable torch.device (InputError naming the accepted forms otherwise)."""
+    if device is None:
+        return None
+    if not isinstance(device, (str, torch.device)):
+        raise InputError(f"device must be 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"device {device!r} is not a device; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"device {device!r} is not supported; use 'cpu', 'cuda' or 'cuda:N'")
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise InputError(f"device {device!r} is not available here ({torch.cuda.device_count()} CUDA devices)")
+    return dev
+
+
+def _load_path(path: Path) -> Metric:
+    for loader in _CHECKPOINT_LOADERS:
+        metric = loader(path)
+        if metric is not None:
+            return metric
+    raise RobustsimError(
+        f"{path} is not a robustsim checkpoint (expected a folder with config.json and model.safetensors)"
+    )
+
+
+def shipped_checkpoints() -> list[Path]:
+    """Checkpoint folders that ship inside the package (``robustsim/zoo/<name>/``)."""
+    zoo = Path(__file__).resolve().parent
+    if not zoo.is_dir():
+        return []
+    return sorted(p for p in zoo.iterdir() if not p.name.startswith(".") and (p / "config.json").is_file())
+
+
+def _shipped_summary(folder: Path) -> str:
+    try:
+        return str(json.loads((folder / "card.json").read_text())["summary"])
+    except (OSError, ValueError, KeyError):
+        return "certified 1-Lipschitz LipSim, shipped with robustsim"
+
+
+def load_shipped(folder: str, validate: bool = True) -> Metric:
+    """A metric that ships in ``robustsim/zoo/`` (frozen: one fixed function)."""
+    metric = load_checkpoint_metric(Path(folder))
+    assert metric is not None
+    metric.name, metric.validate = Path(folder).name, validate
+    return metric
+
+
+def _ensure_builtins() -> None:
+    global _BUILTINS_LOADED
+    if not _BUILTINS_LOADED:
+        _BUILTINS_LOADED = True
+        register_checkpoint_loader(load_checkpoint_metric)
+        for folder in shipped_checkpoints():
+            weights = folder / "model.safetensors"
+            add_entry(
+                MetricEntry(
+                    folder.name,
+                    load_shipped,
+                    _shipped_summary(folder),
+                    MappingProxyType({"folder": str(folder)}),
+                    local=weights.is_file,
+                )
+            )
+        for entry in BUILTIN:
+            add_entry(entry)
+

@@ -1,0 +1,69 @@
+"""Threads (robustsim.threads): chosen from the CPUs really usable (affinity, cgroup quota, other runnable work,
+torchrun), and the same audit at one and two threads."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from robustsim.threads import busy_elsewhere, cgroup_cpu_limit
+
+
+def test_cgroup_quota_is_read_from_v2_and_v1_files(tmp_path):
+    root = tmp_path / "cg"
+    (root / "job" / "step").mkdir(parents=True)
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/job/step\n")
+    (root / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(root, proc) is None
+    (root / "job" / "cpu.max").write_text("150000 100000\n")  # a parent's quota caps its children
+    (root / "job" / "step" / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(root, proc) == 1.5
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_limit(v1, tmp_path / "none") == 3.0
+
+
+def test_busy_elsewhere_counts_other_runnable_tasks(tmp_path):
+    load = tmp_path / "loadavg"
+    load.write_text("1.00 0.50 0.20 3/400 1234\n")
+    assert busy_elsewhere(1, load) == 2 and busy_elsewhere(2, load) == 1 and busy_elsewhere(4, load) == 0
+
+
+def test_thread_count_follows_the_affinity_mask_torchrun_and_overrides():
+    cpus = sorted(os.sched_getaffinity(0))
+    assert _threads_in_child({cpus[0]}) == 1  # one usable CPU: one thread, whatever the host has
+    assert _threads_in_child(set(cpus), {"LOCAL_WORLD_SIZE": str(len(cpus) + 1)}) == 1
+    assert _threads_in_child({cpus[0]}, {"ROBUSTSIM_THREADS": "3"}) == 3
+    assert _threads_in_child({cpus[0]}, args="2") == 2
+
+
+@pytest.mark.slow
+def test_the_audit_gives_the_same_per_triplet_result_at_one_and_two_threads(tmp_path):
+    reports = []
+    for threads in (1, 2):
+        out = tmp_path / f"t{threads}"
+        argv = ["--threads", str(threads), "audit", "--metric", "lipsim-nano", "--data", "mini", "--limit", "32"]
+        argv += ["--steps", "8", "--eps", "0.25,0.5", "--batch-size", "16", "--out", str(out)]
+        subprocess.run([sys.executable, "-m", "robustsim", *argv], check=True, capture_output=True, cwd=tmp_path)
+        reports.append(json.loads((out / "report.json").read_text()))
+    assert [r["runtime"]["threads"] for r in reports] == [1, 2]
+    assert reports[0]["per_triplet"] == reports[1]["per_triplet"]
+    assert reports[0]["robust"] == reports[1]["robust"] and reports[0]["robust"][0] < reports[0]["clean"]
+
+
+def _threads_in_child(cpus: set[int], env: dict[str, str] | None = None, args: str = "") -> int:
+    code = (
+        f"import os, sys; os.sched_setaffinity(0, {cpus!r});"
+        f"from robustsim.threads import configure_threads; print(configure_threads({args or None}))"
+    )
+    child_env = {k: v for k, v in os.environ.items() if k not in ("ROBUSTSIM_THREADS", "LOCAL_WORLD_SIZE")}
+    child_env.update(env or {})
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env, check=True)
+    return int(out.stdout.strip())
