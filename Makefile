@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 PIN     := torch==2.13.0 torchvision==0.28.0
 STAMP   := $(VENV)/.robustsim-installed
 
-.PHONY: demo test test-fast lint venv clean browser
+.PHONY: demo test test-fast docs lint venv clean browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,7 +30,13 @@ browser:
 
 test: $(STAMP) browser
 	$(BIN)/ruff check .
+	$(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
+
+# docs/results.md from the experiments' committed tables, then the site (build/site); broken links fail
+docs: $(STAMP)
+	$(BIN)/python experiments/tables.py --docs
+	$(BIN)/mkdocs build --strict
 
 # the inner loop: every test but the slow ones (pretrained CNN / ViT forwards, torchrun, SIGKILL, browser)
 test-fast: $(STAMP)

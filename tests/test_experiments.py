@@ -9,7 +9,7 @@ from conftest import ROOT
 
 from robustsim.data import open_triplets
 from robustsim.evaluate import evaluate_2afc
-from robustsim.metrics import load_metric
+from robustsim.zoo import load_metric
 
 sys.path.insert(0, str(ROOT / "experiments"))
 from tables import check_table, table_numbers  # noqa: E402
@@ -48,3 +48,10 @@ def test_check_table_accepts_within_tolerance_and_rejects_beyond(tmp_path: Path)
     assert check_table(head + "| l2 | 70.1 | - |\n| x | 50.5 | 59.95 |\n", committed, 0.1)
     assert not check_table(head + "| l2 | 70.3 | - |\n| x | 50.5 | 60.0 |\n", committed, 0.1)
     assert not check_table(head + "| l1 | 70.0 | - |\n| x | 50.5 | 60.0 |\n", committed, 0.1)
+
+
+def test_the_results_page_is_generated_from_the_committed_tables():
+    """docs/results.md is ``experiments/tables.py --docs``'s output: it cannot drift from the committed tables."""
+    from tables import RESULTS_PAGE, results_page
+
+    assert RESULTS_PAGE.read_text() == results_page(), "run `python experiments/tables.py --docs`"
