@@ -18,18 +18,20 @@ from robustsim.certify.radius import (
     radius_from_embeddings,
     require_lipschitz,
 )
-from robustsim.certify.retrieval import certified_gallery, retrieval_radii, top_k_radii
-from robustsim.certify.rounding import embed_with_error
+from robustsim.certify.retrieval import retrieval_radii, top_k_radii
+from robustsim.certify.rounding import Rounding, embed_with_error, float64_copy, unit_roundoff
 from robustsim.certify.smoothing import SmoothedMetric
 
 __all__ = [
     "CertifyResult",
     "SmoothedMetric",
-    "certified_gallery",
     "certified_radius",
     "certify_2afc",
     "certify_smoothed",
+    "Rounding",
     "embed_with_error",
+    "float64_copy",
+    "unit_roundoff",
     "embedding_distance_bound",
     "estimate_lipschitz",
     "has_certificate",

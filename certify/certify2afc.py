@@ -4,17 +4,17 @@ streaming in one pass, by a method: ``lipschitz`` (a proof, :mod:`robustsim.cert
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from robustsim.certify.lipschitz import input_lipschitz, network_lipschitz
-from robustsim.certify.radius import Mode, radius_from_embeddings
-from robustsim.certify.rounding import embed_with_error
+from robustsim.certify.radius import Mode, certify_embeddings, radius_from_embeddings
+from robustsim.certify.rounding import Rounding, embed_with_error, float64_copy, unit_roundoff
 
 from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv, gather_objects, init_distributed
-from robustsim.metrics.base import EmbeddingMetric, Metric
+from robustsim.metrics.base import EmbeddingMetric, Metric, evaluating
 from robustsim.runner import run_batches
 from robustsim.scoring import choice_score, two_afc_choice
 from robustsim.table import format_table, pct
@@ -22,8 +22,8 @@ from robustsim.threads import runtime_info
 from robustsim.threat import Target, ThreatModel
 
 ROUNDING_NOTE = (
-    "radii hold for the network in exact arithmetic: embeddings are computed in float64 and the stated "
-    "rounding bound (robustsim.certify.rounding) is subtracted"
+    "radii hold for the decision the metric computes in its own dtype (unit roundoff {unit:.3g}): the rounding of "
+    "its forward pass and of the cosine distance is bounded (robustsim.certify.rounding) and certified against"
 )
 
 
@@ -140,20 +140,45 @@ class CertifyResult:
 
 @torch.no_grad()
 def lipschitz_batch(
-    metric: EmbeddingMetric, ref: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, target: Target, mode: Mode
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(radius, choice, L) for one batch: the certified radius of the exact-arithmetic decision, zeroed
-    where the metric's own (float32) choice differs from it; the metric's choice (1 = x1, 0 = x0, 0.5 tie)."""
-    n = ref.shape[0]
-    L, _ = input_lipschitz(metric, tuple(ref.shape[-2:]))
-    imgs = torch.cat([ref, x0, x1])
-    e32 = metric._embed(metric.as_input(imgs)).split(n)
-    choice = two_afc_choice(metric.embedding_distance(e32[0], e32[1]), metric.embedding_distance(e32[0], e32[2]))
-    e, delta = embed_with_error(metric, imgs)
-    (a, f0, f1), (da, d0, d1) = e.split(n), delta.split(n)
-    radius = radius_from_embeddings(a, f0, f1, L, mode, target, (da, d0, d1))
-    exact_choice = two_afc_choice(1 - torch.cosine_similarity(a, f0), 1 - torch.cosine_similarity(a, f1))
-    return torch.where(exact_choice == choice, radius, torch.zeros_like(radius)), choice, torch.tensor(L)
+    metric: EmbeddingMetric,
+    ref: torch.Tensor,
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    target: Target,
+    mode: Mode,
+    lipschitz: float | None = None,
+    eps: Sequence[float] = (),
+    exact: Callable[[], EmbeddingMetric] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(radius, choice, L) for one batch: the radius certifying the decision the metric computes (its dtype's
+    rounding included), from the metric's own forward pass; its choice (1 = x1, 0 = x0, 0.5 tie).
+
+    The computed embeddings are the estimates (within their rounding bound). Where that is inconclusive (a radius
+    that exact estimates could lift above one of ``eps``, or above 0 when no ``eps`` is given), the triplet is
+    certified again from float64 estimates of ``exact()`` (:func:`~robustsim.certify.rounding.float64_copy`)."""
+    ref.shape[0]
+    L = lipschitz if lipschitz is not None else input_lipschitz(metric, tuple(ref.shape[-2:]))[0]
+    (e_ref, e0, e1), rounds, slack = certify_embeddings(metric, ref, x0, x1)
+    choice = two_afc_choice(metric.embedding_distance(e_ref, e0), metric.embedding_distance(e_ref, e1))
+    if mode == "lipsim":
+        return radius_from_embeddings(e_ref, e0, e1, L, mode, target), choice, L
+    est = [r.delta for r in rounds]
+    radius = radius_from_embeddings(e_ref, e0, e1, L, mode, target, est, rounds, slack)
+    if exact is not None:
+        best = radius_from_embeddings(e_ref, e0, e1, L, mode, target, (0.0, 0.0, 0.0), rounds, slack)
+        if eps:
+            open_ = torch.stack([(best > e) & ~(radius > e) for e in eps]).any(0)
+        else:
+            open_ = (radius <= 0) & (best > 0)
+        rows = open_.nonzero()[:, 0]
+        if rows.numel():
+            twin = exact()
+            _, e64, r64 = embed_with_error(twin, torch.cat([ref[rows], x0[rows], x1[rows]]))
+            parts, deltas = e64.split(rows.numel()), r64.delta.split(rows.numel())
+            sub = [Rounding(r.delta[rows], r.sensitivity, r.kappa, r.unit) for r in rounds]
+            refined = radius_from_embeddings(*parts, L, mode, target, deltas, sub, slack)
+            radius[rows] = torch.maximum(radius[rows], refined)
+    return radius, choice, L
 
 
 def _dim(data: TripletDataset) -> int:
@@ -174,32 +199,54 @@ def certify_2afc(
 ) -> CertifyResult | None:
     """Certify every triplet of ``data`` in the caller's pixels (images as loaded; the metric's resize and
     normalisation are part of the constant) against ``threat``'s target moving (a list of radii: l2, the
-    reference). One float32 and one float64 embedding pass per image; no attack needed. Under torchrun ranks
-    share the triplets and rank 0 gets the whole result (other ranks None)."""
+    reference), for the decision the metric computes in its own dtype. One forward pass of the metric per image
+    (a float64 pass only for the triplets its rounding bound leaves open); no attack needed. Under torchrun
+    ranks share the triplets and rank 0 gets the whole result (other ranks None)."""
     threat = ThreatModel.of(threat)
-    metric = metric.to(device).eval()
+    metric = metric.to(device)
     _, source = network_lipschitz(metric)  # refuses metrics without a bound before any work
     assert isinstance(metric, EmbeddingMetric)
     env = env or init_distributed(torch.device(device))
     constants: set[float] = set()
+    by_size: dict[tuple[int, int], float] = {}  # the constant, once per caller image size
+    twin: list[EmbeddingMetric] = []  # the float64 copy, made only if a triplet needs it
+
+    def exact() -> EmbeddingMetric:
+        if not twin:
+            twin.append(float64_copy(metric))
+        return twin[0]
 
     def step(batch: dict, tick) -> dict[str, torch.Tensor]:
-        radius, choice, L = lipschitz_batch(metric, batch["ref"], batch["x0"], batch["x1"], threat.target, mode)
+        hw = (int(batch["ref"].shape[-2]), int(batch["ref"].shape[-1]))
+        if hw not in by_size:
+            by_size[hw] = input_lipschitz(metric, hw)[0]
+        radius, choice, L = lipschitz_batch(
+            metric,
+            batch["ref"],
+            batch["x0"],
+            batch["x1"],
+            threat.target,
+            mode,
+            by_size[hw],
+            eps=[threat.l2_radius(e, int(batch["ref"][0].numel())) for e in threat.eps],
+            exact=exact,
+        )
         constants.add(round(float(L), 12))
         p = batch["p"].to(torch.float64)
         return {"radius": radius.double(), "clean": choice_score(choice.cpu(), p), "p": p}
 
-    rows = run_batches(
-        data,
-        step,
-        desc=f"certify {metric.name}",
-        batch_size=batch_size,
-        device=device,
-        metric=metric,
-        workers=workers,
-        progress=progress,
-        env=env,
-    )
+    with evaluating(metric):  # the caller's training flags come back after
+        rows = run_batches(
+            data,
+            step,
+            desc=f"certify {metric.name}",
+            batch_size=batch_size,
+            device=device,
+            metric=metric,
+            workers=workers,
+            progress=progress,
+            env=env,
+        )
     gathered = gather_objects(sorted(constants), env)
     if rows is None:
         return None
@@ -215,7 +262,7 @@ def certify_2afc(
         method="lipschitz",
         mode=mode,
         lipschitz=constant,
-        details={"lipschitz_source": source, "rounding": ROUNDING_NOTE},
+        details={"lipschitz_source": source, "rounding": ROUNDING_NOTE.format(unit=unit_roundoff(metric))},
     )
 
 

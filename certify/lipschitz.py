@@ -1,5 +1,6 @@
-"""Lipschitz constants: the bound a model's structure guarantees, the exact norm of a metric's
-preprocessing (resize, normalisation) for the caller's image size, and an empirical lower estimate."""
+"""Lipschitz constants: the bound a model's structure guarantees (:func:`robustsim.nn.bounds.lipschitz_bound`,
+re-exported here), the exact norm of a metric's preprocessing (resize, normalisation) for the caller's image
+size, and an empirical lower estimate."""
 
 from __future__ import annotations
 
@@ -9,32 +10,7 @@ from torch import nn
 from robustsim.errors import RobustsimError
 from robustsim.metrics.base import EmbeddingMetric, Metric
 from robustsim.metrics.preprocess import resize_norm
-
-#: parameter-free modules that are 1-Lipschitz in l2 (elementwise 1-Lipschitz or reshapes)
-ONE_LIPSCHITZ = (nn.ReLU, nn.Identity, nn.Flatten, nn.Unflatten, nn.LeakyReLU, nn.Tanh, nn.Dropout)
-
-
-def lipschitz_bound(module: nn.Module) -> float:
-    """The l2 Lipschitz constant guaranteed by the structure: a module's own ``lipschitz_bound``,
-    else the product over an ``nn.Sequential``'s children, else 1 for parameter-free 1-Lipschitz
-    modules. Raises RobustsimError for a module with no guarantee (assumption: composition only).
-    """
-    own = getattr(module, "lipschitz_bound", None)
-    if callable(own):
-        own = own()
-    if isinstance(own, (int, float)):
-        return float(own)
-    if isinstance(module, nn.Sequential):
-        bound = 1.0
-        for child in module:
-            bound *= lipschitz_bound(child)
-        return bound
-    if isinstance(module, ONE_LIPSCHITZ):
-        return 1.0
-    raise RobustsimError(
-        f"{type(module).__name__} has no Lipschitz guarantee; build the model from robustsim.nn layers "
-        "or set a proven `lipschitz_bound` attribute on it"
-    )
+from robustsim.nn.bounds import lipschitz_bound
 
 
 def estimate_lipschitz(
@@ -130,9 +106,9 @@ def network_lipschitz(metric: Metric) -> tuple[float, str]:
 
 def preprocess_lipschitz(metric: EmbeddingMetric, image_hw: tuple[int, int]) -> float:
     """l2 Lipschitz constant of the metric's preprocessing for caller images of ``image_hw``: its resize
-    (exact, :func:`robustsim.metrics.preprocess.resize_norm`, whatever interpolation, antialiasing or crop it
-    applies) times the normalisation's 1 / min(std) (the mean is a shift and costs nothing). Metrics that
-    override ``preprocess`` must provide ``preprocess_lipschitz``."""
+    (:func:`robustsim.metrics.preprocess.resize_norm`, whatever interpolation, antialiasing or crop it applies,
+    with the weights the metric's dtype computes) times the normalisation's 1 / min(std) (the mean is a shift).
+    Metrics that override ``preprocess`` must provide ``preprocess_lipschitz``."""
     own = getattr(type(metric), "preprocess_lipschitz", None)
     if own is not None:
         return float(own(metric, image_hw))
@@ -141,7 +117,8 @@ def preprocess_lipschitz(metric: EmbeddingMetric, image_hw: tuple[int, int]) -> 
             f"metric {metric.name!r} preprocesses its input in its own way; give it a preprocess_lipschitz(hw) "
             "method to certify it"
         )
-    return resize_norm(metric.resizing, (int(image_hw[0]), int(image_hw[1]))) / float(metric.std.abs().min())
+    hw = (int(image_hw[0]), int(image_hw[1]))
+    return resize_norm(metric.resizing, hw, metric.dtype) / float(metric.std.abs().min())
 
 
 def input_lipschitz(metric: Metric, image_hw: tuple[int, int]) -> tuple[float, str]:

@@ -1,40 +1,47 @@
-"""Certified l2 radii for the 2AFC decision of a Lipschitz embedding metric, for every threat model.
+"""Certified l2 radii for the 2AFC decision of a Lipschitz embedding metric, for every threat model, covering
+the decision the deployed metric computes (its dtype's rounding included).
 
-Notation: f the embedding (L-Lipschitz w.r.t. the caller's image, preprocessing included, see
-:func:`robustsim.certify.lipschitz.input_lipschitz`), phi = f / ||f||, a = f(x_ref), f_i = f(x_i),
-alpha_i = angle(a, f_i). The metric picks x1 iff <a, u> > 0 with u = phi(x1) - phi(x0), i.e. iff
-alpha_1 < alpha_0.
+Notation: f the exact embedding (L-Lipschitz w.r.t. the caller's image, preprocessing included, see
+:func:`robustsim.certify.lipschitz.input_lipschitz`), F a computed one (any evaluation), phi = v / ||v||. The
+metric computes d_i = 1 - cos(F(x_ref), F(x_i)) with the rounding of :func:`~robustsim.certify.rounding.cosine_slack`
+(c), so it picks x1 whenever the exact cos(F_ref, F_1) - cos(F_ref, F_0) of its computed embeddings exceeds 2c.
 
-- ``ref`` moves (x0, x1 fixed): <f(x_ref + delta), u> moves by at most L ||delta|| ||u||, so
-  R = |<a, u>| / (L ||u||) = ||a|| |d1 - d0| / (L ||phi(x0) - phi(x1)||); no assumption on ||f||.
-  ``mode="lipsim"`` gives the published R = |d1 - d0| / ||phi(x0) - phi(x1)||, sound only when
-  ||a|| >= 1 and L = 1 (it over-claims below).
-- ``x0`` or ``x1`` moves: if ||b - f_i|| <= r < ||f_i|| then angle(b, f_i) <= arcsin(r / ||f_i||) (the
-  tangent from the origin to the ball), so alpha_i moves by at most that; the decision holds while
-  arcsin(L R / ||f_i||) < |alpha_0 - alpha_1|: R = ||f_i|| sin(min(|alpha_0 - alpha_1|, pi/2)) / L.
-- ``all`` three move by at most eps each: by the triangle inequality on angles, alpha_1 - alpha_0 moves
-  by at most 2 theta_a + theta_0 + theta_1 (theta_z = arcsin(L eps / ||f(z)||)): R is the largest eps
-  with 2 theta_a + theta_0 + theta_1 < |alpha_0 - alpha_1| (found by bisection; the sum is increasing).
-  A joint ball (||(delta_ref, delta_0, delta_1)|| <= eps, the audit's ``all``) lies inside it.
+For each image z the certifier knows an estimate e_z (float32 or float64 embeddings) with ||e_z - f(z)|| <= est_z,
+and the deployed rounding ||F(z') - f(z')|| <= dep_z(r) (:class:`~robustsim.certify.rounding.Rounding`); so every
+F(z') with ||z' - z|| <= r (r = 0 for an image that does not move) lies within rho_z(r) = est_z + dep_z(r) + L r
+of e_z.
 
-Rounding: embeddings come in float64 with bounds ||e - f_exact|| <= delta
-(:mod:`robustsim.certify.rounding`); every formula below uses the worst case within them, so a
-reported radius never exceeds the exact-arithmetic one. Exact ties get radius 0.
+- ``ref`` moves: with U = phi(F_1) - phi(F_0), ||U - u|| <= e_U = sum_i 2 rho_i / ||e_i|| (u = phi(e_1) -
+  phi(e_0)), and <F_ref, U> >= |<e_ref, u>| - rho_ref (||u|| + e_U) - ||e_ref|| e_U; the decision holds while
+  that exceeds 2c ||F_ref|| (||F_ref|| <= ||e_ref|| + rho_ref), i.e. while
+  rho_ref < (|<e_ref, u>| - ||e_ref|| (e_U + 2c)) / (||u|| + e_U + 2c): a linear condition on r.
+  With exact estimates and no rounding this is |<f(x), u>| / (L ||u||), the sound radius (no assumption on
+  ||f||). ``mode="lipsim"`` gives the published R = |d1 - d0| / ||phi(x0) - phi(x1)|| of the estimates, sound
+  only when ||f(x)|| >= 1, L = 1 and in exact arithmetic (it over-claims otherwise).
+- ``x0``, ``x1`` or ``all`` move: F(z') lies within the angle theta_z = arcsin(rho_z / ||e_z||) of e_z, so the
+  computed angles between F_ref and F_i lie within theta_ref + theta_i of the estimates' alpha_i; the decision
+  holds while cos(alpha_win + theta_ref + theta_win) - cos(alpha_lose - theta_ref - theta_lose) > 2c, increasing
+  in r: the largest such r is found by bisection. ``all``: each image within r (the audit's joint ball lies
+  inside).
+
+A triplet whose computed decision is a tie, or differs from the exact one, fails at r = 0: radius 0.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from robustsim.certify.lipschitz import input_lipschitz, network_lipschitz
-from robustsim.certify.rounding import embed_with_error
+from robustsim.certify.rounding import Rounding, cosine_slack, embed_with_error
 
-from robustsim.metrics.base import EmbeddingMetric, Metric
+from robustsim.metrics.base import EmbeddingMetric, Metric, evaluating
 from robustsim.threat import TARGETS, Target
 
 Mode = Literal["sound", "lipsim"]
+ANGLE_EPS = 1e-12  # float64 error of an angle computed as 2 asin(||phi(a) - phi(b)|| / 2)
 
 
 def require_lipschitz(metric: Metric) -> float:
@@ -43,8 +50,13 @@ def require_lipschitz(metric: Metric) -> float:
     return network_lipschitz(metric)[0]
 
 
-def _zeros_like(e: torch.Tensor) -> torch.Tensor:
-    return torch.zeros(e.shape[0], dtype=torch.float64, device=e.device)
+def _as_batch(v: torch.Tensor | float, n: int, device) -> torch.Tensor:
+    return torch.as_tensor(v, dtype=torch.float64, device=device).expand(n).clone()
+
+
+def _angle(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Angle between rows of unit vectors, accurate for small angles."""
+    return 2 * torch.arcsin(((p - q).norm(dim=1) / 2).clamp(max=1.0))
 
 
 def radius_from_embeddings(
@@ -54,68 +66,97 @@ def radius_from_embeddings(
     lipschitz: float,
     mode: Mode = "sound",
     target: Target = "ref",
-    delta: tuple[torch.Tensor | float, torch.Tensor | float, torch.Tensor | float] = (0.0, 0.0, 0.0),
+    delta: Sequence[torch.Tensor | float] = (0.0, 0.0, 0.0),
+    deployed: Sequence[Rounding] | None = None,
+    slack: float = 0.0,
 ) -> torch.Tensor:
-    """Per-triplet certified radius (float64) from embeddings (B, D) of ref, x0, x1 (module docstring).
-    ``delta`` bounds each embedding's distance to the exact one (0 for exact embeddings)."""
+    """Per-triplet certified radius (float64) from estimates (B, D) of the embeddings of ref, x0, x1, each within
+    ``delta`` of the exact one (module docstring). With ``deployed`` (the rounding of the metric's computation of
+    each image) and ``slack`` (its cosine rounding), the radius covers the deployed metric's decision; without
+    them, the exact-arithmetic decision."""
     if mode not in ("sound", "lipsim"):
         raise ValueError(f"mode must be 'sound' or 'lipsim', got {mode!r}")
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     if mode == "lipsim" and target != "ref":
         raise ValueError("the published (lipsim) formula exists for the reference only; use mode='sound'")
-    a, f0, f1 = (t.double() for t in (e_ref, e0, e1))
-    da, d0, d1 = (torch.as_tensor(d, dtype=torch.float64, device=a.device).expand(a.shape[0]) for d in delta)
-    na, n0, n1 = a.norm(dim=1), f0.norm(dim=1), f1.norm(dim=1)
-    if target == "ref":
-        return _ref_radius(a, f0, f1, na, n0, n1, da, d0, d1, lipschitz, mode)
-    # angles from computed embeddings, widened by each embedding's angular uncertainty asin(delta / ||e||)
-    cos = lambda u, v, nu, nv: ((u * v).sum(1) / (nu * nv).clamp_min(1e-300)).clamp(-1, 1)  # noqa: E731
-    alpha0, alpha1 = torch.arccos(cos(a, f0, na, n0)), torch.arccos(cos(a, f1, na, n1))
-    slack = lambda d, n: torch.where(d < n, torch.arcsin((d / n.clamp_min(1e-300)).clamp(max=1)), math.pi)  # noqa: E731
-    gap = (alpha0 - alpha1).abs() - 2 * slack(da, na) - slack(d0, n0) - slack(d1, n1)
-    gap = gap.clamp(min=0.0, max=math.pi / 2 + 1e-12)
-    lo = [n - d for n, d in ((na, da), (n0, d0), (n1, d1))]  # exact norms are at least these
-    if target in ("x0", "x1"):
-        norm = lo[1] if target == "x0" else lo[2]
-        r = norm.clamp_min(0) * torch.sin(gap.clamp(max=math.pi / 2)) / lipschitz
-    else:
-        r = _all_radius(gap, lo[0], lo[1], lo[2], lipschitz)
-    return torch.where(gap > 0, r, _zeros_like(a))
-
-
-def _ref_radius(a, f0, f1, na, n0, n1, da, d0, d1, lipschitz: float, mode: Mode) -> torch.Tensor:
-    """|<a, u>| / (L ||u||) with the worst case of the rounding: ||u - u_exact|| <= eps_u and
-    ||a - a_exact|| <= da give |<a_exact, u_exact>| >= |<a, u>| - da (||u|| + eps_u) - ||a|| eps_u."""
-    u = f1 / n1.clamp_min(1e-300)[:, None] - f0 / n0.clamp_min(1e-300)[:, None]
-    u_norm = u.norm(dim=1)
-    margin = (a * u).sum(1).abs()
-    # ||e/||e|| - g/||g|||| <= 2 ||e - g|| / ||e||
-    eps_u = 2 * d0 / n0.clamp_min(1e-300) + 2 * d1 / n1.clamp_min(1e-300)
+    est = [e.double() for e in (e_ref, e0, e1)]
+    n, dev = est[0].shape[0], est[0].device
+    err = [_as_batch(d, n, dev) for d in delta]
+    if deployed is None:
+        deployed = [Rounding(torch.zeros(n, dtype=torch.float64, device=dev), 0.0, 0.0, 0.0) for _ in range(3)]
     if mode == "lipsim":
-        margin = margin / na.clamp_min(1e-300)  # |<phi(x), u>| = |d1 - d0|
-        lipschitz, da, eps_u = 1.0, da / na.clamp_min(1e-300), eps_u
-        na = torch.ones_like(na)
-    low = margin - da * (u_norm + eps_u) - na * eps_u
-    r = low / (lipschitz * (u_norm + eps_u).clamp_min(1e-300))
-    ok = (u_norm > eps_u) & (low > 0)
-    return torch.where(ok, r, torch.zeros_like(r))
+        return _lipsim_radius(*est)
+    moving = {"ref": (True, False, False), "x0": (False, True, False), "x1": (False, False, True)}.get(
+        target, (True, True, True)
+    )
+    if target == "ref":
+        return _ref_radius(est, err, deployed, lipschitz, 2 * slack)
+    return _angle_radius(est, err, deployed, moving, lipschitz, 2 * slack)
 
 
-def _all_radius(gap: torch.Tensor, na: torch.Tensor, n0: torch.Tensor, n1: torch.Tensor, lipschitz: float):
-    """Largest eps with 2 asin(L eps / na) + asin(L eps / n0) + asin(L eps / n1) < gap (bisection)."""
-    top = torch.minimum(torch.minimum(na, n0), n1).clamp_min(0) / lipschitz  # asin needs L eps < every norm
-    lo, hi = torch.zeros_like(gap), top.clone()
+def _lipsim_radius(a: torch.Tensor, f0: torch.Tensor, f1: torch.Tensor) -> torch.Tensor:
+    """The published formula on the estimates (no rounding, ||f|| assumed >= 1, L = 1)."""
+    p = torch.nn.functional.normalize
+    u = p(f1, dim=1) - p(f0, dim=1)
+    margin = (p(a, dim=1) * u).sum(1).abs()
+    return torch.where(u.norm(dim=1) > 0, margin / u.norm(dim=1).clamp_min(1e-300), torch.zeros_like(margin))
 
-    def total(eps: torch.Tensor) -> torch.Tensor:
-        s = lambda n: torch.arcsin((lipschitz * eps / n.clamp_min(1e-300)).clamp(max=1.0))  # noqa: E731
-        return 2 * s(na) + s(n0) + s(n1)
 
-    for _ in range(60):
+def _ref_radius(est, err, deployed, lipschitz: float, c: float) -> torch.Tensor:
+    a, f0, f1 = est
+    norms = [e.norm(dim=1) for e in est]
+    rho = [err[i] + deployed[i].delta for i in range(3)]  # the balls around each estimate at r = 0
+    ok_norm = (rho[1] < norms[1]) & (rho[2] < norms[2])
+    u = f1 / norms[2].clamp_min(1e-300)[:, None] - f0 / norms[1].clamp_min(1e-300)[:, None]
+    u_norm, margin = u.norm(dim=1), (a * u).sum(1).abs()
+    e_u = 2 * rho[1] / norms[1].clamp_min(1e-300) + 2 * rho[2] / norms[2].clamp_min(1e-300)
+    rho_max = (margin - norms[0] * (e_u + c)) / (u_norm + e_u + c).clamp_min(1e-300)
+    dep = deployed[0]
+    grow = (1 + dep.sensitivity) / (1 - dep.sensitivity) if dep.sensitivity < 1 else math.inf
+    r = (rho_max - err[0] - dep.delta * grow) / (lipschitz + dep.kappa)
+    good = ok_norm & (r > 0) & (u_norm > e_u)
+    return torch.where(good, r, torch.zeros_like(r))
+
+
+def _angle_radius(est, err, deployed, moving, lipschitz: float, c: float, steps: int = 60) -> torch.Tensor:
+    norms = [e.norm(dim=1).clamp_min(1e-300) for e in est]
+    phi = [e / n[:, None] for e, n in zip(est, norms, strict=True)]
+    alpha0, alpha1 = _angle(phi[0], phi[1]), _angle(phi[0], phi[2])
+    win_is_1 = alpha1 < alpha0
+    a_win, a_lose = torch.where(win_is_1, alpha1, alpha0), torch.where(win_is_1, alpha0, alpha1)
+
+    def holds(r: torch.Tensor) -> torch.Tensor:
+        theta = []
+        for i in range(3):
+            rho = err[i] + (deployed[i].at(r) + lipschitz * r if moving[i] else deployed[i].delta)
+            theta.append(torch.where(rho < norms[i], torch.arcsin((rho / norms[i]).clamp(max=1.0)), math.pi))
+        t_win = torch.where(win_is_1, theta[2], theta[1])
+        t_lose = torch.where(win_is_1, theta[1], theta[2])
+        hi = (a_win + theta[0] + t_win + 2 * ANGLE_EPS).clamp(max=math.pi)
+        lo = (a_lose - theta[0] - t_lose - 2 * ANGLE_EPS).clamp(min=0.0)
+        return (torch.cos(hi) - torch.cos(lo) > c) & (alpha0 != alpha1)
+
+    zero = torch.zeros_like(alpha0)
+    ok0 = holds(zero)
+    # beyond the smallest moving image's norm / L its ball holds 0: no angle is bounded there
+    top = torch.stack([norms[i] for i in range(3) if moving[i]]).amin(0) / lipschitz
+    lo, hi = zero.clone(), top.clone()
+    for _ in range(steps):
         mid = (lo + hi) / 2
-        ok = total(mid) < gap
-        lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
-    return lo
+        good = holds(mid)
+        lo, hi = torch.where(good, mid, lo), torch.where(good, hi, mid)
+    return torch.where(ok0, lo, zero)
+
+
+def certify_embeddings(
+    metric: EmbeddingMetric, ref: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor
+) -> tuple[tuple[torch.Tensor, ...], tuple[Rounding, ...], float]:
+    """(computed embeddings of ref, x0, x1 in the metric's dtype, their roundings, the cosine slack c) from one
+    forward pass of the metric as it runs."""
+    n = ref.shape[0]
+    e, _, rounding = embed_with_error(metric, torch.cat([ref, x0, x1]))
+    return e.split(n), rounding.split(n), cosine_slack(e.shape[1], rounding.unit)
 
 
 def certified_radius(
@@ -126,26 +167,34 @@ def certified_radius(
     mode: Mode = "sound",
     target: Target = "ref",
 ) -> torch.Tensor:
-    """(B,) float64 l2 radius, in the caller's pixels, within which the metric's 2AFC choice cannot change
-    when ``target`` moves (``all``: each image by at most the radius). Radii of triplets whose computed
-    decision is a tie or disagrees with exact arithmetic are 0."""
-    L, _ = input_lipschitz(metric, tuple(ref.shape[-2:]))
+    """(B,) float64 l2 radius, in the caller's pixels, within which the metric's 2AFC choice, as the metric
+    computes it in its own dtype, cannot change when ``target`` moves (``all``: each image by at most the radius).
+    Triplets whose computed decision is a tie or disagrees with exact arithmetic get 0."""
+    from robustsim.certify.certify2afc import lipschitz_batch
+    from robustsim.certify.rounding import float64_copy
+
+    network_lipschitz(metric)
     assert isinstance(metric, EmbeddingMetric)
-    e, delta = embed_with_error(metric, torch.cat([ref, x0, x1]))
-    (a, f0, f1), (da, d0, d1) = e.split(ref.shape[0]), delta.split(ref.shape[0])
-    return radius_from_embeddings(a, f0, f1, L, mode, target, (da, d0, d1))
+    with evaluating(metric):
+        radius, _, _ = lipschitz_batch(metric, ref, x0, x1, target, mode, exact=lambda: float64_copy(metric))
+    return radius
 
 
 def embedding_distance_bound(metric: Metric, x: torch.Tensor, eps: float) -> torch.Tensor:
-    """(B,) upper bound on the exact d(x, x + delta) over ||delta||_2 <= eps in the caller's pixels.
+    """(B,) upper bound on the distance the metric computes between x and any x + delta, ||delta||_2 <= eps in the
+    caller's pixels (its dtype's rounding included), capped at 2 (the largest 1 - cos).
 
-    ||phi(a) - phi(b)|| <= ||a - b|| / min(||a||, ||b||), so with ||f(x + delta) - f(x)|| <= L eps:
-    ||phi(x + delta) - phi(x)|| <= L eps / (||f(x)|| - L eps) and d = ||.||^2 / 2, capped at 2
-    (the largest possible 1 - cos). ||f(x)|| is taken at its lower bound given the rounding.
-    """
+    Both computed embeddings lie within rho of the estimate e of f(x) (rho = est + dep(r) + L r, r = 0 or eps),
+    so their angle is at most the two arcsines; d <= 1 - cos(angle) + the cosine slack."""
     L, _ = input_lipschitz(metric, tuple(x.shape[-2:]))
     assert isinstance(metric, EmbeddingMetric)
-    e, delta = embed_with_error(metric, x)
-    slack = e.norm(dim=1) - delta - L * eps
-    chord = torch.where(slack > 0, L * eps / slack.clamp_min(1e-300), torch.full_like(slack, 2.0))
-    return (chord.clamp(max=2.0) ** 2 / 2).clamp(max=2.0)
+    with evaluating(metric):
+        _, e, rounding = embed_with_error(metric, x)
+    norm = e.norm(dim=1)
+    slack = cosine_slack(e.shape[1], rounding.unit)
+
+    def theta(rho: torch.Tensor) -> torch.Tensor:
+        return torch.where(rho < norm, torch.arcsin((rho / norm.clamp_min(1e-300)).clamp(max=1.0)), math.pi)
+
+    angle = (theta(rounding.at(0.0)) + theta(rounding.at(eps) + L * eps)).clamp(max=math.pi)
+    return (1 - torch.cos(angle) + slack).clamp(max=2.0)

@@ -1,85 +1,91 @@
-"""Embeddings for certificates: computed in float64, with a stated bound on their rounding error.
+"""The rounding of the metric's own forward pass, bounded, so that a certificate speaks of the decision the
+deployed metric makes (float32, or whatever dtype and device it runs in), not of exact arithmetic.
 
-Certificates are statements about the network in exact arithmetic (its stored float32 parameters,
-every operation exact). We evaluate it in float64 and bound the distance to the exact embedding under
-the standard model of floating-point arithmetic (every +, x rounds to nearest, |error| <= u |result|,
-u = 2^-53; this covers any summation order, blocking or fused multiply-add):
+The **exact function** f is the metric's embedding of the caller's image in exact arithmetic with the tensors it
+applies (stored weights and buffers, frozen derived tensors), the exact resize matrix and the stored mean / std.
+Every evaluation of the metric (any batch, any summation order) computes F(x) with ||F(x) - f(x)|| <= delta(x):
 
-- an inner product of n terms has error <= gamma_n sum |w_i x_i| with gamma_n = n u / (1 - n u), so a
-  layer multiplying by weights W_1 .. W_m (in sequence, biases b) with largest fan-in n adds at most
-  ``m gamma_n prod_i max(1, |||W_i|||) (||in|| + sum ||b||) + 2 u (||in|| + ||out||)``, where |||W||| bounds
-  the l2 norm of the map with |W| (||W||_F for a matrix, the sum over kernel taps of ||W_tap||_F for a
-  convolution);
-- a parameter-free module (ReLU, padding, reshape) adds at most 2 u (||in|| + ||out||), a pooling sum
-  of k values gamma_k ||in||, the preprocessing (resize, normalisation) gamma_8 (1 + 1/min std) ||x||;
-- an error made at one layer grows by at most the Lipschitz bounds of the layers after it, bounded
-  here by prod_l max(1, L_l) over the whole network (1 for robustsim's 1-Lipschitz layers).
+- the preprocessing: an interpolation of T taps errs by gamma_T || |A| || ||x|| (A holds the weights the metric
+  computes, read off in its dtype: they are part of the exact function, and of the certificate's constant);
+  (x - mean) / std adds u (1 + max std / min std) ||pre||;
+- each layer adds at most a ||in|| + c ||out|| + d (:mod:`robustsim.nn.rounding`: the standard model, unit
+  roundoff u of the dtype, evaluated on the computed activations measured by forward hooks, in float64);
+- an error made before a layer grows by at most that layer's Lipschitz bound: the sum is multiplied by
+  G = prod max(1, L_l) (the network is a composition).
 
-The bound ``delta(x)`` is the sum of these terms, with the norms of the float64 activations measured
-during the forward pass (forward hooks). It is ~1e-12 of the activations, far below any useful margin;
-certificates subtract it (see :mod:`robustsim.certify.radius`).
+Over a ball, delta(x') <= delta(x) (1 + S) / (1 - S) + kappa ||x' - x||, where S and kappa depend on the weights
+only (:class:`Rounding`): the bound moves with the activations' norms, and those move at most as fast as the
+Lipschitz bound allows. The unit roundoff is the dtype's (2^-24 for float32, 2^-53 for float64, 2^-8 bfloat16,
+2^-11 float16), and 2^-11 for float32 on CUDA while TF32 is allowed (PyTorch's default for convolutions).
+Float32 bounds are ~1e-4 of the activations; the float64 pass of :func:`float64_copy` gives estimates ~1e-13.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
+import functools
 import math
-from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
-from robustsim.certify.lipschitz import lipschitz_bound
+from robustsim.certify.lipschitz import lipschitz_bound, preprocess_lipschitz
 from torch import nn
 
 from robustsim.errors import RobustsimError
 from robustsim.metrics.base import EmbeddingMetric
+from robustsim.metrics.preprocess import Resize, axis_matrices
+from robustsim.nn.cache import FROZEN, Derived
+from robustsim.nn.rounding import affine_terms, gamma, memo, module_terms
 
 U64 = 2.0**-53
-U32 = 2.0**-24  # for checking the bound against a float32 forward (tests)
+U32 = 2.0**-24
+UNITS = {torch.float64: U64, torch.float32: U32, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+TF32 = 2.0**-11
 
 
-def gamma(n: int, unit: float = U64) -> float:
-    """gamma_n = n u / (1 - n u): the relative error bound of an n-term inner product (unit roundoff u)."""
-    nu = n * unit
-    return nu / (1 - nu)
+def unit_roundoff(metric: EmbeddingMetric) -> float:
+    """The unit roundoff of the arithmetic the metric's forward runs in (module docstring)."""
+    u = UNITS.get(metric.dtype, U32)
+    if metric.dtype == torch.float32 and metric.device.type == "cuda":
+        if torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32:
+            u = TF32
+    return u
 
 
-def _abs_opnorm(w: torch.Tensor) -> float:
-    """An upper bound on the l2 norm of the linear map with entries |w| (matrix, or conv kernel)."""
-    w = w.detach().double()
-    if w.dim() <= 2:
-        return float(w.norm())
-    return float(w.flatten(2).norm(dim=(0, 1)).sum())  # one Frobenius norm per kernel tap, summed
+def cosine_slack(dim: int, unit: float) -> float:
+    """How far the computed ``1 - cos`` of two D-dim embeddings can be from the exact one of the same computed
+    embeddings: normalising (relative gamma_D / 2 + 2u per entry), the D products and their sum (gamma_D), and
+    the subtraction from 1 (2u); so a computed d1 < d0 holds whenever the exact cos1 - cos0 exceeds twice it."""
+    return 2.5 * gamma(dim + 4, unit) + 2 * unit
 
 
-def _fan_in(w: torch.Tensor) -> int:
-    if w.dim() <= 2:
-        return max(w.shape)
-    return max(w.shape[0], w.shape[1]) * math.prod(w.shape[2:])
+@dataclass
+class Rounding:
+    """delta (B,): ||F(x) - f(x)|| <= delta at the evaluated images; for x' within r of x,
+    ||F(x') - f(x')|| <= delta (1 + S) / (1 - S) + kappa r (:meth:`at`)."""
 
+    delta: torch.Tensor
+    sensitivity: float
+    kappa: float
+    unit: float
+    assumed: tuple[str, ...] = ()  # modules bounded by the generic rule (no rule of their own)
 
-def _weights(module: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """(weight tensors the module multiplies by, bias-like vectors). A module that declares them
-    (``rounding_weights``, ``rounding_biases``: the tensors its forward applies, e.g. SLL's weight and folded
-    kernel) is taken at its word; otherwise its own parameters and buffers are (matrices and vectors)."""
-    declared = getattr(module, "rounding_weights", None)
-    own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
-    mats = list(declared()) if declared is not None else [t for t in own if t.dim() >= 2]
-    biases = getattr(module, "rounding_biases", None)
-    vecs = list(biases()) if biases is not None else [t for t in own if t.dim() == 1 and t.is_floating_point()]
-    return mats, vecs
+    def at(self, r: torch.Tensor | float) -> torch.Tensor:
+        s = self.sensitivity
+        grow = (1 + s) / (1 - s) if s < 1 else math.inf
+        return self.delta * grow + self.kappa * r
 
-
-def _is_leaf(module: nn.Module) -> bool:
-    return next(module.children(), None) is None
+    def split(self, n: int) -> tuple[Rounding, ...]:
+        return tuple(Rounding(d, self.sensitivity, self.kappa, self.unit, self.assumed) for d in self.delta.split(n))
 
 
 def _units(net: nn.Module) -> list[nn.Module]:
-    """The modules whose rounding is bounded one by one: leaves, and whole blocks that say which weights they
-    multiply by (``rounding_weights``; their insides, e.g. a weight parametrization, are not traced)."""
+    """The modules whose rounding is bounded one by one: those with a rule (their insides are theirs), else
+    the children of containers, else unknown leaves (bounded generically, see :func:`_generic_terms`)."""
     out: list[nn.Module] = []
 
     def visit(m: nn.Module) -> None:
-        if hasattr(m, "rounding_weights") or _is_leaf(m):
+        if callable(getattr(m, "rounding_terms", None)) or next(m.children(), None) is None:
             out.append(m)
         else:
             for child in m.children():
@@ -89,28 +95,66 @@ def _units(net: nn.Module) -> list[nn.Module]:
     return out
 
 
-class _Tape:
-    """Forward hooks that add up the per-sample rounding terms of every leaf module."""
+def _generic_terms(module: nn.Module, out_shape: tuple[int, ...], unit: float) -> tuple[float, float, float]:
+    """A module robustsim has no rule for: each matrix (>= 2-D tensor) it owns is taken as one inner-product map
+    of its fan-in, plus 2u of elementwise work on its input and output (an assumption, stated in reports)."""
+    mats = [t for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)] if t.dim() >= 2]
+    a, c = 2 * unit, 2 * unit
+    for w in mats:
+        m = w.detach().double().flatten(1).abs()
+        ta, _, _ = affine_terms(m.shape[1], float(torch.linalg.matrix_norm(m, ord=2)), 0.0, unit)
+        a += ta
+    return a, c, 0.0
 
-    def __init__(self, net: nn.Module, unit: float = U64) -> None:
-        self.total: torch.Tensor | None = None
-        self.unit = unit
-        self.handles = [m.register_forward_hook(self._hook) for m in _units(net)]
+
+def _unit_bound(module: nn.Module, declared: float) -> float:
+    """The unit's Lipschitz bound (memoised while its weights are unchanged); a declared-only network's declared
+    constant where the unit proves none."""
+
+    def compute() -> tuple[float, float, float]:
+        try:
+            return lipschitz_bound(module), 0.0, 0.0
+        except RobustsimError:
+            return max(1.0, declared), 0.0, 0.0
+
+    return memo(module, ("lipschitz",), 0.0, compute)[0]
+
+
+def _norms(t: torch.Tensor, unit: float) -> torch.Tensor:
+    """(B,) float64 upper bounds on the l2 norms of the rows of ``t``, computed in its own dtype: a sum of n
+    squares errs by gamma_n relative, its square root by u more."""
+    flat = t.detach().flatten(1)
+    n = flat.shape[1]
+    norm = torch.linalg.vector_norm(flat, dim=1).double()
+    return norm * (1 + gamma(n + 2, UNITS.get(flat.dtype, unit)))
+
+
+class _Tape:
+    """Forward hooks adding up each unit's a ||in|| + c ||out|| + d per sample (norms in float64)."""
+
+    def __init__(self, metric: EmbeddingMetric, unit: float) -> None:
+        self.unit, self.total, self.assumed = unit, None, []
+        self.sensitivity = 0.0  # sum over units of (a + c)
+        self.growth_terms = 0.0  # sum over units of (a + c L)
+        self.growth, self.declared = 1.0, float(metric.__dict__.get("lipschitz") or 1.0)
+        self.handles = [m.register_forward_hook(self._hook) for m in _units(metric.net)]
 
     def _hook(self, module: nn.Module, args: tuple, out: object) -> None:
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
         if x is None or not isinstance(out, torch.Tensor) or x.shape[0] != out.shape[0]:
             return
-        n_in, n_out = x.detach().flatten(1).norm(dim=1), out.detach().flatten(1).norm(dim=1)
-        term = 2 * self.unit * (n_in + n_out)
-        mats, vecs = _weights(module)
-        if mats:
-            n = max(_fan_in(w) for w in mats)
-            growth = math.prod(max(1.0, _abs_opnorm(w)) for w in mats)
-            bias = sum(float(v.detach().double().norm()) for v in vecs)
-            term = term + len(mats) * gamma(n, self.unit) * growth * (n_in + bias)
-        elif hasattr(module, "k"):  # a pooling sum of k x k values
-            term = term + gamma(int(module.k) ** 2, self.unit) * n_in
+        terms = module_terms(module, tuple(x.shape[1:]), tuple(out.shape[1:]), self.unit)
+        if terms is None:
+            terms = _generic_terms(module, tuple(out.shape[1:]), self.unit)
+            self.assumed.append(type(module).__name__)
+        a, c, d = terms
+        lip = _unit_bound(module, self.declared)
+        self.growth *= max(1.0, lip)
+        self.sensitivity += a + c
+        self.growth_terms += a + c * lip
+        if a == c == d == 0.0:
+            return
+        term = a * _norms(x, self.unit) + c * _norms(out, self.unit) + d
         self.total = term if self.total is None else self.total + term
 
     def close(self) -> None:
@@ -118,57 +162,59 @@ class _Tape:
             h.remove()
 
 
-@contextlib.contextmanager
-def float64(module: nn.Module) -> Iterator[nn.Module]:
-    """Run ``module`` in float64, restoring each parameter's and buffer's dtype after (float32 -> float64
-    -> float32 is exact, so the module comes back bit for bit)."""
-    tensors = [*module.named_parameters(), *module.named_buffers()]
-    dtypes = {name: t.dtype for name, t in tensors}
-    for name, t in tensors:  # a weight parametrization keeps its dtype: its module applies its float32 result
-        if "parametrizations." not in name and t.is_floating_point():
-            t.data = t.data.double()
-    try:
-        yield module
-    finally:
-        for name, t in [*module.named_parameters(), *module.named_buffers()]:
-            if dtypes.get(name, t.dtype) != t.dtype:
-                t.data = t.data.to(dtypes[name])
-        for m in module.modules():  # the module itself included
-            if hasattr(m, "_cache"):
-                m._cache = None
+def _preprocess_terms(metric: EmbeddingMetric, hw: tuple[int, int], unit: float) -> tuple[float, float]:
+    """(resize coefficient r: the resize errs by at most r ||x||; normalisation coefficient on ||pre||)."""
+    std = metric.std.detach().double().abs().flatten()
+    return _preprocess_coefficients(metric.resizing, hw, unit, float(std.max() / std.min()), metric.dtype)
 
 
-def error_growth(metric: EmbeddingMetric) -> float:
-    """prod over leaf modules of max(1, their Lipschitz bound): how much an error can grow on its way to
-    the output; the declared constant (at least 1) for a net whose layers carry no bounds."""
-    try:
-        return math.prod(max(1.0, lipschitz_bound(m)) for m in metric.net.modules() if _is_leaf(m))
-    except RobustsimError:
-        return max(1.0, float(metric.lipschitz or 1.0))
+@functools.lru_cache(maxsize=256)
+def _preprocess_coefficients(
+    resize: Resize, hw: tuple[int, int], unit: float, std_ratio: float, dtype: torch.dtype
+) -> tuple[float, float]:
+    norm_coef = unit * (1.0 + std_ratio)
+    if resize.resized_hw(hw) == tuple(hw):
+        return 0.0, norm_coef  # no interpolation (a crop is exact)
+    mats = axis_matrices(resize, hw, dtype)
+    taps = math.prod(int((a != 0).sum(1).max()) for a in mats)
+    coef = gamma(taps, unit) * math.prod(float(torch.linalg.matrix_norm(a.abs(), ord=2)) for a in mats)
+    return coef, norm_coef
 
 
-@torch.no_grad()
-def embed_with_error(metric: EmbeddingMetric, x: torch.Tensor, unit: float = U64) -> tuple[torch.Tensor, torch.Tensor]:
-    """(e, delta): float64 embeddings (B, D) of validated [0, 1] images and per-image bounds
-    ||e - f_exact(x)|| <= delta (module docstring). ``x`` may be float32; it is converted exactly.
-    ``unit`` is the unit roundoff the bound is stated for (2^-53, the float64 forward that runs)."""
-    try:
-        growth = (
-            math.prod(max(1.0, lipschitz_bound(m)) for m in metric.net.children())
-            if any(True for _ in metric.net.children())
-            else max(1.0, lipschitz_bound(metric.net))
-        )
-    except Exception:  # noqa: BLE001 - a declared-only net: use its declared constant
-        growth = max(1.0, float(metric.lipschitz or 1.0))
-    with float64(metric):
-        x64 = x.double()
-        pre = metric.preprocess(x64)
-        std_inv = 1.0 / float(metric.std.abs().min())
-        start = gamma(8, unit) * (1 + std_inv) * pre.flatten(1).norm(dim=1)
-        tape = _Tape(metric.net, unit)
+def embed_with_error(metric: EmbeddingMetric, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Rounding]:
+    """(computed embeddings in the metric's dtype (B, D), the same as float64, their :class:`Rounding`) for a
+    validated [0, 1] batch, from one forward pass of the metric as it runs (module docstring)."""
+    unit = unit_roundoff(metric)
+    hw = (int(x.shape[-2]), int(x.shape[-1]))
+    resize_coef, norm_coef = _preprocess_terms(metric, hw, unit)
+    min_std = float(metric.std.detach().double().abs().min())
+    with torch.no_grad():
+        xin = metric.as_input(x)
+        pre = metric.preprocess(xin)
+        tape = _Tape(metric, unit)
         try:
             e = metric.net(pre).flatten(1)
         finally:
             tape.close()
+        n_x, n_pre = _norms(xin, unit), _norms(pre, unit)
+    start = resize_coef / min_std * n_x + norm_coef * n_pre
     local = tape.total if tape.total is not None else torch.zeros_like(start)
-    return e, growth * (start + local)
+    g, l_pre = tape.growth, preprocess_lipschitz(metric, hw)
+    s = g * (tape.sensitivity + norm_coef)
+    kappa = g * (resize_coef / min_std + norm_coef * l_pre + l_pre * g * tape.growth_terms)
+    kappa = kappa / (1 - s) if s < 1 else math.inf
+    delta = g * (start + local)
+    return e, e.double(), Rounding(delta, s, kappa, unit, tuple(dict.fromkeys(tape.assumed)))
+
+
+def float64_copy(metric: EmbeddingMetric) -> EmbeddingMetric:
+    """A float64 copy of ``metric`` that applies exactly the tensors the metric applies (each derived tensor, as
+    the original computes it, stored in the copy: its float64 forward then evaluates the same exact function);
+    the original is left untouched."""
+    twin = copy.deepcopy(metric)
+    for mine, theirs in zip(metric.modules(), twin.modules(), strict=True):
+        if isinstance(mine, Derived):
+            with torch.no_grad():
+                theirs._buffers.pop(FROZEN, None)
+                theirs.register_buffer(FROZEN, mine.applied().detach().clone())
+    return twin.double().eval()

@@ -185,7 +185,7 @@ def test_radius_is_tight_for_linear_and_isometric_nets():
     metric = linear_metric(3, 4, 48, 1.0, 1.0, isometric=True)  # 48 = 3 x 4 x 4: an isometry
     ref, x0, x1 = triplets(3, 200, 4, spread=0.1)
     r = certified_radius(metric, ref, x0, x1)
-    e, _ = embed_with_error(metric, torch.cat([ref, x0, x1]))
+    _, e, _ = embed_with_error(metric, torch.cat([ref, x0, x1]))
     a, f0, f1 = e.split(200)
     u = nn.functional.normalize(f1, dim=1) - nn.functional.normalize(f0, dim=1)
     plain = (a * u).sum(1).abs() / u.norm(dim=1)  # the radius with no rounding slack

@@ -9,7 +9,7 @@ from conftest import linear_metric, per_image_pgd, triplets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from robustsim.certify import certified_radius, certify_2afc, embed_with_error, input_lipschitz
-from robustsim.certify.rounding import U32
+from robustsim.certify.rounding import U32, float64_copy
 from torch import nn
 
 import robustsim
@@ -71,29 +71,34 @@ def test_the_reference_radius_never_exceeds_the_exact_minimal_perturbation(seed,
 
 
 def test_rounding_bound_dominates_the_float32_error_of_the_shipped_network():
-    """The same bound stated for float32's unit roundoff covers the float32 forward's distance to the
-    float64 one (the float64 bound is that, scaled down by 2^-29)."""
+    """The bound of the float32 forward (the metric as it runs, resized or not) covers its distance to the float64
+    evaluation of the same exact function, whose own bound is ~2^-29 times smaller."""
     metric = robustsim.load_metric("lipsim-nano")
+    twin = float64_copy(metric)
     for size in (40, 64, 96):
         x = torch.rand(12, 3, size, size, generator=torch.Generator().manual_seed(size))
-        e64, bound32 = embed_with_error(metric, x, U32)
-        err = (metric.embed(x).double() - e64).norm(dim=1)
-        assert torch.all(err <= bound32)
-    _, bound64 = embed_with_error(metric, x)
-    assert torch.all(bound64 < 1e-8)
+        _, e32, r32 = embed_with_error(metric, x)
+        _, e64, r64 = embed_with_error(twin, x)
+        assert r32.unit == U32 and r64.unit == 2.0**-53
+        assert torch.all((e32 - e64).norm(dim=1) <= r32.delta + r64.delta)
+        assert torch.all(r64.delta < 1e-8) and torch.all(r64.delta < 1e-6 * r32.delta)
 
 
-def test_ref_only_equals_the_previous_certificate_at_the_input_size():
+def test_ref_only_equals_the_previous_certificate_for_a_float64_metric_and_never_exceeds_it_in_float32():
+    """The sound radius |<f, u>| / (L ||u||): a float64 deployment of the metric certifies it (its rounding is
+    ~1e-13 of it); the float32 deployment certifies less, never more (its rounding bound is subtracted)."""
     metric = robustsim.load_metric("lipsim-nano")
     data = open_triplets("mini", limit=64)
-    res = certify_2afc(metric, data, [36 / 255], progress=False)
+    res32 = certify_2afc(metric, data, [36 / 255], progress=False)
+    res64 = certify_2afc(float64_copy(metric), data, [36 / 255], progress=False)
     x = {k: torch.stack([data[i][k] for i in range(64)]) for k in ("ref", "x0", "x1")}
     e = metric.embed(torch.cat([x["ref"], x["x0"], x["x1"]])).double()
     a, f0, f1 = e.split(64)
     u = nn.functional.normalize(f1, dim=1) - nn.functional.normalize(f0, dim=1)
-    before = (a * u).sum(1).abs() / u.norm(dim=1)  # the float32 formula used before
-    assert torch.allclose(res.radius, before, rtol=1e-4, atol=1e-6)
-    assert res.details["lipschitz_source"] == "structure" and res.lipschitz == 1.0
+    before = (a * u).sum(1).abs() / u.norm(dim=1) / res64.lipschitz  # the formula on float32 embeddings
+    assert torch.allclose(res64.radius, before, rtol=1e-4, atol=1e-6)
+    assert torch.all(res32.radius <= res64.radius) and (res32.radius > 0).sum() >= (res64.radius > 0).sum() / 4
+    assert res32.details["lipschitz_source"] == "structure" and res32.lipschitz == pytest.approx(1.0, abs=1e-5)
 
 
 @pytest.mark.parametrize("target", ["x0", "x1", "all"])
@@ -101,11 +106,15 @@ def test_moving_distorted_images_is_certified_on_the_shipped_metric_and_never_br
     metric = robustsim.load_metric("lipsim-nano")
     data = open_triplets("mini", limit=24)
     ref, x0, x1 = (torch.stack([data[i][k] for i in range(24)]) for k in ("ref", "x0", "x1"))
-    r = certified_radius(metric, ref, x0, x1, target=target)
+    r = certified_radius(metric, ref, x0, x1, target=target)  # the float32 decision the metric computes
     assert (r > 0).float().mean() > 0.5
     assert not per_image_pgd(metric, ref, x0, x1, target, (0.999 * r).float(), steps=30).any()
+    twin = float64_copy(metric)  # the same function deployed in float64: its radii, at least as large
+    r64 = certified_radius(twin, *(t.double() for t in (ref, x0, x1)), target=target)
+    assert torch.all(r <= r64)
+    assert not per_image_pgd(twin, *(t.double() for t in (ref, x0, x1)), target, 0.999 * r64, steps=30).any()
     # the attack is strong enough to matter: the net is far from tight (Lipschitz estimate 0.33), so far out
-    assert per_image_pgd(metric, ref, x0, x1, target, (10 * r + 0.05).float(), steps=30).float().mean() > 0.5
+    assert per_image_pgd(metric, ref, x0, x1, target, (10 * r64 + 0.05).float(), steps=30).float().mean() > 0.5
 
 
 # randomized smoothing -----------------------------------------------------------------------------

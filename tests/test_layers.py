@@ -109,10 +109,10 @@ def test_checkpoints_from_before_layer_kinds_still_load(tmp_path):
 
 @pytest.mark.parametrize("layer", LAYERS)
 def test_every_layer_kind_is_certified_soundly_in_float64(layer):
-    """The certifier's float64 forward runs on every kind (a parametrised AOC kernel included) and gives the
-    float32 network's embeddings within the rounding bound stated for float32; no attack beats its radii."""
-    from robustsim.certify import embed_with_error
-    from robustsim.certify.rounding import U32
+    """The certifier's float64 copy runs on every kind (a parametrised AOC kernel included), leaves the model as it
+    was, and gives the float32 network's embeddings within the float32 forward's rounding bound; no attack beats
+    its radii."""
+    from robustsim.certify import embed_with_error, float64_copy
 
     from robustsim.audit import run_audit
     from robustsim.data import open_triplets
@@ -121,11 +121,10 @@ def test_every_layer_kind_is_certified_soundly_in_float64(layer):
     torch.manual_seed(0)
     metric = LipSimMetric(LipSimNet(LipSimPreset(2, 8, 1, 32, layer=layer), embed_dim=64, input_size=64).eval())
     x = torch.rand(4, 3, 64, 64)
-    with torch.no_grad():
-        e32 = metric.embed(x).double()
-    e64, delta = embed_with_error(metric, x, unit=U32)
-    assert ((e32 - e64).norm(dim=1) <= delta).all() and (delta > 0).all()
-    assert next(metric.net.parameters()).dtype == torch.float32  # the float64 pass leaves the model as it was
+    _, e32, r32 = embed_with_error(metric, x)
+    _, e64, r64 = embed_with_error(float64_copy(metric), x)
+    assert ((e32 - e64).norm(dim=1) <= r32.delta + r64.delta).all() and (r32.delta > 0).all()
+    assert next(metric.net.parameters()).dtype == torch.float32  # the float64 copy leaves the model as it was
     data = open_triplets("mini:test", limit=24)
     threat = ThreatModel("l2", "ref", (36 / 255, 0.25))
     report = run_audit(metric, data, threat, ["apgd-ce", "apgd-margin"], steps=20, progress=False)

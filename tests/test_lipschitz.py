@@ -115,7 +115,9 @@ def test_estimate_lipschitz_is_accurate_on_known_maps():
 
 
 # 50 training steps of medium/large/xlarge cost 25-40 TFLOP (the SLL Gram at width 2048): minutes each on
-# 2 CPU cores. The default suite trains them 5 steps; ROBUSTSIM_SLOW=1 runs the full 50 for every preset.
+# 2 CPU cores, and their exact bound takes a float64 SVD of every 2048 x 2048 matrix (~2.5 s each, 80-150 s a
+# net). The default suite trains them 5 steps and checks their bound only with ROBUSTSIM_SLOW=1 (which also runs
+# the full 50 steps); nano/tiny/small run the same layer code with both checks.
 SLOW = os.environ.get("ROBUSTSIM_SLOW") == "1"
 CHEAP = ("nano", "tiny", "small")
 
@@ -125,18 +127,25 @@ def test_every_preset_is_1_lipschitz_before_and_after_training(preset):
     torch.manual_seed(0)
     size = 64 if preset in ("nano", "tiny") else 16
     net = LipSimNet(preset, embed_dim=32, input_size=size)
-    assert lipschitz_bound(net) == 1.0
+    layers = sum(1 for _ in net.modules())
+    full = SLOW or preset in CHEAP
+    # derived from the applied tensors: 1 up to their float32 rounding (~1e-7 a layer)
+    assert not full or 1.0 <= lipschitz_bound(net.eval()) <= 1 + 1e-6 * layers
     x = torch.rand(2, 3, size, size) - 0.5
     assert estimate_lipschitz(net, x, power_steps=15, ascent_steps=15) <= 1 + TOL
-    steps = 50 if (SLOW or preset in CHEAP) else 5
-    train_steps(net, torch.rand(4, 3, size, size) - 0.5, steps=steps, lr=0.01)
+    train_steps(net, torch.rand(4, 3, size, size) - 0.5, steps=50 if full else 5, lr=0.01)
     assert estimate_lipschitz(net, x, power_steps=15, ascent_steps=15) <= 1 + TOL
+    assert not full or 1.0 <= lipschitz_bound(net.eval()) <= 1 + 1e-6 * layers
 
 
 def test_lipschitz_bound_refuses_unknown_modules():
-    with pytest.raises(RobustsimError, match="Linear has no Lipschitz guarantee"):
-        lipschitz_bound(nn.Sequential(nn.Flatten(), nn.Linear(3, 3)))
-    assert lipschitz_bound(nn.Sequential(nn.ReLU(), SLLLinear(3), nn.Flatten())) == 1.0
+    with pytest.raises(RobustsimError, match="GELU has no Lipschitz guarantee"):
+        lipschitz_bound(nn.Sequential(nn.Flatten(), nn.GELU()))
+    linear = nn.Linear(3, 3)
+    assert lipschitz_bound(nn.Sequential(nn.Flatten(), linear)) == pytest.approx(
+        float(torch.linalg.matrix_norm(linear.weight.detach().double(), ord=2)), rel=1e-8
+    )
+    assert 1.0 <= lipschitz_bound(nn.Sequential(nn.ReLU(), SLLLinear(3).eval(), nn.Flatten())) <= 1 + 1e-6
 
 
 def test_sll_cache_never_goes_stale():

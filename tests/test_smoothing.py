@@ -12,6 +12,9 @@ from robustsim.certify import SmoothedMetric
 from scipy.stats import norm as gaussian
 from torch import nn
 
+import robustsim
+from robustsim.data import open_triplets
+
 
 def test_smoothed_probability_matches_the_closed_form():
     metric, ref, x0, x1, m, w = smoothing_case(1)
@@ -82,3 +85,52 @@ def smoothing_case(seed: int):
     m = float((a * u).sum())
     w_norm = float(u.norm())  # A is an isometry: ||A^T u|| = ||u||
     return metric, ref, x0, x1, m, w_norm
+
+
+def test_each_triplet_draws_its_own_noise_so_any_batch_or_shard_gives_the_same_certificate():
+    """Issue 31 item 6: a triplet's noise depends on the seed and the triplet alone, so certifying a shard (what a
+    torchrun rank does) or other batch sizes gives each triplet exactly the certificate of the whole run."""
+    from robustsim.certify import certify_smoothed
+
+    from robustsim.dist import local_env
+
+    metric, data = robustsim.load_metric("l2"), open_triplets("mini:test", limit=12)
+    full = certify_smoothed(metric, data, [0.1], 0.25, n=64, batch_size=5, progress=False, env=local_env())
+    rows = [1, 3, 4, 8, 11]
+    shard = certify_smoothed(
+        metric, data.select(rows), [0.1], 0.25, n=64, batch_size=2, progress=False, env=local_env()
+    )
+    assert torch.equal(full.radius[rows], shard.radius) and torch.equal(full.clean[rows], shard.clean)
+    again = certify_smoothed(metric, data, [0.1], 0.25, n=64, batch_size=12, seed=1, progress=False, env=local_env())
+    assert not torch.equal(full.radius, again.radius)  # another seed, other noise
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(metric=None), "Metric"),
+        (dict(metric="ssim"), "Metric"),
+        (dict(n=True), "n must be an integer"),
+        (dict(n=2.5), "n must be an integer"),
+        (dict(batch=0), "batch must be an integer >= 1"),
+        (dict(sigma="0.25"), "sigma must be a finite number"),
+        (dict(sigma=float("inf")), "sigma must be a finite number"),
+        (dict(sigma=float("nan")), "sigma must be a finite number"),
+        (dict(sigma=1e200), r"sigma must be in \(0, 10\]"),
+        (dict(alpha=float("nan")), "alpha"),
+        (dict(alpha=1.0), "alpha"),
+    ],
+)
+def test_absurd_smoothing_settings_are_refused_in_one_line(kwargs, match):
+    args = dict(metric=robustsim.load_metric("l2"), sigma=0.25)
+    args.update(kwargs)
+    with pytest.raises(robustsim.InputError, match=match) as err:
+        SmoothedMetric(args.pop("metric"), args.pop("sigma"), **args)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("option", [["--sigma", "nan"], ["--sigma", "inf"], ["--sigma", "1e200"], ["--alpha", "nan"]])
+def test_the_cli_refuses_non_finite_smoothing_values(option, capsys):
+    code = run_cli(["certify", "--metric", "l2", "--method", "smoothing", "--limit", "2", *option])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and option[0] in err

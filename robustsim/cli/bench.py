@@ -7,7 +7,16 @@ from pathlib import Path
 import click
 import torch
 
-from robustsim.cli.options import batch_option, data_option, device_option, is_main, limit_option, parse_names
+from robustsim.cli.options import (
+    FiniteFloat,
+    batch_option,
+    data_option,
+    device_option,
+    is_main,
+    limit_option,
+    parse_names,
+)
+from robustsim.limits import MAX_SIGMA
 
 
 @click.command("bench")
@@ -25,7 +34,7 @@ from robustsim.cli.options import batch_option, data_option, device_option, is_m
 @click.option(
     "--smoothing",
     "sigma",
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteFloat(0, MAX_SIGMA, min_open=True),
     default=None,
     help="Also certify metrics without a Lipschitz bound by randomized smoothing at this sigma.",
 )

@@ -9,6 +9,7 @@ import click
 import torch
 
 from robustsim.cli.options import (
+    FiniteFloat,
     allow_outside_option,
     batch_option,
     check_file_outputs,
@@ -57,7 +58,7 @@ DEFAULT_CERT_EPS = {"l2": "36/255,72/255,108/255", "linf": "1/255,2/255,4/255"}
 )
 @click.option(
     "--sigma",
-    type=click.FloatRange(0, MAX_SIGMA, min_open=True),
+    type=FiniteFloat(0, MAX_SIGMA, min_open=True),
     default=0.25,
     show_default=True,
     help="Smoothing: noise std in [0, 1] pixel units.",
@@ -79,7 +80,7 @@ DEFAULT_CERT_EPS = {"l2": "36/255,72/255,108/255", "linf": "1/255,2/255,4/255"}
 )
 @click.option(
     "--alpha",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    type=FiniteFloat(0, 1, min_open=True, max_open=True),
     default=0.001,
     show_default=True,
     help="Smoothing: failure probability of each certificate.",

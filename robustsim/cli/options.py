@@ -47,6 +47,19 @@ def parse_floats(text: str, what: str = "value") -> list[float]:
     return out
 
 
+class FiniteFloat(click.FloatRange):
+    """A click float range that also refuses NaN and infinities (every comparison with NaN is false, so a plain
+    FloatRange lets ``nan`` through)."""
+
+    name = "finite float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        out = super().convert(value, param, ctx)
+        if not math.isfinite(out):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return out
+
+
 def parse_names(text: str, what: str) -> list[str]:
     """'a, b,c' -> ['a', 'b', 'c']; names with control characters are refused (they could forge output)."""
     names = [n.strip() for n in text.split(",") if n.strip()]

@@ -7,8 +7,9 @@ Each metric resizes and normalises internally, so callers always pass [0, 1] ima
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,19 @@ def validate_images(x: torch.Tensor, name: str = "x") -> None:
             else "clamp to [0, 1]"
         )
         raise InputError(f"{name} has values in [{lo:.3g}, {hi:.3g}] but must be in [0, 1]; {hint}")
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode for the block, every submodule's training flag restored after: work that evaluates a
+    metric (certificates) leaves it as it found it."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, flag in flags:
+            m.training = flag
 
 
 def validate_pair(x: torch.Tensor, y: torch.Tensor) -> None:

@@ -77,26 +77,37 @@ def _crop_offset(n: int, size: int) -> int:
 
 
 @functools.lru_cache(maxsize=256)
-def axis_matrix(n_in: int, n_mid: int, n_out: int, interpolation: str, antialias: bool) -> torch.Tensor:
-    """(n_out, n_in) float64 matrix of one axis of the resize: interpolate n_in -> n_mid (the same call as
-    :meth:`Resize.__call__`, on an identity), then keep the centre n_out rows."""
-    eye = torch.eye(n_in, dtype=torch.float64)[:, None, None, :]  # n_in signals of length n_in, height 1
+def axis_matrix(
+    n_in: int, n_mid: int, n_out: int, interpolation: str, antialias: bool, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """(n_out, n_in) matrix (as float64) of one axis of the resize: interpolate n_in -> n_mid in ``dtype`` (the
+    same call as :meth:`Resize.__call__`, on an identity: each entry is a weight exactly as computed), then keep
+    the centre n_out rows."""
+    eye = torch.eye(n_in, dtype=dtype)[:, None, None, :]  # n_in signals of length n_in, height 1
     if n_mid == n_in:
         rows = eye[:, 0, 0, :]
     else:
         rows = F.interpolate(eye, size=(1, n_mid), mode=interpolation, align_corners=False, antialias=antialias)
         rows = rows[:, 0, 0, :]
     start = _crop_offset(n_mid, n_out)
-    return rows.T[start : start + n_out].contiguous()
+    return rows.T[start : start + n_out].double().contiguous()
+
+
+def axis_matrices(resize: Resize, hw: tuple[int, int], dtype: torch.dtype = torch.float64) -> list[torch.Tensor]:
+    """[A_h, A_w] of ``resize`` on ``hw`` images, with the weights ``dtype`` computes."""
+    mid, out = resize.resized_hw(hw), resize.output_hw(hw)
+    return [
+        axis_matrix(n, m, o, resize.interpolation, resize.antialias, dtype)
+        for n, m, o in zip(hw, mid, out, strict=True)
+    ]
 
 
 @functools.lru_cache(maxsize=256)
-def resize_norm(resize: Resize, hw: tuple[int, int]) -> float:
-    """Exact l2 operator norm (per channel, the same on every channel) of ``resize`` on ``hw`` images."""
+def resize_norm(resize: Resize, hw: tuple[int, int], dtype: torch.dtype = torch.float64) -> float:
+    """The l2 operator norm (per channel, the same on every channel) of ``resize`` on ``hw`` images, with the
+    interpolation weights ``dtype`` computes (float64 singular values, widened by 1e-9 for their rounding)."""
     hw = (int(hw[0]), int(hw[1]))
-    mid, out = resize.resized_hw(hw), resize.output_hw(hw)
-    if mid == hw and out == hw:
+    if resize.resized_hw(hw) == hw and resize.output_hw(hw) == hw:
         return 1.0
-    a_h = axis_matrix(hw[0], mid[0], out[0], resize.interpolation, resize.antialias)
-    a_w = axis_matrix(hw[1], mid[1], out[1], resize.interpolation, resize.antialias)
-    return float(torch.linalg.matrix_norm(a_h, ord=2) * torch.linalg.matrix_norm(a_w, ord=2))
+    a_h, a_w = axis_matrices(resize, hw, dtype)
+    return float(torch.linalg.matrix_norm(a_h, ord=2) * torch.linalg.matrix_norm(a_w, ord=2)) * (1 + 1e-9)

@@ -22,6 +22,7 @@ from torch import nn
 
 from robustsim.metrics.base import EmbeddingMetric
 from robustsim.nn import LipPool, PaddingChannels, Projection, Truncate
+from robustsim.nn.bounds import lipschitz_bound
 from robustsim.nn.cache import Derived, freeze, is_frozen, thaw
 
 
@@ -111,8 +112,6 @@ class LipSimNet(nn.Module):
     def lipschitz_bound(self) -> float:
         """The product of the bounds its stages prove (``features`` then ``head``), derived from the
         layers, not declared."""
-        from robustsim.certify.lipschitz import lipschitz_bound
-
         return lipschitz_bound(self.features) * lipschitz_bound(self.head)
 
     def __init__(self, preset: str | LipSimPreset = "tiny", embed_dim: int = 1792, input_size: int = 224) -> None:

@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustsim.nn.bounds import SAFE, spectral_norm
 from robustsim.nn.cache import Derived
-from robustsim.nn.spectral import conv_operator_norm, matrix_norm
+from robustsim.nn.rounding import Terms, bias_norm, gamma, memo
+from robustsim.nn.spectral import abs_conv_norm, conv_norm, conv_operator_norm, matrix_norm
 
 POWER_STEPS = 2
 MARGIN = 1.02
@@ -48,15 +50,18 @@ class _CPLBase(Derived):
         (0 <= D <= I) has eigenvalues in [1 - s ||W||^2, 1]."""
         with torch.no_grad():
             s = float(self.scale().double())
-            norm = float(self._norm(self.weight.detach().double()))
+            norm = float(self._norm(self.weight.detach().double())) * SAFE
         return max(1.0, s * norm * norm - 1.0)
 
-    def rounding_weights(self) -> list[torch.Tensor]:
-        """What the forward multiplies by: ``weight`` (inside) and ``scale * weight`` (outside)."""
-        return [self.weight, self.weight * self.scale().detach()]
-
-    def rounding_biases(self) -> list[torch.Tensor]:
-        return [self.bias]
+    def _cpl_terms(self, n1: int, n2: int, norm_w: float, abs_w: float, bias: float, unit: float) -> Terms:
+        """h = x - s W^T relu(W x + b): the pre-activation errs by g1 (|| |W| || ||x|| + ||b||), carried by ||W||;
+        W^T relu(.) adds g2 || |W| || ||relu(.)|| (||relu(.)|| <= ||W|| ||x|| + ||b||); the product by the applied
+        scale s adds u s ||W^T relu(.)||; the difference u ||h||."""
+        s = float(self.scale().detach().double())
+        g1, g2 = gamma(n1, unit), gamma(n2, unit)
+        per_x = norm_w * g1 * abs_w + g2 * abs_w * norm_w + unit * norm_w * norm_w
+        per_b = norm_w * g1 + g2 * abs_w + unit * norm_w
+        return s * per_x, unit, s * per_b * bias
 
 
 class CPLLinear(_CPLBase):
@@ -80,6 +85,15 @@ class CPLLinear(_CPLBase):
                 u = F.normalize(self.weight.T @ (self.weight @ u), dim=0)
             self.u.copy_(u)
         return (self.weight @ u).norm()  # the local copy: later calls update the buffer in place
+
+    def rounding_terms(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], unit: float) -> Terms:
+        def compute() -> Terms:
+            w = self.weight.detach()
+            return self._cpl_terms(
+                w.shape[1] + 1, w.shape[0], spectral_norm(w), spectral_norm(w.abs()), bias_norm(self.bias), unit
+            )
+
+        return memo(self, (in_shape, out_shape), unit, compute)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x - self.scale() * F.linear(F.relu(F.linear(x, self.weight, self.bias)), self.weight.T)
@@ -130,6 +144,16 @@ class CPLConv2d(_CPLBase):
                 u = F.normalize(torch.einsum("foi,fo->fi", spectrum.conj(), v), dim=1)
             self.u = u
         return torch.einsum("foi,fi->fo", spectrum, self.u).norm(dim=1).max()
+
+    def rounding_terms(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], unit: float) -> Terms:
+        def compute() -> Terms:
+            w, hw = self.weight.detach(), in_shape[-2:]
+            n1, n2 = w[0].numel() + 1, w.shape[0] * w.shape[2] * w.shape[3]
+            return self._cpl_terms(
+                n1, n2, conv_norm(w, hw), abs_conv_norm(w), bias_norm(self.bias, hw[0] * hw[1]), unit
+            )
+
+        return memo(self, (in_shape, out_shape), unit, compute)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.spatial is not None and x.shape[-1] != self.spatial:

@@ -10,13 +10,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustsim.nn.bounds import SAFE, spectral_norm
 from robustsim.nn.cache import Derived
+from robustsim.nn.rounding import EXACT, Terms, affine_terms, bias_norm, gamma, memo
+from robustsim.nn.spectral import abs_conv_norm
 
 
 class PaddingChannels(nn.Module):
     """Zero-pad channels C_in -> C_out (an isometry: norms are kept)."""
 
     lipschitz_bound = 1.0
+
+    def rounding_terms(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], unit: float) -> Terms:
+        return EXACT
 
     def __init__(self, out_channels: int) -> None:
         super().__init__()
@@ -41,6 +47,12 @@ class LipPool(nn.Module):
         super().__init__()
         self.k = kernel_size
 
+    def rounding_terms(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], unit: float) -> Terms:
+        """A k^2-term sum errs by gamma_{k^2} sum |x| <= gamma_{k^2} k ||x_block||; the division by k is exact for
+        a power of two, else it (or a product by 1/k) adds 2u."""
+        power_of_two = self.k & (self.k - 1) == 0
+        return gamma(self.k * self.k, unit), (0.0 if power_of_two else 2 * unit), 0.0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % self.k or x.shape[-2] % self.k:
             raise ValueError(f"LipPool({self.k}) needs H and W divisible by {self.k}, got {tuple(x.shape[-2:])}")
@@ -51,6 +63,9 @@ class Truncate(nn.Module):
     """Keep the first ``n`` coordinates (a coordinate projection: 1-Lipschitz). LipSim's last layer."""
 
     lipschitz_bound = 1.0
+
+    def rounding_terms(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], unit: float) -> Terms:
+        return EXACT
 
     def __init__(self, n: int) -> None:
         super().__init__()
@@ -65,6 +80,9 @@ class GroupSort2(nn.Module):
 
     lipschitz_bound = 1.0
 
+    def rounding_terms(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], unit: float) -> Terms:
+        return EXACT
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = x.chunk(2, dim=1)
         return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
@@ -77,7 +95,13 @@ def OrthoLinear(in_features: int, out_features: int, bias: bool = True) -> nn.Mo
     orthogonalisation and no state mutated in ``forward``, so outputs are deterministic.
     """
     layer = nn.utils.parametrizations.orthogonal(nn.Linear(in_features, out_features, bias=bias))
-    layer.lipschitz_bound = 1.0
+    layer.lipschitz_bound = lambda: spectral_norm(layer.weight)  # the matrix it applies, in float64
+
+    def rounding_terms(in_shape: tuple[int, ...], out_shape: tuple[int, ...], unit: float) -> Terms:
+        w = layer.weight.detach()
+        return affine_terms(w.shape[1] + bias, spectral_norm(w.abs()), bias_norm(layer.bias), unit)
+
+    layer.rounding_terms = rounding_terms
     return layer
 
 
@@ -132,11 +156,16 @@ class OrthoConvBlock(Derived):
         """The (out, in, k, k) kernel the block applies."""
         return self.applied()
 
-    def rounding_weights(self) -> list[torch.Tensor]:
-        return [self.kernel()]
+    def rounding_terms(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], unit: float) -> Terms:
+        """Circular padding and MaxMin are exact; the convolution adds gamma_n (|| |K| || ||x|| + ||b|| sqrt(HW))."""
 
-    def rounding_biases(self) -> list[torch.Tensor]:
-        return [] if self.conv.bias is None else [self.conv.bias]
+        def compute() -> Terms:
+            k, hw = self.kernel().detach(), in_shape[-2:]
+            has_bias = self.conv.bias is not None
+            bias = bias_norm(self.conv.bias, hw[0] * hw[1])
+            return affine_terms(k[0].numel() + has_bias, abs_conv_norm(k), bias, unit)
+
+        return memo(self, (in_shape, out_shape), unit, compute)
 
     def lipschitz_bound(self) -> float:
         from robustsim.nn.spectral import conv_operator_norm
@@ -144,7 +173,7 @@ class OrthoConvBlock(Derived):
         if self.spatial is None:
             raise RuntimeError("OrthoConvBlock needs its input size to prove its bound: set .spatial")
         with torch.no_grad():
-            return max(1.0, float(conv_operator_norm(self.kernel().double(), self.spatial, circular=True)))
+            return max(1.0, float(conv_operator_norm(self.kernel().double(), self.spatial, circular=True)) * SAFE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.kernel().to(x.dtype)
@@ -163,7 +192,9 @@ class Projection(Derived):
     eval mode, stored when frozen: :class:`~robustsim.nn.cache.Derived`).
     """
 
-    lipschitz_bound = 1.0
+    def lipschitz_bound(self) -> float:
+        """The float64 spectral norm of the semi-orthogonal matrix it applies (1 up to float32 rounding)."""
+        return spectral_norm(self.applied())
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
         super().__init__()
@@ -181,12 +212,15 @@ class Projection(Derived):
             return torch.linalg.qr(w).Q
         return torch.linalg.qr(w.T).Q.T
 
-    def rounding_weights(self) -> list[torch.Tensor]:
-        """What the forward multiplies by: the semi-orthogonal matrix (for rounding bounds)."""
-        return [self.applied()]
+    def rounding_terms(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], unit: float) -> Terms:
+        """y = Q x (+ b): gamma_n (|| |Q| || ||x|| + ||b||)."""
 
-    def rounding_biases(self) -> list[torch.Tensor]:
-        return [] if self.bias is None else [self.bias]
+        def compute() -> Terms:
+            q = self.applied().detach()
+            n = q.shape[1] + (self.bias is not None)
+            return affine_terms(n, spectral_norm(q.abs()), bias_norm(self.bias), unit)
+
+        return memo(self, (in_shape, out_shape), unit, compute)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.applied(), self.bias)

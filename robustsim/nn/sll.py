@@ -16,27 +16,48 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustsim.nn.bounds import SAFE, spectral_norm, tap_norm_sum
 from robustsim.nn.cache import Derived
+from robustsim.nn.rounding import Terms, bias_norm, gamma, memo
+from robustsim.nn.spectral import abs_conv_norm, conv_norm
 
 
 class _SLLBase(Derived):
-    lipschitz_bound: float = 1.0
-
-    def _gram(self) -> torch.Tensor:  # pragma: no cover - abstract
+    def _gram(self, w: torch.Tensor | None = None) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _norm(self, w: torch.Tensor) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _t(self, w: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+        q = log_q.exp()
+        return (self._gram(w).abs() * q[None, :] / q[:, None]).sum(1)
 
     def rescaling(self) -> torch.Tensor:
         """2 / t (shape (inner,)), computed from the weights."""
-        q = self.log_q.exp()
-        t = (self._gram().abs() * q[None, :] / q[:, None]).sum(1)
-        return 2.0 / t.clamp_min(1e-12)
+        return 2.0 / self._t(self.weight, self.log_q).clamp_min(1e-12)
 
-    def rounding_weights(self) -> list[torch.Tensor]:
-        """What the forward multiplies by: ``weight`` and the folded kernel (for rounding bounds)."""
-        return [self.weight, self.folded()]
+    def lipschitz_bound(self) -> float:
+        """The bound of the map the layer applies, from its weight W and its applied folded kernel K.
 
-    def rounding_biases(self) -> list[torch.Tensor]:
-        return [self.bias]
+        With t' >= the exact t of W (t computed in float64 and widened by 1e-9, more than that computation's
+        error), T' - W W^T >= 0, so h*(x) = x - 2 W T'^-1 relu(W^T x + b) is 1-Lipschitz (SLL's theorem, for any
+        W, b, q). The applied h(x) = x + K relu(W^T x + b) differs from it by (K - K*) relu(W^T x + b), whose
+        Lipschitz constant is at most ||K - K*|| ||W||; so L <= 1 + ||K - K*|| ||W||."""
+        with torch.no_grad():
+            w = self.weight.detach().double()
+            t = self._t(w, self.log_q.detach().double()) * (1 + 1e-9)
+            k_star = -(w * (2.0 / t.clamp_min(1e-300)).view(-1, *[1] * (w.dim() - 1)))
+            k = self.applied().detach().double()
+            gap = self._norm(k - k_star) + 1e-12 * self._norm(k)  # + float64 rounding of k_star
+            return 1.0 + gap * self._norm(w) * SAFE
+
+    def _residual_terms(self, n1: int, n2: int, norms: tuple[float, float, float, float], bias: float, unit: float):
+        """h = x + K relu(W^T x + b): the pre-activation errs by g1 (|| |W| || ||x|| + ||b||), which K carries by
+        ||K||; K relu(.) adds g2 || |K| || ||relu(.)||, ||relu(.)|| <= ||W|| ||x|| + ||b||; the sum adds u ||h||."""
+        norm_w, abs_w, norm_k, abs_k = norms
+        g1, g2 = gamma(n1, unit), gamma(n2, unit)
+        return norm_k * g1 * abs_w + g2 * abs_k * norm_w, unit, (norm_k * g1 + g2 * abs_k) * bias
 
     def folded(self) -> torch.Tensor:
         """K = -(2 / t) W, the output map with the rescaling and sign folded in (the applied tensor)."""
@@ -60,8 +81,22 @@ class SLLLinear(_SLLBase):
         bound = 1 / math.sqrt(features)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def _gram(self) -> torch.Tensor:
-        return self.weight @ self.weight.T
+    def _gram(self, w: torch.Tensor | None = None) -> torch.Tensor:
+        w = self.weight if w is None else w
+        return w @ w.T
+
+    def _norm(self, w: torch.Tensor) -> float:
+        return spectral_norm(w)
+
+    def rounding_terms(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], unit: float) -> Terms:
+        """See :meth:`_residual_terms` (robustsim.nn.rounding explains the model)."""
+
+        def compute() -> Terms:
+            w, k = self.weight.detach(), self.folded().detach()
+            norms = (spectral_norm(w), spectral_norm(w.abs()), spectral_norm(k), spectral_norm(k.abs()))
+            return self._residual_terms(w.shape[1] + 1, k.shape[0], norms, bias_norm(self.bias), unit)
+
+        return memo(self, (in_shape, out_shape), unit, compute)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.addmm(x, F.relu(F.linear(x, self.weight, self.bias)), self.folded())
@@ -83,16 +118,25 @@ class SLLConv2d(_SLLBase):
         bound = 1 / math.sqrt(channels * kernel_size**2)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def _gram(self) -> torch.Tensor:
-        k = self.weight.shape[-1]
+    def _gram(self, w: torch.Tensor | None = None) -> torch.Tensor:
+        w = self.weight if w is None else w
+        k = w.shape[-1]
         # (inner, inner, 2k-1, 2k-1): correlation of every kernel pair at every offset
-        return (
-            F.conv2d(self.weight, self.weight, padding=k - 1)
-            .flatten(1)
-            .view(self.weight.shape[0], self.weight.shape[0], -1)
-            .abs()
-            .sum(-1)
-        )
+        return F.conv2d(w, w, padding=k - 1).flatten(1).view(w.shape[0], w.shape[0], -1).abs().sum(-1)
+
+    def _norm(self, w: torch.Tensor) -> float:
+        return tap_norm_sum(w)
+
+    def rounding_terms(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], unit: float) -> Terms:
+        """See :meth:`_residual_terms`, with the convolutions' norms at the input size."""
+
+        def compute() -> Terms:
+            w, k, hw = self.weight.detach(), self.folded().detach(), in_shape[-2:]
+            norms = (conv_norm(w, hw), abs_conv_norm(w), conv_norm(k, hw), abs_conv_norm(k))
+            n1, n2 = w[0].numel() + 1, k.shape[0] * k.shape[2] * k.shape[3]
+            return self._residual_terms(n1, n2, norms, bias_norm(self.bias, hw[0] * hw[1]), unit)
+
+        return memo(self, (in_shape, out_shape), unit, compute)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         res = F.relu(F.conv2d(x, self.weight, self.bias, padding=self.padding))

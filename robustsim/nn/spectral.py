@@ -32,3 +32,17 @@ def conv_operator_norm(kernel: torch.Tensor, n: int, circular: bool = False) -> 
 def matrix_norm(weight: torch.Tensor) -> torch.Tensor:
     """The exact l2 norm (largest singular value) of a matrix (differentiable)."""
     return torch.linalg.matrix_norm(weight, ord=2)
+
+
+def abs_conv_norm(kernel: torch.Tensor) -> float:
+    """The l2 norm of the convolution by |kernel| (entrywise absolute value), for every input size and zero or
+    circular padding: at most the norm of the (out x in) matrix sum_taps |K_tap|, by Perron-Frobenius (every
+    transfer matrix of a nonnegative kernel is dominated entrywise by the one at frequency 0). Float64."""
+    k = kernel.detach().double().abs()
+    return float(torch.linalg.matrix_norm(k.flatten(2).sum(-1), ord=2))
+
+
+def conv_norm(kernel: torch.Tensor, hw: tuple[int, int], circular: bool = False) -> float:
+    """:func:`conv_operator_norm` in float64 for an H x W input (a zero-padded H x W input is a restriction of the
+    max(H, W) square one, so the bound at the larger side holds)."""
+    return float(conv_operator_norm(kernel.detach().double(), max(int(hw[0]), int(hw[1])), circular=circular))

@@ -115,7 +115,6 @@ class _Run:
         self.metric, self.gallery = metric, gallery
         self.ks, self.norm, self.eps = ks, norm, eps
         self.K = min(data.n_ranked, max(max(ks), AP_CUTOFF))
-        self.certified: tuple[torch.Tensor, torch.Tensor] | None = None
         if max(ks) > data.n_ranked:
             raise ValueError(f"k={max(ks)} exceeds the {data.n_ranked} gallery items a query is ranked against")
 
@@ -177,10 +176,6 @@ def evaluate_retrieval(
     gallery = build_gallery(metric, data.gallery, device, backend, cache_dir, batch_size, progress)
     run = _Run(metric, data, gallery, ks, norm, eps)
     certify = bool(eps) and has_certificate(metric) and isinstance(gallery, EmbeddingGallery)
-    if certify:  # float64 gallery directions with their rounding bounds, once per evaluation
-        from robustsim.certify.retrieval import certified_gallery
-
-        run.certified = certified_gallery(metric, data.gallery, batch_size)
     n_e = len(eps)
     auc = scores.StreamingAUC()
     unannotated = dict.fromkeys(ks, 0)
@@ -284,10 +279,9 @@ def _certify(run: _Run, q, rank, pos, n_pos, exc) -> tuple[dict[int, torch.Tenso
     """({k: (n_eps, B) certified recall@k}, (B,) top-1 radii) for this batch."""
     from robustsim.certify.retrieval import retrieval_radii
 
-    assert run.certified is not None
-    phi, phi_error = run.certified
+    assert isinstance(run.gallery, EmbeddingGallery)
     ks = sorted(set(run.ks) | {1})
-    radii = retrieval_radii(run.metric, q, phi, rank[:, : max(ks)], ks, exc, phi_error)
+    radii = retrieval_radii(run.metric, q, run.gallery.phi, rank[:, : max(ks)], ks, exc)
     scale = math.sqrt(q[0].numel()) if run.norm == "linf" else 1.0
     out = {}
     for k in run.ks:

@@ -323,4 +323,3 @@ def verify_all() -> list[tuple[str, str]]:
         problem = check_bytes(rec, path)
         out.append((rec.name, "ok" if problem is None else f"BAD: {problem}"))
     return out
-

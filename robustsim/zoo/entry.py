@@ -107,5 +107,3 @@ class MetricEntry:
         if not isinstance(metric, Metric):
             raise RobustsimError(f"the builder of metric {self.name!r} returned {type(metric).__name__}, not a Metric")
         return metric
-
-

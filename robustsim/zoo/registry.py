@@ -205,4 +205,3 @@ def _ensure_builtins() -> None:
             )
         for entry in BUILTIN:
             add_entry(entry)
-

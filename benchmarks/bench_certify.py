@@ -1,0 +1,79 @@
+"""Certification cost (issue 31 item 5): certifying 2AFC triplets of a shipped metric, as a ratio to one plain forward
+pass of the same images (ref, x0, x1) in the same batches: the least a certificate can cost. Two sides of the
+certificate: in the metric's own dtype only (one forward with the rounding hooks), and with the float64 refinement
+of the triplets that bound leaves open (certify_2afc's default). One torch thread, process CPU time, interleaved.
+Also printed: how many triplets each certifies at every radius, and that no float32 radius exceeds the radius of
+the same network deployed in float64 (where the rounding term is ~1e-13).
+
+Target: <= 1.3x one plain forward.
+Run: .venv/bin/python benchmarks/bench_certify.py [--metric lipsim-nano-aoc] [--n 600] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _measure import interleaved, load, ratio_line  # noqa: E402
+from robustsim.certify import certify2afc, float64_copy, input_lipschitz  # noqa: E402
+
+from robustsim.data import open_triplets  # noqa: E402
+from robustsim.zoo import load_metric  # noqa: E402
+
+EPS = [36 / 255, 72 / 255, 108 / 255]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--metric", default="lipsim-nano-aoc")
+    ap.add_argument("--n", type=int, default=600)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    metric = load_metric(args.metric)
+    data = open_triplets("mini:test", limit=args.n)
+    batches = []
+    for s in range(0, len(data), args.batch):
+        rows = range(s, min(s + args.batch, len(data)))
+        batches.append([torch.stack([data[i][k] for i in rows]) for k in ("ref", "x0", "x1")])
+    L = input_lipschitz(metric, tuple(batches[0][0].shape[-2:]))[0]
+    twin = float64_copy(metric)
+
+    @torch.no_grad()
+    def plain() -> None:
+        for ref, x0, x1 in batches:
+            metric._embed(torch.cat([ref, x0, x1]))
+
+    def certify(exact) -> torch.Tensor:
+        radii = [
+            certify2afc.lipschitz_batch(metric, ref, x0, x1, "ref", "sound", L, eps=EPS, exact=exact)[0]
+            for ref, x0, x1 in batches
+        ]
+        return torch.cat(radii)
+
+    print(f"load before {load()}; {args.metric}, {len(data)} mini:test triplets, batches of {args.batch}, one thread")
+    times = interleaved(
+        {"dtype only": lambda: certify(None), "refined": lambda: certify(lambda: twin), "plain": plain}, args.repeats
+    )
+    print(f"certify in the metric's dtype / plain forward:        {ratio_line(times, 'dtype only', 'plain')}")
+    print(f"certify with the float64 refinement / plain forward:  {ratio_line(times, 'refined', 'plain')}")
+    r32, r_ref = certify(None), certify(lambda: twin)
+    r64 = torch.cat(
+        [certify2afc.lipschitz_batch(twin, *(t.double() for t in b), "ref", "sound", L)[0] for b in batches]
+    )
+    for name, r in (("dtype only", r32), ("refined", r_ref), ("float64 deployment", r64)):
+        print(
+            f"{name:>20}: triplets with radius > "
+            + ", ".join(f"{round(e * 255)}/255: {int((r > e).sum())}" for e in EPS)
+        )
+    print(f"largest excess of a float32 radius over the float64 deployment's: {float((r_ref - r64).max()):.3g}")
+    print(f"load after {load()}")
+
+
+if __name__ == "__main__":
+    main()
