@@ -68,8 +68,23 @@ class ThreatModel:
         for e in self.eps:
             if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e) or e < 0:
                 raise InputError(f"eps holds {e!r}; radii are finite numbers >= 0, e.g. eps=[0.5, 1.0]")
+            if self.norm == "linf" and e >= 1:
+                raise InputError(
+                    f"a linf radius of {e:g} lets every pixel take any value in [0, 1]; did you mean {e:g}/255?"
+                )
             values.append(float(e))
         object.__setattr__(self, "eps", tuple(sorted(values)))
+
+    def implausible(self) -> str | None:
+        """A one-line warning when a radius looks written for the other norm (None when all look right): l2 radii
+        under 0.05 are the size of linf ones (8/255 = 0.031) and move a 64 px image by < 0.001 per pixel."""
+        small = [e for e in self.eps if 0 < e < 0.05]
+        if self.norm == "l2" and small:
+            return (
+                f"warning: l2 radius {format_eps(small[0])} ({small[0]:.4f}) is the size of a linf radius; "
+                "l2 radii of images are ~0.1-3 (did you mean --norm linf?)"
+            )
+        return None
 
     @classmethod
     def of(

@@ -73,3 +73,21 @@ def test_linf_balls_certify_through_the_l2_ball_that_holds_them_and_json_round_t
         assert ThreatModel.from_json(tm.to_json()) == tm
     with pytest.raises(InputError, match="radii"):
         parse_eps("-1")
+
+
+def test_radii_written_for_the_other_norm_are_refused_or_warned(capsys):
+    """Issue 27 item 5: ``--norm linf --eps 8`` (meant 8/255) is refused in one line; ``--norm l2 --eps 8/255``
+    runs with a one-line warning; ordinary radii say nothing."""
+    from conftest import run_cli
+
+    with pytest.raises(InputError, match="did you mean 8/255"):
+        ThreatModel("linf", "ref", (8,))
+    assert ThreatModel("l2", "ref", (8 / 255,)).implausible().startswith("warning: l2 radius 8/255")
+    assert ThreatModel("l2", "ref", (36 / 255, 0.5)).implausible() is None
+    assert ThreatModel("linf", "ref", (8 / 255,)).implausible() is None
+    argv = ["audit", "--metric", "l2", "--data", "mini", "--limit", "2", "--steps", "1", "--attacks", "pgd"]
+    assert run_cli([*argv, "--norm", "linf", "--eps", "8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "8/255" in err
+    assert run_cli([*argv, "--norm", "l2", "--eps", "8/255"]) == 0
+    assert capsys.readouterr().err.count("warning: l2 radius 8/255") == 1

@@ -119,6 +119,9 @@ def threat_options(
             eps = parse_floats(eps_text or default_eps[norm], "--eps")
             eps = eps if keep_zero else [e for e in eps if e > 0]
             threat = ThreatModel(cast(Norm, norm), cast(Target, target), tuple(eps))
+            warning = threat.implausible()
+            if warning:
+                click.echo(warning, err=True)
             return command(*args, threat=threat, **kwargs)
 
         defaults = "; ".join(f"{n}: {default_eps[n]}" for n in norms)
