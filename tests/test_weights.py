@@ -44,6 +44,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if data is None:
             self.send_error(404)
             return
+        mode = srv.modes.get(name)
+        if mode is not None:
+            self._hostile(mode, data)
+            return
         start = 0
         rng = self.headers.get("Range")
         if rng and rng.startswith("bytes="):
@@ -58,15 +62,58 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(data) - start))
+        for key, value in srv.extra.get(name, {}).items():
+            self.send_header(key, value)
         self.end_headers()
         cut = srv.cut.pop(name, None)
         self.wfile.write(data[start : start + cut] if cut is not None else data[start:])
+
+    def _hostile(self, mode: str, data: bytes) -> None:
+        """Ways a server lies (issue 27): no length, an encoding, a resume from the wrong byte, a trickle, a
+        chunked body cut mid-way, a redirect loop."""
+        import time
+
+        if mode == "loop":
+            self.send_response(302)
+            self.send_header("Location", self.path)
+            self.end_headers()
+            return
+        self.send_response(206 if mode == "bad-range" else 200)
+        self.send_header("Content-Type", "application/octet-stream")
+        if mode == "gzip":
+            import gzip
+
+            data = gzip.compress(data)
+            self.send_header("Content-Encoding", "gzip")
+        if mode == "bad-range":
+            self.send_header("Content-Range", f"bytes 0-{len(data) - 1}/{len(data)}")
+        if mode == "chunked-cut":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"%x\r\n%s\r\n" % (1000, data[:1000]) + b"%x\r\n" % 5000 + data[1000:1100])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        if mode not in ("no-length",):
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if mode == "slow":
+            for i in range(len(data)):
+                self.wfile.write(data[i : i + 1])
+                self.wfile.flush()
+                time.sleep(0.2)
+                if self.server.hang_event.is_set():
+                    return
+            return
+        self.wfile.write(data)
+        self.close_connection = True
 
 
 @pytest.fixture
 def server(tmp_path, monkeypatch):
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.files, srv.html, srv.cut, srv.hang, srv.requests = {}, set(), {}, set(), []
+    srv.files, srv.html, srv.cut, srv.hang, srv.requests, srv.extra = {}, set(), {}, set(), [], {}
+    srv.modes = {}
     srv.hang_event = threading.Event()
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -158,6 +205,10 @@ def test_a_killed_download_resumes_and_the_partial_file_is_never_loaded(server, 
 
 
 def test_offline_mode_names_the_file_and_both_commands(tmp_path, monkeypatch, capsys):
+    from robustsim.data.mini import build_mini
+
+    build_mini()  # building the bundled set on first use prints a line of its own: not this test's business
+    capsys.readouterr()
     monkeypatch.setenv("ROBUSTSIM_WEIGHTS", str(tmp_path / "w"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "t"))
     monkeypatch.setenv("ROBUSTSIM_OFFLINE", "1")
@@ -197,6 +248,225 @@ def test_first_download_pins_are_recorded_and_enforced(server, tmp_path, monkeyp
     assert run_cli(["weights", "verify"]) == 2
 
 
+def test_the_hash_decides_a_genuine_file_is_kept_whatever_size_the_manifest_says(server, tmp_path, monkeypatch):
+    """Issue 26 item 1: the manifest said 4,966,400 bytes for torchvision's squeezenet1_1-b8a52dc0.pth (the file has
+    4,958,839), and the size was checked before the hash, so the genuine file was deleted on every download."""
+    from robustsim.weights import record, resolve, state
+
+    data = os.urandom(50_000)
+    server.files["genuine.pth"] = data
+    manifest_with(tmp_path, monkeypatch, rec("genuine.pth", data, pin="sha256-prefix", size=len(data) + 7561))
+    assert resolve("genuine.pth", progress=False).read_bytes() == data
+    assert state(record("genuine.pth")) == "fetched"
+
+
+def test_torchvision_files_have_the_sizes_torchvision_publishes():
+    """Each torchvision backbone's manifest record against torchvision's own weights table (``_file_size`` in
+    MiB, ``url``: torchvision/models/squeezenet.py, alexnet.py, vgg.py)."""
+    from robustsim.compat import import_optional
+    from robustsim.weights import manifest
+
+    models = import_optional("torchvision").models
+    published = {}
+    for enum in (models.AlexNet_Weights, models.VGG16_Weights, models.SqueezeNet1_1_Weights):
+        for w in enum:
+            published[w.url.rsplit("/", 1)[1]] = (w.url, w.meta["_file_size"])
+    checked = 0
+    for rec_ in manifest().values():
+        if rec_.name in published:
+            url, mib = published[rec_.name]
+            assert rec_.urls == (url,) and rec_.sha256 == rec_.name.rsplit("-", 1)[1].split(".")[0]
+            assert round(rec_.size / 2**20, 3) == mib, f"{rec_.name}: {rec_.size} bytes is not {mib} MiB"
+            checked += 1
+    assert checked == 3
+
+
+def test_a_git_blob_pin_accepts_the_committed_bytes_and_nothing_else(server, tmp_path, monkeypatch):
+    """A file committed to a repository is pinned by the blob id its commit's tree names (R-LPIPS's heads,
+    issue 26 item 3); the id is computed here by git itself."""
+    import subprocess
+
+    from robustsim.weights import record, resolve
+
+    data = os.urandom(20_000)
+    (tmp_path / "blob").write_bytes(data)
+    blob = subprocess.run(["git", "hash-object", str(tmp_path / "blob")], capture_output=True, text=True, check=True)
+    entry = rec("heads.pth", data, pin="git-blob")
+    entry["sha256"] = blob.stdout.strip()
+    manifest_with(tmp_path, monkeypatch, entry, {**entry, "name": "other.pth"})
+    server.files["heads.pth"], server.files["other.pth"] = data, data[::-1]
+    assert resolve("heads.pth", progress=False).read_bytes() == data
+    with pytest.raises(WeightsError, match="git blob id"):
+        resolve("other.pth", progress=False)
+    rlpips = record("r-lpips-alex-linf-x0.pth")  # the packaged manifest (the test's adds to it)
+    commit = "2db7d542b6a3faf9ed8c5823ac0d9002f9a42f55"
+    assert rlpips.pin == "git-blob" and rlpips.sha256 == "f1435696083bf5b16385efd794af44fcbe49f175"
+    assert rlpips.urls and all(f"/{commit}/checkpoints/latest_net_linf_x0.pth" in u for u in rlpips.urls)
+
+
+def test_fetching_a_metric_by_name_fetches_every_file_its_row_declares(server, tmp_path, monkeypatch, capsys):
+    """Issue 26 item 4, over every zoo row: ``robustsim weights fetch <metric>`` requests exactly the files the
+    row declares (the row is where the link lives; ``test_contracts`` checks the build opens only those)."""
+    from robustsim.weights import manifest
+    from robustsim.zoo import metric_entries
+
+    records = []
+    for name in manifest():
+        data = name.encode() * 10
+        server.files[name] = data
+        records.append(rec(name, data))
+    manifest_with(tmp_path, monkeypatch, *records)
+    for entry in metric_entries():
+        if not entry.all_files():
+            continue
+        n = len(server.requests)
+        assert run_cli(["weights", "fetch", entry.name]) == 0, capsys.readouterr().err
+        fetched = {name for name, _ in server.requests[n:]}
+        on_disk = {f for f in entry.all_files() if f not in fetched}  # fetched for an earlier row
+        assert fetched | on_disk == set(entry.all_files())
+        out = capsys.readouterr().out
+        assert all(f"{f}: " in out for f in entry.all_files())  # each file's installed path is printed
+    from robustsim.zoo import files_of
+
+    assert {"dino-vitb16.pth", "dreamsim_dino_vitb16_checkpoint.zip"} <= set(files_of("dreamsim-dino-vitb16"))
+
+
+def test_a_hugging_face_file_is_fetched_again_at_the_commit_its_first_download_resolved(server, tmp_path, monkeypatch):
+    """Issue 26 item 7: ``resolve/main`` moves. Hugging Face names the commit a download resolved to
+    (``X-Repo-Commit``, huggingface_hub's ``file_download.py`` reads the same header); robustsim records it with the
+    first-download pin and asks for that commit afterwards, so a later upstream push cannot break the pin."""
+    from robustsim.weights import recorded_pins, resolve
+
+    monkeypatch.delenv("ROBUSTSIM_WEIGHTS_URL")
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    v1, v2 = os.urandom(3000), os.urandom(3000)
+    server.files["org/model/resolve/main/w.bin"] = v1
+    server.extra["org/model/resolve/main/w.bin"] = {"X-Repo-Commit": commit}
+    server.files[f"org/model/resolve/{commit}/w.bin"] = v1
+    manifest_with(
+        tmp_path,
+        monkeypatch,
+        {**rec("w.bin", v1, pin="first-download"), "urls": [f"{base}/org/model/resolve/main/w.bin"]},
+    )
+    path = resolve("w.bin", progress=False)
+    assert path.read_bytes() == v1 and recorded_pins()["w.bin"]["revision"] == commit
+    path.unlink()  # the cache is cleared; meanwhile the repository's main branch moves on
+    server.files["org/model/resolve/main/w.bin"] = v2
+    assert resolve("w.bin", progress=False).read_bytes() == v1
+    assert server.requests[-1][0] == f"org/model/resolve/{commit}/w.bin"
+
+
+@pytest.mark.parametrize("mode", ["no-length", "gzip", "chunked-cut", "loop"])
+def test_a_body_that_is_not_one_complete_plain_file_is_never_pinned(server, tmp_path, monkeypatch, capsys, mode):
+    """Issue 27 item 1: with a first-download pin, whatever arrived used to be pinned for good (a body with no
+    length cut short, a gzip-encoded body, a chunked body cut mid-way). Each is refused in one line, nothing is
+    installed and nothing pinned; the genuine file then installs."""
+    from robustsim.weights import recorded_pins, resolve
+
+    data = os.urandom(6000)
+    server.files["tofu.bin"], server.modes["tofu.bin"] = data, mode
+    manifest_with(tmp_path, monkeypatch, rec("tofu.bin", data, pin="first-download"))
+    assert run_cli(["weights", "fetch", "tofu.bin"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "tofu.bin" in err, err
+    assert "tofu.bin" not in recorded_pins() and not (tmp_path / "weights" / "tofu.bin").exists()
+    del server.modes["tofu.bin"]
+    assert resolve("tofu.bin", progress=False).read_bytes() == data
+
+
+def test_a_resume_from_the_wrong_byte_is_not_spliced(server, tmp_path, monkeypatch):
+    """A 206 whose Content-Range does not start where the partial file ends would splice two bodies."""
+    from robustsim.weights import recorded_pins, resolve
+    from robustsim.weights.download import partial_path
+
+    data = os.urandom(8000)
+    manifest_with(tmp_path, monkeypatch, rec("cut.bin", data, pin="first-download"))
+    (tmp_path / "weights").mkdir()
+    partial_path(tmp_path / "weights" / "cut.bin").write_bytes(data[:3000])
+    server.files["cut.bin"], server.modes["cut.bin"] = data, "bad-range"
+    with pytest.raises(WeightsError, match="not at byte 3000"):
+        resolve("cut.bin", progress=False)
+    assert "cut.bin" not in recorded_pins() and not partial_path(tmp_path / "weights" / "cut.bin").exists()
+    del server.modes["cut.bin"]
+    assert resolve("cut.bin", progress=False).read_bytes() == data
+
+
+def test_a_trickling_server_is_dropped_after_one_read_timeout(server, tmp_path, monkeypatch):
+    import time
+
+    from robustsim.weights import resolve
+
+    monkeypatch.setenv("ROBUSTSIM_HTTP_TIMEOUT", "1")
+    data = os.urandom(400)
+    server.files["drip.bin"], server.modes["drip.bin"] = data, "slow"
+    manifest_with(tmp_path, monkeypatch, rec("drip.bin", data))
+    t0 = time.monotonic()
+    with pytest.raises(WeightsError, match="127.0.0.1.* too slow") as info:
+        resolve("drip.bin", progress=False)
+    assert time.monotonic() - t0 < 10 and "\n" not in str(info.value)
+
+
+def test_a_wrong_first_pin_has_a_way_out_named_in_the_error(server, tmp_path, monkeypatch, capsys):
+    from robustsim.weights import recorded_pins, resolve
+
+    wrong, right = os.urandom(3000), os.urandom(3000)
+    server.files["w.bin"] = wrong
+    manifest_with(tmp_path, monkeypatch, rec("w.bin", right, pin="first-download"))
+    resolve("w.bin", progress=False).write_bytes(right)  # the first download pinned a wrong file; a right copy comes
+    with pytest.raises(WeightsError, match="weights fetch --repin w.bin"):
+        resolve("w.bin")
+    server.files["w.bin"] = right
+    assert run_cli(["weights", "fetch", "--repin", "w.bin"]) == 0
+    assert recorded_pins()["w.bin"]["sha256"] == hashlib.sha256(right).hexdigest()
+
+
+@pytest.mark.parametrize("name", ["../escape.bin", "/tmp/abs.bin", "sub/x.bin", ".hidden"])
+def test_a_manifest_record_naming_a_path_is_refused(tmp_path, monkeypatch, capsys, name):
+    """A manifest can come from a mirror (ROBUSTSIM_WEIGHTS_MANIFEST): its names are untrusted and must not
+    write outside the weights folder."""
+    monkeypatch.setenv("ROBUSTSIM_WEIGHTS", str(tmp_path / "w"))
+    manifest_with(tmp_path, monkeypatch, rec(name, b"x" * 10))
+    assert run_cli(["weights", "fetch", name]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a plain file name" in err
+    assert not (tmp_path / "escape.bin").exists() and not Path("/tmp/abs.bin").exists()
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "abc", "0"])
+def test_a_bad_http_timeout_is_one_line(tmp_path, monkeypatch, capsys, value):
+    from robustsim.weights.download import timeout
+
+    monkeypatch.setenv("ROBUSTSIM_HTTP_TIMEOUT", value)
+    with pytest.raises(WeightsError, match="ROBUSTSIM_HTTP_TIMEOUT"):
+        timeout()
+
+
+def test_a_zip_bomb_is_not_unpacked(tmp_path, monkeypatch):
+    import zipfile
+
+    from robustsim.weights import WeightFile, unpacked
+
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("zeros.bin", b"\0" * (64 << 20))
+    rec_ = WeightFile("bomb.zip", (), None, "first-download", None, "t", "t", unpack=True)
+    with pytest.raises(WeightsError, match="unpacks to"):
+        unpacked(rec_, archive)
+    assert not (tmp_path / "bomb").exists()
+
+
+def test_an_unwritable_weights_folder_is_one_line(server, tmp_path, monkeypatch, capsys):
+    data = os.urandom(100)
+    server.files["ro.bin"] = data
+    (tmp_path / "blocker").write_text("a file where the folder should be")
+    monkeypatch.setenv("ROBUSTSIM_WEIGHTS", str(tmp_path / "blocker" / "weights"))
+    manifest_with(tmp_path, monkeypatch, rec("ro.bin", data))
+    assert run_cli(["weights", "fetch", "ro.bin"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot write" in err
+
+
 def test_a_hung_host_ends_in_one_line(server, tmp_path, monkeypatch):
     from robustsim.weights import resolve
 
@@ -214,6 +484,9 @@ def test_weights_list_and_metrics_show_every_metric_with_its_state(capsys):
     assert run_cli(["weights", "list"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in manifest()) and "prefix" in out and "1st-download" in out
+    rclip = next(ln for ln in out.splitlines() if ln.startswith("vit-b-16-tecoa-eps4.pt"))
+    assert "no licence" in rclip and "r-clip-t-vitb16" in rclip  # fra31/perceptual-metrics has no licence file
+    assert "Apache-2.0" in next(ln for ln in out.splitlines() if ln.startswith("dists_weights.pt"))  # piq's
     assert run_cli(["metrics"]) == 0
     out = capsys.readouterr().out
     for entry in metric_entries():
@@ -296,6 +569,56 @@ def test_lipsim_release_converter_equals_the_papers_formula(tmp_path):
         convert_lipsim_state({"model_state_dict": {"x": torch.zeros(1)}})
 
 
+def _numpy1_pickle(path: Path) -> None:
+    """Rewrite a torch zip checkpoint as numpy 1 writes it: numpy scalars under ``numpy.core.multiarray``."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        members = [(info, z.read(info)) for info in z.infolist()]
+    with zipfile.ZipFile(path, "w") as z:
+        for info, data in members:
+            if info.filename.endswith("data.pkl"):
+                assert b"numpy._core.multiarray\nscalar" in data
+                data = data.replace(b"numpy._core.multiarray\nscalar", b"numpy.core.multiarray\nscalar")
+            z.writestr(info, data)
+
+
+@pytest.mark.parametrize("numpy_names", ["numpy 2", "numpy 1"])
+def test_lipsim_training_checkpoints_load_their_model_and_nothing_else(tmp_path, numpy_names):
+    """Issue 26 item 2: LipSim's fine-tuned releases are training checkpoints (lipsim/core/trainer.py,
+    ``_save_ckpt``: epoch, global_step, model_state_dict, optimizer_state_dict), and its ``interp`` schedule
+    (lipsim/core/utils.py, ``TriangularLRScheduler.step``) sets the learning rate to ``np.interp(...)[0]``, a
+    numpy float. Such a file loads (only the model is read); a file carrying any other global is refused."""
+    import argparse
+
+    import numpy as np
+
+    from robustsim.models.convert import convert_lipsim_state, load_lipsim_release
+
+    state = _lipsim_reference_state(depth=1, channels=10, inner=4, linears=1, width=32, size=224)
+    params = [torch.nn.Parameter(v.clone()) for v in state["model_state_dict"].values()]
+    opt = torch.optim.SGD(params, lr=0, weight_decay=0.0, momentum=0.9)  # get_optimizer's 'sgd'
+    params[0].grad = torch.ones_like(params[0])
+    opt.step()
+    opt.param_groups[0].update(lr=np.interp([7], [0, 40, 80, 100], [0, 0.1, 0.005, 0])[0])
+    assert type(opt.param_groups[0]["lr"]) is np.float64
+    ckpt = {"epoch": 3, "global_step": 7, "model_state_dict": state["model_state_dict"]}
+    ckpt["optimizer_state_dict"] = opt.state_dict()
+    path = tmp_path / "model.ckpt-7.pth"
+    torch.save(ckpt, path)
+    if numpy_names == "numpy 1":
+        _numpy1_pickle(path)
+    metric = load_lipsim_release("lipsim-margin0.5.pth", name="lipsim-small-m0.5", path=path)
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(metric.net(x), convert_lipsim_state(state)(x))
+    hostile = tmp_path / "hostile.pth"
+    torch.save({**ckpt, "config": argparse.Namespace(lr=0.1)}, hostile)  # any other class: refused, not built
+    with pytest.raises(WeightsError, match="Namespace") as info:
+        load_lipsim_release("lipsim-margin0.5.pth", path=hostile)
+    assert "\n" not in str(info.value)
+
+
 def test_dreamsim_equals_the_dreamsim_package_on_the_same_weights(tmp_path):
     """A DreamSim checkpoint in the released format (base ViT files + LoRA adapter), with random weights and
     a small DINO ViT-S/16 so the test stays fast: robustsim's metric equals the package's model."""
@@ -330,6 +653,15 @@ def test_dreamsim_equals_the_dreamsim_package_on_the_same_weights(tmp_path):
     with torch.no_grad():
         assert torch.allclose(ours.embed(x), reference.embed(x), atol=1e-5)
         assert torch.allclose(ours(x, y), reference(x, y).flatten(), atol=1e-5)
+    assert ours.name == "dreamsim-dino-vits16"  # the zoo's spelling (issue 26 item 7)
+    # lora=False is dreamsim(pretrained=False): the package's model without adapters (dreamsim-base, item 5)
+    with managed_downloads({"dino_vits16": backbone}):
+        untuned = PerceptualModel(**config, device="cpu", load_dir=str(folder), normalize_embeds=True).eval()
+    plain = DreamSimMetric("dino_vits16", folder=folder, config=config, backbones={"dino_vits16": backbone}, lora=False)
+    with torch.no_grad():
+        assert torch.allclose(plain(x, y), untuned(x, y).flatten(), atol=1e-5)
+        assert not torch.allclose(plain(x, y), ours(x, y), atol=1e-4)  # the adapters change the model
+    assert plain.name == "dreamsim-dino-vits16-base"
 
 
 def test_score_fetches_verifies_and_scores_in_one_command_then_runs_offline(server, tmp_path, monkeypatch):

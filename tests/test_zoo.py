@@ -68,7 +68,7 @@ def test_lpips_wrapper_equals_lpips_package(tmp_path, monkeypatch):
     assert torch.equal(ours_explicit(X, Y), expected)
     assert torch.allclose(ours_explicit(X, X), torch.zeros(2))
     # the same bytes found in torchvision's cache are refused: they fail the manifest's pin (size, sha256 prefix)
-    with pytest.raises(WeightsError, match="is not alexnet-owt-7be5be79.pth .it has .* bytes"):
+    with pytest.raises(WeightsError, match="is not alexnet-owt-7be5be79.pth .its sha256 .* differs from the pinned"):
         robustsim.load_metric("lpips-alex")
 
 
@@ -92,10 +92,17 @@ def test_dino_loads_local_checkpoint(tmp_path, monkeypatch):
         robustsim.load_metric("dino-vitb16", arch="vit_tiny_patch16_224", input_size=32)
     torch.save(net.state_dict(), tmp_path / "dino-vitb16.pth")
     m = robustsim.load_metric("dino-vitb16", arch="vit_tiny_patch16_224", input_size=32)
-    x = torch.rand(2, 3, 32, 32)
+    x = torch.rand(2, 3, 40, 50)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    assert torch.allclose(m.embed(x), net((x - mean) / std), atol=1e-5)
+    import_optional("torchvision")
+    from torchvision import transforms
+
+    # DINO's eval preprocessing (eval_linear.py: Resize(256, bicubic), CenterCrop(224)) at 32 px: 37, then 32
+    dino = transforms.Compose(
+        [transforms.Resize(37, interpolation=transforms.InterpolationMode.BICUBIC), transforms.CenterCrop(32)]
+    )
+    assert torch.allclose(m.embed(x), net((dino(x) - mean) / std), atol=1e-5)
 
 
 def test_openclip_loads_local_checkpoint(tmp_path):

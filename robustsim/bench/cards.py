@@ -52,6 +52,7 @@ class Row:
     values: dict[str, float | None]
     parameters: int
     seconds: float
+    reported: dict[str, float] | None = None  # the paper's figures (%) by column title
 
     def sort_key(self, title: str) -> float:
         v = self.values.get(title)
@@ -104,10 +105,25 @@ def make_card(
             cell: {k: v for k, v in (c or {}).items() if k in ("seconds", "images_per_s")} for cell, c in cells.items()
         },
         "seconds": seconds,
-        "reported": dict(entry.reported) if entry else {},
+        "reported": reported_for(entry.reported if entry else {}, protocol),
+        "reported_source": reported_source(protocol),
         "versions": package_versions(),
         "runtime": runtime_info(),
     }
+
+
+def reported_for(reported, protocol: Protocol) -> dict[str, float]:
+    """A zoo row's published figures (%) that a card under ``protocol`` can stand beside, by column title: the
+    protocol's own (``croce2024``: the paper's attack and radii), and protocol-independent ones (clean, ``"*"``)."""
+    titles = {c.title for c in columns(protocol)}
+    merged = {**reported.get("*", {}), **reported.get(protocol.name, {})}
+    return {k: float(v) for k, v in merged.items() if k in titles and v is not None}
+
+
+def reported_source(protocol: Protocol) -> str:
+    from robustsim.zoo.table import REPORTED_SOURCES
+
+    return REPORTED_SOURCES.get(protocol.name, REPORTED_SOURCES["*"])
 
 
 def card_value(card: dict, column: Column) -> float | None:
@@ -124,7 +140,13 @@ def leaderboard_rows(cards: dict, protocol: Protocol) -> list[Row]:
     """One row per card, sorted by robust accuracy at the first threat model's first radius (best first)."""
     cols = columns(protocol)
     rows = [
-        Row(name, {c.title: card_value(card, c) for c in cols}, card["parameters"], card["seconds"])
+        Row(
+            name,
+            {c.title: card_value(card, c) for c in cols},
+            card["parameters"],
+            card["seconds"],
+            {k: v for k, v in (card.get("reported") or {}).items() if isinstance(v, (int, float))} or None,
+        )
         for name, card in cards.items()
     ]
     return sorted(rows, key=lambda r: r.sort_key(cols[1].title))
@@ -134,8 +156,15 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
+def _shown(row: Row, title: str) -> str:
+    """Our number, with the paper's beside it where the paper reports one (``86.1 (paper 85.1)``)."""
+    ours = _pct(row.values[title])
+    paper = (row.reported or {}).get(title)
+    return ours if paper is None else f"{ours} (paper {paper:.1f})"
+
+
 def _cells(row: Row, cols: list[Column]) -> list[str]:
-    return [row.metric, *[_pct(row.values[c.title]) for c in cols], f"{row.parameters:,}", f"{row.seconds:.1f}"]
+    return [row.metric, *[_shown(row, c.title) for c in cols], f"{row.parameters:,}", f"{row.seconds:.1f}"]
 
 
 def write_leaderboard(cards: dict, skipped: dict, protocol: Protocol, data_spec: str, out: Path) -> list[Path]:
@@ -149,7 +178,8 @@ def write_leaderboard(cards: dict, skipped: dict, protocol: Protocol, data_spec:
         protocol.describe() + ".",
         "",
         "2AFC accuracy (%); robust = worst case over the protocol's attacks (reference perturbed); cert. = certified "
-        "(Lipschitz proof, or smoothing where asked; '-' = no certificate).",
+        "(Lipschitz proof, or smoothing where asked; '-' = no certificate). (paper X): the figure the metric's "
+        f"paper reports for this column ({reported_source(protocol)}): a run on that data should reproduce it.",
         "",
         "| " + " | ".join(heads) + " |",
         "|" + "---|" * len(heads),

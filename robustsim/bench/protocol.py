@@ -2,7 +2,15 @@
 
 A protocol lists threat models (each a norm, a target and epsilons), the attacks whose per-triplet worst
 case is the robust accuracy, their iterations, how many triplets, and the certified radii. ``quick`` is sized
-for a CPU (a few minutes per metric); ``full`` is the standard one.
+for a CPU (a few minutes per metric); ``full`` is the standard one; ``croce2024`` and ``lipsim`` are the papers'
+own evaluations, so a card shows whether a run reproduces the paper's figures (``reported`` in the zoo rows,
+keyed by protocol and column):
+
+- ``croce2024``: Croce, Schlarmann, Singh, Hein (2024), ``fra31/perceptual-metrics`` ``eval.py``: APGD (cross
+  entropy on the 2AFC logits), 100 iterations, one restart, on the reference image, linf 4/255 and l2 3.0;
+- ``lipsim``: Ghazanfari et al. (2024), ``lipsim/core/attack/general_attack.py``: AutoAttack's standard
+  ensemble on the reference image (their README's ``--attack AA-L2``), l2 0.5 / 1 / 2 and linf 0.01 / 0.02 /
+  0.03 (the paper's radii), certified radii 36, 72, 108 /255.
 """
 
 from __future__ import annotations
@@ -53,6 +61,22 @@ THREATS = (ThreatModel("l2", "ref", (0.5, 1.0)), ThreatModel("linf", "ref", (2 /
 PROTOCOLS = {
     "quick": Protocol("quick", 100, ("apgd-ce", "apgd-margin"), 10, 1, THREATS),
     "full": Protocol("full", None, ("apgd-ce", "apgd-margin", "square"), 100, 1, THREATS),
+    "croce2024": Protocol(
+        "croce2024",
+        None,
+        ("apgd-ce",),
+        100,
+        1,
+        (ThreatModel("linf", "ref", (4 / 255,)), ThreatModel("l2", "ref", (3.0,))),
+    ),
+    "lipsim": Protocol(
+        "lipsim",
+        None,
+        ("autoattack",),
+        100,
+        1,
+        (ThreatModel("l2", "ref", (0.5, 1.0, 2.0)), ThreatModel("linf", "ref", (0.01, 0.02, 0.03))),
+    ),
 }
 
 

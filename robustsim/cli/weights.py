@@ -9,7 +9,7 @@ import click
 from robustsim.cli.options import parse_names
 from robustsim.table import format_table
 
-PIN_TEXT = {"sha256": "sha256", "sha256-prefix": "prefix", "first-download": "1st-download"}
+PIN_TEXT = {"sha256": "sha256", "sha256-prefix": "prefix", "git-blob": "git-blob", "first-download": "1st-download"}
 
 
 def _size(n: int | None) -> str:
@@ -33,9 +33,15 @@ def weights_group() -> None:
     """
 
 
+def short_licence(text: str) -> str:
+    """The licence's name alone (``MIT``, ``BSD-3-Clause``; ``no licence`` where the upstream has no licence file)."""
+    return text.split(" (")[0].split(":")[0].split(";")[0].strip()
+
+
 @weights_group.command("list")
 def list_cmd() -> None:
-    """Every file: size, pin kind, state here (fetched, fetchable, missing, corrupt), the metrics using it."""
+    """Every file: size, pin kind, state here (fetched, fetchable, missing, corrupt), licence (`no licence`: the
+    upstream repository has no licence file; ask its authors before redistributing), the metrics using it."""
     from robustsim.weights import manifest, recorded_pins, state
     from robustsim.zoo import metrics_using
 
@@ -44,23 +50,32 @@ def list_cmd() -> None:
     for rec in manifest().values():
         pin = PIN_TEXT[rec.pin] + ("*" if rec.pin == "first-download" and rec.name in pins else "")
         size = rec.size if rec.size is not None else pins.get(rec.name, {}).get("size")
-        rows.append((rec.name, _size(size), pin, state(rec), ",".join(metrics_using(rec.name))))
+        rows.append(
+            (rec.name, _size(size), pin, state(rec), short_licence(rec.license), ",".join(metrics_using(rec.name)))
+        )
     import textwrap
 
-    click.echo(format_table(["file", "size", "pin", "state", "metrics"], rows, left=True))
+    click.echo(format_table(["file", "size", "pin", "state", "licence", "metrics"], rows, left=True))
     note = (
-        "pin: sha256 = published full hash; prefix = torchvision's hash prefix in the file name; 1st-download = "
-        "no published hash, the first verified download's is recorded (* = recorded here) and checked after."
+        "pin: sha256 = published full hash; prefix = torchvision's hash prefix in the file name; git-blob = the "
+        "git blob id a pinned commit's tree names; 1st-download = no published hash, the first verified "
+        "download's is recorded (* = recorded here) and checked after."
     )
     click.echo("\n" + "\n".join(textwrap.wrap(note, 100)))
 
 
 @weights_group.command("fetch")
 @click.argument("names", nargs=-1, required=True)
-def fetch_cmd(names: tuple[str, ...]) -> None:
+@click.option(
+    "--repin",
+    is_flag=True,
+    help="Forget the hash recorded at a first download (and the copy on disk), then download and pin afresh: "
+    "the way out when that first download was not the real file.",
+)
+def fetch_cmd(names: tuple[str, ...], repin: bool) -> None:
     """Download NAMES (file names from `list`, or metric names), resuming a partial download, verifying
     size and hash, refusing HTML or truncated bodies; nothing unverified is ever installed."""
-    from robustsim.weights import manifest, resolve
+    from robustsim.weights import forget_pin, manifest, on_disk, record, resolve
     from robustsim.zoo import files_of, list_metrics
 
     wanted: list[str] = []
@@ -74,6 +89,11 @@ def fetch_cmd(names: tuple[str, ...]) -> None:
                 f"{name!r} is neither a weight file nor a metric that needs one", param_hint="NAMES"
             )
     for name in dict.fromkeys(wanted):
+        if repin and record(name).pin == "first-download":
+            forget_pin(name)
+            stale = on_disk(record(name))
+            if stale is not None:
+                stale.unlink()
         click.echo(f"{name}: {resolve(name)}")
 
 

@@ -8,7 +8,6 @@ Each metric resizes and normalises internally, so callers always pass [0, 1] ima
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -186,7 +185,7 @@ class EmbeddingMetric(Metric):
 
     @input_size.setter
     def input_size(self, size: int | None) -> None:
-        self.resizing = dataclasses.replace(self.resizing, size=size)
+        self.resizing = self.resizing.at(size)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         return (self.resizing(x) - self.mean) / self.std

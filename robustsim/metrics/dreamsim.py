@@ -5,7 +5,10 @@ DINO's ``vision_transformer`` instead of code fetched through torch.hub).
 
 ``variant`` picks a released checkpoint: ``ensemble`` (DINO + CLIP + OpenCLIP ViT-B/16, the paper's
 DreamSim) or a single-backbone model (``dino_vitb16``, ``clip_vitb32``, ``open_clip_vitb32``). Inputs are
-[0, 1] images, resized (bilinear) to 224 px; the distance is the package's 1 - cos of the embeddings.
+[0, 1] images, resized as the package's ``dreamsim()`` preprocessing does (``dreamsim/model.py``: Resize((224,
+224), BICUBIC) of the PIL image, antialiased); the distance is the package's 1 - cos of the embeddings.
+``lora=False`` is the package's model without its NIGHTS adapters (``dreamsim(pretrained=False)``): DreamSim's
+untuned ensemble, whose base ViTs come from the same release archive.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from torch import nn
 
 from robustsim.compat import import_optional
 from robustsim.metrics.base import EmbeddingMetric
+from robustsim.metrics.preprocess import Resize
 
 ARCHIVES = {
     "ensemble": "dreamsim_ensemble_checkpoint.zip",
@@ -26,6 +30,7 @@ ARCHIVES = {
     "clip_vitb32": "dreamsim_clip_vitb32_checkpoint.zip",
     "open_clip_vitb32": "dreamsim_open_clip_vitb32_checkpoint.zip",
 }
+DREAMSIM_RESIZE = Resize(224, "bicubic", antialias=True)
 LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "bias", "target_modules")
 
 
@@ -49,6 +54,9 @@ class DreamSimMetric(EmbeddingMetric):
         folder: str | os.PathLike | None = None,
         config: dict | None = None,
         backbones: dict[str, str | os.PathLike] | None = None,
+        lora: bool = True,
+        name: str | None = None,
+        resizing: Resize | None = None,
         validate: bool = True,
     ) -> None:
         import_optional("dreamsim")
@@ -68,17 +76,19 @@ class DreamSimMetric(EmbeddingMetric):
             backbones = {"dino_vitb16": resolve("dino-vitb16.pth")} if "dino_vitb16" in types else {}
         with managed_downloads({k: Path(v) for k, v in backbones.items()}):
             model = PerceptualModel(**cfg, device="cpu", load_dir=str(folder), normalize_embeds=True)
-        tag = "ensemble_" if len(types) > 1 else f"{types[0]}_single_"
-        lora_dir = folder / f"{tag}lora"
-        adapter = json.loads((lora_dir / "adapter_config.json").read_text())
-        model = get_peft_model(model, LoraConfig(**{k: adapter[k] for k in LORA_KEYS}))
-        model = PeftModel.from_pretrained(model.base_model.model, str(lora_dir))
+        if lora:
+            tag = "ensemble_" if len(types) > 1 else f"{types[0]}_single_"
+            lora_dir = folder / f"{tag}lora"
+            adapter = json.loads((lora_dir / "adapter_config.json").read_text())
+            model = get_peft_model(model, LoraConfig(**{k: adapter[k] for k in LORA_KEYS}))
+            model = PeftModel.from_pretrained(model.base_model.model, str(lora_dir))
+        default_name = "dreamsim" if variant == "ensemble" else f"dreamsim-{variant.replace('_', '-')}"
         super().__init__(
             _Embed(model),
-            input_size=224,
+            resizing=resizing or DREAMSIM_RESIZE,
             mean=0.0,
             std=1.0,
-            name="dreamsim" if variant == "ensemble" else f"dreamsim-{variant}",
+            name=name or (default_name if lora else f"{default_name}-base"),
             validate=validate,
         )
         self.variant = variant

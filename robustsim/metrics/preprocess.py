@@ -24,19 +24,30 @@ INTERPOLATIONS = ("bilinear", "bicubic")
 @dataclass(frozen=True)
 class Resize:
     """Resize to ``size`` x ``size`` (None: keep the caller's size). ``crop=False`` squashes the image to a
-    square; ``crop=True`` resizes its shorter side to ``size`` and keeps the centre ``size`` x ``size`` (as
-    torchvision's Resize(size) then CenterCrop(size), which open_clip and DINO apply)."""
+    square; ``crop=True`` resizes its shorter side to ``scale_size`` (default ``size``) and keeps the centre
+    ``size`` x ``size``: torchvision's Resize(scale_size) then CenterCrop(size), as open_clip (224 / 224) and
+    DINO's evaluation (256 / 224) apply it."""
 
     size: int | None = None
     interpolation: Interpolation = "bilinear"
     antialias: bool = False
     crop: bool = False
+    scale_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
         if self.size is not None and (isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1):
             raise ValueError(f"size must be a positive integer or None, got {self.size!r}")
+        if self.scale_size is not None and (not self.crop or self.size is None or self.scale_size < self.size):
+            raise ValueError(f"scale_size {self.scale_size} needs crop=True and a size <= it")
+
+    def at(self, size: int | None) -> Resize:
+        """The same preprocessing for a network of side ``size`` (a crop keeps its proportion: DINO's 256 / 224)."""
+        scale = self.scale_size
+        if scale is not None:
+            scale = None if size is None else max(size, round(scale * size / self.size))
+        return Resize(size, self.interpolation, self.antialias, self.crop and size is not None, scale)
 
     def resized_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
         """The size the image is interpolated to (before any crop)."""
@@ -45,9 +56,10 @@ class Resize:
             return h, w
         if not self.crop:
             return self.size, self.size
-        if h <= w:  # torchvision: the shorter side becomes ``size``, the longer one int(size * long / short)
-            return self.size, int(self.size * w / h)
-        return int(self.size * h / w), self.size
+        short = self.scale_size or self.size
+        if h <= w:  # torchvision: the shorter side becomes ``short``, the longer one int(short * long / short side)
+            return short, int(short * w / h)
+        return int(short * h / w), short
 
     def output_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
         return (int(hw[0]), int(hw[1])) if self.size is None else (self.size, self.size)
@@ -68,7 +80,7 @@ class Resize:
             return "no resize"
         how = f"{self.interpolation}{', antialiased' if self.antialias else ''}"
         if self.crop:
-            return f"shorter side to {self.size} ({how}), centre crop"
+            return f"shorter side to {self.scale_size or self.size} ({how}), centre {self.size} x {self.size} crop"
         return f"{self.size} x {self.size} ({how})"
 
 

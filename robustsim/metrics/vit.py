@@ -14,6 +14,7 @@ from torch import nn
 from robustsim.compat import import_optional
 from robustsim.errors import WeightsError
 from robustsim.metrics.base import EmbeddingMetric
+from robustsim.metrics.preprocess import Resize
 from robustsim.metrics.weights import load_state_dict, resolve_weights
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -43,7 +44,11 @@ class _OpenClipVisual(nn.Module):
 
 
 class OpenClipMetric(EmbeddingMetric):
-    """1 - cos between CLIP image embeddings (open_clip architecture ``arch``, default ViT-B-16)."""
+    """1 - cos between CLIP image embeddings (open_clip architecture ``arch``, default ViT-B-16).
+
+    ``visual_only``: the weight file is a state dict of ``model.visual`` alone, as R-CLIP's releases are
+    (fra31/perceptual-metrics ``utils_perceptual_models.py``: ``model.visual.load_state_dict(ckpt, strict=True)``).
+    """
 
     def __init__(
         self,
@@ -54,16 +59,26 @@ class OpenClipMetric(EmbeddingMetric):
         input_size: int = 224,
         weights_file: str | None = "clip-vitb16-openai.safetensors",
         quick_gelu: bool = True,
+        resizing: Resize | None = None,
+        visual_only: bool = False,
         validate: bool = True,
     ) -> None:
         open_clip = import_optional("open_clip")
         sd = local_weights(weights_file, weights) if pretrained else None
         model = open_clip.create_model(arch, pretrained=None, quick_gelu=quick_gelu)
         if sd is not None:
-            model.load_state_dict(sd)
+            target = model.visual if visual_only else model
+            try:
+                target.load_state_dict(sd)
+            except RuntimeError as err:
+                what = "open_clip's model.visual" if visual_only else "the open_clip model"
+                raise WeightsError(
+                    f"{name}: the weights do not fit {what} of {arch} ({str(err).splitlines()[1].strip()})"
+                ) from None
         super().__init__(
             _OpenClipVisual(model.visual),
-            input_size=input_size,
+            input_size=None if resizing is not None else input_size,
+            resizing=resizing,
             mean=CLIP_MEAN,
             std=CLIP_STD,
             name=name,
@@ -83,6 +98,7 @@ class TimmViTMetric(EmbeddingMetric):
         pretrained: bool = True,
         input_size: int = 224,
         weights_file: str | None = "dino-vitb16.pth",
+        resizing: Resize | None = None,
         validate: bool = True,
     ) -> None:
         timm = import_optional("timm")
@@ -90,5 +106,13 @@ class TimmViTMetric(EmbeddingMetric):
         if pretrained:
             sd = {k: v for k, v in local_weights(weights_file, weights).items() if not k.startswith("head.")}
             net.load_state_dict(sd)
-        super().__init__(net, input_size=input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, name=name, validate=validate)
+        super().__init__(
+            net,
+            input_size=None if resizing is not None else input_size,
+            resizing=resizing,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            name=name,
+            validate=validate,
+        )
         self.eval().requires_grad_(False)

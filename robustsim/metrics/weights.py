@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -38,22 +39,51 @@ def resolve_weights(name: str, explicit: str | os.PathLike | None, candidates: l
     raise WeightsError(f"{name}: no local weights; expected {expected}; {hint}")
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a safetensors or torch checkpoint without unpickling code (weights_only=True)."""
+def numpy_scalar_globals() -> list:
+    """The only globals beyond torch's weights-only set that a training checkpoint needs: a numpy scalar
+    (an optimizer's learning rate set from ``np.interp``, as LipSim's ``TriangularLRScheduler`` does) pickles
+    as ``numpy.core.multiarray.scalar`` (numpy 1) or ``numpy._core.multiarray.scalar`` (numpy 2) applied to a
+    ``numpy.dtype`` (whose instance is a ``numpy.dtypes.Float64DType`` in numpy >= 1.25): a float64 built from
+    a dtype and raw bytes. Nothing else is allowed."""
+    import numpy as np
+
+    core = np._core if hasattr(np, "_core") else np.core
+    scalar = core.multiarray.scalar
+    found = [scalar, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype]
+    if hasattr(np, "dtypes"):
+        found.append(np.dtypes.Float64DType)
+    return found
+
+
+def read_checkpoint(path: str | os.PathLike) -> object:
+    """What a safetensors or torch file holds, unpickling no code: torch's weights-only loader with
+    :func:`numpy_scalar_globals` allowed. WeightsError (one line, naming the refused global) otherwise."""
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            sd: dict = load_file(str(path))
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        with torch.serialization.safe_globals(numpy_scalar_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt, truncated or code-carrying pickle
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        text = str(err)
+        found = re.search(r"Unsupported global: GLOBAL (\S+)|but got <class '([^']+)'>", text)
+        if found:
+            msg = f"it holds {found.group(1) or found.group(2)}, which a weights-only load does not build"
+        else:
+            msg = text.splitlines()[0] if text else type(err).__name__
         raise WeightsError(
             f"cannot read weights {path}: {msg}; re-save it with torch.save(state_dict) or safetensors"
-        ) from err
-    for key in ("state_dict", "model", "module"):
+        ) from None
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict in a safetensors or torch file (a training checkpoint's model state), read without
+    unpickling code (:func:`read_checkpoint`)."""
+    path = Path(path)
+    sd = read_checkpoint(path)
+    for key in ("model_state_dict", "state_dict", "model", "module"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
     if not isinstance(sd, dict):

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from robustsim.errors import WeightsError
+from robustsim.metrics.preprocess import Resize
 from robustsim.models.lipsim import LipSimMetric, LipSimNet, LipSimPreset
 
 CONV = re.compile(r"(?:^|\.)(?:base\.1|convs)\.(\d+)\.(kernel|bias|q)$")
@@ -77,16 +78,26 @@ def convert_lipsim_state(state: dict[str, torch.Tensor], n_classes: int = 1792, 
     return net.eval()
 
 
+LIPSIM_RESIZE = Resize(224, "bicubic", antialias=True)  # lipsim/core/utils.py get_preprocess_fn("DEFAULT")
+
+
 def load_lipsim_release(
-    file: str, name: str = "lipsim", path: str | os.PathLike | None = None, validate: bool = True
+    file: str,
+    name: str = "lipsim",
+    path: str | os.PathLike | None = None,
+    validate: bool = True,
+    resizing: Resize | None = LIPSIM_RESIZE,
 ) -> LipSimMetric:
-    """A released LipSim checkpoint (manifest file ``file``, or ``path``) as a certifiable metric."""
+    """A released LipSim checkpoint (manifest file ``file``, or ``path``) as a certifiable metric.
+
+    The fine-tuned releases are LipSim's training checkpoints (``lipsim/core/trainer.py``: ``epoch``,
+    ``global_step``, ``model_state_dict``, ``optimizer_state_dict``, whose learning rate is the numpy float of
+    ``TriangularLRScheduler``); only ``model_state_dict`` is read, and no code is unpickled."""
+    from robustsim.metrics.weights import read_checkpoint
     from robustsim.weights import resolve
 
     source = Path(path) if path is not None else resolve(file)
-    try:
-        state = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - unreadable or code-carrying pickle
-        raise WeightsError(f"cannot read {source} ({type(err).__name__}); it is not a LipSim checkpoint") from None
-    metric = LipSimMetric(convert_lipsim_state(state), name=name, mean=0.0, validate=validate)
+    state = read_checkpoint(source)  # a training checkpoint: model + optimizer state, numpy scalars allowed
+    net = convert_lipsim_state(state)
+    metric = LipSimMetric(net, name=name, mean=0.0, validate=validate, resizing=resizing)
     return metric.eval().requires_grad_(False)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from robustsim.metrics.base import EmbeddingMetric
+from robustsim.metrics.preprocess import Resize
 from robustsim.nn import LipPool, PaddingChannels, Projection, Truncate
 from robustsim.nn.bounds import lipschitz_bound
 from robustsim.nn.cache import Derived, freeze, is_frozen, thaw
@@ -223,8 +224,16 @@ class LipSimMetric(EmbeddingMetric):
     models use 0), not scaled; certificates take the net's bound from its layers and the resize's exact
     norm for the caller's image size."""
 
-    def __init__(self, net: LipSimNet, name: str = "lipsim", mean: float = 0.5, validate: bool = True) -> None:
-        super().__init__(net, input_size=net.input_size, mean=mean, std=1.0, name=name, validate=validate)
+    def __init__(
+        self,
+        net: LipSimNet,
+        name: str = "lipsim",
+        mean: float = 0.5,
+        validate: bool = True,
+        resizing: Resize | None = None,
+    ) -> None:
+        size = None if resizing is not None else net.input_size
+        super().__init__(net, input_size=size, mean=mean, std=1.0, name=name, validate=validate, resizing=resizing)
 
     @property
     def lipschitz(self) -> float:  # type: ignore[override]

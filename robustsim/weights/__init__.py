@@ -1,9 +1,10 @@
 """The weights manager: one manifest of weight files (data, ``manifest.json``), where they live, how their
 bytes are verified, and the only code in robustsim that downloads anything.
 
-A file is usable when it is on disk and its sha256 matches its pin (:class:`WeightFile`): the full hash
-the upstream publishes, the hash prefix of torchvision's file names, or, where the upstream publishes
-none, the hash recorded at the first verified download (``pins.json`` in the weights folder). Files live
+A file is usable when it is on disk and its hash matches its pin (:class:`WeightFile`): the full sha256
+the upstream publishes, the hash prefix of torchvision's file names, the git blob id of a file committed to a
+repository (the commit's tree publishes it: the URL names the commit), or, where the upstream publishes
+none, the sha256 recorded at the first verified download (``pins.json`` in the weights folder). Files live
 in :func:`weights_dir` (``$ROBUSTSIM_WEIGHTS``, else ``$XDG_CACHE_HOME/robustsim/weights``); files that
 torchvision or piq also load (``torch_hub``) live in torch's hub cache (``$TORCH_HOME/hub/checkpoints``)
 and are found in either place. A missing file is fetched on first use with a progress bar unless
@@ -14,6 +15,8 @@ upstream location by ``<url>/<file name>`` (a mirror, or a local test server).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -30,7 +33,8 @@ from robustsim.cache import file_sha256
 from robustsim.errors import WeightsError
 from robustsim.io import atomic_write
 
-PINS = ("sha256", "sha256-prefix", "first-download")
+PINS = ("sha256", "sha256-prefix", "git-blob", "first-download")
+UNPACK_FACTOR = 20  # a release zip of weights barely compresses; more is a zip bomb
 
 
 @dataclass(frozen=True)
@@ -46,13 +50,27 @@ class WeightFile:
     source: str
     torch_hub: bool = False
     unpack: bool = False
+    max_size: int | None = None  # bytes a download may have when its size is unknown (default DEFAULT_CAP)
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
+        if not plain_file_name(self.name):
+            raise ValueError(f"record name {self.name!r} is not a plain file name (no folders, no leading dot)")
         if self.pin not in PINS:
             raise ValueError(f"{self.name}: pin must be one of {PINS}, got {self.pin!r}")
         if self.pin != "first-download" and not self.sha256:
             raise ValueError(f"{self.name}: a {self.pin} pin needs its sha256")
+
+
+def plain_file_name(name: object) -> bool:
+    """A name that stays inside its folder: one path component, not hidden, no separators or NUL."""
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= 255
+        and not name.startswith(".")
+        and not any(c in name for c in "/\\\0:")
+        and Path(name).name == name
+    )
 
 
 def weights_dir() -> Path:
@@ -80,7 +98,10 @@ def _records(data: dict) -> dict[str, WeightFile]:
     for rec in data["files"]:
         known = {k: rec[k] for k in WeightFile.__dataclass_fields__ if k in rec and k != "extra"}
         known["urls"] = tuple(known.get("urls", ()))
-        out[rec["name"]] = WeightFile(**known)
+        try:
+            out[rec["name"]] = WeightFile(**known)
+        except ValueError as err:
+            raise WeightsError(f"manifest record {rec.get('name')!r}: {err}; the manifest is refused") from None
     return out
 
 
@@ -97,6 +118,8 @@ def _manifest(extra: str) -> dict[str, WeightFile]:
     if extra:
         try:
             records.update(_records(json.loads(Path(extra).read_text())))
+        except WeightsError as err:
+            raise WeightsError(f"ROBUSTSIM_WEIGHTS_MANIFEST={extra}: {err}") from None
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise WeightsError(f"ROBUSTSIM_WEIGHTS_MANIFEST={extra} is not a readable manifest ({err})") from None
     return records
@@ -124,11 +147,21 @@ def recorded_pins() -> dict[str, dict]:
     return data if isinstance(data, dict) else {}
 
 
-def _record_pin(rec: WeightFile, sha: str, size: int) -> None:
+def _record_pin(rec: WeightFile, sha: str, size: int, revision: str | None = None) -> None:
     pins = recorded_pins()
-    pins[rec.name] = {"sha256": sha, "size": size}
+    pins[rec.name] = {"sha256": sha, "size": size, **({"revision": revision} if revision else {})}
     _pins_path().parent.mkdir(parents=True, exist_ok=True)
     atomic_write(_pins_path(), lambda tmp: tmp.write_text(json.dumps(pins, indent=1, sort_keys=True) + "\n"))
+
+
+def forget_pin(name: str) -> bool:
+    """Drop the pin recorded at ``name``'s first download (``robustsim weights fetch --repin``), so the next
+    verified download is pinned afresh. True when there was one."""
+    pins = recorded_pins()
+    if pins.pop(name, None) is None:
+        return False
+    atomic_write(_pins_path(), lambda tmp: tmp.write_text(json.dumps(pins, indent=1, sort_keys=True) + "\n"))
+    return True
 
 
 def expected_sha(rec: WeightFile) -> str | None:
@@ -147,17 +180,37 @@ def html_problem(path: Path) -> str | None:
     return None
 
 
+def git_blob_id(path: Path) -> str:
+    """The id git gives the file's bytes: sha1 of ``b"blob <size>\\0"`` + content (what a commit's tree names)."""
+    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def digest(rec: WeightFile, path: Path) -> str:
+    """The hash ``rec``'s pin compares: the git blob id for a ``git-blob`` pin, else the sha256."""
+    return git_blob_id(path) if rec.pin == "git-blob" else file_sha256(path)
+
+
 def check_bytes(rec: WeightFile, path: Path, sha: str | None = None) -> str | None:
-    """Why ``path`` is not ``rec``'s file (None when its size and hash match the pin)."""
-    size = path.stat().st_size
-    want_size = rec.size if rec.size is not None else recorded_pins().get(rec.name, {}).get("size")
-    if want_size is not None and size != want_size:
-        return f"it has {size} bytes, {rec.name} has {want_size}"
-    sha = sha or file_sha256(path)
+    """Why ``path`` is not ``rec``'s file (None when its size and hash match the pin); ``sha`` is the file's
+    :func:`digest` when already known. The hash decides: a size differing from the manifest's is reported
+    only for a file whose hash does not match either."""
+    sha = sha or digest(rec, path)
     want = expected_sha(rec)
-    if want is not None and not sha.startswith(want):
+    if want is not None:
+        if sha.startswith(want):
+            return None
         kind = "recorded at its first download" if rec.pin == "first-download" else "pinned"
-        return f"its sha256 {sha[:16]}... differs from the {kind} {want[:16]}..."
+        if rec.pin == "first-download":
+            kind += f" (if that download was wrong: `robustsim weights fetch --repin {rec.name}`)"
+        what = "git blob id" if rec.pin == "git-blob" else "sha256"
+        size = path.stat().st_size
+        want_size = rec.size if rec.size is not None else recorded_pins().get(rec.name, {}).get("size")
+        also = f", and it has {size} bytes where {rec.name} has {want_size}" if want_size not in (None, size) else ""
+        return f"its {what} {sha[:16]}... differs from the {kind} {want[:16]}...{also}"
     return None
 
 
@@ -192,7 +245,7 @@ def verified(rec: WeightFile, path: Path) -> bool:
     except (OSError, ValueError):
         got_key, sha = "", ""
     if got_key != key:
-        sha = file_sha256(path)
+        sha = digest(rec, path)
     problem = check_bytes(rec, path, sha)
     if problem is None and got_key != key:
         try:
@@ -248,11 +301,51 @@ def fetch_file(rec: WeightFile, progress: bool = True) -> Path:
         )
     if not rec.urls:
         raise WeightsError(f"{rec.name}: no download location is known ({rec.source}); use `robustsim weights add`")
+    from robustsim.weights.download import DEFAULT_CAP
+
     dest = install_path(rec)
     base = os.environ.get("ROBUSTSIM_WEIGHTS_URL", "").rstrip("/")
-    urls = [f"{base}/{rec.name}"] if base else list(rec.urls)
-    part = download(urls, dest, rec.size, progress=progress, label=rec.name)
-    return _install(rec, part, dest, source="download")
+    urls = [f"{base}/{rec.name}"] if base else [pinned_url(rec, u) for u in rec.urls]
+    seen: dict = {}
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with _file_lock(dest):  # a second process fetching the same file waits, then finds it installed
+            if dest.is_file() and verified(rec, dest):
+                return dest
+            part = download(
+                urls, dest, rec.size, progress=progress, label=rec.name, seen=seen, cap=rec.max_size or DEFAULT_CAP
+            )
+            return _install(rec, part, dest, source="download", revision=seen.get("revision"))
+    except WeightsError:
+        raise
+    except OSError as err:
+        raise WeightsError(
+            f"{rec.name}: cannot write {dest.parent} ({err.strerror or err}); set ROBUSTSIM_WEIGHTS to a "
+            "folder you can write"
+        ) from None
+
+
+@contextlib.contextmanager
+def _file_lock(dest: Path):
+    """An exclusive lock on ``.locks/<name>.lock`` in ``dest``'s folder (flock: released when the process dies)."""
+    lock = dest.parent / ".locks" / f"{dest.name}.lock"
+    lock.parent.mkdir(exist_ok=True)
+    with open(lock, "a+b") as f:
+        try:
+            import fcntl
+
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        except ImportError:  # not POSIX: no lock, as before
+            pass
+        yield
+
+
+def pinned_url(rec: WeightFile, url: str) -> str:
+    """``url`` at the commit recorded with a first-download pin: a Hugging Face ``resolve/main`` URL moves with
+    the repository, so once the first download has recorded the commit it resolved to (``X-Repo-Commit``), every
+    later download asks for that commit, whose bytes the pin holds."""
+    revision = recorded_pins().get(rec.name, {}).get("revision") if rec.pin == "first-download" else None
+    return url.replace("/resolve/main/", f"/resolve/{revision}/") if revision else url
 
 
 def add_file(name: str, source: str | os.PathLike) -> Path:
@@ -262,26 +355,36 @@ def add_file(name: str, source: str | os.PathLike) -> Path:
     if not src.is_file():
         raise WeightsError(f"{src} is not a file; pass the downloaded {rec.name}")
     dest = install_path(rec)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{rec.name}.", suffix=".add", dir=dest.parent)
-    os.close(fd)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{rec.name}.", suffix=".add", dir=dest.parent)
+        os.close(fd)
+    except OSError as err:
+        raise WeightsError(
+            f"{rec.name}: cannot write {dest.parent} ({err.strerror or err}); set ROBUSTSIM_WEIGHTS to a "
+            "folder you can write"
+        ) from None
     try:
         shutil.copyfile(src, tmp)
         return _install(rec, Path(tmp), dest, source=str(src))
+    except WeightsError:
+        raise
+    except OSError as err:
+        raise WeightsError(f"{rec.name}: cannot install into {dest.parent} ({err.strerror or err})") from None
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _install(rec: WeightFile, tmp: Path, dest: Path, source: str) -> Path:
+def _install(rec: WeightFile, tmp: Path, dest: Path, source: str, revision: str | None = None) -> Path:
     """Check ``tmp``'s bytes against the pin (recording a first-download pin), then rename onto ``dest``;
     a file that fails is deleted, never installed."""
-    sha = file_sha256(tmp)
+    sha = digest(rec, tmp)
     problem = html_problem(tmp) or check_bytes(rec, tmp, sha)
     if problem is not None:
         tmp.unlink(missing_ok=True)
         raise WeightsError(f"{source} is not {rec.name}: {problem}; nothing was installed")
     if rec.pin == "first-download" and expected_sha(rec) is None:
-        _record_pin(rec, sha, tmp.stat().st_size)
+        _record_pin(rec, sha, tmp.stat().st_size, revision)
     os.replace(tmp, dest)
     _stamp(dest).write_text(f"{dest.stat().st_size}:{dest.stat().st_mtime_ns} {sha}")
     return dest
@@ -296,6 +399,12 @@ def unpacked(rec: WeightFile, archive: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=archive.parent))
     try:
         with zipfile.ZipFile(archive) as z:
+            unpacked_size = sum(info.file_size for info in z.infolist())
+            limit = max(UNPACK_FACTOR * archive.stat().st_size, 1 << 20)
+            if unpacked_size > limit:
+                raise WeightsError(
+                    f"{archive}: unpacks to {unpacked_size} bytes, over {UNPACK_FACTOR}x its size; not unpacked"
+                )
             for member in z.namelist():  # refuse paths that leave the folder
                 target = (tmp / member).resolve()
                 if tmp.resolve() not in target.parents and target != tmp.resolve():

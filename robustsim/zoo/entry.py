@@ -91,8 +91,9 @@ class MetricEntry:
         builder's signature)."""
         build = self.builder()
         merged = {**self.options, **options}
-        if self.resizing is not None and "resizing" not in merged:
-            merged["resizing"] = self.resizing
+        if self.resizing is not None and "resizing" not in merged:  # the upstream's, at the size asked for
+            size = merged.get("input_size")
+            merged["resizing"] = self.resizing if size is None else self.resizing.at(int(size))
         params = inspect.signature(build).parameters
         if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
             unknown = sorted(set(options) - set(params))

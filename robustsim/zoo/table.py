@@ -3,7 +3,8 @@
 Builders are named as ``"module:attribute"`` and imported only when a metric is built, so listing the zoo
 imports none of them. ``files`` are the manifest weight files the build opens (a contract test checks it
 opens exactly those), ``packages`` the optional modules it imports, ``reported`` the figures its papers
-publish (NIGHTS / BAPPS, not ``mini``), shown on bench cards beside ours. The metrics that ship inside
+publish (NIGHTS / BAPPS, not ``mini``) keyed by bench protocol and leaderboard column (``"*"``: any protocol),
+shown on bench cards beside ours (:data:`REPORTED_SOURCES` says where each comes from). The metrics that ship inside
 robustsim (``robustsim/zoo/<name>/``) are added from their folders.
 """
 
@@ -11,11 +12,30 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+from robustsim.metrics.preprocess import Resize
 from robustsim.zoo.entry import MetricEntry
 
 TV = ("torchvision",)
-CROCE = "NIGHTS clean / linf 4/255 / l2 3.0 (Croce et al. 2024)"
-DREAMSIM_README = "NIGHTS 2AFC (DreamSim README)"
+# each upstream's own preprocessing of an image of any size (the certificates' resize norm follows it)
+OPEN_CLIP_RESIZE = Resize(224, "bicubic", antialias=True, crop=True)  # open_clip/transform.py image_transform
+# DINO's eval_linear.py and R-CLIP's ConvNeXt (open_clip at 256 px, then CenterCrop(224)): 256 then 224
+DINO_RESIZE = Resize(224, "bicubic", antialias=True, crop=True, scale_size=256)
+SQUASH_BICUBIC = Resize(224, "bicubic", antialias=True)  # dreamsim/model.py, lipsim/core/utils.py (PIL bicubic)
+REPORTED_SOURCES = {
+    "*": "NIGHTS test 2AFC, DreamSim README / Croce et al. 2024",
+    "croce2024": "NIGHTS test, Croce et al. 2024 (fra31/perceptual-metrics README), APGD 100 it.",
+    "lipsim": "BAPPS 2AFC, LipSim paper (Ghazanfari et al. 2024)",
+}
+
+
+def _croce(clean: float, linf: float | None, l2: float | None) -> dict:
+    """Croce et al. 2024's NIGHTS table (clean / linf 4/255 / l2 3.0) as the croce2024 protocol's columns."""
+    cols = {"clean": clean, "linf 4/255": linf, "l2 3": l2}
+    return {"*": {"clean": clean}, "croce2024": {k: v for k, v in cols.items() if v is not None}}
+
+
+def _clean(value: float) -> dict:
+    return {"*": {"clean": value}}
 
 
 def _row(name: str, build: str, description: str, options: dict | None = None, **kw) -> MetricEntry:
@@ -28,6 +48,10 @@ _LPIPS_BACKBONES = {
     "vgg": "vgg16-397923af.pth",
     "squeeze": "squeezenet1_1-b8a52dc0.pth",
 }
+
+# R-CLIP's two backbones: row suffix, open_clip architecture, file prefix, title, preprocessing
+_CONVNEXT = ("convnext", "convnext_base_w", "convnext_base_w", "ConvNeXt-B", DINO_RESIZE)
+_VIT_B16 = ("vitb16", "ViT-B-16", "vit-b-16", "ViT-B/16", OPEN_CLIP_RESIZE)
 
 _SINGLE: tuple[MetricEntry, ...] = (
     _row("l2", "robustsim.metrics.pixel:L2Metric", "mean squared pixel difference"),
@@ -51,7 +75,7 @@ _SINGLE: tuple[MetricEntry, ...] = (
         "R-LPIPS: AlexNet LPIPS, adversarially trained heads",
         files=(_LPIPS_BACKBONES["alex"], "r-lpips-alex-linf-x0.pth"),
         packages=(*TV, "lpips"),
-        reported={CROCE: [71.6, 16.2, 26.9]},
+        reported=_croce(71.6, 16.2, 26.9),
     ),
     _row(
         "dists",
@@ -66,8 +90,9 @@ _SINGLE: tuple[MetricEntry, ...] = (
         "OpenAI CLIP ViT-B/16 image embedding (open_clip, QuickGELU)",
         {"name": "clip-vitb16", "arch": "ViT-B-16"},
         files=("clip-vitb16-openai.safetensors",),
+        resizing=OPEN_CLIP_RESIZE,
         packages=(*TV, "open_clip"),
-        reported={DREAMSIM_README: 93.6},
+        reported=_clean(93.6),
     ),
     _row(
         "openclip-vitb16",
@@ -80,8 +105,33 @@ _SINGLE: tuple[MetricEntry, ...] = (
             "quick_gelu": False,
         },
         files=("openclip-vitb16-laion2b.safetensors",),
+        resizing=OPEN_CLIP_RESIZE,
         packages=(*TV, "open_clip"),
-        reported={DREAMSIM_README: 95.3},
+        reported=_clean(95.3),
+    ),
+    *(
+        _row(
+            f"r-clip-{m[0]}-{short}",
+            "robustsim.metrics.vit:OpenClipMetric",
+            f"R-CLIP_{m[0].upper()} ({m}, linf 4/255) {title} vision tower, zero-shot",
+            {
+                "name": f"r-clip-{m[0]}-{short}",
+                "arch": arch,
+                "weights_file": f"{file}-{m}-eps4.pt",
+                "quick_gelu": False,
+                "visual_only": True,
+            },
+            files=(f"{file}-{m}-eps4.pt",),
+            packages=(*TV, "open_clip", *(("timm",) if "convnext" in arch else ())),
+            resizing=resize,
+            reported=figures,
+        )
+        for (short, arch, file, title, resize), m, figures in (
+            (_CONVNEXT, "tecoa", _croce(92.3, 81.9, 78.5)),
+            (_CONVNEXT, "fare", _croce(90.6, 74.3, None)),
+            (_VIT_B16, "tecoa", _croce(91.9, 79.4, None)),
+            (_VIT_B16, "fare", _croce(90.6, 71.5, None)),
+        )
     ),
     _row(
         "dino-vitb16",
@@ -90,7 +140,8 @@ _SINGLE: tuple[MetricEntry, ...] = (
         {"name": "dino-vitb16", "arch": "vit_base_patch16_224"},
         files=("dino-vitb16.pth",),
         packages=(*TV, "timm"),
-        reported={DREAMSIM_README: 94.8},
+        resizing=DINO_RESIZE,
+        reported=_clean(94.8),
     ),
     _row(
         "dreamsim",
@@ -99,7 +150,8 @@ _SINGLE: tuple[MetricEntry, ...] = (
         {"variant": "ensemble"},
         files=("dreamsim_ensemble_checkpoint.zip", "dino-vitb16.pth"),
         packages=(*TV, "dreamsim", "peft", "open_clip", "timm"),
-        reported={DREAMSIM_README: 96.2, CROCE: [96.2, 0.5, 0.9]},
+        resizing=SQUASH_BICUBIC,
+        reported=_croce(96.2, 0.5, 0.9),
     ),
     *(
         _row(
@@ -109,6 +161,7 @@ _SINGLE: tuple[MetricEntry, ...] = (
             {"variant": variant},
             files=(f"dreamsim_{variant}_checkpoint.zip", *(("dino-vitb16.pth",) if variant == "dino_vitb16" else ())),
             packages=(*TV, "dreamsim", "peft", "open_clip", "timm"),
+            resizing=SQUASH_BICUBIC,
         )
         for variant in ("dino_vitb16", "clip_vitb32", "open_clip_vitb32")
     ),
@@ -118,7 +171,8 @@ _SINGLE: tuple[MetricEntry, ...] = (
         "LipSim small as released, distilled (no fine-tuning)",
         {"file": "lipsim-pretrained.pth", "name": "lipsim-small-pretrained"},
         files=("lipsim-pretrained.pth",),
-        reported={CROCE: [86.6, 8.6, 26.5]},
+        resizing=SQUASH_BICUBIC,
+        reported=_croce(86.6, 8.6, 26.5),
     ),
     _row(
         "lipsim-small-m0.2",
@@ -126,6 +180,8 @@ _SINGLE: tuple[MetricEntry, ...] = (
         "LipSim small as released, NIGHTS margin 0.2",
         {"file": "lipsim-margin0.2.pth", "name": "lipsim-small-m0.2"},
         files=("lipsim-margin0.2.pth",),
+        resizing=SQUASH_BICUBIC,
+        reported=_croce(88.5, 23.1, 46.6),
     ),
     _row(
         "lipsim-small-m0.5",
@@ -133,9 +189,10 @@ _SINGLE: tuple[MetricEntry, ...] = (
         "LipSim small as released, NIGHTS margin 0.5 (the paper's)",
         {"file": "lipsim-margin0.5.pth", "name": "lipsim-small-m0.5"},
         files=("lipsim-margin0.5.pth",),
+        resizing=SQUASH_BICUBIC,
         reported={
-            CROCE: [85.1, 32.8, 53.1],
-            "BAPPS clean / certified 36, 72, 108 /255 (LipSim paper)": [74.3, 31.2, 15.1, 6.8],
+            **_croce(85.1, 32.8, 53.1),
+            "lipsim": {"clean": 74.3, "cert. 36/255": 31.2, "cert. 72/255": 15.1, "cert. 108/255": 6.8},
         },
     ),
     _row(
@@ -157,6 +214,7 @@ _SINGLE: tuple[MetricEntry, ...] = (
     ),
 )
 _BY_NAME = {r.name: r for r in _SINGLE}
+DREAMSIM_PACKAGES = (*TV, "dreamsim", "peft", "open_clip", "timm")
 
 
 def _ensemble(name: str, description: str, members: tuple[str, ...]) -> MetricEntry:
@@ -167,10 +225,15 @@ def _ensemble(name: str, description: str, members: tuple[str, ...]) -> MetricEn
 
 BUILTIN: tuple[MetricEntry, ...] = (
     *_SINGLE,
-    _ensemble(
+    _row(
         "dreamsim-base",
-        "DINO + CLIP + OpenCLIP ViT-B/16 ensemble, no NIGHTS tuning",
-        ("dino-vitb16", "clip-vitb16", "openclip-vitb16"),
+        "robustsim.metrics.dreamsim:DreamSimMetric",
+        "DreamSim's untuned ensemble (dreamsim pkg, no LoRA)",
+        {"variant": "ensemble", "lora": False},
+        files=("dreamsim_ensemble_checkpoint.zip", "dino-vitb16.pth"),
+        packages=DREAMSIM_PACKAGES,
+        resizing=SQUASH_BICUBIC,
+        reported=_clean(90.8),
     ),
     _ensemble(
         "effnet-ensemble",
