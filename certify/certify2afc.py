@@ -73,6 +73,23 @@ class CertifyResult:
     def curve(self) -> list[dict]:
         return [{"eps": e, "certified": self.certified_at(e), "clean": self.clean_score} for e in self.eps]
 
+    def rows(self) -> list[dict]:
+        """One row per radius, accuracies in % (as the CLI prints them; the attributes and
+        :meth:`certified_at` are fractions): ``eps`` (its label), ``clean``, ``certified``."""
+        return [
+            {"eps": self.threat.label(e), "clean": 100 * self.clean_score, "certified": 100 * self.certified_at(e)}
+            for e in self.eps
+        ]
+
+    def __repr__(self) -> str:
+        cert = " / ".join(f"{r['certified']:.1f}" for r in self.rows())
+        at = ", ".join(self.threat.labels())
+        return (
+            f"CertifyResult({self.metric} on {self.data}, n={len(self.p)}, {self.threat.norm} {self.target}, "
+            f"{self.method}: clean {100 * self.clean_score:.1f} %, certified {cert} % at {at}; .rows() in %, "
+            ".certified_at(eps) a fraction)"
+        )
+
     def describe(self) -> str:
         """One line: the method, its constant or smoothing settings, and n."""
         if self.method == "lipschitz":

@@ -16,7 +16,7 @@ from robustsim.attacks.registry import make_attack
 from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv, init_distributed
 from robustsim.errors import RobustsimError
-from robustsim.metrics.base import Metric
+from robustsim.metrics.base import Metric, evaluating
 from robustsim.table import format_table, pct
 from robustsim.threads import runtime_info
 from robustsim.threat import ThreatModel
@@ -94,6 +94,29 @@ class AuditReport:
             "seconds": self.seconds,
         }
 
+    def rows(self) -> list[dict]:
+        """One row per radius, accuracies in % (as the CLI prints them; ``clean``, ``robust`` and ``certified``
+        attributes are fractions): ``eps`` (its label), ``clean``, ``robust``, ``certified`` (None: no certificate)."""
+        cert = self.certified or [None] * len(self.eps)
+        return [
+            {
+                "eps": self.threat.label(e),
+                "clean": 100 * self.clean,
+                "robust": 100 * r,
+                "certified": None if c is None else 100 * c,
+            }
+            for e, r, c in zip(self.eps, self.robust, cert, strict=True)
+        ]
+
+    def __repr__(self) -> str:
+        robust = " / ".join(f"{100 * r:.1f}" for r in self.robust)
+        cert = f", certified {' / '.join(f'{100 * c:.1f}' for c in self.certified)}" if self.certified else ""
+        return (
+            f"AuditReport({self.metric} on {self.data}, n={self.n}, {self.threat.norm} {self.threat.target}: clean "
+            f"{100 * self.clean:.1f} %, robust {robust}{cert} % at {', '.join(self.threat.labels())}; .rows() in %, "
+            "the attributes fractions)"
+        )
+
     def table(self, markdown: bool = False) -> str:
         """Rows: epsilon; columns: clean, robust, certified, each attack's robust accuracy (%); a footer."""
         names = list(self.attacks)
@@ -125,7 +148,11 @@ class AuditReport:
         out = {"robust.png": accuracy_figure(curves, norm, f"{self.metric} on {self.data}")}
         ex = self.examples
         if ex.get("ref") is not None and len(ex["ref"]):
-            out["examples.png"] = example_grid(ex["ref"], ex["adv"], ex["x0"], ex["x1"], self.threat)
+            info = {k: ex[k] for k in ("index", "d0", "d1", "adv_d0", "adv_d1", "norm", "flipped") if k in ex}
+            full = len(info) == 7
+            out["examples.png"] = example_grid(
+                ex["ref"], ex["adv"], ex["x0"], ex["x1"], self.threat, info if full else None
+            )
         return out
 
 
@@ -206,7 +233,7 @@ def run_audit(
         },
         seconds=time.perf_counter() - t0,
         runtime=runtime_info(device),
-        examples=_examples(done),
+        examples=example_info(metric, _examples(done), threat, device),
     )
     check_laws(report)
     return report
@@ -223,6 +250,27 @@ def _examples(results: list[AttackResult]) -> dict[str, torch.Tensor]:
             examples["adv"][use] = r.examples["adv"][use]
             done |= use
     return examples
+
+
+@torch.no_grad()
+def example_info(
+    metric: Metric, examples: dict[str, torch.Tensor], threat: ThreatModel, device: torch.device | str
+) -> dict[str, torch.Tensor]:
+    """The examples with what a reader needs beside them: d(ref, x0), d(ref, x1) clean and after each
+    epsilon's attack, the perturbation's norm, and whether the decision flipped."""
+    if examples.get("ref") is None or not len(examples["ref"]) or "adv" not in examples:
+        return examples
+    ref, x0, x1, adv = (examples[k].to(device) for k in ("ref", "x0", "x1", "adv"))
+    with evaluating(metric):
+        d0, d1 = metric(ref, x0), metric(ref, x1)
+        a0 = torch.stack([metric(a, x0) for a in adv])
+        a1 = torch.stack([metric(a, x1) for a in adv])
+    diff = (adv - ref[None]).flatten(2)
+    norm = diff.norm(dim=2) if threat.norm == "l2" else diff.abs().amax(dim=2)
+    flipped = (a1 < a0) != (d1 < d0)
+    out = dict(examples)
+    out.update(d0=d0.cpu(), d1=d1.cpu(), adv_d0=a0.cpu(), adv_d1=a1.cpu(), norm=norm.cpu(), flipped=flipped.cpu())
+    return out
 
 
 def check_laws(report: AuditReport, tol: float = 1e-9) -> None:

@@ -22,6 +22,17 @@ from robustsim.threat import ThreatModel  # noqa: E402
 
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 STYLES = ["-", "--", "-.", ":"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+
+def series_style(i: int) -> tuple[str, str]:
+    """(colour, marker) of series i: 8 colours x 8 markers, so no two of 64 series look alike."""
+    return OKABE_ITO[i % len(OKABE_ITO)], MARKERS[(i // len(OKABE_ITO) + i) % len(MARKERS)]
+
+
+def legend_outside(ax) -> None:
+    """The legend right of the axes, never over the data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8, frameon=False)
 
 
 @dataclass
@@ -51,24 +62,34 @@ def save_figure(fig: plt.Figure, out: str | os.PathLike) -> Path:
 
 
 def accuracy_figure(curves: Sequence[Curve], norm: str, title: str, ylabel: str = "2AFC accuracy (%)") -> plt.Figure:
-    """One line per curve: accuracy (%) against epsilon in the field's units."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    """One line per curve: accuracy (%) against epsilon in the field's units. Every series has its own marker
+    (and a curve identical to an earlier one says so in the legend and is drawn thinner on top, so neither
+    hides the other); the legend sits right of the axes."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    drawn: list[tuple[tuple, str]] = []
     for i, c in enumerate(curves):
+        xs, ys = _x(c.eps, norm), [100 * v for v in c.values]
+        same = next((label for key, label in drawn if key == (tuple(xs), tuple(ys))), None)
+        colour = OKABE_ITO[(i if c.color is None else c.color) % len(OKABE_ITO)]
         ax.plot(
-            _x(c.eps, norm),
-            [100 * v for v in c.values],
+            xs,
+            ys,
             c.style or STYLES[(i // len(OKABE_ITO)) % 4],
-            marker="o",
-            color=OKABE_ITO[(i if c.color is None else c.color) % len(OKABE_ITO)],
-            label=c.label,
-            linewidth=2,
+            marker=MARKERS[i % len(MARKERS)],
+            markersize=4 if same else 7,
+            markerfacecolor="white" if same else colour,
+            color=colour,
+            label=c.label + (f" (same as {same})" if same else ""),
+            linewidth=1.2 if same else 2.2,
+            zorder=3 + i,
         )
+        drawn.append(((tuple(xs), tuple(ys)), c.label))
     ax.set_xlabel(eps_label(norm))
     ax.set_ylabel(ylabel)
     ax.set_ylim(-2, 102)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    legend_outside(ax)
     return fig
 
 
@@ -85,14 +106,22 @@ def radius_histogram(radii: dict[str, Sequence[float]], title: str) -> plt.Figur
 
 
 def example_grid(
-    ref: torch.Tensor, adv: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, threat: ThreatModel
+    ref: torch.Tensor,
+    adv: torch.Tensor,
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    threat: ThreatModel,
+    info: dict[str, torch.Tensor] | None = None,
 ) -> plt.Figure:
-    """Rows = triplets; columns = ref, adversarial ref at each epsilon of ``threat``, x0, x1."""
+    """Rows = triplets; columns = ref, adversarial ref at each epsilon of ``threat``, x0, x1. With ``info``
+    (:func:`robustsim.audit.example_info`) every image says what to look at: the triplet id and d(ref, x0) /
+    d(ref, x1) clean, and for each attacked image the perturbation's norm, the distances after, and FLIPPED
+    (framed red) where the decision changed."""
     from robustsim.data.images import to_uint8_image
 
     n, eps = ref.shape[0], threat.eps
     cols = ["ref", *[f"adv eps={threat.label(e)}" for e in eps], "x0", "x1"]
-    fig, axes = plt.subplots(n, len(cols), figsize=(1.6 * len(cols), 1.6 * n), squeeze=False)
+    fig, axes = plt.subplots(n, len(cols), figsize=(1.9 * len(cols), 2.1 * n), squeeze=False)
     for i in range(n):
         imgs = [ref[i], *[adv[k, i] for k in range(len(eps))], x0[i], x1[i]]
         for j, img in enumerate(imgs):
@@ -100,8 +129,24 @@ def example_grid(
             ax.imshow(to_uint8_image(img if img.shape[0] == 3 else img[:3]))
             ax.set_xticks([])
             ax.set_yticks([])
-            if i == 0:
-                ax.set_title(cols[j], fontsize=7)
+            title = cols[j] if i == 0 else ""
+            if info is not None:
+                if j == 0:
+                    title += f"\n#{int(info['index'][i])}: d0 {float(info['d0'][i]):.3f}, d1 {float(info['d1'][i]):.3f}"
+                elif j <= len(eps):
+                    k = j - 1
+                    flipped = bool(info["flipped"][k, i])
+                    title += (
+                        f"\n|delta| {float(info['norm'][k, i]):.3f}"
+                        f"\nd0 {float(info['adv_d0'][k, i]):.3f}, d1 {float(info['adv_d1'][k, i]):.3f}"
+                        + ("\nFLIPPED" if flipped else "")
+                    )
+                    if flipped:
+                        for spine in ax.spines.values():
+                            spine.set_edgecolor("#D55E00")
+                            spine.set_linewidth(3)
+            if title:
+                ax.set_title(title.strip("\n"), fontsize=6)
     fig.tight_layout()
     return fig
 

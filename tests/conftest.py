@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -238,3 +239,30 @@ def per_image_pgd(metric, ref, x0, x1, target: str, radius: torch.Tensor, steps:
     with torch.no_grad():
         flipped |= (margin(clf(clean + delta), y) <= 0).cpu()
     return flipped
+
+
+def chrome():
+    """Headless Debian chromium through selenium (skips where it is not installed)."""
+    selenium = pytest.importorskip("selenium")
+    del selenium
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver")
+    if not (os.path.exists(binary) and driver):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (make test installs them where apt works)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = binary
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1200,800",
+    ):
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=opts)

@@ -189,7 +189,7 @@ def test_audit_cli(tmp_path, capsys):
         ]
     )
     assert code == 0
-    assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "robust.png", "examples.png"}
+    assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "report.html", "robust.png", "examples.png"}
     text = capsys.readouterr().out
     assert "robust" in text and "apgd-margin" in text
     assert run_cli(["audit", "--metric", "l2", "--attacks", "nope", "--out", str(tmp_path / "x")]) == 2

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import chrome, run_cli
 
 import robustsim
 
@@ -147,37 +147,11 @@ def test_two_processes_give_the_per_triplet_results_of_one(tmp_path):
     assert torch.allclose(r1, r2, rtol=1e-4, atol=1e-7)
 
 
-def _chrome():
-    selenium = pytest.importorskip("selenium")
-    del selenium
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    binary, driver = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver")
-    if not (os.path.exists(binary) and driver):
-        pytest.skip("Debian's chromium and chromium-driver are not installed (make test installs them where apt works)")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = binary
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1200,800",
-    ):
-        opts.add_argument(flag)
-    return webdriver.Chrome(service=Service(driver), options=opts)
-
-
 @pytest.mark.slow
 def test_the_leaderboard_sorts_in_a_real_browser(reference, tmp_path):
     from selenium.webdriver.common.by import By
 
-    browser = _chrome()
+    browser = chrome()
     try:
         browser.get((reference / "leaderboard.html").resolve().as_uri())
         headers = browser.find_elements(By.CSS_SELECTOR, "#board th")
@@ -198,5 +172,23 @@ def test_the_leaderboard_sorts_in_a_real_browser(reference, tmp_path):
         with Image.open(shot) as im:
             assert im.size[0] >= 800 and im.size[1] >= 400
         assert shot.stat().st_size > 10_000
+    finally:
+        browser.quit()
+
+
+@pytest.mark.slow
+def test_each_leaderboard_row_links_to_its_card_page(reference):
+    """Issue 29 item 2: the leaderboard links each metric to ``cards/<metric>.html``, an offline page showing the
+    card's numbers."""
+    from selenium.webdriver.common.by import By
+
+    card = json.loads((reference / "cards" / "lipsim-nano.json").read_text())
+    browser = chrome()
+    try:
+        browser.get((reference / "leaderboard.html").resolve().as_uri())
+        browser.find_element(By.LINK_TEXT, "lipsim-nano").click()
+        assert browser.current_url.endswith("cards/lipsim-nano.html")
+        text = browser.find_element(By.TAG_NAME, "body").text
+        assert f"{100 * card['clean']:.1f}" in text and "lipsim-nano" in text
     finally:
         browser.quit()

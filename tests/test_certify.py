@@ -192,3 +192,28 @@ def test_radius_is_tight_for_linear_and_isometric_nets():
     assert torch.all(r <= plain) and torch.all(plain - r <= 1e-9 * (1 + plain))  # tight up to the bound
     assert not per_image_pgd(metric, ref, x0, x1, "ref", 0.99 * r, steps=100).any()
     assert per_image_pgd(metric, ref, x0, x1, "ref", 1.02 * r, steps=100).float().mean() > 0.95
+
+
+def test_results_print_as_one_line_summaries_with_their_units():
+    """Issue 29 item 4: a CertifyResult / AuditReport prints as its numbers in %, not a wall of tensors, and
+    ``.rows()`` gives them as plain dicts in % (the attributes stay fractions, as the repr says)."""
+    from robustsim.certify import certify_2afc
+
+    import robustsim
+    from robustsim.audit import run_audit
+    from robustsim.data import open_triplets
+    from robustsim.threat import ThreatModel
+
+    metric, data = robustsim.load_metric("lipsim-nano"), open_triplets("mini:test", limit=12)
+    threat = ThreatModel("l2", "ref", (36 / 255, 72 / 255))
+    res = certify_2afc(metric, data, threat, progress=False)
+    text = repr(res)
+    assert "tensor" not in text and len(text) < 300 and "36/255" in text and "%" in text
+    assert f"clean {100 * res.clean_score:.1f} %" in text
+    rows = res.rows()
+    assert [r["eps"] for r in rows] == ["36/255", "72/255"]
+    assert rows[0]["certified"] == pytest.approx(100 * res.certified_at(36 / 255))
+    report = run_audit(metric, data, threat, ["apgd-ce"], steps=2, progress=False)
+    text = repr(report)
+    assert "tensor" not in text and len(text) < 300 and f"clean {100 * report.clean:.1f} %" in text
+    assert report.rows()[1]["robust"] == pytest.approx(100 * report.robust[1])

@@ -64,7 +64,7 @@ def test_corrupt_png_exit_2_and_no_json(nights_dir, tmp_path, capsys):
     "argv, match",
     [
         (["score", "--metric", "nope"], "unknown metric 'nope'"),
-        (["score", "--data", "foo:x"], "unknown data spec kind"),
+        (["score", "--data", "foo:x"], "is not a data spec"),
         (["score", "--device", "cuda:7"], "--device"),
         (["score", "--device", "toaster"], "not a device"),
         (["score", "--batch-size", "0"], "batch-size"),

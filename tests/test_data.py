@@ -65,7 +65,10 @@ def test_csv_spec_and_mode_conversion(tmp_path):
 @pytest.mark.parametrize(
     "spec, match",
     [
-        ("foo:bar", "unknown data spec kind 'foo'"),
+        ("foo:bar", "'foo:bar' is not a data spec; use mini"),
+        ("mnii", "did you mean mini"),
+        ("csv:/definitely/missing.csv", "does not exist; csv: takes a file: a CSV with header ref,x0,x1,p"),
+        ("/definitely/missing.csv", "triplets can be a CSV with header ref,x0,x1,p"),
         ("nights", "needs a path"),
         ("nights:/definitely/not/here", "data.csv does not exist"),
         ("mini:holdout", "unknown mini split 'holdout'"),
@@ -74,6 +77,25 @@ def test_csv_spec_and_mode_conversion(tmp_path):
 def test_bad_specs(spec, match):
     with pytest.raises(DataError, match=match):
         open_triplets(spec)
+
+
+def test_a_path_given_as_a_spec_gets_the_spec_that_fits(tmp_path, nights_dir, csv_set):
+    """Issue 29 item 3: a folder of images, a NIGHTS or BAPPS root, or a CSV file passed without its kind: the
+    error names the spec that fits, with an example line."""
+    from conftest import random_image, save_png
+
+    images = tmp_path / "photos"
+    images.mkdir()
+    save_png(images / "a.png", random_image(np.random.default_rng(0)))
+    with pytest.raises(DataError, match="is a folder of images, not 2AFC triplets: triplets need a CSV") as info:
+        open_triplets(str(images))
+    assert "ref.png,a.png,b.png,0.75" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(DataError, match=f"looks like a NIGHTS root: use nights:{nights_dir}"):
+        open_triplets(str(nights_dir))
+    with pytest.raises(DataError, match="use csv:"):
+        open_triplets(str(csv_set))
+    with pytest.raises(DataError, match="is a folder; csv: takes a file"):
+        open_triplets(f"csv:{images}")
 
 
 def test_nights_bad_split(nights_dir):

@@ -301,7 +301,13 @@ def test_cli_writes_report_and_figures_and_faiss_matches_exact(tmp_path: Path):
         argv = ["retrieval", "--metric", "lipsim-nano", "--limit", "8", "--eps", "0.5", "--steps", "3"]
         code = run_cli([*argv, "--index", backend, "--out", str(out), "--device", "cpu"])
         assert code == 0
-        assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "recall.png", "queries.png"}
+        assert {p.name for p in out.iterdir()} == {
+            "report.json",
+            "report.md",
+            "report.html",
+            "recall.png",
+            "queries.png",
+        }
         outs[backend] = json.loads((out / "report.json").read_text())
     exact, faiss = outs["exact"], outs["faiss"]
     assert exact["per_query"]["clean_recall"] == faiss["per_query"]["clean_recall"]

@@ -204,7 +204,8 @@ def _html(heads, rows: list[Row], cols: list[Column], protocol: Protocol, data_s
     body = []
     for r in rows:
         raw = [*(r.values[c.title] for c in cols), r.parameters, r.seconds]
-        cells = [f'<td data-v="{html.escape(r.metric)}">{html.escape(r.metric)}</td>']
+        link = f'<a href="cards/{html.escape(r.metric)}.html">{html.escape(r.metric)}</a>'
+        cells = [f'<td data-v="{html.escape(r.metric)}">{link}</td>']
         for value, shown in zip(raw, _cells(r, cols)[1:], strict=True):
             key = "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
             cells.append(f'<td data-v="{key}">{html.escape(shown)}</td>')
@@ -252,7 +253,7 @@ document.querySelectorAll("#board th").forEach(function (th) {{
 def _figure(rows: list[Row], cols: list[Column], protocol: Protocol):
     import matplotlib.pyplot as plt
 
-    from robustsim.plots import OKABE_ITO
+    from robustsim.plots import legend_outside, series_style
 
     first = protocol.threat_models[0]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -263,22 +264,60 @@ def _figure(rows: list[Row], cols: list[Column], protocol: Protocol):
         cert = r.values.get(cert_col) if cert_col else None
         if clean is None or robust is None:
             continue
+        colour, marker = series_style(i)
         ax.scatter(
             100 * clean,
             100 * robust,
-            color=OKABE_ITO[i % len(OKABE_ITO)],
-            s=60,
-            marker="*" if cert else "o",
+            color=colour,
+            s=110 if cert else 60,
+            marker=marker,
+            edgecolors="black" if cert else "none",
+            linewidths=1.5,
             label=r.metric + (" (certified)" if cert else ""),
         )
     lim = [0, 100]
     ax.plot(lim, lim, ":", color="grey", lw=1)
     ax.set_xlabel("clean 2AFC (%)")
     ax.set_ylabel(f"robust 2AFC at {first.norm} {first.label(first.eps[0])} (%)")
-    ax.set_title("clean vs robust per metric (stars: has a certificate)")
+    ax.set_title("clean vs robust per metric (black edge: has a certificate)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    legend_outside(ax)
     return fig
+
+
+def card_markdown(name: str, card: dict, protocol: Protocol) -> str:
+    """A card as a person reads it: provenance, the protocol, every number (with the paper's where known)."""
+    row = Row(name, {c.title: card_value(card, c) for c in columns(protocol)}, card["parameters"], card["seconds"])
+    row.reported = {k: v for k, v in (card.get("reported") or {}).items() if isinstance(v, (int, float))} or None
+    cols = columns(protocol)
+    lines = [
+        f"# {name}",
+        "",
+        f"{card.get('source', '')}. Data: `{card.get('data', {}).get('spec', '')}` "
+        f"({card.get('data', {}).get('n', '?')} triplets). {card.get('protocol_text', protocol.describe())}.",
+        "",
+        "| " + " | ".join(["metric", *[c.title for c in cols], "params", "seconds"]) + " |",
+        "|" + "---|" * (len(cols) + 3),
+        "| " + " | ".join(_cells(row, cols)) + " |",
+        "",
+        "2AFC accuracy (%). " + (f"(paper X): {card.get('reported_source', '')}." if row.reported else ""),
+        "",
+        "| weight file | pin | licence |",
+        "|---|---|---|",
+        *[
+            f"| `{f}` | {v.get('pin')} | {v.get('license')} |"
+            for f, v in card.get("weights", {}).get("files", {}).items()
+        ],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_card_page(name: str, card: dict, protocol: Protocol, path: Path) -> Path:
+    """``cards/<name>.html``: the card as one offline page (its JSON in full below the tables)."""
+    from robustsim.html import report_page
+
+    page = report_page(f"robustsim card: {name}", card_markdown(name, card, protocol), {}, card)
+    return atomic_write(path, lambda p: p.write_text(page))
 
 
 def load_cards(out: Path) -> dict:

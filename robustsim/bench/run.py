@@ -304,7 +304,7 @@ def run(
     """Benchmark ``metrics`` (zoo names, checkpoint paths; ``["all"]`` = every metric that can run here) on the
     2AFC spec ``data``; write cards, leaderboard and figure into ``out``. Returns {metric: card, "_skipped":
     {metric: reason}} on rank 0 (None on other ranks)."""
-    from robustsim.bench.cards import make_card, write_leaderboard
+    from robustsim.bench.cards import make_card, write_card_page, write_leaderboard
     from robustsim.data import open_triplets
     from robustsim.zoo import load_metric, metric_entries
 
@@ -343,6 +343,7 @@ def run(
                 name, metric, runner.fingerprint, cells, proto, data, triplets, time.perf_counter() - t0
             )
             write_json(out / "cards" / f"{name}.json", cards[name])
+            write_card_page(name, cards[name], proto, out / "cards" / f"{name}.html")
         del metric
     if not env.main:
         return None

@@ -27,7 +27,7 @@ from robustsim.cli.options import (
 )
 from robustsim.threat import ThreatModel
 
-AUDIT_FILES = ("report.json", "report.md", "robust.png", "examples.png")
+AUDIT_FILES = ("report.json", "report.md", "report.html", "robust.png", "examples.png")
 
 
 @click.command("audit")
@@ -44,7 +44,7 @@ AUDIT_FILES = ("report.json", "report.md", "robust.png", "examples.png")
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(1, 100_000), help="Iterations per attack.")
 @restarts_option
 @seed_option
-@out_dir_option("report.json, report.md, robust.png, examples.png")
+@out_dir_option("report.json, report.md, report.html (one offline page), robust.png, examples.png")
 @overwrite_option
 @batch_option
 @device_option

@@ -28,7 +28,7 @@ from robustsim.cli.options import (
 from robustsim.limits import MAX_SIGMA
 from robustsim.threat import ThreatModel
 
-CERTIFY_FILES = ("report.json", "report.md", "certified.png")
+CERTIFY_FILES = ("report.json", "report.md", "report.html", "certified.png")
 DEFAULT_CERT_EPS = {"l2": "36/255,72/255,108/255", "linf": "1/255,2/255,4/255"}
 
 

@@ -20,7 +20,7 @@ from robustsim.cli.options import (
 )
 from robustsim.threat import ThreatModel
 
-RETRIEVAL_FILES = ("report.json", "report.md", "recall.png", "queries.png")
+RETRIEVAL_FILES = ("report.json", "report.md", "report.html", "recall.png", "queries.png")
 
 DEFAULT_EPS = {"l2": "0.5,1", "linf": "1/255,2/255"}
 
@@ -71,7 +71,7 @@ def parse_ks(text: str) -> list[int]:
     help="Top-k search: exact chunked products, faiss IndexFlatIP, or auto (faiss from 50k items).",
 )
 @seed_option
-@out_dir_option("report.json, report.md, recall.png and queries.png")
+@out_dir_option("report.json, report.md, report.html, recall.png and queries.png")
 @overwrite_option
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 1 << 16), help="Queries per batch.")
 @device_option

@@ -7,6 +7,7 @@ NIGHTS, BAPPS, CSV and the retrieval layouts never import each other to resolve 
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +51,33 @@ def retrieval_usage() -> str:
     return ", ".join(s.usage for s in RETRIEVAL_SPECS.values())
 
 
+CSV_EXAMPLE = "a CSV with header ref,x0,x1,p and lines like `ref.png,a.png,b.png,0.75` (csv:FILE)"
+
+
+def triplet_hint(spec: str) -> str:
+    """What to type instead of a spec that is not one: the closest kind, or what a path on disk looks like."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if (path / "data.csv").is_file():
+            return f"{path} looks like a NIGHTS root: use nights:{spec}"
+        if (path / "2afc").is_dir():
+            return f"{path} looks like a BAPPS root: use bapps:{spec}"
+        images = any(p.suffix.lower() in sources.IMAGE_SUFFIXES for p in path.iterdir())
+        what = "a folder of images" if images else "a folder"
+        return f"{path} is {what}, not 2AFC triplets: triplets need {CSV_EXAMPLE}, or a NIGHTS / BAPPS root"
+    if path.suffix.lower() == ".csv":
+        return f"use csv:{spec}" if path.is_file() else f"{path} does not exist; triplets can be {CSV_EXAMPLE}"
+    close = difflib.get_close_matches(spec.partition(":")[0], list(TRIPLET_SPECS), n=1)
+    near = f"did you mean {close[0]}? " if close else ""
+    return f"{near}use {triplet_usage()}"
+
+
 def _split(spec: str, table: dict[str, Spec], usage: str, what: str) -> tuple[Spec, str]:
     kind, _, rest = spec.partition(":")
     entry = table.get(kind)
     if entry is None:
+        if table is TRIPLET_SPECS:
+            raise DataError(f"{spec!r} is not a {what} spec; {triplet_hint(spec)}")
         raise DataError(f"unknown {what} spec kind {kind!r} in {spec!r}; use {usage}")
     if entry.needs_rest and not rest:
         raise DataError(f"{what} spec {spec!r} needs a path; use {entry.usage}")
@@ -119,6 +143,9 @@ def _bapps(rest: str, size: int | None, limit: int | None, **_: object) -> Tripl
 
 def _csv(rest: str, size: int | None, limit: int | None, allow_outside: bool = False) -> TripletDataset:
     path = Path(rest).expanduser()
+    if not path.is_file():
+        where = "is a folder" if path.is_dir() else "does not exist"
+        raise DataError(f"{path} {where}; csv: takes a file: {CSV_EXAMPLE}")
     return FileTriplets(sources.csv_records(path, limit, allow_outside), f"csv:{path.name}", size)
 
 
