@@ -3,12 +3,16 @@ one process. Evaluation shards triplets over ranks and gathers per-triplet resul
 
 from __future__ import annotations
 
+import datetime
 import gc
 import os
+import re
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from robustsim.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -35,8 +39,25 @@ def init_distributed(device: torch.device) -> DistEnv:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=collective_timeout())
     return DistEnv(dist.get_rank(), dist.get_world_size(), local, device)
+
+
+DEFAULT_TIMEOUT_S = 300.0  # a rank that does not answer a collective for 5 minutes has stopped (torch: 30 min)
+
+
+def collective_timeout() -> datetime.timedelta:
+    """How long a collective waits for every rank: ``ROBUSTSIM_DIST_TIMEOUT`` seconds (default 300), so a rank
+    stopped with kill -STOP ends the run with torch's error naming the collective instead of half an hour of
+    silence."""
+    raw = os.environ.get("ROBUSTSIM_DIST_TIMEOUT", "").strip()
+    try:
+        seconds = float(raw) if raw else DEFAULT_TIMEOUT_S
+    except ValueError:
+        seconds = float("nan")
+    if not (seconds > 0 and seconds < 1e7):
+        raise InputError(f"ROBUSTSIM_DIST_TIMEOUT={raw!r} is not a number of seconds > 0; e.g. 300")
+    return datetime.timedelta(seconds=seconds)
 
 
 def all_mean(x: torch.Tensor, env: DistEnv) -> torch.Tensor:
@@ -49,8 +70,29 @@ def all_mean(x: torch.Tensor, env: DistEnv) -> torch.Tensor:
 
 
 def barrier(env: DistEnv) -> None:
+    """Wait for every rank. On gloo, rank 0 names the ranks that did not arrive within the collective timeout
+    (``monitored_barrier``)."""
     if env.world > 1:
-        dist.barrier()
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=collective_timeout(), wait_all_ranks=True)
+        else:
+            dist.barrier()
+
+
+def timeout_message(err: BaseException) -> str | None:
+    """One line for a collective that timed out (None for any other error): this rank, the wait, which ranks
+    did not answer where the backend says, and the variable that sets the wait."""
+    text = str(err)
+    if not any(s in text for s in ("Timed out", "wait timeout", "failed to pass monitoredBarrier")):
+        return None
+    rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+    ranks = re.search(r"Ranks? ([\d, ]+) failed to pass monitoredBarrier", text)
+    who = f"rank(s) {ranks.group(1).strip()} stopped answering" if ranks else "another rank stopped answering"
+    wait = collective_timeout().total_seconds()
+    return (
+        f"rank {rank}: {who} (no reply within {wait:g} s; kill -STOP, a crash or a hung device?); the run is "
+        "ended. ROBUSTSIM_DIST_TIMEOUT sets the wait"
+    )
 
 
 def shutdown(env: DistEnv) -> None:

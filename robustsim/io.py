@@ -21,6 +21,7 @@ import errno
 import json
 import math
 import os
+import socket
 import stat
 import tempfile
 from collections.abc import Callable, Iterable
@@ -144,6 +145,49 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22); None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2 :].split()[19]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def lock_identity(pid: int | None = None) -> dict:
+    """Who holds a lock: pid, host, boot and the process's start time (a reused pid has another start time)."""
+    pid = os.getpid() if pid is None else pid
+    return {"pid": pid, "host": socket.gethostname(), "boot": _boot_id(), "start": _start_time(pid)}
+
+
+def holder_alive(text: str) -> tuple[int, str | None]:
+    """(pid, host) of the lock's writer when that very process still runs (pid 0 when the lock is stale): the
+    same pid, host, boot and start time. A lock from another host cannot be checked and counts as held; an old
+    lock holding only a pid counts as held while that pid runs."""
+    try:
+        held = json.loads(text)
+    except ValueError:
+        held = None
+    if isinstance(held, int) or not isinstance(held, dict):
+        pid = held if isinstance(held, int) else 0
+        return (pid, None) if pid and _pid_alive(pid) else (0, None)
+    pid, host = int(held.get("pid") or 0), held.get("host")
+    if not pid:
+        return 0, None
+    if host != socket.gethostname():
+        return pid, host
+    now = lock_identity(pid)
+    same = _pid_alive(pid) and held.get("boot") == now["boot"] and held.get("start") == now["start"]
+    return (pid, host) if same else (0, None)
+
+
 class OutputDir:
     """Claim a report folder for one run: ``with OutputDir(path, ("report.json",), overwrite) as out:``.
 
@@ -202,12 +246,13 @@ def acquire_lock(folder: Path) -> Path:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             try:
-                holder = int(lock.read_text().strip() or "0")
-            except (OSError, ValueError):
-                holder = 0
-            if holder and holder != os.getpid() and _pid_alive(holder):
+                holder, host = holder_alive(lock.read_text().strip())
+            except OSError:
+                holder, host = 0, None
+            if holder and holder != os.getpid():
+                where = f" on {host}" if host and host != socket.gethostname() else ""
                 raise OutputError(
-                    f"{folder} is in use by process {holder} (lock {lock}); "
+                    f"{folder} is in use by process {holder}{where} (lock {lock}); "
                     "wait for it to finish or choose another --out"
                 ) from None
             try:  # stale: its process is gone
@@ -220,7 +265,7 @@ def acquire_lock(folder: Path) -> Path:
                 raise OutputError(f"cannot write in {folder} ({err.strerror}); choose another --out") from None
             raise
         with os.fdopen(fd, "w") as fh:
-            fh.write(str(os.getpid()))
+            fh.write(json.dumps(lock_identity()))
         _HELD[folder] = 1
         return lock
     raise OutputError(f"cannot lock {folder}; another run keeps claiming it, choose another --out")
@@ -233,7 +278,11 @@ def release_lock(lock: Path) -> None:
         return
     _HELD.pop(folder, None)
     try:
-        if lock.read_text().strip() == str(os.getpid()):
+        text = lock.read_text().strip()
+        mine = text == str(os.getpid())
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            mine = mine or json.loads(text).get("pid") == os.getpid()
+        if mine:
             lock.unlink()
     except OSError:
         pass

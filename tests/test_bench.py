@@ -50,6 +50,9 @@ def test_bench_writes_cards_leaderboard_and_skips_what_cannot_run(reference):
     assert (reference / "leaderboard.png").stat().st_size > 5000
     html = (reference / "leaderboard.html").read_text()
     assert "<script>" in html and "http" not in html.split("<script>")[1]  # self-contained
+    # issue 27 item 3: the tables say how many triplets the cells used, not the protocol's 100
+    assert "first 100 triplets" not in board and "16 (the first 100 cut by --limit) triplets" in board
+    assert "| n |" in board and "| 16 |" in board and "16 (the first 100 cut" in html
 
 
 def test_python_api_matches_the_bench_numbers(reference):
@@ -68,6 +71,25 @@ def test_changed_data_invalidates_cells_never_reused(reference, tmp_path):
     assert run_cli(["bench", "--metrics", "l2", "--limit", "12", "--device", "cpu", "--out", str(out)]) == 0
     assert json.loads(cell.read_text())["key"] != before
     assert json.loads((out / "cards" / "l2.json").read_text())["data"]["n"] == 12
+
+
+@pytest.mark.parametrize("edit", ["not a number", "hand-edited score"])
+def test_a_tampered_cell_is_recomputed_with_one_warning(reference, tmp_path, capsys, edit):
+    """Issue 27 item 3: a cell with the right key but ``{"score": "x"}`` or a hand-edited score was reported as
+    measured. Cells carry a checksum of their result; an invalid one is recomputed, saying so in one line."""
+    out = tmp_path / "b"
+    shutil.copytree(reference, out)
+    cell = out / "cells" / "l2" / "clean.json"
+    saved = json.loads(cell.read_text())
+    real = saved["result"]["score"]
+    saved["result"]["score"] = "x" if edit == "not a number" else 0.999
+    cell.write_text(json.dumps(saved))
+    capsys.readouterr()
+    assert run_cli(["bench", *ARGS, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert sum("recomputing it" in ln for ln in err.splitlines()) == 1
+    assert json.loads((out / "cards" / "l2.json").read_text())["clean"] == pytest.approx(real)
+    assert json.loads(cell.read_text())["result"]["score"] == pytest.approx(real)
 
 
 @pytest.mark.slow

@@ -125,5 +125,27 @@ def test_out_holding_a_report_needs_overwrite_and_a_live_lock_blocks_a_second_ru
 def test_output_dir_claims_nest_within_one_process(tmp_path):
     with OutputDir(tmp_path / "run", ("report.json",)) as out, OutputDir(out, ("report.json",)):
         (out / "report.json").write_text("{}")  # the inner claim does not refuse its own run
-        assert (out / LOCK_NAME).read_text() == str(os.getpid())
+        assert json.loads((out / LOCK_NAME).read_text())["pid"] == os.getpid()
     assert not (out / LOCK_NAME).exists()
+
+
+def test_a_lock_whose_pid_was_reused_is_stale_and_a_real_holder_is_named(tmp_path):
+    """Issue 27 item 3: a lock names pid, host, boot and the process's start time; a live but unrelated process
+    with the lock's pid (pid reuse after a reboot) does not hold the folder forever."""
+    from robustsim.errors import OutputError
+    from robustsim.io import lock_identity
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        reused = {**lock_identity(holder.pid), "start": "1"}  # the same pid, another process
+        (out / LOCK_NAME).write_text(json.dumps(reused))
+        with OutputDir(out, ("report.json",)):
+            pass
+        (out / LOCK_NAME).write_text(json.dumps(lock_identity(holder.pid)))  # that very process
+        with pytest.raises(OutputError, match=f"in use by process {holder.pid}"), OutputDir(out, ("report.json",)):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()

@@ -146,7 +146,9 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "robustsim", "train", *args]
+    """The train CLI at a fixed thread count: runs compared bit for bit must not pick different thread counts
+    from the machine's load (robustsim's default), since oneDNN's convolutions round differently across them."""
+    return [sys.executable, "-m", "robustsim", "--threads", "2", "train", *args]
 
 
 def distill_args(images: Path, epochs: int) -> list[str]:

@@ -53,6 +53,7 @@ class Row:
     parameters: int
     seconds: float
     reported: dict[str, float] | None = None  # the paper's figures (%) by column title
+    n: int | None = None  # triplets its cells used
 
     def sort_key(self, title: str) -> float:
         v = self.values.get(title)
@@ -146,6 +147,7 @@ def leaderboard_rows(cards: dict, protocol: Protocol) -> list[Row]:
             card["parameters"],
             card["seconds"],
             {k: v for k, v in (card.get("reported") or {}).items() if isinstance(v, (int, float))} or None,
+            (card.get("data") or {}).get("n"),
         )
         for name, card in cards.items()
     ]
@@ -164,18 +166,25 @@ def _shown(row: Row, title: str) -> str:
 
 
 def _cells(row: Row, cols: list[Column]) -> list[str]:
-    return [row.metric, *[_shown(row, c.title) for c in cols], f"{row.parameters:,}", f"{row.seconds:.1f}"]
+    n = "?" if row.n is None else str(row.n)
+    return [row.metric, *[_shown(row, c.title) for c in cols], n, f"{row.parameters:,}", f"{row.seconds:.1f}"]
+
+
+def used_n(rows: list[Row]) -> int | None:
+    """The triplets every row's cells used, when they all used the same number."""
+    ns = {r.n for r in rows}
+    return ns.pop() if len(ns) == 1 else None
 
 
 def write_leaderboard(cards: dict, skipped: dict, protocol: Protocol, data_spec: str, out: Path) -> list[Path]:
     """leaderboard.md, leaderboard.html and leaderboard.png in ``out`` (atomically)."""
     cols = columns(protocol)
-    heads = ["metric", *[c.title for c in cols], "params", "seconds"]
+    heads = ["metric", *[c.title for c in cols], "n", "params", "seconds"]
     rows = leaderboard_rows(cards, protocol)
     md = [
         f"# Leaderboard on `{data_spec}`",
         "",
-        protocol.describe() + ".",
+        protocol.describe(used_n(rows)) + ". n: the triplets each metric's cells used.",
         "",
         "2AFC accuracy (%); robust = worst case over the protocol's attacks (reference perturbed); cert. = certified "
         "(Lipschitz proof, or smoothing where asked; '-' = no certificate). (paper X): the figure the metric's "
@@ -203,7 +212,7 @@ def _html(heads, rows: list[Row], cols: list[Column], protocol: Protocol, data_s
     """A self-contained page: one table; clicking a column header sorts by it (numbers as numbers)."""
     body = []
     for r in rows:
-        raw = [*(r.values[c.title] for c in cols), r.parameters, r.seconds]
+        raw = [*(r.values[c.title] for c in cols), r.n, r.parameters, r.seconds]
         link = f'<a href="cards/{html.escape(r.metric)}.html">{html.escape(r.metric)}</a>'
         cells = [f'<td data-v="{html.escape(r.metric)}">{link}</td>']
         for value, shown in zip(raw, _cells(r, cols)[1:], strict=True):
@@ -222,7 +231,7 @@ td {{ white-space: nowrap; }}
 th.asc::after {{ content: " \\25B2"; }} th.desc::after {{ content: " \\25BC"; }}
 </style></head><body>
 <h1>robustsim leaderboard on <code>{html.escape(data_spec)}</code></h1>
-<p>{html.escape(protocol.describe())}. 2AFC accuracy (%). Click a column to sort.</p>
+<p>{html.escape(protocol.describe(used_n(rows)))}. 2AFC accuracy (%); n: triplets per cell. Click a column to sort.</p>
 <table id="board"><thead><tr>{head}</tr></thead><tbody>
 {chr(10).join(body)}
 </tbody></table>
@@ -279,7 +288,8 @@ def _figure(rows: list[Row], cols: list[Column], protocol: Protocol):
     ax.plot(lim, lim, ":", color="grey", lw=1)
     ax.set_xlabel("clean 2AFC (%)")
     ax.set_ylabel(f"robust 2AFC at {first.norm} {first.label(first.eps[0])} (%)")
-    ax.set_title("clean vs robust per metric (black edge: has a certificate)")
+    n = used_n(rows)
+    ax.set_title(f"clean vs robust per metric, n={'varies' if n is None else n} (black edge: certified)")
     ax.grid(alpha=0.3)
     legend_outside(ax)
     return fig
@@ -287,8 +297,9 @@ def _figure(rows: list[Row], cols: list[Column], protocol: Protocol):
 
 def card_markdown(name: str, card: dict, protocol: Protocol) -> str:
     """A card as a person reads it: provenance, the protocol, every number (with the paper's where known)."""
-    row = Row(name, {c.title: card_value(card, c) for c in columns(protocol)}, card["parameters"], card["seconds"])
-    row.reported = {k: v for k, v in (card.get("reported") or {}).items() if isinstance(v, (int, float))} or None
+    reported = {k: v for k, v in (card.get("reported") or {}).items() if isinstance(v, (int, float))} or None
+    values = {c.title: card_value(card, c) for c in columns(protocol)}
+    row = Row(name, values, card["parameters"], card["seconds"], reported, (card.get("data") or {}).get("n"))
     cols = columns(protocol)
     lines = [
         f"# {name}",
@@ -296,8 +307,8 @@ def card_markdown(name: str, card: dict, protocol: Protocol) -> str:
         f"{card.get('source', '')}. Data: `{card.get('data', {}).get('spec', '')}` "
         f"({card.get('data', {}).get('n', '?')} triplets). {card.get('protocol_text', protocol.describe())}.",
         "",
-        "| " + " | ".join(["metric", *[c.title for c in cols], "params", "seconds"]) + " |",
-        "|" + "---|" * (len(cols) + 3),
+        "| " + " | ".join(["metric", *[c.title for c in cols], "n", "params", "seconds"]) + " |",
+        "|" + "---|" * (len(cols) + 4),
         "| " + " | ".join(_cells(row, cols)) + " |",
         "",
         "2AFC accuracy (%). " + (f"(paper X): {card.get('reported_source', '')}." if row.reported else ""),

@@ -47,9 +47,15 @@ class Protocol:
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
 
-    def describe(self) -> str:
+    def describe(self, n_used: int | None = None) -> str:
+        """The protocol in words; ``n_used``: the triplets a run's cells actually used (``--limit`` may cut the
+        protocol's own number, and the text then says so)."""
         tms = "; ".join(f"{t.norm} {', '.join(t.labels())}" for t in self.threat_models)
         n = "all" if self.limit is None else f"first {self.limit}"
+        if n_used is not None and (self.limit is None or n_used < self.limit):
+            n = f"{n_used} ({'all' if self.limit is None else f'the first {self.limit}'} cut by --limit)"
+            if self.limit is None:
+                n = f"{n_used}"
         return (
             f"protocol {self.name} v{self.version}: {n} triplets; robust = worst case of {', '.join(self.attacks)} "
             f"({self.steps} steps, {self.restarts} restart(s)) on the reference at {tms}; certified at l2 "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from robustsim.bench.protocol import Protocol, get_protocol
 from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv, broadcast_object, init_distributed
 from robustsim.errors import InputError, RobustsimError
-from robustsim.io import write_json
+from robustsim.io import finite_json, write_json
 from robustsim.metrics.base import Metric
 from robustsim.threat import ThreatModel
 
@@ -66,6 +67,30 @@ def metric_fingerprint(metric: Metric) -> str:
     return h.hexdigest()[:20]
 
 
+NUMBERS = ("score", "robust", "certified", "seconds", "images_per_s", "n")
+
+
+def result_digest(result: object) -> str:
+    """sha256 of a cell result's canonical JSON: a hand-edited or damaged cell no longer matches it."""
+    text = json.dumps(finite_json(result), sort_keys=True, allow_nan=False, default=str)  # as write_json stores it
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def cell_problem(data: object) -> str | None:
+    """Why a saved cell cannot be reused (None when it can): not a cell record, a result whose numbers are not
+    numbers, or a result that is not the one its checksum was taken of."""
+    if not isinstance(data, dict) or not isinstance(data.get("result"), dict):
+        return "is not a cell record"
+    result = data["result"]
+    for k in NUMBERS:
+        v = result.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            return f"holds {k}={v!r}, not a number"
+    if data.get("sha256") != result_digest(result):
+        return "does not match its checksum (edited or damaged)"
+    return None
+
+
 @dataclass
 class CellStore:
     """Cells of one benchmark folder: ``cells/<metric>/<cell>.json`` holding {key, result}."""
@@ -85,14 +110,26 @@ class CellStore:
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def get(self, metric: str, cell: Cell, key: str) -> dict | None:
+        """The saved result when its key matches and it is intact (its checksum and schema hold); an invalid
+        cell is recomputed, with one warning line."""
+        path = self._path(metric, cell)
         try:
-            data = json.loads(self._path(metric, cell).read_text())
-        except (OSError, ValueError):
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
             return None
-        return data.get("result") if isinstance(data, dict) and data.get("key") == key else None
+        except (OSError, ValueError):
+            data = None
+        if isinstance(data, dict) and data.get("key") != key:
+            return None  # another protocol, data or weights: not this cell
+        problem = cell_problem(data)
+        if problem is not None:
+            print(f"warning: {path} {problem}; recomputing it", file=sys.stderr)
+            return None
+        return data["result"]
 
     def put(self, metric: str, cell: Cell, key: str, result: dict) -> None:
-        write_json(self._path(metric, cell), {"key": key, "cell": cell.name, "result": result})
+        record = {"key": key, "cell": cell.name, "result": result, "sha256": result_digest(result)}
+        write_json(self._path(metric, cell), record)
 
     def fill(
         self,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import os
 import sys
 
 import click
@@ -79,6 +80,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
+    except RuntimeError as err:
+        from robustsim.dist import timeout_message
+
+        line = timeout_message(err)
+        if line is None:
+            raise
+        click.echo(f"error: {line}", err=True)
+        os._exit(3)  # the group is broken: leaving it would wait for the rank that stopped
     finally:
         _leave_process_group()
 

@@ -26,7 +26,15 @@ def demo_cmd(ctx: click.Context, device: torch.device, quick: bool) -> None:
     retrieval set, then the quick benchmark of every offline metric (clean, robust under APGD at l2 and
     linf, certified) and its leaderboard. Reports go to runs/demo/ (the benchmark resumes if interrupted)."""
     # ctx.invoke fills every option left out with its default (data mini, certified radii 36/72/108 /255,
-    # APGD-CE and l2 0.5,1 for retrieval, ...); only the demo's own settings are here
+    # APGD-CE and l2 0.5,1 for retrieval, ...); only the demo's own settings are here. The demo claims runs/demo
+    # first, so a second demo at once is refused before any work (its sections claim their own folders inside)
+    from robustsim.io import OutputDir
+
+    with OutputDir(Path("runs/demo"), hint="another demo is running"):
+        _run(ctx, device, quick)
+
+
+def _run(ctx: click.Context, device: torch.device, quick: bool) -> None:
     click.echo("== clean 2AFC on the bundled synthetic `mini` test split")
     ctx.invoke(score_cmd, metrics=OFFLINE, device=device, limit=64 if quick else None, groups=True)
     click.echo("\n== certified 2AFC of the shipped 1-Lipschitz metric lipsim-nano-aoc (sound l2 radius)")

@@ -109,7 +109,11 @@ def add_cmd(name: str, file: Path) -> None:
 
 @weights_group.command("verify")
 def verify_cmd() -> None:
-    """Re-hash every weight file on disk against its pin (exit 2 if one fails)."""
+    """Re-hash every weight file on disk against its pin (exit 2 if one fails).
+
+    Loading a file hashes it once and then trusts a stamp keyed by its size and modification time: a file
+    changed in place is re-hashed on its next load, but one whose bytes were changed with its size and mtime
+    put back (deliberately) is not. This command ignores the stamps and re-hashes every byte."""
     from robustsim.errors import WeightsError
     from robustsim.weights import verify_all
 
