@@ -21,6 +21,7 @@ from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv, gather_objects, init_distributed
 from robustsim.errors import InputError
 from robustsim.metrics.base import Metric
+from robustsim.resume import BatchStore
 from robustsim.runner import run_batches
 from robustsim.threat import ThreatModel
 
@@ -106,9 +107,12 @@ class Attack:
         n_examples: int = 4,
         workers: int | None = None,
         env: DistEnv | None = None,
+        store: BatchStore | None = None,
     ) -> AttackResult | None:
         """Attack every triplet at every radius of ``threat`` (a list of radii: this attack's norm, the reference
-        moving). Under torchrun each rank attacks its share and rank 0 gets the whole result (others None)."""
+        moving). Under torchrun each rank attacks its share and rank 0 gets the whole result (others None).
+        ``store`` keeps every finished batch (its results, model calls and examples), so an interrupted run
+        continues where it stopped (:mod:`robustsim.resume`)."""
         threat = ThreatModel(self.norm, "ref", tuple(threat)) if not isinstance(threat, ThreatModel) else threat
         if threat.norm != self.norm:
             raise InputError(f"{self.name} attacks {self.norm} balls, not {threat.norm}: make_attack(name, threat)")
@@ -151,9 +155,25 @@ class Attack:
                 examples.setdefault("index", []).append(batch["index"][take].cpu())
             return {"robust": rob, "clean": ok, "keep": kp}
 
+        def kept(batch: dict, tick) -> dict[str, torch.Tensor]:
+            if store is None:
+                return step(batch, tick)
+            part = f"{self.name}|{self.norm}|{eps}|{target}|{self.seed}|{vars(self)}"
+            saved = store.load(part, batch["index"])
+            if saved is not None:
+                calls[0] += int(saved["calls"])
+                for k, v in saved["examples"].items():
+                    examples.setdefault(k, []).append(v)
+                return saved["rows"]
+            before, have = calls[0], {k: len(v) for k, v in examples.items()}
+            rows = step(batch, tick)
+            mine = {k: v[-1] for k, v in examples.items() if len(v) > have.get(k, 0)}
+            store.save(part, batch["index"], {"rows": rows, "calls": calls[0] - before, "examples": mine})
+            return rows
+
         rows = run_batches(
             data,
-            step,
+            kept,
             desc=f"{self.name} {self.norm}",
             batch_size=batch_size,
             device=device,

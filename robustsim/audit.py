@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import math
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -188,9 +190,12 @@ def run_audit(
     device: str | torch.device = "cpu",
     progress: bool = True,
     env: DistEnv | None = None,
+    resume: Path | None = None,
 ) -> AuditReport | None:
     """Run every attack at every radius of ``threat``; the report (rank 0; None on other torchrun ranks) holds
     the per-triplet worst case, the certified accuracy where the metric has a certificate, and examples.
+    ``resume``: a folder keeping every finished batch, so the same call after an interruption continues (the
+    CLI's ``--out``/.resume; delete it, or let the CLI do so, once the report is written).
 
     Under torchrun each rank attacks every ``world``-th triplet and rank 0 gathers the report one process would
     write."""
@@ -201,10 +206,34 @@ def run_audit(
     t0 = time.perf_counter()
     built = [make_attack(a, threat, steps=steps, restarts=restarts, seed=seed) for a in attacks]
     env = env or init_distributed(torch.device(device))
+    store = None
+    if resume is not None:
+        from robustsim.bench.run import metric_fingerprint
+        from robustsim.resume import BatchStore
+
+        context = {
+            "metric": metric_fingerprint(metric),
+            "data": getattr(data, "identity", getattr(data, "name", "")),
+            "threat": threat.to_json(),
+            "settings": [steps, restarts, seed, batch_size, list(attacks)],
+            "rank": [env.rank, env.world],
+        }
+        store = BatchStore(Path(resume) / f"rank{env.rank}", context)
     results: list[AttackResult | None] = [
-        att(metric, data, threat, batch_size=batch_size, device=device, progress=progress and env.main, env=env)
+        att(
+            metric,
+            data,
+            threat,
+            batch_size=batch_size,
+            device=device,
+            progress=progress and env.main,
+            env=env,
+            store=store,
+        )
         for att in built
     ]
+    if store is not None and store.restored:
+        print(f"audit: {store.restored} of {store.total} batches restored from an interrupted run", file=sys.stderr)
     cert = certified_per_triplet(metric, data, threat, batch_size, device, env)
     if not env.main:
         return None

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from robustsim.errors import RobustsimError
+from robustsim.errors import InputError, RobustsimError
 from robustsim.metrics.base import Metric
 from robustsim.zoo import load_metric
 
@@ -51,6 +51,10 @@ class PerceptualLoss(nn.Module):
         **options,
     ) -> None:
         super().__init__()
+        if not isinstance(terms, (str, Mapping, Metric)):
+            raise InputError(
+                f"PerceptualLoss takes a Metric, a zoo name or terms like '0.8*ms-ssim+0.2*l1', got {terms!r}"
+            )
         if isinstance(terms, Metric):
             pairs: list[tuple[float, Metric]] = [(1.0, terms)]
         else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -25,8 +27,15 @@ def choice_score(choice: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return c * p + (1 - c) * (1 - p)
 
 
-def two_afc_score(d0: torch.Tensor, d1: torch.Tensor, p: torch.Tensor) -> float:
-    """Mean 2AFC score in [0, 1] over triplets (d0 = d(ref, x0), d1 = d(ref, x1))."""
+def two_afc_score(
+    d0: torch.Tensor | Sequence[float], d1: torch.Tensor | Sequence[float], p: torch.Tensor | Sequence[float]
+) -> float:
+    """Mean 2AFC score in [0, 1] over triplets (d0 = d(ref, x0), d1 = d(ref, x1), p = the fraction of people who
+    found x1 closer, in [0, 1]); tensors or lists of numbers. A fraction, as every Python API result is (the CLI
+    prints %)."""
+    from robustsim.checks import numbers_arg, probability_arg
+
+    d0, d1, p = numbers_arg(d0, "d0"), numbers_arg(d1, "d1"), probability_arg(p, "p")
     if d0.shape != d1.shape or d0.shape != p.shape:
         raise ValueError(f"d0, d1 and p need equal shapes, got {tuple(d0.shape)}, {tuple(d1.shape)}, {tuple(p.shape)}")
     if d0.numel() == 0:

@@ -1,5 +1,7 @@
 """Attacks: exact robust accuracy for the pixel l2 metric, ball/box constraints, laws, adapters."""
 
+import json
+
 import pytest
 import torch
 from conftest import L2_EPS, LINF_EPS, exact_min_distance, run_cli, subset
@@ -195,3 +197,41 @@ def test_audit_cli(tmp_path, capsys):
     assert run_cli(["audit", "--metric", "l2", "--attacks", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "unknown attack 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_an_audit_stopped_with_ctrl_c_continues_where_it_stopped(tmp_path):
+    """Issue 27 item 2: Ctrl-C on an audit threw every finished attack away. With --out, finished batches are kept
+    (<out>/.resume); the same command continues from them and writes the report an uninterrupted run writes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def argv(out):
+        return [
+            sys.executable, "-m", "robustsim", "--threads", "1", "audit", "--metric", "lipsim-nano", "--data", "mini",
+            "--limit", "48", "--batch-size", "8", "--steps", "5", "--attacks", "apgd-ce", "--eps", "0.5,1",
+            "--out", str(out),
+        ]  # fmt: skip
+
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    subprocess.run(argv(full), check=True, capture_output=True)
+    proc = subprocess.Popen(argv(stopped), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    def records():
+        return [f for f in (stopped / ".resume").rglob("*.pt") if not f.name.startswith(".")]  # not a temp file
+
+    while time.time() < deadline and len(records()) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and not (stopped / "report.json").exists()
+    kept = len(records())
+    assert 2 <= kept < 6
+    again = subprocess.run(argv(stopped), check=True, capture_output=True, text=True)
+    assert f"{kept} of 6 batches restored" in again.stderr
+    a, b = (json.loads((d / "report.json").read_text()) for d in (full, stopped))
+    assert a["per_triplet"] == b["per_triplet"] and a["robust"] == b["robust"] and a["clean"] == b["clean"]
+    assert a["attacks"]["apgd-ce"]["calls"] == b["attacks"]["apgd-ce"]["calls"]
+    assert not (stopped / ".resume").exists()

@@ -153,3 +153,27 @@ def _bad_inputs(tmp_path: Path, csv_set: Path, bapps_dir: Path) -> list[tuple[li
         (["plot", str(bad_report), "--out", str(tmp_path / "x.txt")], "figure suffix"),
         (["score", "--metric", "l2\nfake result line", "--data", f"csv:{csv_set}"], "control character"),
     ]
+
+
+def test_a_second_demo_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """Issue 27 item 2: two demos at once were refused only at their retrieval or bench section, after minutes of
+    duplicated work; the demo claims runs/demo first."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from robustsim.io import LOCK_NAME, lock_identity
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "runs" / "demo" / LOCK_NAME).write_text(json.dumps(lock_identity(holder.pid)))
+        t0 = time.monotonic()
+        assert run_cli(["demo", "--quick"]) == 2
+        err = capsys.readouterr()
+        assert time.monotonic() - t0 < 5 and "in use by process" in err.err and "2AFC" not in err.out
+    finally:
+        holder.kill()
+        holder.wait()

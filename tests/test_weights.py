@@ -699,3 +699,29 @@ def test_score_fetches_verifies_and_scores_in_one_command_then_runs_offline(serv
     with torch.no_grad():
         direct = LPIPSMetric("squeeze", weights=on_disk)(ref, x0)
     assert torch.allclose(direct, torch.tensor(reports[0]["d0"]), atol=1e-5)  # the fetched backbone was used
+
+
+def test_two_fetches_of_one_file_at_once_download_it_once(server, tmp_path, monkeypatch):
+    """Issue 27 item 1: two processes (here threads, each with its own lock descriptor) fetching the same file:
+    one downloads, the other waits on the per-file lock and finds it installed; neither fails."""
+    import concurrent.futures
+
+    from robustsim.weights import resolve
+
+    data = os.urandom(3_000_000)
+    server.files["shared.bin"] = data
+    manifest_with(tmp_path, monkeypatch, rec("shared.bin", data))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        paths = list(pool.map(lambda _: resolve("shared.bin", progress=False), range(2)))
+    assert paths[0] == paths[1] and paths[0].read_bytes() == data
+    assert [name for name, _ in server.requests].count("shared.bin") == 1
+
+
+def test_a_folder_where_the_file_should_be_is_one_line(server, tmp_path, monkeypatch, capsys):
+    data = os.urandom(100)
+    server.files["dir.bin"] = data
+    manifest_with(tmp_path, monkeypatch, rec("dir.bin", data))
+    (tmp_path / "weights" / "dir.bin").mkdir(parents=True)
+    assert run_cli(["weights", "fetch", "dir.bin"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a file" in err

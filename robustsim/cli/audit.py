@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import click
@@ -27,6 +28,7 @@ from robustsim.cli.options import (
 )
 from robustsim.threat import ThreatModel
 
+RESUME = ".resume"  # finished batches of an interrupted audit (robustsim.resume)
 AUDIT_FILES = ("report.json", "report.md", "report.html", "robust.png", "examples.png")
 
 
@@ -84,8 +86,19 @@ def audit_cmd(
     with claim as out:
         (m,) = load_metrics([metric], device)
         data = open_data(data_spec, limit, size=m.input_size, allow_outside=allow_outside)
+        # with --out every finished batch is kept in <out>/.resume: Ctrl-C, then the same command, continues
+        resume = Path(out_dir) / RESUME if out_dir else None
         report = run_audit(
-            m, data, threat, attacks, steps=steps, restarts=restarts, seed=seed, batch_size=batch_size, device=device
+            m,
+            data,
+            threat,
+            attacks,
+            steps=steps,
+            restarts=restarts,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            resume=resume,
         )
         if report is None:  # a torchrun rank other than 0
             return
@@ -94,3 +107,4 @@ def audit_cmd(
         if out is not None:
             for f in write_report(report, out):
                 click.echo(f"wrote {f}")
+            shutil.rmtree(Path(out) / RESUME, ignore_errors=True)

@@ -90,6 +90,11 @@ def open_triplets(
     """Open a 2AFC dataset from a spec string; ``limit`` keeps the first N triplets (and stops reading
     annotation files there); ``allow_outside`` lets a CSV name images outside its folder.
     Raises DataError on a bad spec."""
+    from robustsim.checks import count_arg, spec_arg
+
+    spec_arg(spec, "data spec")
+    count_arg(limit, "limit", allow_none=True)
+    count_arg(size, "size", allow_none=True)
     entry, rest = _split(spec, TRIPLET_SPECS, triplet_usage(), "data")
     data = entry.parse(rest, size=size, limit=limit, allow_outside=allow_outside)
     assert isinstance(data, TripletDataset)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustsim.errors import InputError
 from robustsim.metrics.base import EmbeddingMetric, Metric
 
 
@@ -19,7 +20,12 @@ class EnsembleMetric(EmbeddingMetric):
     """
 
     def __init__(self, members: Sequence[Metric], name: str | None = None, validate: bool = True) -> None:
-        for m in members:
+        from robustsim.checks import metric_arg
+
+        if isinstance(members, (str, bytes)) or not isinstance(members, Sequence) or not members:
+            raise InputError(f"an ensemble needs a non-empty list of embedding metrics, got {members!r}")
+        for i, m in enumerate(members):
+            metric_arg(m, f"ensemble member {i}")
             if not isinstance(m, EmbeddingMetric):
                 raise ValueError(f"ensemble member {m.name!r} has no embed(); only embedding metrics combine")
         super().__init__(nn.Identity(), name=name or "+".join(m.name for m in members), validate=validate)

@@ -304,6 +304,8 @@ def fetch_file(rec: WeightFile, progress: bool = True) -> Path:
     from robustsim.weights.download import DEFAULT_CAP
 
     dest = install_path(rec)
+    if os.path.lexists(dest) and not dest.is_file():
+        raise WeightsError(f"{dest} exists and is not a file (a folder or a link?); remove it, then fetch again")
     base = os.environ.get("ROBUSTSIM_WEIGHTS_URL", "").rstrip("/")
     urls = [f"{base}/{rec.name}"] if base else [pinned_url(rec, u) for u in rec.urls]
     seen: dict = {}

@@ -1,0 +1,68 @@
+"""The public boundary's argument checks: each raises :class:`~robustsim.errors.InputError` with one line that
+names the argument, what it got and what it accepts. Public functions call these on entry, so a bad argument
+never travels into the internals to fail there with a traceback (or, worse, to give a wrong answer)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from robustsim.errors import InputError
+
+
+def metric_arg(value: object, what: str = "metric"):
+    """A robustsim Metric (a zoo name is pointed at ``load_metric``)."""
+    from robustsim.metrics.base import Metric
+
+    if isinstance(value, Metric):
+        return value
+    hint = f"robustsim.load_metric({value!r})" if isinstance(value, str) else "robustsim.load_metric('l2')"
+    raise InputError(f"{what} must be a robustsim Metric, got {type(value).__name__}; build one with {hint}")
+
+
+def count_arg(value: object, what: str, minimum: int = 1, allow_none: bool = False) -> int | None:
+    """An integer >= ``minimum`` (not a bool; None when ``allow_none``)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        none = " or None" if allow_none else ""
+        raise InputError(f"{what} must be an integer >= {minimum}{none}, got {value!r}")
+    return value
+
+
+def spec_arg(value: object, what: str = "spec", example: str = "mini") -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{what} must be a spec string such as {example!r}, got {value!r}")
+    return value
+
+
+def numbers_arg(value: object, what: str) -> torch.Tensor:
+    """A 1-D float tensor from a tensor or a sequence of finite numbers."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().reshape(-1).to(torch.float64)
+    elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise InputError(f"{what} must hold numbers, got {list(value)[:3]!r}...")
+        t = torch.tensor([float(v) for v in value], dtype=torch.float64)
+    else:
+        raise InputError(f"{what} must be a tensor or a list of numbers, got {type(value).__name__}")
+    if not torch.isfinite(t).all():
+        raise InputError(f"{what} holds a non-finite value; distances and labels are finite numbers")
+    return t
+
+
+def probability_arg(value: object, what: str = "p") -> torch.Tensor:
+    """Human preference fractions in [0, 1]."""
+    t = numbers_arg(value, what)
+    if len(t) and not (0 <= float(t.min()) and float(t.max()) <= 1):
+        bad = next(float(v) for v in t if not 0 <= float(v) <= 1)
+        raise InputError(f"{what} holds {bad:g}; it is the fraction of people preferring x1, in [0, 1]")
+    return t
+
+
+def finite_arg(value: object, what: str, minimum: float = -math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
+        raise InputError(f"{what} must be a finite number >= {minimum:g}, got {value!r}")
+    return float(value)
