@@ -217,7 +217,14 @@ def test_an_audit_stopped_with_ctrl_c_continues_where_it_stopped(tmp_path):
 
     full, stopped = tmp_path / "full", tmp_path / "stopped"
     subprocess.run(argv(full), check=True, capture_output=True)
-    proc = subprocess.Popen(argv(stopped), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # a pytest-xdist worker ignores SIGINT, and children inherit that: give the audit the default Ctrl-C back
+    proc = subprocess.Popen(
+        argv(stopped),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 120
     def records():
         return [f for f in (stopped / ".resume").rglob("*.pt") if not f.name.startswith(".")]  # not a temp file
