@@ -58,6 +58,9 @@ UPSTREAM = {
     "r-clip-t-convnext": lambda: _open_clip_eval(256, crop=224),
     "r-clip-f-convnext": lambda: _open_clip_eval(256, crop=224),
     "dino-vitb16": _dino_eval,
+    # R-CLIP + LoRA: "DreamSim doesn't use OpenCLIP preprocessing" (utils_perceptual_models.get_model_and_transforms)
+    "r-clip-t-convnext-lora": _squash_bicubic,
+    "r-clip-f-convnext-lora": _squash_bicubic,
     **{n: _squash_bicubic for n in ("dreamsim", "dreamsim-base", "dreamsim-dino-vitb16", "dreamsim-clip-vitb32")},
     **{n: _squash_bicubic for n in ("dreamsim-open-clip-vitb32", "lipsim-small-pretrained")},
     **{n: _squash_bicubic for n in ("lipsim-small-m0.2", "lipsim-small-m0.5")},
@@ -200,3 +203,73 @@ def test_dreamsim_names_and_the_untuned_ensemble_are_the_packages():
             variant, lora = e.options["variant"], e.options.get("lora", True)
             name = "dreamsim" if variant == "ensemble" else f"dreamsim-{variant.replace('_', '-')}"
             assert (name if lora else f"{name}-base") == e.name
+
+
+def test_r_clip_nights_lora_is_peft_s_model_merged(tmp_path):
+    """R-CLIP's NIGHTS-tuned ConvNeXt (fra31/perceptual-metrics utils_lora.py ``load_lora_models``): LoRA r=16,
+    alpha 0.5 on every fc1/fc2 of ``model.visual``, wrapped in vit_wrapper.ViTModel (``.model`` and a ``.blocks``
+    alias of trunk.stages). An adapter written by peft's own save_pretrained on that layout, random LoRA weights:
+    our merged metric equals peft's model in eval mode; an adapter for another network is refused."""
+    peft = import_optional("peft")
+    open_clip = import_optional("open_clip")
+    cfg = {
+        "embed_dim": 16,
+        "vision_cfg": {
+            "timm_model_name": "convnext_atto",
+            "timm_model_pretrained": False,
+            "timm_pool": "",
+            "timm_proj": "linear",
+            "image_size": 64,
+        },
+        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
+    }
+    (tmp_path / "robustsim-tiny-convnext.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(str(tmp_path / "robustsim-tiny-convnext.json"))
+    torch.manual_seed(0)
+    model = open_clip.create_model("robustsim-tiny-convnext", pretrained=None).eval()
+    with torch.no_grad():  # timm's fresh layer scales are 1e-6: the blocks' MLPs (the adapted layers) would not show
+        for name, p in model.visual.named_parameters():
+            if name.endswith(("gamma", "ls.gamma")):
+                p.fill_(1.0)
+    torch.save(model.visual.state_dict(), tmp_path / "tower.pt")
+    tv = _tv()
+    normalize = tv.Normalize(mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
+    x, y = (torch.rand(2, 3, 90, 120, generator=torch.Generator().manual_seed(i)) for i in range(2))
+    with torch.no_grad():  # the tower without the adapter (peft adapts model.visual in place below)
+        e = [model.visual(normalize(_squash_bicubic()(v))) for v in (x, y)]
+        plain = 1 - F.cosine_similarity(e[0], e[1], dim=-1)
+
+    class ViTModel(torch.nn.Module):  # vit_wrapper.ViTModel's layout (a transformers PreTrainedModel there)
+        def __init__(self, enc):
+            super().__init__()
+            self.model = enc
+            self.blocks = enc.trunk.stages
+
+        def forward(self, x):
+            return self.model(x)
+
+    targets = [n for n, _ in model.visual.named_modules() if "fc1" in n or "fc2" in n]
+    config = peft.LoraConfig(r=16, lora_alpha=0.5, lora_dropout=0.3, bias="none", target_modules=targets)
+    tuned = peft.get_peft_model(ViTModel(model.visual), config)
+    for name, p in tuned.named_parameters():
+        if "lora_" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    tuned.save_pretrained(str(tmp_path / "lora-convnext_base_w-tecoa"))
+    tuned.eval()
+    entry = robustsim.zoo.metric_entry("r-clip-t-convnext-lora")
+    ours = entry.make(
+        {
+            "arch": "robustsim-tiny-convnext",
+            "weights": tmp_path / "tower.pt",
+            "lora": tmp_path / "lora-convnext_base_w-tecoa",
+        }
+    )
+    with torch.no_grad():
+        e = {k: tuned(normalize(_squash_bicubic()(v))) for k, v in (("x", x), ("y", y))}
+        expected = 1 - F.cosine_similarity(e["x"], e["y"], dim=-1)
+        assert torch.allclose(ours(x, y), expected, atol=1e-5)
+        assert not torch.allclose(expected, plain, atol=1e-4)  # the adapter changes the metric
+    from robustsim.metrics.lora import merge_lora
+
+    with pytest.raises(robustsim.WeightsError, match="does not have"):
+        merge_lora(torch.nn.Sequential(torch.nn.Linear(3, 3)), tmp_path / "lora-convnext_base_w-tecoa")

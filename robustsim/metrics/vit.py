@@ -7,6 +7,7 @@ by the weights manager (``weights_file``) or read from ``weights=``. ``arch=`` s
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -48,6 +49,8 @@ class OpenClipMetric(EmbeddingMetric):
 
     ``visual_only``: the weight file is a state dict of ``model.visual`` alone, as R-CLIP's releases are
     (fra31/perceptual-metrics ``utils_perceptual_models.py``: ``model.visual.load_state_dict(ckpt, strict=True)``).
+    ``lora_file`` (a manifest file) or ``lora`` (a folder): a peft LoRA adapter of the vision tower, merged in
+    (:mod:`robustsim.metrics.lora`; R-CLIP's NIGHTS-tuned ConvNeXt, ``utils_lora.load_lora_models``).
     """
 
     def __init__(
@@ -61,6 +64,8 @@ class OpenClipMetric(EmbeddingMetric):
         quick_gelu: bool = True,
         resizing: Resize | None = None,
         visual_only: bool = False,
+        lora_file: str | None = None,
+        lora: str | os.PathLike | None = None,
         validate: bool = True,
     ) -> None:
         open_clip = import_optional("open_clip")
@@ -75,6 +80,11 @@ class OpenClipMetric(EmbeddingMetric):
                 raise WeightsError(
                     f"{name}: the weights do not fit {what} of {arch} ({str(err).splitlines()[1].strip()})"
                 ) from None
+        if lora is not None or (lora_file is not None and pretrained):
+            from robustsim.metrics.lora import merge_lora
+            from robustsim.weights import resolve
+
+            merge_lora(model.visual, Path(lora) if lora is not None else resolve(lora_file))
         super().__init__(
             _OpenClipVisual(model.visual),
             input_size=None if resizing is not None else input_size,

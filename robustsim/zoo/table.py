@@ -133,6 +133,26 @@ _SINGLE: tuple[MetricEntry, ...] = (
             (_VIT_B16, "fare", _croce(90.6, 71.5, None)),
         )
     ),
+    *(
+        _row(
+            f"r-clip-{m[0]}-convnext-lora",
+            "robustsim.metrics.vit:OpenClipMetric",
+            f"R-CLIP_{m[0].upper()} ConvNeXt-B + NIGHTS LoRA ({m})",
+            {
+                "name": f"r-clip-{m[0]}-convnext-lora",
+                "arch": "convnext_base_w",
+                "weights_file": f"convnext_base_w-{m}-eps4.pt",
+                "quick_gelu": False,
+                "visual_only": True,
+                "lora_file": f"lora-convnext_base_w-{m}.zip",
+            },
+            files=(f"convnext_base_w-{m}-eps4.pt", f"lora-convnext_base_w-{m}.zip"),
+            packages=(*TV, "open_clip", "timm"),
+            resizing=SQUASH_BICUBIC,  # "DreamSim doesn't use OpenCLIP preprocessing" (get_model_and_transforms)
+            reported=figures,
+        )
+        for m, figures in (("tecoa", _croce(95.0, 87.2, 84.5)), ("fare", _croce(95.3, 85.6, None)))
+    ),
     _row(
         "dino-vitb16",
         "robustsim.metrics.vit:TimmViTMetric",
