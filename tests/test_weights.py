@@ -677,6 +677,9 @@ def test_score_fetches_verifies_and_scores_in_one_command_then_runs_offline(serv
     buf = io.BytesIO()
     torch.save(import_optional("torchvision").models.squeezenet1_1().state_dict(), buf)
     name, data = BACKBONE_FILES["squeeze"], buf.getvalue()
+    # the two runs are compared bit for bit: they must not pick different thread counts from the machine's load
+    # (oneDNN's convolutions round differently across them)
+    monkeypatch.setenv("ROBUSTSIM_THREADS", "1")
     server.files[name] = data
     manifest_with(tmp_path, monkeypatch, rec(name, data, metrics=["lpips-squeeze"], torch_hub=True))
     reports = []
