@@ -158,7 +158,7 @@ class Attack:
         def kept(batch: dict, tick) -> dict[str, torch.Tensor]:
             if store is None:
                 return step(batch, tick)
-            part = f"{self.name}|{self.norm}|{eps}|{target}|{self.seed}|{vars(self)}"
+            part = f"{self.name}|{eps}|{target}|{vars(self)}"  # every setting of the attack (norm, seed, steps, ...)
             saved = store.load(part, batch["index"])
             if saved is not None:
                 calls[0] += int(saved["calls"])

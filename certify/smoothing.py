@@ -25,6 +25,7 @@ import math
 import torch
 from scipy.stats import beta, binomtest, norm
 
+from robustsim.checks import metric_arg
 from robustsim.errors import InputError
 from robustsim.limits import MAX_SIGMA
 from robustsim.metrics.base import EmbeddingMetric, Metric
@@ -69,8 +70,7 @@ class SmoothedMetric:
         batch: int = 256,
         seed: int = 0,
     ) -> None:
-        if not isinstance(metric, Metric):
-            raise InputError(f"metric must be a robustsim Metric, got {type(metric).__name__}; use load_metric(name)")
+        metric_arg(metric)
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma):
             raise InputError(f"sigma must be a finite number, got {sigma!r}")
         if not 0 < sigma <= MAX_SIGMA:

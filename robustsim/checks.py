@@ -4,7 +4,6 @@ never travels into the internals to fail there with a traceback (or, worse, to g
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -60,9 +59,3 @@ def probability_arg(value: object, what: str = "p") -> torch.Tensor:
         bad = next(float(v) for v in t if not 0 <= float(v) <= 1)
         raise InputError(f"{what} holds {bad:g}; it is the fraction of people preferring x1, in [0, 1]")
     return t
-
-
-def finite_arg(value: object, what: str, minimum: float = -math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
-        raise InputError(f"{what} must be a finite number >= {minimum:g}, got {value!r}")
-    return float(value)

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from robustsim.errors import InputError
+from robustsim.limits import env_seconds
 
 
 @dataclass(frozen=True)
@@ -50,13 +51,7 @@ def collective_timeout() -> datetime.timedelta:
     """How long a collective waits for every rank: ``ROBUSTSIM_DIST_TIMEOUT`` seconds (default 300), so a rank
     stopped with kill -STOP ends the run with torch's error naming the collective instead of half an hour of
     silence."""
-    raw = os.environ.get("ROBUSTSIM_DIST_TIMEOUT", "").strip()
-    try:
-        seconds = float(raw) if raw else DEFAULT_TIMEOUT_S
-    except ValueError:
-        seconds = float("nan")
-    if not (seconds > 0 and seconds < 1e7):
-        raise InputError(f"ROBUSTSIM_DIST_TIMEOUT={raw!r} is not a number of seconds > 0; e.g. 300")
+    seconds = env_seconds("ROBUSTSIM_DIST_TIMEOUT", DEFAULT_TIMEOUT_S, InputError, example="300")
     return datetime.timedelta(seconds=seconds)
 
 

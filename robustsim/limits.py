@@ -1,5 +1,23 @@
 """Bounds on settings that both the command line and the Python API check (kept free of heavy imports, so
 ``--help`` and option parsing stay fast)."""
 
+import math
+import os
+
 MAX_SIGMA = 10.0  # smoothing noise std, in [0, 1] pixel units: beyond this the noisy images are noise alone
 MAX_BATCH = 1 << 16  # items per batch
+
+
+def env_seconds(name: str, default: float, error: type[Exception], example: str = "30") -> float:
+    """Seconds from environment variable ``name`` (``default`` when unset or empty): a finite number > 0 (and
+    under a year), else ``error`` with one line naming the variable."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value < 3.2e7):
+        raise error(f"{name}={raw!r} is not a number of seconds > 0; unset it or set e.g. {example}")
+    return value

@@ -15,19 +15,18 @@ the C library's own settings; elsewhere than glibc (macOS, musl, Windows) it doe
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc's malloc.h
 SETTINGS = {M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: (1 << 31) - 1, M_TOP_PAD: 256 << 20}
-_state: dict[str, str] = {}
 
 
+@functools.cache
 def tune_malloc() -> str:
     """Apply :data:`SETTINGS` once per process; returns what was done: ``tuned``, ``default`` (opted out),
     or ``unavailable`` (not glibc, or ``mallopt`` refused a setting)."""
-    if "result" in _state:
-        return _state["result"]
     result = "unavailable"
     if os.environ.get("ROBUSTSIM_MALLOC", "").strip().lower() == "default":
         result = "default"
@@ -39,5 +38,4 @@ def tune_malloc() -> str:
                 result = "tuned" if all(ok) else "unavailable"
         except OSError:
             pass
-    _state["result"] = result
     return result

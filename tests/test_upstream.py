@@ -100,18 +100,24 @@ def test_the_resize_norm_is_the_norm_of_the_operator_applied(kind, hw):
     assert exact <= resize_norm(resize, hw) <= exact * (1 + 1e-6)
 
 
-def _tiny_open_clip(tmp_path):
-    """A small ViT config registered with open_clip (its own config loader), so a real open_clip model is built."""
+TINY_TEXT = {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}
+TINY_VIT = {"image_size": 224, "layers": 2, "width": 32, "patch_size": 32, "head_width": 16}
+TINY_CONVNEXT = {  # a timm ConvNeXt tower, as R-CLIP's convnext_base_w is, at a test's size
+    "timm_model_name": "convnext_atto",
+    "timm_model_pretrained": False,
+    "timm_pool": "",
+    "timm_proj": "linear",
+    "image_size": 64,
+}
+
+
+def _tiny_open_clip(tmp_path, name: str = "robustsim-tiny-vit", vision: dict = TINY_VIT):
+    """A small config registered with open_clip (its own config loader), so a real open_clip model is built."""
     open_clip = import_optional("open_clip")
-    cfg = {
-        "embed_dim": 16,
-        "vision_cfg": {"image_size": 224, "layers": 2, "width": 32, "patch_size": 32, "head_width": 16},
-        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
-    }
-    path = tmp_path / "robustsim-tiny-vit.json"
-    path.write_text(json.dumps(cfg))
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"embed_dim": 16, "vision_cfg": vision, "text_cfg": TINY_TEXT}))
     open_clip.add_model_config(str(path))
-    return open_clip, "robustsim-tiny-vit"
+    return open_clip, name
 
 
 def test_r_clip_vision_tower_files_load_as_their_eval_loads_them(tmp_path):
@@ -211,22 +217,9 @@ def test_r_clip_nights_lora_is_peft_s_model_merged(tmp_path):
     alias of trunk.stages). An adapter written by peft's own save_pretrained on that layout, random LoRA weights:
     our merged metric equals peft's model in eval mode; an adapter for another network is refused."""
     peft = import_optional("peft")
-    open_clip = import_optional("open_clip")
-    cfg = {
-        "embed_dim": 16,
-        "vision_cfg": {
-            "timm_model_name": "convnext_atto",
-            "timm_model_pretrained": False,
-            "timm_pool": "",
-            "timm_proj": "linear",
-            "image_size": 64,
-        },
-        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
-    }
-    (tmp_path / "robustsim-tiny-convnext.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(str(tmp_path / "robustsim-tiny-convnext.json"))
+    open_clip, arch = _tiny_open_clip(tmp_path, "robustsim-tiny-convnext", TINY_CONVNEXT)
     torch.manual_seed(0)
-    model = open_clip.create_model("robustsim-tiny-convnext", pretrained=None).eval()
+    model = open_clip.create_model(arch, pretrained=None).eval()
     with torch.no_grad():  # timm's fresh layer scales are 1e-6: the blocks' MLPs (the adapted layers) would not show
         for name, p in model.visual.named_parameters():
             if name.endswith(("gamma", "ls.gamma")):
@@ -259,7 +252,7 @@ def test_r_clip_nights_lora_is_peft_s_model_merged(tmp_path):
     entry = robustsim.zoo.metric_entry("r-clip-t-convnext-lora")
     ours = entry.make(
         {
-            "arch": "robustsim-tiny-convnext",
+            "arch": arch,
             "weights": tmp_path / "tower.pt",
             "lora": tmp_path / "lora-convnext_base_w-tecoa",
         }

@@ -139,19 +139,15 @@ def card_value(card: dict, column: Column) -> float | None:
 
 def leaderboard_rows(cards: dict, protocol: Protocol) -> list[Row]:
     """One row per card, sorted by robust accuracy at the first threat model's first radius (best first)."""
-    cols = columns(protocol)
-    rows = [
-        Row(
-            name,
-            {c.title: card_value(card, c) for c in cols},
-            card["parameters"],
-            card["seconds"],
-            {k: v for k, v in (card.get("reported") or {}).items() if isinstance(v, (int, float))} or None,
-            (card.get("data") or {}).get("n"),
-        )
-        for name, card in cards.items()
-    ]
-    return sorted(rows, key=lambda r: r.sort_key(cols[1].title))
+    rows = [card_row(name, card, protocol) for name, card in cards.items()]
+    return sorted(rows, key=lambda r: r.sort_key(columns(protocol)[1].title))
+
+
+def card_row(name: str, card: dict, protocol: Protocol) -> Row:
+    """A card's leaderboard row: its numbers by column, the paper's figures (numbers only), the triplets used."""
+    values = {c.title: card_value(card, c) for c in columns(protocol)}
+    reported = {k: v for k, v in (card.get("reported") or {}).items() if isinstance(v, (int, float))} or None
+    return Row(name, values, card["parameters"], card["seconds"], reported, (card.get("data") or {}).get("n"))
 
 
 def _pct(v) -> str:
@@ -297,9 +293,7 @@ def _figure(rows: list[Row], cols: list[Column], protocol: Protocol):
 
 def card_markdown(name: str, card: dict, protocol: Protocol) -> str:
     """A card as a person reads it: provenance, the protocol, every number (with the paper's where known)."""
-    reported = {k: v for k, v in (card.get("reported") or {}).items() if isinstance(v, (int, float))} or None
-    values = {c.title: card_value(card, c) for c in columns(protocol)}
-    row = Row(name, values, card["parameters"], card["seconds"], reported, (card.get("data") or {}).get("n"))
+    row = card_row(name, card, protocol)
     cols = columns(protocol)
     lines = [
         f"# {name}",

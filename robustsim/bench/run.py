@@ -25,6 +25,7 @@ from typing import cast
 import torch
 
 from robustsim.bench.protocol import Protocol, get_protocol
+from robustsim.checks import count_arg
 from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv, broadcast_object, init_distributed
 from robustsim.errors import InputError, RobustsimError
@@ -348,8 +349,7 @@ def run(
     metrics = _checked_metrics(metrics)
     if not isinstance(out, (str, Path)) or not str(out):
         raise InputError(f"out must be a folder path, got {out!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise InputError(f"limit must be a positive integer or None, got {limit!r}")
+    count_arg(limit, "limit", allow_none=True)
     if smoothing is not None and not (
         isinstance(smoothing, (int, float)) and math.isfinite(smoothing) and smoothing > 0
     ):

@@ -147,11 +147,15 @@ def recorded_pins() -> dict[str, dict]:
     return data if isinstance(data, dict) else {}
 
 
+def _write_pins(pins: dict) -> None:
+    _pins_path().parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(_pins_path(), lambda tmp: tmp.write_text(json.dumps(pins, indent=1, sort_keys=True) + "\n"))
+
+
 def _record_pin(rec: WeightFile, sha: str, size: int, revision: str | None = None) -> None:
     pins = recorded_pins()
     pins[rec.name] = {"sha256": sha, "size": size, **({"revision": revision} if revision else {})}
-    _pins_path().parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(_pins_path(), lambda tmp: tmp.write_text(json.dumps(pins, indent=1, sort_keys=True) + "\n"))
+    _write_pins(pins)
 
 
 def forget_pin(name: str) -> bool:
@@ -160,7 +164,7 @@ def forget_pin(name: str) -> bool:
     pins = recorded_pins()
     if pins.pop(name, None) is None:
         return False
-    atomic_write(_pins_path(), lambda tmp: tmp.write_text(json.dumps(pins, indent=1, sort_keys=True) + "\n"))
+    _write_pins(pins)
     return True
 
 
@@ -321,10 +325,13 @@ def fetch_file(rec: WeightFile, progress: bool = True) -> Path:
     except WeightsError:
         raise
     except OSError as err:
-        raise WeightsError(
-            f"{rec.name}: cannot write {dest.parent} ({err.strerror or err}); set ROBUSTSIM_WEIGHTS to a "
-            "folder you can write"
-        ) from None
+        raise _unwritable(rec, dest.parent, err) from None
+
+
+def _unwritable(rec: WeightFile, folder: Path, err: OSError) -> WeightsError:
+    return WeightsError(
+        f"{rec.name}: cannot write {folder} ({err.strerror or err}); set ROBUSTSIM_WEIGHTS to a folder you can write"
+    )
 
 
 @contextlib.contextmanager
@@ -362,10 +369,7 @@ def add_file(name: str, source: str | os.PathLike) -> Path:
         fd, tmp = tempfile.mkstemp(prefix=f".{rec.name}.", suffix=".add", dir=dest.parent)
         os.close(fd)
     except OSError as err:
-        raise WeightsError(
-            f"{rec.name}: cannot write {dest.parent} ({err.strerror or err}); set ROBUSTSIM_WEIGHTS to a "
-            "folder you can write"
-        ) from None
+        raise _unwritable(rec, dest.parent, err) from None
     try:
         shutil.copyfile(src, tmp)
         return _install(rec, Path(tmp), dest, source=str(src))

@@ -6,8 +6,6 @@ progress bar. The caller verifies the bytes and installs the file; this module n
 from __future__ import annotations
 
 import http.client
-import math
-import os
 import re
 import time
 import urllib.error
@@ -18,6 +16,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from robustsim.errors import WeightsError
+from robustsim.limits import env_seconds
 
 DEFAULT_TIMEOUT = 30.0  # seconds per connect and per read; ROBUSTSIM_HTTP_TIMEOUT overrides
 CHUNK = 1 << 20
@@ -28,16 +27,7 @@ USER_AGENT = "robustsim-weights/1"
 
 def timeout() -> float:
     """Seconds per connect and per read (``ROBUSTSIM_HTTP_TIMEOUT``, a positive finite number)."""
-    raw = os.environ.get("ROBUSTSIM_HTTP_TIMEOUT", "").strip()
-    if not raw:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not (math.isfinite(value) and value > 0):
-        raise WeightsError(f"ROBUSTSIM_HTTP_TIMEOUT={raw!r} is not a number of seconds > 0; unset it or set e.g. 30")
-    return value
+    return env_seconds("ROBUSTSIM_HTTP_TIMEOUT", DEFAULT_TIMEOUT, WeightsError)
 
 
 def partial_path(dest: Path) -> Path:
