@@ -12,7 +12,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeGuard
 
 import matplotlib.pyplot as plt
 
@@ -25,11 +25,11 @@ _FILES = ("report.json", "certify.json")
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 
 
-def _numbers(value: object, n: int | None = None, nullable: bool = False) -> bool:
-    ok = isinstance(value, list) and all(
-        (v is None and nullable) or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in value
-    )
-    return ok and (n is None or len(value) == n)  # type: ignore[arg-type]
+def _numbers(value: object, n: int | None = None, nullable: bool = False) -> TypeGuard[list]:
+    if not isinstance(value, list):
+        return False
+    ok = all((v is None and nullable) or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in value)
+    return ok and (n is None or len(value) == n)
 
 
 def _problem(report: dict) -> str | None:
@@ -55,7 +55,7 @@ def _problem(report: dict) -> str | None:
     eps = report.get("eps")
     if not _numbers(eps) or not eps:
         return "'eps' is missing or not a list of numbers"
-    n = len(eps)  # type: ignore[arg-type]
+    n = len(eps)
     if kind == "audit":
         if not _numbers(report.get("robust"), n, nullable=True):
             return f"'robust' must list {n} accuracies"
