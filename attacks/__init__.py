@@ -3,7 +3,7 @@ retrieval goals (push positives out of the top k, pull an item into the top-1) o
 
 from robustsim.attacks.adapters import AutoAttack, FoolboxAttack, RowMatcher
 from robustsim.attacks.base import Attack, AttackResult
-from robustsim.attacks.embedding import embedding_attack
+from robustsim.attacks.embedding import embedding_attack, smoothed_output_attack
 from robustsim.attacks.geometry import norms, project
 from robustsim.attacks.gradient import APGD, PGD
 from robustsim.attacks.pgd import apgd, classifier_objective, pgd
@@ -33,4 +33,5 @@ __all__ = [
     "norms",
     "pgd",
     "project",
+    "smoothed_output_attack",
 ]

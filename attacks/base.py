@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 from robustsim.attacks.geometry import NORMS, Norm, RowNoise, in_threat_model, rows_of
-from robustsim.attacks.twoafc import TwoAFCClassifier, labels_from_p, margin
+from robustsim.attacks.twoafc import NoisyReference, TwoAFCClassifier, labels_from_p, margin
+from robustsim.certify.smoothing import SmoothedMetric, stream_seed
+from torch import nn
 
 from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv, gather_objects, init_distributed
@@ -65,7 +67,8 @@ class Attack:
 
     def work(self) -> int:
         """Model calls one epsilon of one batch costs at most (roughly): what a progress bar counts."""
-        return int(getattr(self, "steps", 1)) * int(getattr(self, "restarts", 1) or 1) + 1
+        steps = int(getattr(self, "steps", 1)) * int(getattr(self, "eot", 1))
+        return steps * int(getattr(self, "restarts", 1) or 1) + 1
 
     def run(
         self, forward, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, generator: torch.Generator
@@ -98,7 +101,7 @@ class Attack:
 
     def __call__(
         self,
-        metric: Metric,
+        metric: Metric | SmoothedMetric,
         data: TripletDataset,
         threat: ThreatModel | Sequence[float],
         batch_size: int = 32,
@@ -110,13 +113,20 @@ class Attack:
         store: BatchStore | None = None,
     ) -> AttackResult | None:
         """Attack every triplet at every radius of ``threat`` (a list of radii: this attack's norm, the reference
-        moving). Under torchrun each rank attacks its share and rank 0 gets the whole result (others None).
+        moving). A :class:`SmoothedMetric` is attacked through one noise draw per model call (use ``eot`` to
+        average them) and judged by its prediction: an abstention or a flip is not robust.
+        Under torchrun each rank attacks its share and rank 0 gets the whole result (others None).
         ``store`` keeps every finished batch (its results, model calls and examples), so an interrupted run
         continues where it stopped (:mod:`robustsim.resume`)."""
         threat = ThreatModel(self.norm, "ref", tuple(threat)) if not isinstance(threat, ThreatModel) else threat
         if threat.norm != self.norm:
             raise InputError(f"{self.name} attacks {self.norm} balls, not {threat.norm}: make_attack(name, threat)")
         eps, target = list(threat.eps), threat.target
+        smoothed = metric if isinstance(metric, SmoothedMetric) else None
+        if smoothed is not None:
+            if target != "ref":
+                raise InputError("a smoothed metric smooths the reference image; attack it with target 'ref'")
+            metric = smoothed.metric
         metric = metric.to(device).eval()
         env = env or init_distributed(torch.device(device))
         examples: dict[str, list[torch.Tensor]] = {}
@@ -126,16 +136,23 @@ class Attack:
         def step(batch: dict, tick) -> dict[str, torch.Tensor]:
             ref, x0, x1 = batch["ref"], batch["x0"], batch["x1"]
             clf = TwoAFCClassifier(metric, ref, x0, x1, target)
+            attacked: nn.Module = clf
+            if smoothed is not None:  # the attack sees one noise draw per call; decisions are the smoothed ones
+                g = torch.Generator(device=ref.device).manual_seed(stream_seed(self.seed, int(batch["index"][0]), 3))
+                attacked = NoisyReference(clf, smoothed.sigma, g)
 
             def forward(xa, rows):
                 calls[0] += 1
                 tick(1)
-                return clf(xa, rows)
+                return attacked(xa, rows)
 
             x = clf.clean_input()
             y, kp = labels_from_p(batch["p"].to(ref.device))
             with torch.no_grad():
-                ok = (margin(clf(x), y) > 0) & kp
+                if smoothed is None:
+                    ok = (margin(clf(x), y) > 0) & kp
+                else:  # an abstention is not a correct decision
+                    ok = (smoothed.predict(ref, x0, x1, ids=batch["index"]).to(y.device) == y) & kp
             rows = ok.nonzero()[:, 0]
             rob = torch.zeros(len(eps), x.shape[0], dtype=torch.bool, device=x.device)
             adv_all = x.unsqueeze(0).repeat(len(eps), *[1] * x.dim())
@@ -143,7 +160,11 @@ class Attack:
                 sub = lambda xa, r, rows=rows: forward(xa, rows[r])  # noqa: E731
                 noise = RowNoise(self.seed, batch["index"][rows.cpu()])  # per-triplet: the same in any batch or shard
                 adv, broken = self.attack_batch(sub, x[rows], y[rows], eps, noise)
-                broken = broken & self._verify(clf, adv, x[rows], y[rows], rows, eps)
+                if smoothed is None:
+                    broken = broken & self._verify(clf, adv, x[rows], y[rows], rows, eps)
+                else:  # every final point is judged by the smoothed decision, claimed by a noisy draw or not
+                    ids = batch["index"][rows.cpu()]
+                    broken = self._verify_smoothed(smoothed, adv, x[rows], x0[rows], x1[rows], y[rows], ids, eps)
                 rob[:, rows] = ~broken
                 adv_all[:, rows] = adv
             have = sum(len(v) for v in examples.get("ref", []))
@@ -201,6 +222,26 @@ class Attack:
         )
         result.examples = {k: torch.cat(v, dim=1 if k == "adv" else 0) for k, v in examples.items()}
         return result
+
+    def _verify_smoothed(
+        self,
+        smoothed: SmoothedMetric,
+        adv: torch.Tensor,
+        x: torch.Tensor,
+        x0: torch.Tensor,
+        x1: torch.Tensor,
+        y: torch.Tensor,
+        ids: torch.Tensor,
+        eps: list[float],
+    ) -> torch.Tensor:
+        """Points that break the smoothed decision: inside ball and box, and its prediction (Cohen's PREDICT,
+        the triplet's own noise stream) is not the label (an abstention counts as broken)."""
+        out = torch.zeros(adv.shape[:2], dtype=torch.bool, device=adv.device)
+        with torch.no_grad():
+            for i, e in enumerate(eps):
+                wrong = smoothed.predict(adv[i], x0, x1, ids=ids).to(y.device) != y
+                out[i] = in_threat_model(adv[i], x, e, self.norm) & wrong
+        return out
 
     def _verify(
         self,

@@ -56,11 +56,22 @@ class _Best:
         self.broken[idx] |= broken[better]
 
 
-def _loss_grad(objective: Objective, x: torch.Tensor, rows: torch.Tensor):
+def _loss_grad(objective: Objective, x: torch.Tensor, rows: torch.Tensor, eot: int = 1):
+    """(loss, gradient, done) at ``x``; with ``eot`` > 1 (Expectation over Transformation, Athalye et al. 2018)
+    the loss and gradient are means over ``eot`` evaluations of a randomised objective, each drawing its own
+    randomness, and a sample is done when most of the draws say so."""
     x = x.detach().requires_grad_(True)
-    loss, done = objective(x, rows)
-    (grad,) = torch.autograd.grad(loss.sum(), x)
-    return loss.detach(), grad.detach(), done.detach()
+    loss_sum, grad_sum, votes = None, None, None
+    for _ in range(eot):
+        loss, done = objective(x, rows)
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+        if eot == 1:
+            return loss.detach(), grad.detach(), done.detach()
+        loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+        grad_sum = grad if grad_sum is None else grad_sum + grad
+        votes = done.long() if votes is None else votes + done.long()
+    assert loss_sum is not None and grad_sum is not None and votes is not None
+    return loss_sum / eot, grad_sum / eot, 2 * votes > eot
 
 
 def pgd(
@@ -74,9 +85,11 @@ def pgd(
     schedule: str = "constant",
     random_init: bool = True,
     generator: torch.Generator | RowNoise | None = None,
+    eot: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PGD with step ``step_size * eps / steps`` (``schedule`` constant or cosine), random start,
-    restarts and per-sample early stopping. Returns (x_adv, broken)."""
+    restarts and per-sample early stopping; ``eot`` gradient draws per step (see :func:`_loss_grad`).
+    Returns (x_adv, broken)."""
     generator = generator or torch.Generator().manual_seed(0)
     eps = eps.to(x.dtype)  # float64 radii (certificates) must not promote the iterates
     best = _Best.start(x)
@@ -87,7 +100,7 @@ def pgd(
         x0, e = x[rows], eps[rows]
         xa = random_start(x0, e, norm, rows_of(generator, rows)) if (random_init or r > 0) else x0.clone()
         for t in range(steps + 1):
-            lval, grad, broken = _loss_grad(objective, xa, rows)
+            lval, grad, broken = _loss_grad(objective, xa, rows, eot)
             best.update(rows, xa, lval, broken)
             keep = ~broken
             if t == steps or not keep.any():
@@ -124,12 +137,14 @@ def apgd(
     rho: float = 0.75,
     momentum: float = 0.75,
     generator: torch.Generator | RowNoise | None = None,
+    eot: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Auto-PGD (Croce & Hein 2020): step size 2 eps, momentum 0.75, and at each check of
     :func:`check_schedule` the step halves (and the iterate returns to the best point) for samples whose
     loss rose in at most ``rho`` of the window's steps, or that were not halved at the previous check
     and have not improved since. Samples stop as soon as their goal is reached; restarts begin anew from
-    random points for the samples still standing. Returns (x_adv, broken)."""
+    random points for the samples still standing; ``eot`` gradient draws per step (AutoAttack's rand version
+uses 20). Returns (x_adv, broken)."""
     generator = generator or torch.Generator().manual_seed(0)
     eps = eps.to(x.dtype)
     shape = (-1, *[1] * (x.dim() - 1))
@@ -141,7 +156,7 @@ def apgd(
             break
         x0, e = x[rows], eps[rows]
         xk = random_start(x0, e, norm, rows_of(generator, rows))
-        lk, gk, broken = _loss_grad(objective, xk, rows)
+        lk, gk, broken = _loss_grad(objective, xk, rows, eot)
         best.update(rows, xk, lk, broken)
         eta = 2 * e
         xmax, lmax, gmax = xk.clone(), lk.clone(), gk.clone()
@@ -160,7 +175,7 @@ def apgd(
             z = project(xk + eta.view(shape) * ascent_direction(gk, norm), x0, e, norm)
             a = momentum if k > 1 else 1.0
             x_new = project(xk + a * (z - xk) + (1 - a) * (xk - x_prev), x0, e, norm)
-            l_new, g_new, broken = _loss_grad(objective, x_new, rows)
+            l_new, g_new, broken = _loss_grad(objective, x_new, rows, eot)
             best.update(rows, x_new, l_new, broken)
             increases += (l_new > lk).to(increases.dtype)
             improved = l_new > lmax

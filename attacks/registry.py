@@ -20,6 +20,7 @@ from robustsim.threat import ThreatModel
 
 STEP_SIZE = 2.5  # PGD steps of STEP_SIZE * eps / steps cover the ball's diameter with room to spare
 SETTINGS = ("steps", "restarts", "seed")
+EOT = (*SETTINGS, "eot")  # the attacks that average their gradient over the metric's randomness
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,11 @@ class AttackSpec:
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     settings: tuple[str, ...] = SETTINGS
 
-    def make(self, norm: Norm, steps: int, restarts: int, seed: int) -> Attack:
-        given = {"steps": steps, "restarts": restarts, "seed": seed}
+    def make(self, norm: Norm, steps: int, restarts: int, seed: int, eot: int = 1) -> Attack:
+        if eot != 1 and "eot" not in self.settings:
+            takes = ", ".join(n for n, a in ATTACKS.items() if "eot" in a.settings)
+            raise RobustsimError(f"{self.name} has no EoT (gradient draws per step); --eot works with {takes}")
+        given = {"steps": steps, "restarts": restarts, "seed": seed, "eot": eot}
         return self.build(norm, **{k: given[k] for k in self.settings}, **self.options)
 
 
@@ -87,16 +91,18 @@ def register_attack(
         raise RobustsimError(f"attack name must be a non-empty string without ':', got {name!r}")
     if not callable(build):
         raise RobustsimError(f"attack {name!r}: build must be callable, got {build!r}")
-    unknown = set(settings) - set(SETTINGS)
+    unknown = set(settings) - set(EOT)
     if unknown:
-        raise RobustsimError(f"attack {name!r}: unknown settings {sorted(unknown)}; choose from {', '.join(SETTINGS)}")
+        raise RobustsimError(f"attack {name!r}: unknown settings {sorted(unknown)}; choose from {', '.join(EOT)}")
     ATTACKS[name] = AttackSpec(name, build, description, MappingProxyType(dict(options or {})), settings)
 
 
-register_attack("pgd", PGD, "PGD, margin loss, random start")
-register_attack("pgd-cosine", PGD, "PGD with a cosine step schedule", options={"schedule": "cosine"})
-register_attack("apgd-ce", APGD, "our APGD, cross-entropy", options={"loss": "ce"})
-register_attack("apgd-margin", APGD, "our APGD, binary margin (DLR for 2 classes)", options={"loss": "margin"})
+register_attack("pgd", PGD, "PGD, margin loss, random start", settings=EOT)
+register_attack("pgd-cosine", PGD, "PGD with a cosine step schedule", options={"schedule": "cosine"}, settings=EOT)
+register_attack("apgd-ce", APGD, "our APGD, cross-entropy", options={"loss": "ce"}, settings=EOT)
+register_attack(
+    "apgd-margin", APGD, "our APGD, binary margin (DLR for 2 classes)", options={"loss": "margin"}, settings=EOT
+)
 register_attack(
     "autoattack",
     AutoAttack,
@@ -122,13 +128,22 @@ def list_attacks() -> list[str]:
 
 
 def make_attack(
-    name: str, threat: ThreatModel | str = "l2", *, steps: int = 50, restarts: int = 1, seed: int = 0
+    name: str,
+    threat: ThreatModel | str = "l2",
+    *,
+    steps: int = 50,
+    restarts: int = 1,
+    seed: int = 0,
+    eot: int = 1,
 ) -> Attack:
     """Build an attack by name (see :func:`list_attacks`) for ``threat``'s norm (a ThreatModel or "l2" / "linf");
-    ``foolbox:L2CarliniWagnerAttack`` etc. also work."""
+    ``foolbox:L2CarliniWagnerAttack`` etc. also work. ``eot`` > 1: the gradient attacks average each step's
+    gradient over that many draws of a randomised metric (Expectation over Transformation)."""
     norm = ThreatModel.of(threat).norm
+    if name.startswith("foolbox:") and eot != 1:
+        raise RobustsimError(f"{name} has no EoT (gradient draws per step); use pgd or apgd-ce with eot")
     if name.startswith("foolbox:"):
         return foolbox_attack(norm, steps=steps, seed=seed, cls_name=name.split(":", 1)[1])
     if name not in ATTACKS:
         raise RobustsimError(f"unknown attack {name!r}; choose from {', '.join(list_attacks())}")
-    return ATTACKS[name].make(norm, steps, restarts, seed)
+    return ATTACKS[name].make(norm, steps, restarts, seed, eot)

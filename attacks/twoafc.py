@@ -77,3 +77,19 @@ class TwoAFCClassifier(nn.Module):
             d1 = m.distance(get("ref"), get("x1"))
             d0 = m.distance(get("ref"), get("x0"))
         return torch.stack([d1, d0], dim=1)
+
+
+class NoisyReference(nn.Module):
+    """The logits of ``clf`` with Gaussian noise of std ``sigma`` added to the moving image at every call: the
+    base decision a smoothed metric votes over, one fresh draw per call (EoT averages the gradient over calls)."""
+
+    def __init__(self, clf: TwoAFCClassifier, sigma: float, generator: torch.Generator) -> None:
+        super().__init__()
+        self.clf, self.sigma, self.generator = clf, sigma, generator
+
+    def clean_input(self) -> torch.Tensor:
+        return self.clf.clean_input()
+
+    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        noise = torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
+        return self.clf(x + self.sigma * noise, rows)

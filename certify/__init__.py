@@ -1,8 +1,9 @@
 """Certificates (l2): proofs for Lipschitz embedding metrics (2AFC radii for every threat model,
 embedding-distance bounds, top-k retrieval radii), all in the caller's pixels with the preprocessing
 and float rounding accounted for; and randomized smoothing for any metric (a certificate of the
-smoothed decision)."""
+smoothed decision) and center smoothing for any metric (a bound on how far its smoothed output moves)."""
 
+from robustsim.certify.center import CenterResult, CenterSmoothing, certify_center
 from robustsim.certify.certify2afc import CertifyResult, certify_2afc, certify_smoothed
 from robustsim.certify.lipschitz import (
     estimate_lipschitz,
@@ -23,7 +24,10 @@ from robustsim.certify.rounding import Rounding, embed_with_error, float64_copy,
 from robustsim.certify.smoothing import SmoothedMetric
 
 __all__ = [
+    "CenterResult",
+    "CenterSmoothing",
     "CertifyResult",
+    "certify_center",
     "SmoothedMetric",
     "certified_radius",
     "certify_2afc",

@@ -40,13 +40,25 @@ def clopper_pearson_lower(k: torch.Tensor, n: int, alpha: float) -> torch.Tensor
     return torch.from_numpy(out).nan_to_num(0.0).where(k.cpu() > 0, torch.zeros(1, dtype=torch.float64))
 
 
-def _check_count(name: str, value: object, low: int) -> int:
+def check_count(name: str, value: object, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
     return value
 
 
-def _stream_seed(seed: int, triplet: int, stream: int) -> int:
+def check_smoothing(metric: Metric, sigma: object, alpha: object) -> tuple[Metric, float, float]:
+    """(metric in eval mode, sigma, alpha) once each is valid; else a one-line :class:`InputError`."""
+    metric_arg(metric)
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma):
+        raise InputError(f"sigma must be a finite number, got {sigma!r}")
+    if not 0 < sigma <= MAX_SIGMA:
+        raise InputError(f"sigma must be in (0, {MAX_SIGMA:g}] (noise std in [0, 1] pixel units), got {sigma!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise InputError(f"alpha must be a number in (0, 1), got {alpha!r}")
+    return metric.eval(), float(sigma), float(alpha)
+
+
+def stream_seed(seed: int, triplet: int, stream: int) -> int:
     """The seed of one triplet's noise stream (``stream`` 0: selection, 1: estimation, 2: prediction)."""
     return (seed * 1_000_003 + triplet * 7919 + stream * 104_729 + 1) % (2**63 - 1)
 
@@ -70,16 +82,9 @@ class SmoothedMetric:
         batch: int = 256,
         seed: int = 0,
     ) -> None:
-        metric_arg(metric)
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma):
-            raise InputError(f"sigma must be a finite number, got {sigma!r}")
-        if not 0 < sigma <= MAX_SIGMA:
-            raise InputError(f"sigma must be in (0, {MAX_SIGMA:g}] (noise std in [0, 1] pixel units), got {sigma!r}")
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
-            raise InputError(f"alpha must be a number in (0, 1), got {alpha!r}")
-        self.metric, self.sigma, self.alpha = metric.eval(), float(sigma), float(alpha)
-        self.n, self.n0 = _check_count("n", n, 1), _check_count("n0", n0, 0)
-        self.batch, self.seed = _check_count("batch", batch, 1), _check_count("seed", seed, 0)
+        self.metric, self.sigma, self.alpha = check_smoothing(metric, sigma, alpha)
+        self.n, self.n0 = check_count("n", n, 1), check_count("n0", n0, 0)
+        self.batch, self.seed = check_count("batch", batch, 1), check_count("seed", seed, 0)
 
     @torch.no_grad()
     def counts(
@@ -94,7 +99,7 @@ class SmoothedMetric:
             fixed = m._embed(m.as_input(torch.cat([x0, x1]))).split(b)
         out = torch.zeros(b, dtype=torch.long)
         for i in range(b):
-            g = torch.Generator(device=ref.device).manual_seed(_stream_seed(self.seed, int(ids[i]), stream))
+            g = torch.Generator(device=ref.device).manual_seed(stream_seed(self.seed, int(ids[i]), stream))
             for start in range(0, n, self.batch):
                 k = min(self.batch, n - start)
                 noise = torch.randn((k, *ref.shape[1:]), generator=g, device=ref.device, dtype=ref.dtype)

@@ -15,6 +15,7 @@ import torch
 
 from robustsim.attacks.base import AttackResult
 from robustsim.attacks.registry import make_attack
+from robustsim.certify.smoothing import SmoothedMetric
 from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv, init_distributed
 from robustsim.errors import RobustsimError
@@ -178,7 +179,7 @@ def certified_per_triplet(
 
 
 def run_audit(
-    metric: Metric,
+    metric: Metric | SmoothedMetric,
     data: TripletDataset,
     threat: ThreatModel,
     attacks: Sequence[str],
@@ -186,6 +187,7 @@ def run_audit(
     steps: int = 50,
     restarts: int = 1,
     seed: int = 0,
+    eot: int = 1,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -198,13 +200,18 @@ def run_audit(
     CLI's ``--out``/.resume; delete it, or let the CLI do so, once the report is written).
 
     Under torchrun each rank attacks every ``world``-th triplet and rank 0 gathers the report one process would
-    write."""
+    write. ``eot`` > 1 averages each gradient over that many draws of a randomised metric; a
+    :class:`~robustsim.certify.SmoothedMetric` is attacked through its noise and judged by its prediction
+    (an abstention is not robust)."""
     if not attacks:
         raise RobustsimError("no attacks given; pass e.g. --attacks apgd-ce,apgd-margin")
     if not isinstance(threat, ThreatModel):
         raise RobustsimError(f"threat must be a ThreatModel, got {threat!r}; e.g. ThreatModel('l2', 'ref', (0.5,))")
     t0 = time.perf_counter()
-    built = [make_attack(a, threat, steps=steps, restarts=restarts, seed=seed) for a in attacks]
+    built = [make_attack(a, threat, steps=steps, restarts=restarts, seed=seed, eot=eot) for a in attacks]
+    smoothed = metric if isinstance(metric, SmoothedMetric) else None
+    base = smoothed.metric if smoothed is not None else metric
+    assert isinstance(base, Metric)
     env = env or init_distributed(torch.device(device))
     store = None
     if resume is not None:
@@ -212,10 +219,11 @@ def run_audit(
         from robustsim.resume import BatchStore
 
         context = {
-            "metric": metric_fingerprint(metric),
+            "metric": metric_fingerprint(base),
+            "smoothing": None if smoothed is None else repr(smoothed),
             "data": getattr(data, "identity", getattr(data, "name", "")),
             "threat": threat.to_json(),
-            "settings": [steps, restarts, seed, batch_size, list(attacks)],
+            "settings": [steps, restarts, seed, batch_size, list(attacks), eot],
             "rank": [env.rank, env.world],
         }
         store = BatchStore(Path(resume) / f"rank{env.rank}", context)
@@ -234,7 +242,7 @@ def run_audit(
     ]
     if store is not None and store.restored:
         print(f"audit: {store.restored} of {store.total} batches restored from an interrupted run", file=sys.stderr)
-    cert = certified_per_triplet(metric, data, threat, batch_size, device, env)
+    cert = None if smoothed is not None else certified_per_triplet(base, data, threat, batch_size, device, env)
     if not env.main:
         return None
     done = [r for r in results if r is not None]
@@ -244,8 +252,11 @@ def run_audit(
     if cert is not None:  # exact-arithmetic correctness can differ from the float32 decision at a near-tie
         cert &= first.clean[None, :]
     acc = lambda t: float(t[keep].double().mean()) if keep.any() else math.nan  # noqa: E731
+    settings = {"steps": steps, "restarts": restarts, "seed": seed, "batch_size": batch_size, "eot": eot}
+    if smoothed is not None:
+        settings["smoothing"] = {"sigma": smoothed.sigma, "n": smoothed.n, "alpha": smoothed.alpha}
     report = AuditReport(
-        metric=metric.name,
+        metric=base.name if smoothed is None else f"{base.name} (smoothed, sigma={smoothed.sigma:g})",
         data=getattr(data, "name", "data"),
         threat=threat,
         n=int(keep.sum()),
@@ -254,7 +265,7 @@ def run_audit(
         robust=[acc(worst[i]) for i in range(len(threat.eps))],
         certified=[acc(cert[i]) for i in range(len(threat.eps))] if cert is not None else None,
         attacks={a: AttackSummary(r.robust_accuracy(), r.seconds, r.calls) for a, r in zip(attacks, done, strict=True)},
-        settings={"steps": steps, "restarts": restarts, "seed": seed, "batch_size": batch_size},
+        settings=settings,
         per_triplet={
             "clean": first.clean.int().tolist(),
             "robust": worst.int().tolist(),
@@ -262,7 +273,7 @@ def run_audit(
         },
         seconds=time.perf_counter() - t0,
         runtime=runtime_info(device),
-        examples=example_info(metric, _examples(done), threat, device),
+        examples=example_info(base, _examples(done), threat, device),
     )
     check_laws(report)
     return report

@@ -4,6 +4,7 @@
 import math
 import os
 
+MAX_EOT = 10_000  # gradient draws per attack step (AutoAttack's rand version uses 20)
 MAX_SIGMA = 10.0  # smoothing noise std, in [0, 1] pixel units: beyond this the noisy images are noise alone
 MAX_BATCH = 1 << 16  # items per batch
 

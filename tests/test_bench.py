@@ -214,3 +214,39 @@ def test_each_leaderboard_row_links_to_its_card_page(reference):
         assert f"{100 * card['clean']:.1f}" in text and "lipsim-nano" in text
     finally:
         browser.quit()
+
+
+def test_bench_smoothing_adds_the_center_smoothing_bound_of_metrics_without_a_lipschitz_bound(reference, tmp_path):
+    """--smoothing: l2 (no Lipschitz certificate) gets the center-smoothing bound at each certified radius, the
+    very numbers certify_center gives on the same images with the bench's settings; lipsim-nano keeps its
+    Lipschitz proof and no bound; the leaderboard gains the column only then."""
+    from robustsim.certify import certify_center
+
+    from robustsim.bench.run import CENTER
+    from robustsim.data import open_triplets
+
+    out = tmp_path / "smoothed"
+    args = ["--metrics", "l2,lipsim-nano", "--limit", "4", "--device", "cpu", "--smoothing", "0.5"]
+    assert run_cli(["bench", *args, "--out", str(out)]) == 0
+    cards = {p.stem: json.loads(p.read_text()) for p in (out / "cards").glob("*.json")}
+    protocol = robustsim.bench.get_protocol("quick")
+    settings = {k: v for k, v in CENTER.items() if k != "images"}
+    alpha = protocol.smoothing["alpha"]
+    want = certify_center(
+        robustsim.load_metric("l2"),
+        open_triplets("mini", limit=4),
+        protocol.certified_eps,
+        0.5,
+        alpha=alpha,
+        progress=False,
+        **settings,
+    )
+    assert want is not None
+    bounds = cards["l2"]["certified"]["center_bound"]
+    assert list(bounds.values()) == pytest.approx([want.median_bound(e) for e in protocol.certified_eps])
+    assert all(v is not None and v > 0 for v in bounds.values())
+    assert set(cards["lipsim-nano"]["certified"]["center_bound"].values()) == {None}
+    assert cards["lipsim-nano"]["certified"]["method"] == "lipschitz"
+    board = (out / "leaderboard.md").read_text()
+    assert "| center bound 36/255 |" in board and f"| {bounds['36/255']:.4g} |" in board
+    assert "center bound" not in (reference / "leaderboard.md").read_text()

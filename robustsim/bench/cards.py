@@ -16,6 +16,12 @@ from robustsim.io import atomic_write
 from robustsim.metrics.base import Metric
 from robustsim.threat import format_eps
 
+CENTER_NOTE = (
+    " center bound: the median certified bound (metric units, probability 1 - alpha each) on how far the "
+    "center-smoothed output of a reference image moves within that l2 radius (Kumar & Goldstein 2021; metrics "
+    "without a Lipschitz certificate, bench --smoothing; '-': none, or the radius needs more draws)."
+)
+
 
 @dataclass(frozen=True)
 class Column:
@@ -25,14 +31,25 @@ class Column:
     title: str
 
 
-def columns(protocol: Protocol) -> list[Column]:
-    """The leaderboard's number columns, in order: clean, robust per threat model and radius, certified."""
+def columns(protocol: Protocol, center: bool = False) -> list[Column]:
+    """The leaderboard's number columns, in order: clean, robust per threat model and radius, certified; with
+    ``center``, the center-smoothing bound at the first certified radius (bench --smoothing)."""
     clean, robust, certified = protocol_cells(protocol)
     cols = [Column(clean[0], "clean")]
     for cells in robust:
         cols += [Column(c, f"{c.threat.norm} {c.threat.label(c.eps)}") for c in cells if c.threat and c.eps]
     cols += [Column(c, f"cert. {format_eps(c.eps)}") for c in certified if c.eps is not None]
+    if center and protocol.certified_eps:
+        e = protocol.certified_eps[0]
+        cols.append(Column(Cell("bound", e), f"center bound {format_eps(e)}"))
     return cols
+
+
+def has_center(cards: dict) -> bool:
+    """Whether any card holds center-smoothing bounds (its leaderboard then shows their column)."""
+    return any(
+        any(v is not None for v in (c.get("certified", {}).get("center_bound") or {}).values()) for c in cards.values()
+    )
 
 
 def cell_value(cells: dict, cell: Cell) -> float | None:
@@ -101,6 +118,11 @@ def make_card(
         "certified": {
             "method": first.get("method", "none"),
             **{format_eps(c.eps): cell_value(cells, c) for c in certified_cells if c.eps is not None},
+            "center_bound": {
+                format_eps(c.eps): (cells.get(c.name) or {}).get("center_bound")
+                for c in certified_cells
+                if c.eps is not None
+            },
         },
         "timings": {
             cell: {k: v for k, v in (c or {}).items() if k in ("seconds", "images_per_s")} for cell, c in cells.items()
@@ -134,6 +156,8 @@ def card_value(card: dict, column: Column) -> float | None:
         return card["clean"]
     if cell.kind == "robust" and cell.threat is not None and cell.eps is not None:
         return card["robust"].get(cell.threat.key(), {}).get(cell.threat.label(cell.eps))
+    if cell.kind == "bound" and cell.eps is not None:
+        return (card["certified"].get("center_bound") or {}).get(format_eps(cell.eps))
     return card["certified"].get(format_eps(cell.eps)) if cell.eps is not None else None
 
 
@@ -145,7 +169,7 @@ def leaderboard_rows(cards: dict, protocol: Protocol) -> list[Row]:
 
 def card_row(name: str, card: dict, protocol: Protocol) -> Row:
     """A card's leaderboard row: its numbers by column, the paper's figures (numbers only), the triplets used."""
-    values = {c.title: card_value(card, c) for c in columns(protocol)}
+    values = {c.title: card_value(card, c) for c in columns(protocol, center=True)}
     reported = {k: v for k, v in (card.get("reported") or {}).items() if isinstance(v, (int, float))} or None
     return Row(name, values, card["parameters"], card["seconds"], reported, (card.get("data") or {}).get("n"))
 
@@ -154,16 +178,19 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-def _shown(row: Row, title: str) -> str:
-    """Our number, with the paper's beside it where the paper reports one (``86.1 (paper 85.1)``)."""
-    ours = _pct(row.values[title])
-    paper = (row.reported or {}).get(title)
-    return ours if paper is None else f"{ours} (paper {paper:.1f})"
+def _shown(row: Row, column: Column) -> str:
+    """Our number, with the paper's beside it where the paper reports one (``86.1 (paper 85.1)``); a
+    center-smoothing bound in the metric's units."""
+    v = row.values[column.title]
+    if column.cell.kind == "bound":
+        return "-" if v is None else f"{v:.4g}"
+    paper = (row.reported or {}).get(column.title)
+    return _pct(v) if paper is None else f"{_pct(v)} (paper {paper:.1f})"
 
 
 def _cells(row: Row, cols: list[Column]) -> list[str]:
     n = "?" if row.n is None else str(row.n)
-    return [row.metric, *[_shown(row, c.title) for c in cols], n, f"{row.parameters:,}", f"{row.seconds:.1f}"]
+    return [row.metric, *[_shown(row, c) for c in cols], n, f"{row.parameters:,}", f"{row.seconds:.1f}"]
 
 
 def used_n(rows: list[Row]) -> int | None:
@@ -174,7 +201,7 @@ def used_n(rows: list[Row]) -> int | None:
 
 def write_leaderboard(cards: dict, skipped: dict, protocol: Protocol, data_spec: str, out: Path) -> list[Path]:
     """leaderboard.md, leaderboard.html and leaderboard.png in ``out`` (atomically)."""
-    cols = columns(protocol)
+    cols = columns(protocol, has_center(cards))
     heads = ["metric", *[c.title for c in cols], "n", "params", "seconds"]
     rows = leaderboard_rows(cards, protocol)
     md = [
@@ -184,7 +211,8 @@ def write_leaderboard(cards: dict, skipped: dict, protocol: Protocol, data_spec:
         "",
         "2AFC accuracy (%); robust = worst case over the protocol's attacks (reference perturbed); cert. = certified "
         "(Lipschitz proof, or smoothing where asked; '-' = no certificate). (paper X): the figure the metric's "
-        f"paper reports for this column ({reported_source(protocol)}): a run on that data should reproduce it.",
+        f"paper reports for this column ({reported_source(protocol)}): a run on that data should reproduce it."
+        + (CENTER_NOTE if has_center(cards) else ""),
         "",
         "| " + " | ".join(heads) + " |",
         "|" + "---|" * len(heads),
@@ -294,7 +322,7 @@ def _figure(rows: list[Row], cols: list[Column], protocol: Protocol):
 def card_markdown(name: str, card: dict, protocol: Protocol) -> str:
     """A card as a person reads it: provenance, the protocol, every number (with the paper's where known)."""
     row = card_row(name, card, protocol)
-    cols = columns(protocol)
+    cols = columns(protocol, has_center({name: card}))
     lines = [
         f"# {name}",
         "",

@@ -68,7 +68,10 @@ def metric_fingerprint(metric: Metric) -> str:
     return h.hexdigest()[:20]
 
 
-NUMBERS = ("score", "robust", "certified", "seconds", "images_per_s", "n")
+NUMBERS = ("score", "robust", "certified", "seconds", "images_per_s", "n", "center_bound")
+# center smoothing in certified cells of metrics without a Lipschitz bound (bench --smoothing), sized for a CPU:
+# the first `images` reference images, `n` certification draws, `n_center` draws per check of the centre
+CENTER = {"images": 10, "n": 500, "n_center": 1500, "candidates": 16, "delta": 0.1}
 
 
 def result_digest(result: object) -> str:
@@ -245,10 +248,11 @@ def certified_cells(
 ) -> dict[Cell, dict] | None:
     """Every certified cell: a Lipschitz proof where the metric has one, else smoothing (when asked), else a
     cell saying there is no certificate."""
-    from robustsim.certify import certify_2afc, certify_smoothed, has_certificate
+    from robustsim.certify import certify_2afc, certify_center, certify_smoothed, has_certificate
 
     eps = ThreatModel("l2", "ref", tuple(c.eps for c in cells if c.eps is not None))
     t0 = time.perf_counter()
+    centre = None
     if has_certificate(metric):
         method = "lipschitz"
         res = certify_2afc(metric, data, eps, batch_size=batch_size, device=device, progress=False, env=env)
@@ -258,14 +262,26 @@ def certified_cells(
         method = f"smoothing sigma={smoothing:g}"
         n, alpha = protocol.smoothing["n"], protocol.smoothing["alpha"]
         res = certify_smoothed(metric, data, eps, smoothing, n=n, alpha=alpha, device=device, progress=False, env=env)
-    if res is None:
+        first = data.select(list(range(min(CENTER["images"], len(data)))))
+        settings = {k: v for k, v in CENTER.items() if k != "images"}
+        centre = certify_center(
+            metric, first, eps, smoothing, alpha=alpha, device=device, progress=False, env=env, **settings
+        )
+    if res is None or (centre is None and method != "lipschitz"):
         return None
     secs = time.perf_counter() - t0
-    return {
+    out = {
         c: {"method": method, "certified": res.certified_at(c.eps), "clean": res.clean_score, "seconds": secs}
         for c in cells
         if c.eps is not None
     }
+    if method != "lipschitz":
+        assert centre is not None
+        for c, v in out.items():  # the median bound over the images that did not abstain; inf (more draws) -> None
+            b = centre.median_bound(c.eps)
+            v.update(center_bound=b if math.isfinite(b) else None, center_images=len(centre.abstain))
+            v["center_abstain_rate"] = centre.abstain_rate
+    return out
 
 
 @dataclass
@@ -314,7 +330,8 @@ def evaluate_metric(
     compute = announce(
         "certificates", lambda: certified_cells(m, data, protocol, certified, smoothing, batch_size, device, env)
     )
-    found.update(store.fill(run.name, run.fingerprint, certified, compute, extra={"smoothing": smoothing}))
+    extra = {"smoothing": smoothing} if smoothing is None else {"smoothing": smoothing, "center": CENTER}
+    found.update(store.fill(run.name, run.fingerprint, certified, compute, extra=extra))
     run.cells = {c.name: v for c, v in found.items()}
     return run.cells if env.main else None
 

@@ -11,6 +11,7 @@ import torch
 from robustsim.attacks.registry import list_attacks
 from robustsim.cli.options import (
     DEFAULT_EPS,
+    FiniteFloat,
     allow_outside_option,
     batch_option,
     data_option,
@@ -26,6 +27,7 @@ from robustsim.cli.options import (
     seed_option,
     threat_options,
 )
+from robustsim.limits import MAX_EOT, MAX_SIGMA
 from robustsim.threat import ThreatModel
 
 RESUME = ".resume"  # finished batches of an interrupted audit (robustsim.resume)
@@ -44,6 +46,29 @@ AUDIT_FILES = ("report.json", "report.md", "report.html", "robust.png", "example
     help=f"Comma-separated: {', '.join(list_attacks())}.",
 )
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(1, 100_000), help="Iterations per attack.")
+@click.option(
+    "--eot",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, MAX_EOT),
+    help="Expectation over Transformation: average each step's gradient over N draws of a randomised metric "
+    "(AutoAttack's rand version uses 20); pgd and apgd attacks.",
+)
+@click.option(
+    "--smoothing",
+    "sigma",
+    type=FiniteFloat(0, MAX_SIGMA, min_open=True),
+    default=None,
+    help="Attack the metric smoothed by Gaussian noise of this std on the reference: the attack sees one noise "
+    "draw per call (use --eot), a break is judged by the smoothed prediction (an abstention is not robust).",
+)
+@click.option(
+    "--smoothing-n",
+    default=128,
+    show_default=True,
+    type=click.IntRange(1, 10**7),
+    help="Noise samples of each smoothed prediction.",
+)
 @restarts_option
 @seed_option
 @out_dir_option("report.json, report.md, report.html (one offline page), robust.png, examples.png")
@@ -58,6 +83,9 @@ def audit_cmd(
     threat: ThreatModel,
     attacks_text: str,
     steps: int,
+    eot: int,
+    sigma: float | None,
+    smoothing_n: int,
     restarts: int,
     seed: int,
     out_dir: Path | None,
@@ -76,24 +104,29 @@ def audit_cmd(
 
     from robustsim.attacks import make_attack
     from robustsim.audit import run_audit
+    from robustsim.certify import SmoothedMetric
     from robustsim.io import OutputDir
     from robustsim.reports import write_report
 
     attacks = parse_names(attacks_text, "--attacks")
-    for a in attacks:  # fail on a bad name before any work
-        make_attack(a, threat)
+    for a in attacks:  # fail on a bad name (or an attack without EoT) before any work
+        make_attack(a, threat, eot=eot)
+    if sigma is not None and threat.target != "ref":
+        raise click.BadParameter("--smoothing smooths the reference image; use --target ref", param_hint="--target")
     claim = OutputDir(out_dir, AUDIT_FILES, overwrite) if out_dir and is_main() else nullcontext(None)
     with claim as out:
         (m,) = load_metrics([metric], device)
         data = open_data(data_spec, limit, size=m.input_size, allow_outside=allow_outside)
         # with --out every finished batch is kept in <out>/.resume: Ctrl-C, then the same command, continues
         resume = Path(out_dir) / RESUME if out_dir else None
+        attacked = m if sigma is None else SmoothedMetric(m, sigma, n=smoothing_n, alpha=0.001, seed=seed)
         report = run_audit(
-            m,
+            attacked,
             data,
             threat,
             attacks,
             steps=steps,
+            eot=eot,
             restarts=restarts,
             seed=seed,
             batch_size=batch_size,
@@ -102,7 +135,7 @@ def audit_cmd(
         )
         if report is None:  # a torchrun rank other than 0
             return
-        click.echo(f"audit of {m.name} on {data.name}: {threat.describe()}")
+        click.echo(f"audit of {report.metric} on {data.name}: {threat.describe()}")
         click.echo(report.table())
         if out is not None:
             for f in write_report(report, out):

@@ -36,7 +36,8 @@ from robustsim.limits import MAX_SIGMA
     "sigma",
     type=FiniteFloat(0, MAX_SIGMA, min_open=True),
     default=None,
-    help="Also certify metrics without a Lipschitz bound by randomized smoothing at this sigma.",
+    help="Also certify metrics without a Lipschitz bound by randomized smoothing at this sigma, and bound how "
+    "far their center-smoothed output moves at the certified radii (center smoothing, the first 10 images).",
 )
 @click.option(
     "--out",

@@ -28,7 +28,7 @@ from robustsim.cli.options import (
 from robustsim.limits import MAX_SIGMA
 from robustsim.threat import ThreatModel
 
-CERTIFY_FILES = ("report.json", "report.md", "report.html", "certified.png")
+CERTIFY_FILES = ("report.json", "report.md", "report.html", "certified.png", "bound.png")
 DEFAULT_CERT_EPS = {"l2": "36/255,72/255,108/255", "linf": "1/255,2/255,4/255"}
 
 
@@ -42,11 +42,13 @@ DEFAULT_CERT_EPS = {"l2": "36/255,72/255,108/255", "linf": "1/255,2/255,4/255"}
 )
 @click.option(
     "--method",
-    type=click.Choice(["auto", "lipschitz", "smoothing"]),
+    type=click.Choice(["auto", "lipschitz", "smoothing", "center-smoothing"]),
     default="auto",
     show_default=True,
     help="lipschitz: a proof from the metric's Lipschitz bound; smoothing: a certificate of the smoothed "
-    "metric (any metric); auto: lipschitz where the metric has a bound, else smoothing.",
+    "metric (any metric); auto: lipschitz where the metric has a bound, else smoothing; center-smoothing: "
+    "not a 2AFC certificate but a bound on how far each reference image's smoothed output can move within "
+    "eps (Kumar & Goldstein 2021; any metric).",
 )
 @click.option(
     "--mode",
@@ -69,7 +71,22 @@ DEFAULT_CERT_EPS = {"l2": "36/255,72/255,108/255", "linf": "1/255,2/255,4/255"}
     type=click.IntRange(1, 10**7),
     default=512,
     show_default=True,
-    help="Smoothing: noise samples per triplet.",
+    help="Smoothing: noise samples per triplet (center-smoothing: certification samples per image; 1000 is "
+    "its default when --n is not given).",
+)
+@click.option(
+    "--n-center",
+    type=click.IntRange(1, 10**7),
+    default=2000,
+    show_default=True,
+    help="Center smoothing: samples for each of the centre's two checks.",
+)
+@click.option(
+    "--delta",
+    type=FiniteFloat(0, 0.5, min_open=True, max_open=True),
+    default=0.1,
+    show_default=True,
+    help="Center smoothing: the margin Delta over half the mass that a centre must hold.",
 )
 @click.option(
     "--n0",
@@ -102,6 +119,8 @@ def certify_cmd(
     mode: str,
     sigma: float,
     n_samples: int,
+    n_center: int,
+    delta: float,
     n0: int,
     alpha: float,
     seed: int,
@@ -121,10 +140,14 @@ def certify_cmd(
     image(s) cannot change the decision, computed in float64 with the rounding bound subtracted.
     smoothing: for any metric, a certificate of the smoothed decision under Gaussian noise on the
     reference (Cohen et al. 2019), each sound with probability 1 - alpha; abstentions are reported.
+    center-smoothing: for any metric, a bound (metric units, probability 1 - alpha) on how far the
+    center-smoothed output of each reference image can move within eps (JSON: per-image bounds, the abstain
+    rate, the confidence).
     """
     from contextlib import nullcontext
 
     from robustsim.certify import certify_2afc, certify_smoothed, has_certificate
+    from robustsim.certify.center import certify_center
     from robustsim.certify.radius import Mode
     from robustsim.io import OutputDir, write_json
     from robustsim.plots import save_figure
@@ -136,13 +159,30 @@ def certify_cmd(
         (m,) = load_metrics([metric], device)
         if method == "auto":
             method = "lipschitz" if has_certificate(m) else "smoothing"
-        if method == "smoothing" and threat.target != "ref":
+        if method in ("smoothing", "center-smoothing") and threat.target != "ref":
             raise click.BadParameter(
-                "smoothing certifies the reference image only; use --target ref", param_hint="--target"
+                f"{method} certifies the reference image only; use --target ref", param_hint="--target"
             )
+        if method == "center-smoothing" and threat.norm != "l2":
+            raise click.BadParameter("center smoothing certifies l2 balls; use --norm l2", param_hint="--norm")
         data = open_data(data_spec, limit, allow_outside=allow_outside)
         if method == "lipschitz":
             res = certify_2afc(m, data, threat, mode=cast(Mode, mode), batch_size=batch_size, device=device)
+        elif method == "center-smoothing":
+            source = click.get_current_context().get_parameter_source("n_samples")
+            res = certify_center(
+                m,
+                data,
+                threat,
+                sigma,
+                n=1000 if source == click.core.ParameterSource.DEFAULT else n_samples,
+                n_center=n_center,
+                alpha=alpha,
+                delta=delta,
+                batch_size=min(batch_size, 16),
+                seed=seed,
+                device=device,
+            )
         else:
             res = certify_smoothed(
                 m,
@@ -158,7 +198,8 @@ def certify_cmd(
             )
         if res is None:  # a torchrun rank other than 0
             return
-        click.echo(f"certified 2AFC (%) of {m.name} on {data.name}: {res.describe()}")
+        what = "center-smoothing bounds" if method == "center-smoothing" else "certified 2AFC (%)"
+        click.echo(f"{what} of {m.name} on {data.name}: {res.describe()}")
         click.echo(res.table())
         if out is not None:
             for f in write_report(res, out):

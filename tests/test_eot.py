@@ -1,0 +1,93 @@
+"""EoT attacks (attacks/pgd.py ``eot``) and audits of a SmoothedMetric: the attack averages its gradient over the
+metric's randomness, and a break counts only when the smoothed prediction (not one noise draw) says so."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import small_embedding_metric
+from robustsim.attacks import make_attack
+from robustsim.attacks.pgd import apgd
+from robustsim.certify import SmoothedMetric
+
+from robustsim.audit import run_audit
+from robustsim.data import open_triplets
+from robustsim.errors import RobustsimError
+from robustsim.threat import ThreatModel
+
+SIGMA = 0.25
+
+
+@pytest.fixture(scope="module")
+def setting():
+    torch.set_num_threads(1)
+    metric = small_embedding_metric()
+    data = open_triplets("mini:test", size=32, limit=48)
+    return metric, data, SmoothedMetric(metric, SIGMA, n=64, alpha=0.01, batch=64)
+
+
+def test_eot_finds_breaks_of_a_smoothed_metric_that_the_plain_attack_misses(setting):
+    """The same APGD, 10 steps: one noise draw per step (what a plain attack sees of a randomised metric) against
+    the mean gradient of 8 draws. Both are judged by the smoothed prediction."""
+    _, data, smooth = setting
+    threat = ThreatModel("l2", "ref", (0.5, 1.0))
+    plain = run_audit(smooth, data, threat, ["apgd-ce"], steps=10, eot=1, progress=False)
+    eot = run_audit(smooth, data, threat, ["apgd-ce"], steps=10, eot=8, progress=False)
+    assert plain is not None and eot is not None
+    assert plain.clean == eot.clean > 0.4  # the same smoothed clean decisions (abstentions count as wrong)
+    n = plain.n
+    broken_plain = [round((plain.clean - r) * n) for r in plain.robust]
+    broken_eot = [round((eot.clean - r) * n) for r in eot.robust]
+    assert broken_eot[1] >= broken_plain[1] + 4, (broken_plain, broken_eot)
+    assert eot.settings["eot"] == 8 and eot.settings["smoothing"]["sigma"] == SIGMA
+    assert eot.certified is None and "smoothed" in eot.metric
+
+
+def test_eot_never_breaks_a_smoothing_certificate_inside_its_radius(setting):
+    """Triplets certified (Cohen's CERTIFY, n=256) with radius > eps keep their certified decision at the EoT
+    attack's points: PREDICT there abstains near the boundary but returns the other class only with
+    probability alpha."""
+    metric, data, _ = setting
+    alpha, eps = 0.01, 0.2
+    judge = SmoothedMetric(metric, SIGMA, n=128, alpha=alpha, batch=128, seed=7)
+    att = make_attack("apgd-ce", ThreatModel("l2", "ref", (eps,)), steps=10, eot=8)
+    res = att(judge, data, (eps,), progress=False, n_examples=len(data))
+    assert res is not None
+    adv, index = res.examples["adv"][0], res.examples["index"]
+    ref, x0, x1 = (res.examples[k] for k in ("ref", "x0", "x1"))
+    decision, radius = SmoothedMetric(metric, SIGMA, n=256, alpha=alpha, batch=256).certify(ref, x0, x1, ids=index)
+    certified = radius > eps
+    assert int(certified.sum()) >= 5
+    moved = (adv - ref).flatten(1).norm(dim=1)
+    assert float(moved.max()) <= eps * (1 + 1e-5) and float(moved.max()) > 0.9 * eps
+    decided = judge.predict(adv, x0, x1, ids=index)
+    flips = int((certified & (decided != -1) & (decided != decision)).sum())
+    assert flips <= 1, flips  # alpha = 1 % of at most 48 certified triplets
+    labels = (torch.stack([data[int(i)]["p"] for i in index]) > 0.5).long()
+    ok = res.clean[index]  # the audit judged each attacked point by this very prediction (same noise streams)
+    assert torch.equal(res.robust[0][index][ok], (decided == labels)[ok])
+
+
+def test_eot_of_a_deterministic_objective_is_the_plain_attack():
+    """The mean of identical gradients is the gradient: eot=3 follows eot=1's path on a fixed objective."""
+    w = torch.randn(6, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(6, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+
+    def objective(xa, rows):
+        loss = (xa * w[rows]).flatten(1).sum(1) ** 2
+        return loss, loss > 50
+
+    eps = torch.full((6,), 0.5)
+    a, ba = apgd(objective, x, eps, "l2", steps=20, generator=torch.Generator().manual_seed(2))
+    b, bb = apgd(objective, x, eps, "l2", steps=20, generator=torch.Generator().manual_seed(2), eot=3)
+    assert torch.allclose(a, b, atol=1e-5) and torch.equal(ba, bb)
+
+
+def test_eot_is_refused_where_the_attack_has_none():
+    for name in ("autoattack", "square", "foolbox:L2PGD"):
+        with pytest.raises(RobustsimError, match="has no EoT"):
+            make_attack(name, "l2", eot=4)
+    for bad in (0, True, 2.5):
+        with pytest.raises(RobustsimError, match="eot must be an integer"):
+            make_attack("apgd-ce", "l2", eot=bad)
+    assert make_attack("pgd", "l2", eot=4).work() == 4 * 50 + 1
