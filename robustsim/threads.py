@@ -107,7 +107,27 @@ def configure_threads(threads: int | None = None) -> int:
         raise RobustsimError(f"the thread count must be >= 1, got {threads}")
     n = threads if threads is not None else default_threads()
     torch.set_num_threads(n)
+    _CHOSEN.clear()
+    _CHOSEN.append(threads is None)
+    _USED.add(n)
     return n
+
+
+_CHOSEN: list[bool] = []  # [True] once configure_threads chose the count itself (nothing pinned it)
+_USED: set[int] = set()  # every count a run has used
+
+
+def follow_machine() -> int:
+    """Between a run's sections, cells and epochs: where robustsim chose the thread count (no ``--threads`` or
+    ``ROBUSTSIM_THREADS``), choose it again from the machine's load now (one read of /proc/loadavg), so a run
+    started beside other work speeds up once that work ends. Returns the count in use; a count the caller set
+    (or a library caller who never let robustsim choose) is left alone."""
+    if _CHOSEN == [True]:
+        n = default_threads()
+        if n != torch.get_num_threads():
+            torch.set_num_threads(n)
+        _USED.add(n)
+    return torch.get_num_threads()
 
 
 REPRODUCIBILITY = (
@@ -123,6 +143,7 @@ def runtime_info(device: str | torch.device | None = None) -> dict:
     return {
         "reproducibility": REPRODUCIBILITY,
         "threads": torch.get_num_threads(),
+        "threads_used": sorted(_USED | {torch.get_num_threads()}),
         "device": str(device) if device is not None else None,
         "torch": torch.__version__,
     }

@@ -3,6 +3,8 @@ metric's randomness, and a break counts only when the smoothed prediction (not o
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import small_embedding_metric
@@ -91,3 +93,20 @@ def test_eot_is_refused_where_the_attack_has_none():
         with pytest.raises(RobustsimError, match="eot must be an integer"):
             make_attack("apgd-ce", "l2", eot=bad)
     assert make_attack("pgd", "l2", eot=4).work() == 4 * 50 + 1
+
+
+def test_audit_attacks_a_smoothed_metric_from_the_command_line(tmp_path, capsys):
+    from conftest import run_cli
+
+    out = tmp_path / "audit"
+    args = ["audit", "--metric", "lipsim-nano", "--data", "mini:test", "--limit", "8", "--steps", "3"]
+    args += ["--attacks", "apgd-ce", "--eps", "0.5", "--smoothing", "0.25", "--smoothing-n", "32", "--eot", "2"]
+    assert run_cli([*args, "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["metric"] == "lipsim-nano (smoothed, sigma=0.25)" and report["certified"] is None
+    assert report["settings"]["eot"] == 2 and report["settings"]["smoothing"]["n"] == 32
+    assert "smoothed, sigma=0.25" in capsys.readouterr().out
+    assert run_cli([*args[:-2], "--attacks", "square", "--eot", "2"]) == 2
+    assert "square has no EoT" in capsys.readouterr().err
+    assert run_cli([*args, "--target", "x0"]) == 2
+    assert "smooths the reference image" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from robustsim.threads import busy_elsewhere, cgroup_cpu_limit
 
@@ -67,3 +68,22 @@ def _threads_in_child(cpus: set[int], env: dict[str, str] | None = None, args: s
     child_env.update(env or {})
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env, check=True)
     return int(out.stdout.strip())
+
+
+def test_a_chosen_thread_count_follows_the_machine_between_cells_and_a_pinned_one_stays(monkeypatch):
+    """follow_machine (called between bench cells, demo sections and training epochs) re-reads the load only
+    where robustsim chose the count; the counts a run used are recorded in its reports."""
+    import robustsim.threads as th
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(th, "default_threads", lambda: 1)
+        monkeypatch.delenv("ROBUSTSIM_THREADS", raising=False)
+        assert th.configure_threads(None) == 1
+        monkeypatch.setattr(th, "default_threads", lambda: 2)  # the other job ended
+        assert th.follow_machine() == 2 == torch.get_num_threads()
+        assert {1, 2} <= set(th.runtime_info()["threads_used"])
+        th.configure_threads(1)  # pinned (--threads 1): the load no longer matters
+        assert th.follow_machine() == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)

@@ -31,6 +31,7 @@ from robustsim.errors import RobustsimError
 from robustsim.io import OutputDir, atomic_write
 from robustsim.models.checkpoint import clean_orphans, load_net, recover_checkpoint, save_checkpoint
 from robustsim.models.lipsim import LipSimMetric, LipSimNet
+from robustsim.threads import follow_machine
 
 #: settings a resumed run must share with the run it continues
 RESUME_KEYS = ("epochs", "batch_size", "lr", "warmup", "seed", "max_steps")
@@ -160,7 +161,8 @@ def _fit(net: LipSimNet, task: Task, cfg: RunConfig, env: DistEnv) -> dict[str, 
         net.eval()
         figures, score = task.evaluate(metric)
         net.train()
-        log.write(event="epoch", epoch=epoch, step=step, **figures)
+        threads = follow_machine()  # the next epoch runs on what the machine has free now (unless pinned)
+        log.write(event="epoch", epoch=epoch, step=step, threads=threads, **figures)
         return figures, score
 
     if start == 0 and getattr(task, "select_from_init", False) and env.main:

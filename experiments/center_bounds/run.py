@@ -46,6 +46,7 @@ def units(angle: float) -> float:
 def smoothed_row(name: str, x: torch.Tensor, steps: int, eot: int) -> dict:
     from robustsim.attacks import embedding_attack, smoothed_output_attack
     from robustsim.certify import CenterSmoothing
+
     from robustsim.zoo import load_metric
 
     metric = load_metric(name).eval()
@@ -65,8 +66,11 @@ def smoothed_row(name: str, x: torch.Tensor, steps: int, eot: int) -> dict:
         row["attack"][str(e)] = max(units(float(a)) for a in moved[keep])
         _, d = embedding_attack(metric, x, e, "l2", steps=steps, seed=0)
         row["base_attack"][str(e)] = float(d.max())
-        print(f"{name} eps {e:g}: bound {row['bound'][str(e)]:.4g} attack on smoothed {row['attack'][str(e)]:.4g} "
-              f"attack on base {row['base_attack'][str(e)]:.4g}", flush=True)
+        print(
+            f"{name} eps {e:g}: bound {row['bound'][str(e)]:.4g} attack on smoothed {row['attack'][str(e)]:.4g} "
+            f"attack on base {row['base_attack'][str(e)]:.4g}",
+            flush=True,
+        )
     row["seconds"] = time.perf_counter() - t0
     return row
 
@@ -74,6 +78,7 @@ def smoothed_row(name: str, x: torch.Tensor, steps: int, eot: int) -> dict:
 def lipschitz_row(x: torch.Tensor, steps: int) -> dict:
     from robustsim.attacks import embedding_attack
     from robustsim.certify import embedding_distance_bound
+
     from robustsim.zoo import load_metric
 
     metric = load_metric(LIPSCHITZ).eval()
@@ -118,10 +123,23 @@ def figure(rows: list[dict], out: Path) -> None:
         c = OKABE_ITO[i]
         ax.plot(EPS, [r["bound"][str(e)] for e in EPS], "o-", color=c, label=f"{r['metric']}: {r['kind']} bound")
         if r["kind"] != "Lipschitz":
-            ax.plot(ATTACKED, [r["attack"][str(e)] for e in ATTACKED], "s", color=c, ms=8, mfc="none",
-                    label="  EoT attack on its smoothed output")
-        ax.plot(ATTACKED, [r["base_attack"][str(e)] for e in ATTACKED], "x", color=c, ms=9,
-                label="  attack on the base metric")
+            ax.plot(
+                ATTACKED,
+                [r["attack"][str(e)] for e in ATTACKED],
+                "s",
+                color=c,
+                ms=8,
+                mfc="none",
+                label="  EoT attack on its smoothed output",
+            )
+        ax.plot(
+            ATTACKED,
+            [r["base_attack"][str(e)] for e in ATTACKED],
+            "x",
+            color=c,
+            ms=9,
+            label="  attack on the base metric",
+        )
     ax.set_xlabel("l2 radius eps (64 px images in [0, 1])")
     ax.set_ylabel("change of the metric (1 - cos)")
     ax.set_yscale("log")

@@ -18,7 +18,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import cast
 
@@ -31,6 +31,7 @@ from robustsim.dist import DistEnv, broadcast_object, init_distributed
 from robustsim.errors import InputError, RobustsimError
 from robustsim.io import finite_json, write_json
 from robustsim.metrics.base import Metric
+from robustsim.threads import follow_machine
 from robustsim.threat import ThreatModel
 
 
@@ -309,7 +310,8 @@ def evaluate_metric(
 
     def announce(what: str, compute: Callable[[], dict[Cell, dict] | None]):
         def wrapped():
-            log(f"{run.name}: {what}")
+            threads = follow_machine()  # the machine's load may have changed since the last cell
+            log(f"{run.name}: {what} ({threads} thread{'s' if threads > 1 else ''})")
             return compute()
 
         return wrapped
@@ -336,6 +338,30 @@ def evaluate_metric(
     return run.cells if env.main else None
 
 
+def metric_estimate(
+    metric: Metric, data: TripletDataset, protocol: Protocol, smoothing: float | None, batch_size: int, device
+):
+    """What a metric's cells cost at most when none is saved yet (:mod:`robustsim.cost`): the clean pass, each
+    threat model's attacks, and the certificate (a Lipschitz proof, or smoothing and center smoothing)."""
+    from robustsim.attacks.registry import make_attack
+    from robustsim.certify import has_certificate
+    from robustsim.cost import audit_estimate, certify_estimate
+
+    est = certify_estimate(metric, data, "lipschitz", batch_size, device)  # the clean pass: about one forward
+    est = replace(est, forwards=est.forwards / 2, seconds=est.seconds / 2)
+    for tm in protocol.threat_models:
+        built = [make_attack(a, tm, steps=protocol.steps, restarts=protocol.restarts) for a in protocol.attacks]
+        est += audit_estimate(metric, data, tm.eps, built, batch_size, device)
+    if has_certificate(metric):
+        est += certify_estimate(metric, data, "lipschitz", batch_size, device)
+    elif smoothing is not None:
+        first = data.select(list(range(min(CENTER["images"], len(data)))))
+        est += certify_estimate(metric, data, "smoothing", batch_size, device, protocol.smoothing["n"])
+        centre = CENTER["candidates"] + 2 * CENTER["n_center"] + CENTER["n"]
+        est += certify_estimate(metric, first, "center-smoothing", batch_size, device, centre)
+    return est
+
+
 def _checked_metrics(metrics: object) -> list[str]:
     if isinstance(metrics, (str, bytes)) or not isinstance(metrics, Sequence):
         raise InputError(f"metrics must be a list of names, got {metrics!r}; pass e.g. ['l2', 'lipsim-nano']")
@@ -355,10 +381,12 @@ def run(
     progress: bool = True,
     log=print,
     limit: int | None = None,
+    dry_run: bool = False,
 ) -> dict | None:
     """Benchmark ``metrics`` (zoo names, checkpoint paths; ``["all"]`` = every metric that can run here) on the
     2AFC spec ``data``; write cards, leaderboard and figure into ``out``. Returns {metric: card, "_skipped":
-    {metric: reason}} on rank 0 (None on other ranks)."""
+    {metric: reason}} on rank 0 (None on other ranks). Each metric's estimated cost is logged before its cells;
+    ``dry_run`` stops there (nothing written; the result holds "_estimate")."""
     from robustsim.bench.cards import make_card, write_card_page, write_leaderboard
     from robustsim.data import open_triplets
     from robustsim.zoo import load_metric, metric_entries
@@ -380,6 +408,7 @@ def run(
     if metrics == ["all"]:
         metrics = [e.name for e in metric_entries() if e.weights_available()]
     cards, skipped = {}, {}
+    total = None
     say = log if env.main else (lambda *a, **k: None)
     say(proto.describe())
     for name in metrics:
@@ -388,6 +417,11 @@ def run(
         except (RobustsimError, ImportError, OSError) as err:
             skipped[name] = str(err).splitlines()[0]
             say(f"{name}: skipped ({skipped[name]})")
+            continue
+        est = metric_estimate(metric, triplets, proto, smoothing, batch_size, env.device)
+        say(f"{name}: {est.describe()}")
+        total = est if total is None else total + est
+        if dry_run:
             continue
         runner = MetricRun(name, metric, metric_fingerprint(metric))
         t0 = time.perf_counter()
@@ -401,6 +435,12 @@ def run(
         del metric
     if not env.main:
         return None
+    if total is not None and len(metrics) > 1:
+        say(f"all metrics: {total.describe()}")
+    if total is not None and total.warning():
+        say(f"warning: {total.warning()}")
+    if dry_run:
+        return {"_skipped": skipped, "_estimate": total}
     write_leaderboard(cards, skipped, proto, data, out)
     return {**cards, "_skipped": skipped}
 

@@ -16,6 +16,7 @@ from robustsim.cli.options import (
     batch_option,
     data_option,
     device_option,
+    dry_run_option,
     is_main,
     limit_option,
     load_metrics,
@@ -24,6 +25,7 @@ from robustsim.cli.options import (
     overwrite_option,
     parse_names,
     restarts_option,
+    say_cost,
     seed_option,
     threat_options,
 )
@@ -77,6 +79,7 @@ AUDIT_FILES = ("report.json", "report.md", "report.html", "robust.png", "example
 @device_option
 @limit_option()
 @allow_outside_option
+@dry_run_option
 def audit_cmd(
     metric: str,
     data_spec: str,
@@ -94,31 +97,39 @@ def audit_cmd(
     device: torch.device,
     limit: int | None,
     allow_outside: bool,
+    dry_run: bool,
 ) -> None:
     """Attack a metric on 2AFC triplets; report clean, robust (worst case) and certified accuracy.
 
     Robust accuracy per triplet is the worst case over the attacks; the report checks
-    certified <= robust <= clean and fails loudly if a law breaks.
+    certified <= robust <= clean and fails loudly if a law breaks. The estimated cost is printed first
+    (--dry-run: only that).
     """
     from contextlib import nullcontext
 
     from robustsim.attacks import make_attack
     from robustsim.audit import run_audit
     from robustsim.certify import SmoothedMetric
+    from robustsim.cost import audit_estimate, certify_estimate
     from robustsim.io import OutputDir
     from robustsim.reports import write_report
 
     attacks = parse_names(attacks_text, "--attacks")
-    for a in attacks:  # fail on a bad name (or an attack without EoT) before any work
-        make_attack(a, threat, eot=eot)
+    built = [make_attack(a, threat, steps=steps, restarts=restarts, eot=eot) for a in attacks]  # bad names: now
     if sigma is not None and threat.target != "ref":
         raise click.BadParameter("--smoothing smooths the reference image; use --target ref", param_hint="--target")
-    claim = OutputDir(out_dir, AUDIT_FILES, overwrite) if out_dir and is_main() else nullcontext(None)
+    claim = OutputDir(out_dir, AUDIT_FILES, overwrite) if out_dir and is_main() and not dry_run else nullcontext(None)
     with claim as out:
         (m,) = load_metrics([metric], device)
         data = open_data(data_spec, limit, size=m.input_size, allow_outside=allow_outside)
         # with --out every finished batch is kept in <out>/.resume: Ctrl-C, then the same command, continues
         resume = Path(out_dir) / RESUME if out_dir else None
+        cost = audit_estimate(m, data, threat.eps, built, batch_size, device, threat.target)
+        if sigma is not None:  # each clean check and each radius's verdict is a smoothed prediction
+            n_pred = smoothing_n * (1 + len(threat.eps)) * len(built)
+            cost += certify_estimate(m, data, "smoothing", batch_size, device, samples=n_pred)
+        if say_cost(cost, dry_run):
+            return
         attacked = m if sigma is None else SmoothedMetric(m, sigma, n=smoothing_n, alpha=0.001, seed=seed)
         report = run_audit(
             attacked,

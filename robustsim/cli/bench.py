@@ -12,6 +12,7 @@ from robustsim.cli.options import (
     batch_option,
     data_option,
     device_option,
+    dry_run_option,
     is_main,
     limit_option,
     parse_names,
@@ -49,6 +50,7 @@ from robustsim.limits import MAX_SIGMA
 @batch_option
 @device_option
 @limit_option()
+@dry_run_option
 def bench_cmd(
     metrics: str,
     data_spec: str,
@@ -58,6 +60,7 @@ def bench_cmd(
     batch_size: int,
     device: torch.device,
     limit: int | None,
+    dry_run: bool,
 ) -> None:
     """Benchmark metrics under a standard protocol: clean 2AFC; robust 2AFC under the AutoAttack-style
     ensemble (reference perturbed) at l2 0.5, 1 and linf 2/255, 4/255; certified 2AFC at l2 36/72/108 /255
@@ -65,7 +68,8 @@ def bench_cmd(
 
     Resumable: every cell is saved as it finishes (keyed by the protocol, the data and the weights); the same
     command again continues a killed run. Under `torchrun --nproc_per_node N -m robustsim bench ...` the
-    triplets are shared over the processes (and machines, with torchrun's rendezvous).
+    triplets are shared over the processes (and machines, with torchrun's rendezvous). Each metric's estimated
+    cost is printed before its cells (--dry-run: only the estimates, nothing written).
     """
     from contextlib import nullcontext
 
@@ -74,7 +78,8 @@ def bench_cmd(
 
     names = ["all"] if metrics.strip() == "all" else parse_names(metrics, "--metrics")
     check_output_dir(out_dir)
-    claim = OutputDir(out_dir) if is_main() else nullcontext(out_dir)  # resuming into the same --out is the point
+    # resuming into the same --out is the point
+    claim = OutputDir(out_dir) if is_main() and not dry_run else nullcontext(out_dir)
     with claim:
         result = run(
             names,
@@ -86,8 +91,9 @@ def bench_cmd(
             device=device,
             limit=limit,
             log=lambda m: click.echo(m, err=True),
+            dry_run=dry_run,
         )
-    if result is None:
+    if result is None or dry_run:
         return
     click.echo((out_dir / "leaderboard.md").read_text())
     for f in ("leaderboard.md", "leaderboard.html", "leaderboard.png"):

@@ -15,6 +15,7 @@ from robustsim.cli.options import (
     check_file_outputs,
     data_option,
     device_option,
+    dry_run_option,
     file_output_option,
     is_main,
     limit_option,
@@ -22,6 +23,7 @@ from robustsim.cli.options import (
     open_data,
     out_dir_option,
     overwrite_option,
+    say_cost,
     seed_option,
     threat_options,
 )
@@ -111,6 +113,7 @@ DEFAULT_CERT_EPS = {"l2": "36/255,72/255,108/255", "linf": "1/255,2/255,4/255"}
 @device_option
 @limit_option()
 @allow_outside_option
+@dry_run_option
 def certify_cmd(
     metric: str,
     data_spec: str,
@@ -132,6 +135,7 @@ def certify_cmd(
     device: torch.device,
     limit: int | None,
     allow_outside: bool,
+    dry_run: bool,
 ) -> None:
     """Certified 2AFC accuracy at each epsilon, in the pixels of the images as loaded (the metric's own
     resize and normalisation are part of the certificate).
@@ -142,19 +146,20 @@ def certify_cmd(
     reference (Cohen et al. 2019), each sound with probability 1 - alpha; abstentions are reported.
     center-smoothing: for any metric, a bound (metric units, probability 1 - alpha) on how far the
     center-smoothed output of each reference image can move within eps (JSON: per-image bounds, the abstain
-    rate, the confidence).
+    rate, the confidence). The estimated cost is printed first (--dry-run: only that).
     """
     from contextlib import nullcontext
 
     from robustsim.certify import certify_2afc, certify_smoothed, has_certificate
     from robustsim.certify.center import certify_center
     from robustsim.certify.radius import Mode
+    from robustsim.cost import certify_estimate
     from robustsim.io import OutputDir, write_json
     from robustsim.plots import save_figure
     from robustsim.reports import write_report
 
     check_file_outputs(json=json, plot=plot)
-    claim = OutputDir(out_dir, CERTIFY_FILES, overwrite) if out_dir and is_main() else nullcontext(None)
+    claim = OutputDir(out_dir, CERTIFY_FILES, overwrite) if out_dir and is_main() and not dry_run else nullcontext(None)
     with claim as out:
         (m,) = load_metrics([metric], device)
         if method == "auto":
@@ -166,16 +171,21 @@ def certify_cmd(
         if method == "center-smoothing" and threat.norm != "l2":
             raise click.BadParameter("center smoothing certifies l2 balls; use --norm l2", param_hint="--norm")
         data = open_data(data_spec, limit, allow_outside=allow_outside)
+        source = click.get_current_context().get_parameter_source("n_samples")
+        if method == "center-smoothing" and source == click.core.ParameterSource.DEFAULT:
+            n_samples = 1000
+        samples = {"lipschitz": 0, "smoothing": n_samples + n0, "center-smoothing": 16 + 2 * n_center + n_samples}
+        if say_cost(certify_estimate(m, data, method, batch_size, device, samples[method]), dry_run):
+            return
         if method == "lipschitz":
             res = certify_2afc(m, data, threat, mode=cast(Mode, mode), batch_size=batch_size, device=device)
         elif method == "center-smoothing":
-            source = click.get_current_context().get_parameter_source("n_samples")
             res = certify_center(
                 m,
                 data,
                 threat,
                 sigma,
-                n=1000 if source == click.core.ParameterSource.DEFAULT else n_samples,
+                n=n_samples,
                 n_center=n_center,
                 alpha=alpha,
                 delta=delta,

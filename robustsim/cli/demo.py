@@ -34,12 +34,20 @@ def demo_cmd(ctx: click.Context, device: torch.device, quick: bool) -> None:
         _run(ctx, device, quick)
 
 
+def _section(title: str) -> None:
+    """A section's heading; the thread count follows the machine's load from one section to the next."""
+    from robustsim.threads import follow_machine
+
+    threads = follow_machine()
+    click.echo(f"{title} [{threads} thread{'s' if threads > 1 else ''}]")
+
+
 def _run(ctx: click.Context, device: torch.device, quick: bool) -> None:
-    click.echo("== clean 2AFC on the bundled synthetic `mini` test split")
+    _section("== clean 2AFC on the bundled synthetic `mini` test split")
     ctx.invoke(score_cmd, metrics=OFFLINE, device=device, limit=64 if quick else None, groups=True)
-    click.echo("\n== certified 2AFC of the shipped 1-Lipschitz metric lipsim-nano-aoc (sound l2 radius)")
+    _section("\n== certified 2AFC of the shipped 1-Lipschitz metric lipsim-nano-aoc (sound l2 radius)")
     ctx.invoke(certify_cmd, metric="lipsim-nano-aoc", batch_size=64, device=device, limit=64 if quick else None)
-    click.echo("\n== retrieval with lipsim-nano-cert on the bundled synthetic retrieval set (l2 attacks on the query)")
+    _section("\n== retrieval with lipsim-nano-cert on the bundled synthetic retrieval set (l2 attacks on the query)")
     ctx.invoke(
         retrieval_cmd,
         metric="lipsim-nano-cert",
@@ -49,5 +57,5 @@ def _run(ctx: click.Context, device: torch.device, quick: bool) -> None:
         device=device,
         limit=8 if quick else None,
     )
-    click.echo("\n== quick benchmark of the offline metrics on mini (robustsim bench)")
+    _section("\n== quick benchmark of the offline metrics on mini (robustsim bench)")
     ctx.invoke(bench_cmd, metrics=OFFLINE, out_dir=Path("runs/demo/bench"), device=device, limit=8 if quick else None)

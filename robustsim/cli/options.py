@@ -235,3 +235,21 @@ def is_main() -> bool:
     from robustsim.dist import env_from_os
 
     return env_from_os().main
+
+
+def dry_run_option(f: Callable) -> Callable:
+    return click.option(
+        "--dry-run",
+        is_flag=True,
+        help="Time one calibration batch, print the estimated cost (passes and time on this device) and stop.",
+    )(f)
+
+
+def say_cost(estimate, dry_run: bool) -> bool:
+    """Print a run's estimated cost (and the warning of a long CPU run) on stderr; True when the run should stop
+    there (``--dry-run``)."""
+    if is_main():
+        click.echo(estimate.describe(), err=True)
+        if estimate.warning():
+            click.echo(f"warning: {estimate.warning()}", err=True)
+    return dry_run
