@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 from robustsim.attacks.geometry import NORMS, Norm, RowNoise, in_threat_model, rows_of
-from robustsim.attacks.twoafc import NoisyReference, TwoAFCClassifier, labels_from_p, margin
+from robustsim.attacks.twoafc import CleanEmbeddings, NoisyReference, TwoAFCClassifier, labels_from_p, margin
 from robustsim.certify.smoothing import SmoothedMetric, stream_seed
 from torch import nn
 
@@ -23,6 +23,7 @@ from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv, gather_objects, init_distributed
 from robustsim.errors import InputError
 from robustsim.metrics.base import Metric
+from robustsim.precision import Precision, autocast
 from robustsim.resume import BatchStore
 from robustsim.runner import run_batches
 from robustsim.threat import ThreatModel
@@ -64,6 +65,7 @@ class Attack:
         if norm not in NORMS:
             raise InputError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
         self.norm, self.seed = norm, seed
+        self.precision: Precision = "fp32"  # the attack steps' autocast; decisions and re-checks stay float32
 
     def work(self) -> int:
         """Model calls one epsilon of one batch costs at most (roughly): what a progress bar counts."""
@@ -111,13 +113,15 @@ class Attack:
         workers: int | None = None,
         env: DistEnv | None = None,
         store: BatchStore | None = None,
+        clean: CleanEmbeddings | None = None,
     ) -> AttackResult | None:
         """Attack every triplet at every radius of ``threat`` (a list of radii: this attack's norm, the reference
         moving). A :class:`SmoothedMetric` is attacked through one noise draw per model call (use ``eot`` to
         average them) and judged by its prediction: an abstention or a flip is not robust.
         Under torchrun each rank attacks its share and rank 0 gets the whole result (others None).
         ``store`` keeps every finished batch (its results, model calls and examples), so an interrupted run
-        continues where it stopped (:mod:`robustsim.resume`)."""
+        continues where it stopped (:mod:`robustsim.resume`). ``clean`` shares the clean embeddings between the
+        attacks of one run (:class:`~robustsim.attacks.twoafc.CleanEmbeddings`)."""
         threat = ThreatModel(self.norm, "ref", tuple(threat)) if not isinstance(threat, ThreatModel) else threat
         if threat.norm != self.norm:
             raise InputError(f"{self.name} attacks {self.norm} balls, not {threat.norm}: make_attack(name, threat)")
@@ -135,7 +139,8 @@ class Attack:
 
         def step(batch: dict, tick) -> dict[str, torch.Tensor]:
             ref, x0, x1 = batch["ref"], batch["x0"], batch["x1"]
-            clf = TwoAFCClassifier(metric, ref, x0, x1, target)
+            embedded = clean.get(metric, batch) if clean is not None and target != "all" else None
+            clf = TwoAFCClassifier(metric, ref, x0, x1, target, embedded)
             attacked: nn.Module = clf
             if smoothed is not None:  # the attack sees one noise draw per call; decisions are the smoothed ones
                 g = torch.Generator(device=ref.device).manual_seed(stream_seed(self.seed, int(batch["index"][0]), 3))
@@ -150,7 +155,7 @@ class Attack:
             y, kp = labels_from_p(batch["p"].to(ref.device))
             with torch.no_grad():
                 if smoothed is None:
-                    ok = (margin(clf(x), y) > 0) & kp
+                    ok = (margin(clf.clean_logits(), y) > 0) & kp
                 else:  # an abstention is not a correct decision
                     ok = (smoothed.predict(ref, x0, x1, ids=batch["index"]).to(y.device) == y) & kp
             rows = ok.nonzero()[:, 0]
@@ -159,7 +164,9 @@ class Attack:
             if rows.numel():
                 sub = lambda xa, r, rows=rows: forward(xa, rows[r])  # noqa: E731
                 noise = RowNoise(self.seed, batch["index"][rows.cpu()])  # per-triplet: the same in any batch or shard
-                adv, broken = self.attack_batch(sub, x[rows], y[rows], eps, noise)
+                with autocast(self.precision, x.device):  # the steps only: the re-check below runs in float32
+                    adv, broken = self.attack_batch(sub, x[rows], y[rows], eps, noise)
+                adv = adv.to(x.dtype)
                 if smoothed is None:
                     broken = broken & self._verify(clf, adv, x[rows], y[rows], rows, eps)
                 else:  # every final point is judged by the smoothed decision, claimed by a noisy draw or not

@@ -67,20 +67,23 @@ class RowNoise:
     def rows(self, idx: torch.Tensor) -> RowNoise:
         return RowNoise(self.seed, torch.tensor([self.ids[int(i)] for i in idx.tolist()]), self.counts)
 
-    def _draw(self, fn, shape: tuple[int, ...]) -> torch.Tensor:
+    def _draw(self, fn, shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
+        """Each row from its own generator on ``device`` (no host-side tensor to copy; on a CPU the same numbers as
+        ever, a CUDA generator draws its own)."""
         out = []
         for i in self.ids:
             n = self.counts.get(i, 0)
             self.counts[i] = n + 1
-            g = torch.Generator().manual_seed((self.seed * 1_000_003 + i * 7919 + n * 104_729) % (2**63 - 1))
-            out.append(fn(shape[1:], generator=g))
-        return torch.stack(out) if out else torch.empty(shape)
+            g = torch.Generator(device=device)
+            g.manual_seed((self.seed * 1_000_003 + i * 7919 + n * 104_729) % (2**63 - 1))
+            out.append(fn(shape[1:], generator=g, device=device))
+        return torch.stack(out) if out else torch.empty(shape, device=device)
 
-    def randn(self, shape: tuple[int, ...]) -> torch.Tensor:
-        return self._draw(torch.randn, shape)
+    def randn(self, shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
+        return self._draw(torch.randn, shape, device)
 
-    def rand(self, shape: tuple[int, ...]) -> torch.Tensor:
-        return self._draw(torch.rand, shape)
+    def rand(self, shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
+        return self._draw(torch.rand, shape, device)
 
 
 def rows_of(generator: torch.Generator | RowNoise | None, rows: torch.Tensor):
@@ -88,19 +91,19 @@ def rows_of(generator: torch.Generator | RowNoise | None, rows: torch.Tensor):
     return generator.rows(rows) if isinstance(generator, RowNoise) else generator
 
 
-def _rand(shape: tuple[int, ...], generator: torch.Generator | RowNoise, normal: bool) -> torch.Tensor:
+def _rand(shape: tuple[int, ...], generator: torch.Generator | RowNoise, normal: bool, device) -> torch.Tensor:
     if isinstance(generator, RowNoise):
-        return generator.randn(shape) if normal else generator.rand(shape)
-    return (torch.randn if normal else torch.rand)(shape, generator=generator, device="cpu")
+        return generator.randn(shape, device) if normal else generator.rand(shape, device)
+    return (torch.randn if normal else torch.rand)(shape, generator=generator, device=generator.device)
 
 
 def random_start(x: torch.Tensor, eps: torch.Tensor, norm: Norm, generator: torch.Generator | RowNoise) -> torch.Tensor:
     """A uniformly random point of the ball (linf: uniform cube; l2: uniform direction and volume)."""
     if norm == "linf":
-        delta = (2 * _rand(tuple(x.shape), generator, False).to(x) - 1) * _view(eps, x)
+        delta = (2 * _rand(tuple(x.shape), generator, False, x.device).to(x) - 1) * _view(eps, x)
     else:
-        g = _rand(tuple(x.shape), generator, True).to(x)
+        g = _rand(tuple(x.shape), generator, True, x.device).to(x)
         g = g / _view(norms(g, "l2").clamp_min(1e-12), x)
-        r = _rand((x.shape[0],), generator, False).to(x) ** (1.0 / x[0].numel())
+        r = _rand((x.shape[0],), generator, False, x.device).to(x) ** (1.0 / x[0].numel())
         delta = g * _view(eps * r, x)
     return project(x + delta, x, eps, norm)

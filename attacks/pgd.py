@@ -49,11 +49,18 @@ class _Best:
         )
 
     def update(self, rows: torch.Tensor, x: torch.Tensor, loss: torch.Tensor, broken: torch.Tensor) -> None:
-        better = (loss > self.loss[rows]) & ~self.broken[rows] | (broken & ~self.broken[rows])
-        idx = rows[better]
-        self.x[idx] = x[better].detach()
-        self.loss[idx] = loss[better].detach()
-        self.broken[idx] |= broken[better]
+        """Keep, for each row, its first break, else its highest loss (masks stay on the device: no host sync)."""
+        was = self.broken[rows]
+        better = (loss > self.loss[rows]) & ~was | (broken & ~was)
+        view = better.view(-1, *[1] * (x.dim() - 1))
+        self.x.index_copy_(0, rows, torch.where(view, x.detach().to(self.x.dtype), self.x[rows]))
+        self.loss.index_copy_(0, rows, torch.where(better, loss.detach().to(self.loss.dtype), self.loss[rows]))
+        self.broken.index_copy_(0, rows, was | (broken & better))
+
+
+def _standing(broken: torch.Tensor) -> torch.Tensor:
+    """Indices of the rows not yet broken: the one host synchronisation of an attack step."""
+    return (~broken).nonzero()[:, 0]
 
 
 def _loss_grad(objective: Objective, x: torch.Tensor, rows: torch.Tensor, eot: int = 1):
@@ -102,10 +109,13 @@ def pgd(
         for t in range(steps + 1):
             lval, grad, broken = _loss_grad(objective, xa, rows, eot)
             best.update(rows, xa, lval, broken)
-            keep = ~broken
-            if t == steps or not keep.any():
+            if t == steps:
                 break
-            rows, xa, grad, x0, e = rows[keep], xa[keep], grad[keep], x0[keep], e[keep]
+            keep = _standing(broken)
+            if keep.numel() == 0:
+                break
+            if keep.numel() < broken.numel():
+                rows, xa, grad, x0, e = rows[keep], xa[keep], grad[keep], x0[keep], e[keep]
             factor = 0.5 * (1 + math.cos(math.pi * t / steps)) if schedule == "cosine" else 1.0
             alpha = step_size * e * factor / steps
             xa = project(xa + alpha.view(-1, *[1] * (x.dim() - 1)) * ascent_direction(grad, norm), x0, e, norm)
@@ -165,10 +175,10 @@ uses 20). Returns (x_adv, broken)."""
         increases = torch.zeros_like(lk)
         x_prev = xk.clone()
         for k in range(1, steps + 1):
-            if broken.all():
+            keep = _standing(broken)
+            if keep.numel() == 0:
                 break
-            if broken.any():  # early stop: finished samples leave the batch
-                keep = ~broken
+            if keep.numel() < broken.numel():  # early stop: finished samples leave the batch
                 rows, x0, e, eta, xk, lk, gk, x_prev = (t[keep] for t in (rows, x0, e, eta, xk, lk, gk, x_prev))
                 xmax, lmax, gmax, increases = xmax[keep], lmax[keep], gmax[keep], increases[keep]
                 lmax_at_check, halved_last = lmax_at_check[keep], halved_last[keep]
@@ -179,7 +189,8 @@ uses 20). Returns (x_adv, broken)."""
             best.update(rows, x_new, l_new, broken)
             increases += (l_new > lk).to(increases.dtype)
             improved = l_new > lmax
-            xmax[improved], lmax[improved], gmax[improved] = x_new[improved], l_new[improved], g_new[improved]
+            xmax = torch.where(improved.view(shape), x_new, xmax)
+            lmax, gmax = torch.where(improved, l_new, lmax), torch.where(improved.view(shape), g_new, gmax)
             x_prev, xk, lk, gk = xk, x_new, l_new, g_new
             if k in checks:
                 stall = (increases <= rho * checks[k]) | (~halved_last & (lmax <= lmax_at_check))

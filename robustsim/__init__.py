@@ -9,15 +9,51 @@ from robustsim.memory import tune_malloc
 
 tune_malloc()  # before the large allocations: see robustsim/memory.py
 
-from robustsim import data  # noqa: E402
-from robustsim.bench.run import benchmark  # noqa: E402
-from robustsim.certify.smoothing import SmoothedMetric  # noqa: E402
+import importlib  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
+
 from robustsim.errors import DataError, InputError, RobustsimError, WeightsError  # noqa: E402
-from robustsim.losses import PerceptualLoss  # noqa: E402
-from robustsim.metrics import EmbeddingMetric, EnsembleMetric, Metric  # noqa: E402
-from robustsim.scoring import two_afc_score  # noqa: E402
 from robustsim.threat import ThreatModel  # noqa: E402
-from robustsim.zoo import list_metrics, load_metric, register_metric  # noqa: E402
+
+# the rest is imported on first use (PEP 562): `robustsim --help` and the package's light parts need no torch
+_LAZY = {
+    "benchmark": "robustsim.bench.run",
+    "SmoothedMetric": "robustsim.certify.smoothing",
+    "PerceptualLoss": "robustsim.losses",
+    "EmbeddingMetric": "robustsim.metrics",
+    "EnsembleMetric": "robustsim.metrics",
+    "Metric": "robustsim.metrics",
+    "two_afc_score": "robustsim.scoring",
+    "list_metrics": "robustsim.zoo",
+    "load_metric": "robustsim.zoo",
+    "register_metric": "robustsim.zoo",
+}
+
+if TYPE_CHECKING:
+    from robustsim import data
+    from robustsim.bench.run import benchmark
+    from robustsim.certify.smoothing import SmoothedMetric
+    from robustsim.losses import PerceptualLoss
+    from robustsim.metrics import EmbeddingMetric, EnsembleMetric, Metric
+    from robustsim.scoring import two_afc_score
+    from robustsim.zoo import list_metrics, load_metric, register_metric
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif not name.startswith("__"):
+        try:  # a subpackage or module: robustsim.data, robustsim.bench, ...
+            value = importlib.import_module(f"robustsim.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"robustsim.{name}":
+                raise
+            raise AttributeError(f"module 'robustsim' has no attribute {name!r}") from None
+    else:
+        raise AttributeError(f"module 'robustsim' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

@@ -15,11 +15,13 @@ import torch
 
 from robustsim.attacks.base import AttackResult
 from robustsim.attacks.registry import make_attack
+from robustsim.attacks.twoafc import CleanEmbeddings
 from robustsim.certify.smoothing import SmoothedMetric
 from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv, init_distributed
 from robustsim.errors import RobustsimError
 from robustsim.metrics.base import Metric, evaluating
+from robustsim.precision import resolve_precision
 from robustsim.table import format_table, pct
 from robustsim.threads import runtime_info
 from robustsim.threat import ThreatModel
@@ -188,6 +190,8 @@ def run_audit(
     restarts: int = 1,
     seed: int = 0,
     eot: int = 1,
+    precision: str = "fp32",
+    clean: CleanEmbeddings | None = None,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -202,13 +206,21 @@ def run_audit(
     Under torchrun each rank attacks every ``world``-th triplet and rank 0 gathers the report one process would
     write. ``eot`` > 1 averages each gradient over that many draws of a randomised metric; a
     :class:`~robustsim.certify.SmoothedMetric` is attacked through its noise and judged by its prediction
-    (an abstention is not robust)."""
+    (an abstention is not robust). ``precision`` (fp32, bf16, fp16 or auto: bf16 on a CUDA device that has it)
+    is the attack steps' autocast: every clean decision and every re-check of a claimed break stays float32, so a
+    lower precision can only miss breaks, never report one that float32 rejects. The clean images are embedded
+    once and shared by the attacks (``clean``: a caller's :class:`CleanEmbeddings` shares them further, e.g. over
+    a bench's threat models)."""
     if not attacks:
         raise RobustsimError("no attacks given; pass e.g. --attacks apgd-ce,apgd-margin")
     if not isinstance(threat, ThreatModel):
         raise RobustsimError(f"threat must be a ThreatModel, got {threat!r}; e.g. ThreatModel('l2', 'ref', (0.5,))")
     t0 = time.perf_counter()
     built = [make_attack(a, threat, steps=steps, restarts=restarts, seed=seed, eot=eot) for a in attacks]
+    steps_in = resolve_precision(precision, device)
+    clean = CleanEmbeddings() if clean is None else clean
+    for att in built:
+        att.precision = steps_in
     smoothed = metric if isinstance(metric, SmoothedMetric) else None
     base = smoothed.metric if smoothed is not None else metric
     assert isinstance(base, Metric)
@@ -223,7 +235,7 @@ def run_audit(
             "smoothing": None if smoothed is None else repr(smoothed),
             "data": getattr(data, "identity", getattr(data, "name", "")),
             "threat": threat.to_json(),
-            "settings": [steps, restarts, seed, batch_size, list(attacks), eot],
+            "settings": [steps, restarts, seed, batch_size, list(attacks), eot, steps_in],
             "rank": [env.rank, env.world],
         }
         store = BatchStore(Path(resume) / f"rank{env.rank}", context)
@@ -237,6 +249,7 @@ def run_audit(
             progress=progress and env.main,
             env=env,
             store=store,
+            clean=clean,
         )
         for att in built
     ]
@@ -253,6 +266,7 @@ def run_audit(
         cert &= first.clean[None, :]
     acc = lambda t: float(t[keep].double().mean()) if keep.any() else math.nan  # noqa: E731
     settings = {"steps": steps, "restarts": restarts, "seed": seed, "batch_size": batch_size, "eot": eot}
+    settings["precision"] = steps_in
     if smoothed is not None:
         settings["smoothing"] = {"sigma": smoothed.sigma, "n": smoothed.n, "alpha": smoothed.alpha}
     report = AuditReport(

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from robustsim.data.triplets import Batch, iter_batches, triplet_loader
 from robustsim.dist import DistEnv, gather_rows, init_distributed, shard
+from robustsim.errors import RobustsimError
 from robustsim.metrics.base import Metric, validate_images
 
 Rows = dict[str, torch.Tensor]
@@ -58,6 +59,7 @@ def run_batches(
     total = sum(per_batch(min(batch_size, len(share) - s)) for s in range(0, len(share), batch_size))
     bar = tqdm(total=total, desc=desc, unit=unit, disable=not (progress and env.main), leave=False)
     parts: dict[str, list[torch.Tensor]] = {}
+    fit = [batch_size]  # the largest piece of a batch that fits in the device's memory (halved on running out)
     validate = metric is not None and metric.validate
     try:
         for batch in iter_batches(batches):
@@ -74,7 +76,7 @@ def run_batches(
                 used[0] += take
                 bar.update(take)
 
-            for key, value in step(batch, tick).items():
+            for key, value in _fitted(step, batch, tick, n, fit, dims, desc).items():
                 parts.setdefault(key, []).append(value.detach().cpu())
             bar.update(budget - used[0])
     finally:
@@ -86,3 +88,39 @@ def run_batches(
             return None
         rows = {k: v for k, v in gathered.items() if v is not None}
     return rows
+
+
+FITTED: dict[str, int] = {}  # the batch size each run (by its description) came down to after running out of memory
+
+
+def _piece(batch: Batch, start: int, stop: int, n: int) -> Batch:
+    return {k: v[start:stop] if hasattr(v, "__len__") and len(v) == n else v for k, v in batch.items()}
+
+
+def _fitted(step: Step, batch: Batch, tick, n: int, fit: list[int], dims: Mapping[str, int], desc: str) -> Rows:
+    """``step`` on ``batch`` in pieces of at most ``fit[0]`` items: when the device runs out of memory, the piece
+    halves (down to one item; kept for the next batches, said once on stderr and recorded in the report's
+    runtime) and the batch starts again. Per-item results do not depend on the batching, so the rows are the
+    same."""
+    import sys
+
+    while True:
+        size = min(fit[0], n)
+        try:
+            outs = [step(_piece(batch, s, min(s + size, n), n), tick) for s in range(0, n, size)]
+            break
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise RobustsimError(
+                    f"{desc}: one item does not fit in the device's memory; free it, or use a smaller model or "
+                    "images (--device cpu runs anything)"
+                ) from None
+            fit[0] = max(1, size // 2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if FITTED.get(desc) is None:
+                print(f"{desc}: out of device memory at {size} per batch; continuing with {fit[0]}", file=sys.stderr)
+            FITTED[desc] = fit[0]
+    if len(outs) == 1:
+        return outs[0]
+    return {k: torch.cat([o[k] for o in outs], dim=dims.get(k, 0)) for k in outs[0]}

@@ -137,6 +137,14 @@ REPRODUCIBILITY = (
 )
 
 
+def _fitted_batches() -> dict[str, int]:
+    """The runs whose batches had to shrink to fit the device's memory (robustsim.runner), by description."""
+    import sys
+
+    runner = sys.modules.get("robustsim.runner")
+    return dict(getattr(runner, "FITTED", {}))
+
+
 def runtime_info(device: str | torch.device | None = None) -> dict:
     """What a report records about where it ran: torch threads, device, torch version, and what is
     reproducible across thread counts."""
@@ -144,6 +152,7 @@ def runtime_info(device: str | torch.device | None = None) -> dict:
         "reproducibility": REPRODUCIBILITY,
         "threads": torch.get_num_threads(),
         "threads_used": sorted(_USED | {torch.get_num_threads()}),
+        "batch_size_fitted": _fitted_batches(),
         "device": str(device) if device is not None else None,
         "torch": torch.__version__,
     }

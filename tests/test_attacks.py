@@ -226,6 +226,7 @@ def test_an_audit_stopped_with_ctrl_c_continues_where_it_stopped(tmp_path):
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
+
     def records():
         return [f for f in (stopped / ".resume").rglob("*.pt") if not f.name.startswith(".")]  # not a temp file
 
@@ -242,3 +243,81 @@ def test_an_audit_stopped_with_ctrl_c_continues_where_it_stopped(tmp_path):
     assert a["per_triplet"] == b["per_triplet"] and a["robust"] == b["robust"] and a["clean"] == b["clean"]
     assert a["attacks"]["apgd-ce"]["calls"] == b["attacks"]["apgd-ce"]["calls"]
     assert not (stopped / ".resume").exists()
+
+
+def test_the_clean_images_are_embedded_once_for_all_attacks_and_no_number_changes(monkeypatch):
+    """Issue 30 item 4: an audit's attacks (and a bench's threat models) share one CleanEmbeddings, so the second
+    attack embeds no clean image again; each attack's per-triplet results equal a run of that attack alone."""
+    from conftest import small_embedding_metric
+    from robustsim.attacks.twoafc import CleanEmbeddings
+
+    metric = small_embedding_metric()  # no certificate: every embedded image is an attack's
+    data = robustsim.data.open_triplets("mini:test", size=32, limit=24)
+    threat = robustsim.ThreatModel("l2", "ref", (0.5, 1.0))
+    seen = [0]
+    embed = metric._embed
+
+    def counting(x):
+        seen[0] += x.shape[0]
+        return embed(x)
+
+    metric._embed = counting  # count the images the metric embeds (clean ones and attack steps alike)
+    monkeypatch.setattr("robustsim.audit.example_info", lambda m, ex, t, d: ex)  # once per run: not an attack's
+    both = run_audit(metric, data, threat, ["apgd-ce", "apgd-margin"], steps=5, progress=False)
+    shared = seen[0]
+    seen[0] = 0
+    alone = [
+        run_audit(metric, data, threat, [a], steps=5, progress=False, clean=CleanEmbeddings())
+        for a in ("apgd-ce", "apgd-margin")
+    ]
+    separate = seen[0]
+    assert both is not None and all(a is not None for a in alone)
+    worst = [
+        [min(x, y) for x, y in zip(r0, r1, strict=True)]
+        for r0, r1 in zip(alone[0].per_triplet["robust"], alone[1].per_triplet["robust"], strict=True)
+    ]
+    assert both.per_triplet["robust"] == worst and both.clean == alone[0].clean
+    assert separate - shared == 3 * len(data)  # ref, x0 and x1 of every triplet, once less
+
+
+class _HostSyncs(torch.overrides.TorchFunctionMode):
+    """Counts the tensor operations that make a GPU wait for the host: reading a value (item, bool, tolist),
+    nonzero, and indexing or assigning with a boolean mask."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in ("item", "__bool__", "tolist", "nonzero", "argwhere", "masked_select"):
+            self.count += 1
+        elif name in ("__getitem__", "__setitem__", "index_put_", "index_put") and len(args) > 1:
+            index = args[1] if isinstance(args[1], tuple) else (args[1],)
+            self.count += any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in index)
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("attack", ["apgd", "pgd"])
+def test_an_attack_step_synchronises_with_the_host_at_most_once(attack):
+    """Issue 30 item 3: masks stay on the device (torch.where, index_copy_); the one sync of a step is the
+    nonzero that finds the rows still standing."""
+    from robustsim.attacks.pgd import apgd, pgd
+
+    w = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+    start = (x * w).flatten(1).sum(1)
+    reach = torch.linspace(2, 30, 16)  # the ball moves the loss by ||w|| (~14): half the rows can get there
+
+    def objective(xa, rows):
+        loss = (xa * w[rows]).flatten(1).sum(1)
+        return loss, loss > start[rows] + reach[rows]  # rows break at different steps: the batch shrinks
+
+    steps = 30
+    fn = apgd if attack == "apgd" else pgd
+    with _HostSyncs() as mode:
+        _, broken = fn(objective, x, torch.full((16,), 1.0), "l2", steps=steps, generator=torch.Generator())
+    assert 0 < int(broken.sum()) < 16
+    assert mode.count <= steps + 3, mode.count  # one a step, and the restart's rows

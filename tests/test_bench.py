@@ -250,3 +250,22 @@ def test_bench_smoothing_adds_the_center_smoothing_bound_of_metrics_without_a_li
     board = (out / "leaderboard.md").read_text()
     assert "| center bound 36/255 |" in board and f"| {bounds['36/255']:.4g} |" in board
     assert "center bound" not in (reference / "leaderboard.md").read_text()
+
+
+def test_sharing_the_clean_embeddings_over_threat_models_changes_no_number(tmp_path):
+    """Issue 30 item 4: the bench embeds each clean image once per metric for all its attack cells; the cards are
+    those of a bench that embeds them again for every threat model."""
+    from robustsim.bench import run
+
+    cards = {
+        reuse: run(
+            ["lipsim-nano"], "mini", tmp_path / str(reuse), limit=8, progress=False, log=lambda *a: None, reuse=reuse
+        )
+        for reuse in (True, False)
+    }
+    shared, again = cards[True]["lipsim-nano"], cards[False]["lipsim-nano"]
+    assert (shared["clean"], shared["robust"], shared["certified"]) == (
+        again["clean"],
+        again["robust"],
+        again["certified"],
+    )

@@ -177,3 +177,17 @@ def test_a_second_demo_is_refused_before_any_work(tmp_path, monkeypatch, capsys)
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["audit", "--bogus"], ["certify", "--norm", "l3"], ["train", "--help"]])
+def test_help_and_bad_options_are_answered_without_importing_torch(argv):
+    """`robustsim --help` and a mistyped option must not pay torch's import (seconds on a loaded machine)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom robustsim.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print('TORCH', 'torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert "TORCH False" in done.stdout, done.stdout + done.stderr

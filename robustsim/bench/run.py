@@ -31,6 +31,7 @@ from robustsim.dist import DistEnv, broadcast_object, init_distributed
 from robustsim.errors import InputError, RobustsimError
 from robustsim.io import finite_json, write_json
 from robustsim.metrics.base import Metric
+from robustsim.precision import Precision, resolve_precision
 from robustsim.threads import follow_machine
 from robustsim.threat import ThreatModel
 
@@ -186,9 +187,11 @@ def protocol_audit(
     device,
     progress: bool,
     env: DistEnv | None,
+    precision: Precision = "fp32",
+    clean=None,
 ):
     """The audit report of ``metric`` under the protocol's attacks, steps and restarts at ``threat`` (None on
-    ranks other than 0)."""
+    ranks other than 0); ``precision``: the attack steps' autocast (decisions and re-checks stay float32)."""
     from robustsim.audit import run_audit
 
     return run_audit(
@@ -202,6 +205,8 @@ def protocol_audit(
         device=device,
         progress=progress,
         env=env,
+        precision=precision,
+        clean=clean,
     )
 
 
@@ -214,12 +219,15 @@ def robust_cells(
     device,
     env: DistEnv,
     progress: bool,
+    precision: Precision = "fp32",
+    clean=None,
 ) -> dict[Cell, dict] | None:
-    """One attack run over the radii of ``cells`` (one threat model)."""
+    """One attack run over the radii of ``cells`` (one threat model); ``clean``: the metric's clean embeddings,
+    shared over its threat models."""
     threat = cells[0].threat
     assert threat is not None
     t0 = time.perf_counter()
-    report = protocol_audit(metric, data, protocol, threat, batch_size, device, progress, env)
+    report = protocol_audit(metric, data, protocol, threat, batch_size, device, progress, env, precision, clean)
     secs = time.perf_counter() - t0
     if report is None:
         return None
@@ -303,9 +311,15 @@ def evaluate_metric(
     device,
     progress: bool,
     log,
+    precision: Precision = "fp32",
+    reuse: bool = True,
 ) -> dict[str, dict | None] | None:
-    """Fill every cell of one metric (reusing saved ones); on rank 0 return them by cell name."""
+    """Fill every cell of one metric (reusing saved ones); on rank 0 return them by cell name. ``reuse``: embed the
+    clean images once for all its attack cells (the same numbers, fewer forwards)."""
+    from robustsim.attacks.twoafc import CleanEmbeddings
+
     m, data, protocol, env = run.metric, store.data, store.protocol, store.env
+    embedded = CleanEmbeddings() if reuse else None
     clean, robust, certified = protocol_cells(protocol)
 
     def announce(what: str, compute: Callable[[], dict[Cell, dict] | None]):
@@ -326,9 +340,13 @@ def evaluate_metric(
         assert threat is not None
         compute = announce(
             f"robust {threat.describe()}",
-            lambda cells=cells: robust_cells(m, data, protocol, cells, batch_size, device, env, progress),
+            lambda cells=cells: robust_cells(
+                m, data, protocol, cells, batch_size, device, env, progress, precision, embedded
+            ),
         )
-        found.update(store.fill(run.name, run.fingerprint, cells, compute))
+        # a mixed-precision attack is another cell (float32 cells keep their keys)
+        extra = None if precision == "fp32" else {"precision": precision}
+        found.update(store.fill(run.name, run.fingerprint, cells, compute, extra=extra))
     compute = announce(
         "certificates", lambda: certified_cells(m, data, protocol, certified, smoothing, batch_size, device, env)
     )
@@ -382,11 +400,14 @@ def run(
     log=print,
     limit: int | None = None,
     dry_run: bool = False,
+    precision: str = "fp32",
+    reuse: bool = True,
 ) -> dict | None:
     """Benchmark ``metrics`` (zoo names, checkpoint paths; ``["all"]`` = every metric that can run here) on the
     2AFC spec ``data``; write cards, leaderboard and figure into ``out``. Returns {metric: card, "_skipped":
     {metric: reason}} on rank 0 (None on other ranks). Each metric's estimated cost is logged before its cells;
-    ``dry_run`` stops there (nothing written; the result holds "_estimate")."""
+    ``dry_run`` stops there (nothing written; the result holds "_estimate"). ``precision`` (fp32, bf16, fp16 or
+    auto: bf16 on a CUDA device that has it): the attack steps' autocast; every decision stays float32."""
     from robustsim.bench.cards import make_card, write_card_page, write_leaderboard
     from robustsim.data import open_triplets
     from robustsim.zoo import load_metric, metric_entries
@@ -401,6 +422,7 @@ def run(
         raise InputError(f"smoothing must be a positive sigma or None, got {smoothing!r}")
     proto = get_protocol(protocol)
     env = init_distributed(torch.device(device))
+    precision = resolve_precision(precision, env.device)
     out = Path(out)
     n = min(x for x in (limit, proto.limit) if x is not None) if (limit or proto.limit) else None
     triplets = open_triplets(data, limit=n)
@@ -425,7 +447,7 @@ def run(
             continue
         runner = MetricRun(name, metric, metric_fingerprint(metric))
         t0 = time.perf_counter()
-        cells = evaluate_metric(runner, store, smoothing, batch_size, env.device, progress, say)
+        cells = evaluate_metric(runner, store, smoothing, batch_size, env.device, progress, say, precision, reuse)
         if env.main and cells is not None:
             cards[name] = make_card(
                 name, metric, runner.fingerprint, cells, proto, data, triplets, time.perf_counter() - t0

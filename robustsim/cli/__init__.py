@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import functools
 import os
 import sys
 
@@ -41,9 +42,32 @@ def cli(threads: int | None) -> None:
 
     Metrics take images in [0, 1]; 2AFC data comes from a spec (see `robustsim score --help`).
     """
-    from robustsim.threads import configure_threads
+    # the thread count is set when a command starts its work (_threads_first): a bad option or --help of a
+    # command is answered before torch is imported
 
-    configure_threads(threads)
+
+def _threads_first(command: click.Command) -> None:
+    """Make ``command`` (every command of a group) set torch's threads (--threads) before its own work."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _threads_first(sub)
+        return
+    body = command.callback
+    if body is None or command in _WRAPPED:
+        return
+    _WRAPPED.append(command)
+
+    @functools.wraps(body)
+    def run(*args, **kwargs):
+        from robustsim.threads import configure_threads
+
+        configure_threads(click.get_current_context().find_root().params.get("threads"))
+        return body(*args, **kwargs)
+
+    command.callback = run
+
+
+_WRAPPED: list[click.Command] = []
 
 
 for _command in (
@@ -58,6 +82,7 @@ for _command in (
     demo_cmd,
     train_group,
 ):
+    _threads_first(_command)
     cli.add_command(_command)
 
 
@@ -94,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def _leave_process_group() -> None:
     """Under torchrun, leave the process group the command joined (every rank, after its last collective)."""
+    if "torch" not in sys.modules:  # a command that never needed torch (--help, a bad option) joined no group
+        return
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

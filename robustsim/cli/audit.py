@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import torch
 
-from robustsim.attacks.registry import list_attacks
 from robustsim.cli.options import (
     DEFAULT_EPS,
     FiniteFloat,
+    LazyHelp,
     allow_outside_option,
     batch_option,
     data_option,
@@ -24,6 +24,7 @@ from robustsim.cli.options import (
     out_dir_option,
     overwrite_option,
     parse_names,
+    precision_option,
     restarts_option,
     say_cost,
     seed_option,
@@ -32,8 +33,17 @@ from robustsim.cli.options import (
 from robustsim.limits import MAX_EOT, MAX_SIGMA
 from robustsim.threat import ThreatModel
 
+if TYPE_CHECKING:
+    import torch
+
 RESUME = ".resume"  # finished batches of an interrupted audit (robustsim.resume)
 AUDIT_FILES = ("report.json", "report.md", "report.html", "robust.png", "examples.png")
+
+
+def _attack_names() -> list[str]:
+    from robustsim.attacks.registry import list_attacks
+
+    return list_attacks()
 
 
 @click.command("audit")
@@ -45,7 +55,8 @@ AUDIT_FILES = ("report.json", "report.md", "report.html", "robust.png", "example
     "attacks_text",
     default="apgd-ce,apgd-margin",
     show_default=True,
-    help=f"Comma-separated: {', '.join(list_attacks())}.",
+    cls=LazyHelp,
+    help_text=lambda: f"Comma-separated: {', '.join(_attack_names())}.",
 )
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(1, 100_000), help="Iterations per attack.")
 @click.option(
@@ -79,6 +90,7 @@ AUDIT_FILES = ("report.json", "report.md", "report.html", "robust.png", "example
 @device_option
 @limit_option()
 @allow_outside_option
+@precision_option
 @dry_run_option
 def audit_cmd(
     metric: str,
@@ -97,6 +109,7 @@ def audit_cmd(
     device: torch.device,
     limit: int | None,
     allow_outside: bool,
+    precision: str,
     dry_run: bool,
 ) -> None:
     """Attack a metric on 2AFC triplets; report clean, robust (worst case) and certified accuracy.
@@ -138,6 +151,7 @@ def audit_cmd(
             attacks,
             steps=steps,
             eot=eot,
+            precision=precision,
             restarts=restarts,
             seed=seed,
             batch_size=batch_size,

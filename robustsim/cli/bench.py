@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import torch
 
 from robustsim.cli.options import (
     FiniteFloat,
@@ -16,9 +16,12 @@ from robustsim.cli.options import (
     is_main,
     limit_option,
     parse_names,
+    precision_option,
 )
 from robustsim.limits import MAX_SIGMA
 
+if TYPE_CHECKING:
+    import torch
 
 @click.command("bench")
 @click.option(
@@ -50,6 +53,7 @@ from robustsim.limits import MAX_SIGMA
 @batch_option
 @device_option
 @limit_option()
+@precision_option
 @dry_run_option
 def bench_cmd(
     metrics: str,
@@ -60,6 +64,7 @@ def bench_cmd(
     batch_size: int,
     device: torch.device,
     limit: int | None,
+    precision: str,
     dry_run: bool,
 ) -> None:
     """Benchmark metrics under a standard protocol: clean 2AFC; robust 2AFC under the AutoAttack-style
@@ -92,6 +97,7 @@ def bench_cmd(
             limit=limit,
             log=lambda m: click.echo(m, err=True),
             dry_run=dry_run,
+            precision=precision,
         )
     if result is None or dry_run:
         return

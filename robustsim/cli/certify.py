@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import click
-import torch
 
 from robustsim.cli.options import (
     FiniteFloat,
@@ -29,6 +28,9 @@ from robustsim.cli.options import (
 )
 from robustsim.limits import MAX_SIGMA
 from robustsim.threat import ThreatModel
+
+if TYPE_CHECKING:
+    import torch
 
 CERTIFY_FILES = ("report.json", "report.md", "report.html", "certified.png", "bound.png")
 DEFAULT_CERT_EPS = {"l2": "36/255,72/255,108/255", "linf": "1/255,2/255,4/255"}

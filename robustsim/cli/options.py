@@ -11,16 +11,50 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import click
-import torch
 
-from robustsim.data.specs import triplet_usage
 from robustsim.limits import MAX_BATCH
 from robustsim.threat import NORMS, TARGETS, Norm, Target, ThreatModel
 
+if TYPE_CHECKING:
+    import torch
+
 DEFAULT_EPS = {"l2": "0.5,1,2", "linf": "1/255,2/255,4/255"}
+
+
+class LazyHelp(click.Option):
+    """An option whose help text is made when it is shown: it may need imports (torch, the registries) that
+    ``robustsim --help`` and the other commands should not pay."""
+
+    def __init__(self, *args: Any, help_text: Callable[[], str], **kwargs: Any) -> None:
+        self._help_text, self._help = help_text, None
+        super().__init__(*args, **kwargs)
+
+    @property
+    def help(self) -> str | None:
+        if self._help is None:
+            self._help = self._help_text()
+        return self._help
+
+    @help.setter
+    def help(self, value: str | None) -> None:
+        if value is not None:
+            self._help = value
+
+
+class LazyChoice(click.Choice):
+    """A choice among names a registry gives when first asked (importing it only then)."""
+
+    def __init__(self, load: Callable[[], Sequence[str]]) -> None:
+        self._load, self._choices, self.case_sensitive = load, None, True
+
+    @property
+    def choices(self) -> Sequence[str]:
+        if self._choices is None:
+            self._choices = tuple(self._load())
+        return self._choices
 
 
 def parse_floats(text: str, what: str = "value") -> list[float]:
@@ -73,6 +107,8 @@ def parse_names(text: str, what: str) -> list[str]:
 
 def resolve_device(device: str) -> torch.device:
     """cpu, cuda, cuda:N or auto -> a usable torch.device (click.BadParameter otherwise)."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -169,8 +205,15 @@ data_option = click.option(
     "data_spec",
     default="mini",
     show_default=True,
-    help=f"2AFC triplets: {triplet_usage()}.",
+    cls=LazyHelp,
+    help_text=lambda: f"2AFC triplets: {_triplet_usage()}.",
 )
+
+
+def _triplet_usage() -> str:
+    from robustsim.data.specs import triplet_usage
+
+    return triplet_usage()
 allow_outside_option = click.option(
     "--allow-outside", is_flag=True, help="Let a csv: spec name images outside the CSV's folder."
 )
@@ -253,3 +296,13 @@ def say_cost(estimate, dry_run: bool) -> bool:
         if estimate.warning():
             click.echo(f"warning: {estimate.warning()}", err=True)
     return dry_run
+
+
+precision_option = click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="The attack steps' autocast: auto is bf16 on a CUDA device that has it, else fp32. Clean decisions, the "
+    "re-check of every claimed break and certificates always run in float32.",
+)

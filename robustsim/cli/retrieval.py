@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import click
-import torch
 
 from robustsim.cli.options import (
     device_option,
@@ -19,6 +18,9 @@ from robustsim.cli.options import (
     threat_options,
 )
 from robustsim.threat import ThreatModel
+
+if TYPE_CHECKING:
+    import torch
 
 RETRIEVAL_FILES = ("report.json", "report.md", "report.html", "recall.png", "queries.png")
 

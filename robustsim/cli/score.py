@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import torch
 
 from robustsim.cli.options import (
     allow_outside_option,
@@ -23,6 +23,8 @@ from robustsim.cli.options import (
 )
 from robustsim.table import format_table, pct
 
+if TYPE_CHECKING:
+    import torch
 
 @click.command("score")
 @click.option(
@@ -58,7 +60,13 @@ def score_cmd(
     names = parse_names(metrics, "--metric")
     data = open_data(data_spec, limit, allow_outside=allow_outside)
     loaded = load_metrics(names, device)
-    results, rows = [], []
+    results = []
+    width = max(len("metric"), *(len(n) for n in names))
+    line = lambda *c: f"{c[0]:<{width}}  {c[1]:>5}  {c[2]:>5}  {c[3]:>7}"  # noqa: E731
+    if is_main():  # each row as its metric finishes (a slow metric does not hide the fast ones)
+        click.echo(f"2AFC score (%) on {data.name}")
+        click.echo(line("metric", "2AFC", "n", "seconds"))
+        click.echo(line("-" * width, "-" * 5, "-" * 5, "-" * 7))
     for name, metric in zip(names, loaded, strict=True):
         t0 = time.perf_counter()
         res = evaluate_2afc(metric, data, batch_size=batch_size, device=device)
@@ -76,11 +84,9 @@ def score_cmd(
                 "d1": res.d1.tolist(),
             }
         )
-        rows.append((name, pct(res.score), len(res.p), f"{secs:.1f}"))
+        click.echo(line(name, pct(res.score), len(res.p), f"{secs:.1f}"))
     if not is_main():
         return
-    click.echo(f"2AFC score (%) on {data.name}")
-    click.echo(format_table(["metric", "2AFC", "n", "seconds"], rows))
     if groups:
         cats = sorted({g for r in results for g in r["groups"]})
         if cats:

@@ -7,8 +7,13 @@ from typing import Any
 
 import click
 
-from robustsim.cli.options import device_option, parse_floats
-from robustsim.nn import LAYERS
+from robustsim.cli.options import LazyChoice, device_option, parse_floats
+
+
+def _layer_kinds() -> list[str]:
+    from robustsim.nn import LAYERS
+
+    return sorted(LAYERS)
 
 
 def _run_options(epochs: int, batch_size: int, lr: float) -> Callable:
@@ -123,7 +128,7 @@ def train_group() -> None:
 @click.option("--limit", type=click.IntRange(1), default=None, help="Train on the first N images only.")
 @click.option(
     "--layer",
-    type=click.Choice(sorted(LAYERS)),
+    type=LazyChoice(_layer_kinds),
     default="sll",
     show_default=True,
     help="1-Lipschitz layer kind of the student (SLL, AOL, CPL, orthogonal AOC).",
