@@ -11,9 +11,9 @@ smoothed ones. The script fails if any attack exceeds its certificate.
 
 Run from the repo root after `make demo`'s set-up:
     .venv/bin/python experiments/center_bounds/run.py [--check]
-Writes results/center_bounds/{results.json, table.md, center_bounds.png}; about 30 minutes on 2 CPU cores
-(dinov2 at 224 px dominates); deterministic (fixed seeds). ``--check`` compares table.md with the committed
-one (tolerance 1e-3 + 5% of each number).
+Writes results/center_bounds/{results.json, table.md, center_bounds.png}; 48 minutes on 2 CPU cores shared
+with other work (dinov2 at 224 px dominates); deterministic (fixed seeds). ``--check`` compares table.md with
+the committed one (tolerance 1e-3 + 5% of each number).
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ import click
 
 from robustsim.cli.options import (
     DEFAULT_EPS,
-    FiniteFloat,
     LazyHelp,
     allow_outside_option,
     batch_option,
@@ -28,9 +27,10 @@ from robustsim.cli.options import (
     restarts_option,
     say_cost,
     seed_option,
+    smoothing_option,
     threat_options,
 )
-from robustsim.limits import MAX_EOT, MAX_SIGMA
+from robustsim.limits import MAX_EOT
 from robustsim.threat import ThreatModel
 
 if TYPE_CHECKING:
@@ -67,13 +67,9 @@ def _attack_names() -> list[str]:
     help="Expectation over Transformation: average each step's gradient over N draws of a randomised metric "
     "(AutoAttack's rand version uses 20); pgd and apgd attacks.",
 )
-@click.option(
-    "--smoothing",
-    "sigma",
-    type=FiniteFloat(0, MAX_SIGMA, min_open=True),
-    default=None,
-    help="Attack the metric smoothed by Gaussian noise of this std on the reference: the attack sees one noise "
-    "draw per call (use --eot), a break is judged by the smoothed prediction (an abstention is not robust).",
+@smoothing_option(
+    "Attack the metric smoothed by Gaussian noise of this std on the reference: the attack sees one noise "
+    "draw per call (use --eot), a break is judged by the smoothed prediction (an abstention is not robust)."
 )
 @click.option(
     "--smoothing-n",

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 import click
 
 from robustsim.cli.options import (
-    FiniteFloat,
     batch_option,
     data_option,
     device_option,
@@ -17,11 +16,12 @@ from robustsim.cli.options import (
     limit_option,
     parse_names,
     precision_option,
+    smoothing_option,
 )
-from robustsim.limits import MAX_SIGMA
 
 if TYPE_CHECKING:
     import torch
+
 
 @click.command("bench")
 @click.option(
@@ -35,13 +35,9 @@ if TYPE_CHECKING:
     show_default=True,
     help="quick: 100 triplets, APGD-CE + APGD-margin at 10 steps (CPU); full: all triplets, 100 steps + Square.",
 )
-@click.option(
-    "--smoothing",
-    "sigma",
-    type=FiniteFloat(0, MAX_SIGMA, min_open=True),
-    default=None,
-    help="Also certify metrics without a Lipschitz bound by randomized smoothing at this sigma, and bound how "
-    "far their center-smoothed output moves at the certified radii (center smoothing, the first 10 images).",
+@smoothing_option(
+    "Also certify metrics without a Lipschitz bound by randomized smoothing at this sigma, and bound how "
+    "far their center-smoothed output moves at the certified radii (center smoothing, the first 10 images)."
 )
 @click.option(
     "--out",

@@ -306,3 +306,12 @@ precision_option = click.option(
     help="The attack steps' autocast: auto is bf16 on a CUDA device that has it, else fp32. Clean decisions, the "
     "re-check of every claimed break and certificates always run in float32.",
 )
+
+
+def smoothing_option(help_text: str) -> Callable:
+    """``--smoothing SIGMA`` (into ``sigma``; default None: no smoothing)."""
+    from robustsim.limits import MAX_SIGMA
+
+    return click.option(
+        "--smoothing", "sigma", type=FiniteFloat(0, MAX_SIGMA, min_open=True), default=None, help=help_text
+    )
