@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -167,11 +167,16 @@ class Attack:
                 with autocast(self.precision, x.device):  # the steps only: the re-check below runs in float32
                     adv, broken = self.attack_batch(sub, x[rows], y[rows], eps, noise)
                 adv = adv.to(x.dtype)
+                yr = y[rows]
                 if smoothed is None:
-                    broken = broken & self._verify(clf, adv, x[rows], y[rows], rows, eps)
-                else:  # every final point is judged by the smoothed decision, claimed by a noisy draw or not
-                    ids = batch["index"][rows.cpu()]
-                    broken = self._verify_smoothed(smoothed, adv, x[rows], x0[rows], x1[rows], y[rows], ids, eps)
+                    broken = broken & self._verify(adv, x[rows], eps, lambda a: margin(clf(a, rows), yr) <= 0)
+                else:  # every final point is judged by the smoothed decision (PREDICT: abstaining is not correct),
+                    ids = batch["index"][rows.cpu()]  # claimed by a noisy draw or not
+
+                    def wrong(a: torch.Tensor) -> torch.Tensor:
+                        return smoothed.predict(a, x0[rows], x1[rows], ids=ids).to(yr.device) != yr
+
+                    broken = self._verify(adv, x[rows], eps, wrong)
                 rob[:, rows] = ~broken
                 adv_all[:, rows] = adv
             have = sum(len(v) for v in examples.get("ref", []))
@@ -230,38 +235,13 @@ class Attack:
         result.examples = {k: torch.cat(v, dim=1 if k == "adv" else 0) for k, v in examples.items()}
         return result
 
-    def _verify_smoothed(
-        self,
-        smoothed: SmoothedMetric,
-        adv: torch.Tensor,
-        x: torch.Tensor,
-        x0: torch.Tensor,
-        x1: torch.Tensor,
-        y: torch.Tensor,
-        ids: torch.Tensor,
-        eps: list[float],
-    ) -> torch.Tensor:
-        """Points that break the smoothed decision: inside ball and box, and its prediction (Cohen's PREDICT,
-        the triplet's own noise stream) is not the label (an abstention counts as broken)."""
-        out = torch.zeros(adv.shape[:2], dtype=torch.bool, device=adv.device)
-        with torch.no_grad():
-            for i, e in enumerate(eps):
-                wrong = smoothed.predict(adv[i], x0, x1, ids=ids).to(y.device) != y
-                out[i] = in_threat_model(adv[i], x, e, self.norm) & wrong
-        return out
-
     def _verify(
-        self,
-        clf: TwoAFCClassifier,
-        adv: torch.Tensor,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        rows: torch.Tensor,
-        eps: list[float],
+        self, adv: torch.Tensor, x: torch.Tensor, eps: list[float], wrong: Callable[[torch.Tensor], torch.Tensor]
     ) -> torch.Tensor:
-        """Claimed breaks that really are: inside ball and box, decision not correct."""
+        """Claimed breaks that really are: inside ball and box, and ``wrong(point)`` says the decision there is not
+        correct (the float32 metric's, or a smoothed metric's prediction)."""
         ok = torch.zeros(adv.shape[:2], dtype=torch.bool, device=adv.device)
         with torch.no_grad():
             for i, e in enumerate(eps):
-                ok[i] = in_threat_model(adv[i], x, e, self.norm) & (margin(clf(adv[i], rows), y) <= 0)
+                ok[i] = in_threat_model(adv[i], x, e, self.norm) & wrong(adv[i])
         return ok

@@ -41,15 +41,12 @@ class CleanEmbeddings:
 
     def __init__(self) -> None:
         self._store: dict[tuple, dict[str, torch.Tensor]] = {}
-        self.hits = 0
 
     def get(self, metric: Metric, batch: dict) -> dict[str, torch.Tensor] | None:
         if not isinstance(metric, EmbeddingMetric):
             return None
         key = (id(metric), tuple(batch["index"].tolist()))
-        if key in self._store:
-            self.hits += 1
-        else:
+        if key not in self._store:
             self._store[key] = {k: embed_clean(metric, batch[k]) for k in ("ref", "x0", "x1")}
         return self._store[key]
 

@@ -146,13 +146,12 @@ class CenterSmoothing:
     def certify(self, x: torch.Tensor, eps: Sequence[float], ids=None) -> dict[str, torch.Tensor]:
         """For each image: ``bound`` (B, len(eps)) float64, the certified bound in the metric's units on the move
         of the smoothed output (inf where ``eps`` needs more draws, nan on abstention); ``angle`` the same bound
-        on d_out; ``abstain`` (B,) bool; ``value`` (B,) the centre's d_out from f(x) (the smoothing error) and,
-        for distance outputs, ``center`` (B,) the smoothed distance of x to itself."""
+        on d_out; ``abstain`` (B,) bool; for distance outputs, ``center`` (B,) the smoothed distance of x to
+        itself."""
         ids = torch.arange(x.shape[0]) if ids is None else torch.as_tensor(ids).reshape(-1)
         levels = [quantile_level(e, self.sigma, self.delta, self.n, self.alpha / 2) for e in eps]
         bound = torch.full((x.shape[0], len(eps)), math.nan, dtype=torch.float64)
         abstain = torch.zeros(x.shape[0], dtype=torch.bool)
-        error = torch.full((x.shape[0],), math.nan, dtype=torch.float64)
         centre_value = torch.full((x.shape[0],), math.nan, dtype=torch.float64)
         for i in range(x.shape[0]):
             image = int(ids[i])
@@ -162,7 +161,6 @@ class CenterSmoothing:
             if not ok:
                 abstain[i] = True
                 continue
-            error[i] = float(self._clean_error(x[i : i + 1], c))
             d = self.distance(self.outputs(x[i : i + 1], self.n, image, "certify"), c).sort().values
             for j, q in enumerate(levels):
                 bound[i, j] = math.inf if q > 1 else (1 + BETA) * float(d[math.ceil(q * self.n) - 1])
@@ -170,16 +168,8 @@ class CenterSmoothing:
             "angle": bound,
             "bound": self.to_metric_units(bound),
             "abstain": abstain,
-            "value": error,
             "center": centre_value,
         }
-
-    @torch.no_grad()
-    def _clean_error(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        m = self.metric
-        if isinstance(m, EmbeddingMetric):
-            return self.distance(m._embed(m.as_input(x)).double()[0], c)
-        return self.distance(m.distance(m.as_input(x), m.as_input(x)).double()[:, None][0], c)
 
     def extra_repr(self) -> str:
         return (

@@ -29,16 +29,20 @@ class Estimate:
     backwards: float  # forward+backward passes
     seconds: float
     device: str
-    unit: str = "triplet"
+    units: tuple[str, ...] = ("triplet",)  # what one pass is of
+
+    @property
+    def unit(self) -> str:
+        return " or ".join(self.units)
 
     def __add__(self, other: Estimate) -> Estimate:
-        units = self.unit.split(" or ") + [u for u in other.unit.split(" or ") if u not in self.unit.split(" or ")]
+        units = self.units + tuple(u for u in other.units if u not in self.units)
         return Estimate(
             self.forwards + other.forwards,
             self.backwards + other.backwards,
             self.seconds + other.seconds,
             self.device,
-            " or ".join(units),
+            units,
         )
 
     def describe(self) -> str:
@@ -131,26 +135,36 @@ def time_images(metric: Metric, data, batch: int, device) -> float:
         return _timed(lambda: metric.distance(noisy, fixed), device) / batch
 
 
+def passes(
+    forwards: float, backwards: float, times: tuple[float, float], device, units: tuple[str, ...] = ("triplet",)
+) -> Estimate:
+    """An estimate from counted passes and the seconds of one forward and one forward+backward (``times``)."""
+    return Estimate(forwards, backwards, forwards * times[0] + backwards * times[1], str(device), units)
+
+
+def attack_passes(n: int, eps: Sequence[float], attacks: Sequence) -> tuple[int, int]:
+    """(forwards, forward+backwards) of ``attacks`` on ``n`` triplets at every radius of ``eps``: per attack the
+    fixed embeddings and the clean check, per radius a verification and every step (x restarts x EoT draws)."""
+    e = len(eps)
+    return n * sum(2 + e for _ in attacks), n * e * sum(a.work() - 1 for a in attacks)
+
+
 def audit_estimate(
     metric: Metric, data, eps: Sequence[float], attacks: Sequence, batch_size: int, device, target: Target = "ref"
 ) -> Estimate:
-    """Every attack at every radius of every triplet (steps x restarts x EoT draws each), the clean checks and the
-    verification of each claimed break, and the certificate where the metric has one."""
+    """Every attack at every radius of every triplet (:func:`attack_passes`) and the certificate (two forwards
+    per triplet) where the metric has one."""
     from robustsim.certify import has_certificate
 
-    t_f, t_fb = time_triplets(metric, data, batch_size, device, target)
-    n, e = len(data), len(eps)
-    forwards = n * sum(2 + e for _ in attacks) + (2 * n if has_certificate(metric) else 0)
-    backwards = n * e * sum(a.work() - 1 for a in attacks)
-    return Estimate(forwards, backwards, forwards * t_f + backwards * t_fb, str(device))
+    forwards, backwards = attack_passes(len(data), eps, attacks)
+    forwards += 2 * len(data) if has_certificate(metric) else 0
+    return passes(forwards, backwards, time_triplets(metric, data, batch_size, device, target), device)
 
 
 def certify_estimate(metric: Metric, data, method: str, batch_size: int, device, samples: int = 0) -> Estimate:
     """lipschitz: two forwards per triplet (the dtype pass and the float64 refinement); smoothing: ``samples``
     noisy forwards per triplet; center smoothing: ``samples`` noisy forwards per image."""
     if method == "lipschitz":
-        t_f, _ = time_triplets(metric, data, batch_size, device)
-        return Estimate(2 * len(data), 0, 2 * len(data) * t_f, str(device))
+        return passes(2 * len(data), 0, time_triplets(metric, data, batch_size, device), device)
     t = time_images(metric, data, min(samples, 8 * CALIBRATION), device)
-    total = len(data) * samples
-    return Estimate(total, 0, total * t, str(device), unit="noisy image")
+    return passes(len(data) * samples, 0, (t, t), device, ("noisy image",))

@@ -53,7 +53,7 @@ def smoothed_row(name: str, x: torch.Tensor, steps: int, eot: int) -> dict:
     smooth = CenterSmoothing(metric, SIGMA, alpha=ALPHA, batch=64, **SETTINGS)
     t0 = time.perf_counter()
     got = smooth.certify(x, EPS)
-    row = {"metric": f"{name} (smoothed, sigma {SIGMA:g})", "kind": "center smoothing", "abstain": []}
+    row = {"metric": f"{name} (smoothed, sigma {SIGMA:g})", "kind": "center smoothing"}
     row["abstain"] = got["abstain"].tolist()
     keep = ~got["abstain"]
     row["bound"] = {str(e): float(got["bound"][keep, j].median()) for j, e in enumerate(EPS)}

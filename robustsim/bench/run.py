@@ -18,7 +18,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
@@ -363,20 +363,20 @@ def metric_estimate(
     threat model's attacks, and the certificate (a Lipschitz proof, or smoothing and center smoothing)."""
     from robustsim.attacks.registry import make_attack
     from robustsim.certify import has_certificate
-    from robustsim.cost import audit_estimate, certify_estimate
+    from robustsim.cost import CALIBRATION, attack_passes, passes, time_images, time_triplets
 
-    est = certify_estimate(metric, data, "lipschitz", batch_size, device)  # the clean pass: about one forward
-    est = replace(est, forwards=est.forwards / 2, seconds=est.seconds / 2)
+    n = len(data)
+    times = time_triplets(metric, data, batch_size, device)  # one calibration for all the metric's cells
+    est = passes(n, 0, times, device)  # the clean cell: one forward per triplet
     for tm in protocol.threat_models:
         built = [make_attack(a, tm, steps=protocol.steps, restarts=protocol.restarts) for a in protocol.attacks]
-        est += audit_estimate(metric, data, tm.eps, built, batch_size, device)
+        est += passes(*attack_passes(n, tm.eps, built), times, device)
     if has_certificate(metric):
-        est += certify_estimate(metric, data, "lipschitz", batch_size, device)
+        est += passes(2 * n, 0, times, device)
     elif smoothing is not None:
-        first = data.select(list(range(min(CENTER["images"], len(data)))))
-        est += certify_estimate(metric, data, "smoothing", batch_size, device, protocol.smoothing["n"])
-        centre = CENTER["candidates"] + 2 * CENTER["n_center"] + CENTER["n"]
-        est += certify_estimate(metric, first, "center-smoothing", batch_size, device, centre)
+        t = time_images(metric, data, 8 * CALIBRATION, device)
+        images = min(CENTER["images"], n) * (CENTER["candidates"] + 2 * CENTER["n_center"] + CENTER["n"])
+        est += passes(n * protocol.smoothing["n"] + images, 0, (t, t), device, ("noisy image",))
     return est
 
 

@@ -53,9 +53,8 @@ def _threads_first(command: click.Command) -> None:
             _threads_first(sub)
         return
     body = command.callback
-    if body is None or command in _WRAPPED:
+    if body is None:
         return
-    _WRAPPED.append(command)
 
     @functools.wraps(body)
     def run(*args, **kwargs):
@@ -65,9 +64,6 @@ def _threads_first(command: click.Command) -> None:
         return body(*args, **kwargs)
 
     command.callback = run
-
-
-_WRAPPED: list[click.Command] = []
 
 
 for _command in (
