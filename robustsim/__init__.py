@@ -9,10 +9,10 @@ from robustsim.memory import tune_malloc
 
 tune_malloc()  # before the large allocations: see robustsim/memory.py
 
-import importlib  # noqa: E402
-from typing import TYPE_CHECKING, Any  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 from robustsim.errors import DataError, InputError, RobustsimError, WeightsError  # noqa: E402
+from robustsim.lazy import lazy_getattr  # noqa: E402
 from robustsim.threat import ThreatModel  # noqa: E402
 
 # the rest is imported on first use (PEP 562): `robustsim --help` and the package's light parts need no torch
@@ -39,21 +39,7 @@ if TYPE_CHECKING:
     from robustsim.zoo import list_metrics, load_metric, register_metric
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-    elif not name.startswith("__"):
-        try:  # a subpackage or module: robustsim.data, robustsim.bench, ...
-            value = importlib.import_module(f"robustsim.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"robustsim.{name}":
-                raise
-            raise AttributeError(f"module 'robustsim' has no attribute {name!r}") from None
-    else:
-        raise AttributeError(f"module 'robustsim' has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
+__getattr__ = lazy_getattr(__name__, _LAZY, submodules=True)
 
 __version__ = "0.1.0"
 

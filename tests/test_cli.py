@@ -179,9 +179,22 @@ def test_a_second_demo_is_refused_before_any_work(tmp_path, monkeypatch, capsys)
         holder.wait()
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["audit", "--bogus"], ["certify", "--norm", "l3"], ["train", "--help"]])
+UNKNOWN_METRIC = [
+    (["score", "--device", "cpu", "--metric", "l2,lpips-alx"], "unknown metric 'lpips-alx'", "lpips-alex"),
+    (["audit", "--device", "cpu", "--metric", "nosuch"], "unknown metric 'nosuch'", "robustsim metrics"),
+    (["certify", "--metric", "l2+dinov2-s41"], "in the ensemble 'l2+dinov2-s41'", "dinov2-s14"),
+    (["train", "distill", "--teacher", "effnet-ensembel"], "unknown metric 'effnet-ensembel'", "effnet-ensemble"),
+]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["audit", "--bogus"], ["certify", "--norm", "l3"], ["train", "--help"]]
+    + [a for a, *_ in UNKNOWN_METRIC],
+)
 def test_help_and_bad_options_are_answered_without_importing_torch(argv):
-    """`robustsim --help` and a mistyped option must not pay torch's import (seconds on a loaded machine)."""
+    """`robustsim --help`, a mistyped option and an unknown metric (even after --device) must not pay torch's
+    import (seconds on a loaded machine)."""
     import subprocess
     import sys
 
@@ -191,3 +204,25 @@ def test_help_and_bad_options_are_answered_without_importing_torch(argv):
     )
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
     assert "TORCH False" in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(("argv", "says", "hint"), UNKNOWN_METRIC)
+def test_an_unknown_metric_is_one_line_naming_it_and_the_closest_names(argv, says, hint, capsys):
+    assert run_cli(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and says in err and hint in err, err
+
+
+def test_the_clis_names_are_the_zoos(tmp_path):
+    """The torch-free name check knows exactly what load_metric knows before any register_metric, and lets a
+    path through (load_metric says what is wrong with it)."""
+    from robustsim.zoo import list_metrics
+    from robustsim.zoo.names import builtin_names, check_metric_name
+
+    assert builtin_names() == list_metrics()
+    for name in list_metrics():
+        check_metric_name(name)
+    check_metric_name("l2+ssim")
+    check_metric_name(str(tmp_path))
+    with pytest.raises(RobustsimError, match="unknown metric 'ssim2'"):
+        check_metric_name("l2+ssim2")

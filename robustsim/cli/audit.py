@@ -19,6 +19,7 @@ from robustsim.cli.options import (
     is_main,
     limit_option,
     load_metrics,
+    metric_option,
     open_data,
     out_dir_option,
     overwrite_option,
@@ -47,7 +48,7 @@ def _attack_names() -> list[str]:
 
 
 @click.command("audit")
-@click.option("--metric", required=True, help="Zoo name, a+b ensemble or checkpoint folder.")
+@metric_option("--metric", required=True, help="Zoo name, a+b ensemble or checkpoint folder.")
 @data_option
 @threat_options(DEFAULT_EPS)
 @click.option(

@@ -19,6 +19,7 @@ from robustsim.cli.options import (
     is_main,
     limit_option,
     load_metrics,
+    metric_option,
     open_data,
     out_dir_option,
     overwrite_option,
@@ -37,7 +38,7 @@ DEFAULT_CERT_EPS = {"l2": "36/255,72/255,108/255", "linf": "1/255,2/255,4/255"}
 
 
 @click.command("certify")
-@click.option("--metric", required=True, help="Zoo name, a+b ensemble or checkpoint folder.")
+@metric_option("--metric", required=True, help="Zoo name, a+b ensemble or checkpoint folder.")
 @data_option
 @threat_options(
     DEFAULT_CERT_EPS,

@@ -105,6 +105,24 @@ def parse_names(text: str, what: str) -> list[str]:
     return names
 
 
+def metric_option(*decls: str, many: bool = False, help: str, **kwargs: Any) -> Callable[[Callable], Callable]:
+    """``--metric``: zoo names, ``a+b`` ensembles or checkpoint paths (``many``: comma-separated, the command
+    receives a list). Checked first (an eager option), against the zoo's rows, before anything imports torch: an
+    unknown name costs no torch import. (``bench`` lists an unknown name on its leaderboard instead.)"""
+
+    def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | list[str] | None:
+        from robustsim.zoo.names import check_metric_name
+
+        if value is None or ctx.resilient_parsing:
+            return value
+        names = parse_names(value, param.opts[0]) if many else [value]
+        for name in names:
+            check_metric_name(name)
+        return names if many else value
+
+    return click.option(*decls, is_eager=True, callback=check, help=help, **kwargs)
+
+
 def resolve_device(device: str) -> torch.device:
     """cpu, cuda, cuda:N or auto -> a usable torch.device (click.BadParameter otherwise)."""
     import torch
@@ -214,6 +232,8 @@ def _triplet_usage() -> str:
     from robustsim.data.specs import triplet_usage
 
     return triplet_usage()
+
+
 allow_outside_option = click.option(
     "--allow-outside", is_flag=True, help="Let a csv: spec name images outside the CSV's folder."
 )

@@ -10,6 +10,7 @@ import click
 from robustsim.cli.options import (
     device_option,
     limit_option,
+    metric_option,
     out_dir_option,
     overwrite_option,
     parse_names,
@@ -38,7 +39,7 @@ def parse_ks(text: str) -> list[int]:
 
 
 @click.command("retrieval")
-@click.option("--metric", required=True, help="Zoo name, a+b ensemble or checkpoint folder.")
+@metric_option("--metric", required=True, help="Zoo name, a+b ensemble or checkpoint folder.")
 @click.option(
     "--data",
     "data_spec",

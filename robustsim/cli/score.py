@@ -18,18 +18,20 @@ from robustsim.cli.options import (
     is_main,
     limit_option,
     load_metrics,
+    metric_option,
     open_data,
-    parse_names,
 )
 from robustsim.table import format_table, pct
 
 if TYPE_CHECKING:
     import torch
 
+
 @click.command("score")
-@click.option(
+@metric_option(
     "--metric",
     "metrics",
+    many=True,
     default="l2,ssim,ms-ssim,effnet-lite0",
     show_default=True,
     help="Comma-separated zoo names, a+b ensembles or checkpoint paths.",
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
 @allow_outside_option
 @click.option("--groups/--no-groups", default=False, help="Also print per-category scores.")
 def score_cmd(
-    metrics: str,
+    metrics: list[str],
     data_spec: str,
     json: Path | None,
     batch_size: int,
@@ -57,7 +59,7 @@ def score_cmd(
     from robustsim.threads import runtime_info
 
     check_file_outputs(json=json)
-    names = parse_names(metrics, "--metric")
+    names = metrics
     data = open_data(data_spec, limit, allow_outside=allow_outside)
     loaded = load_metrics(names, device)
     results = []

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from robustsim.cli.options import LazyChoice, device_option, parse_floats
+from robustsim.cli.options import LazyChoice, device_option, metric_option, parse_floats
 
 
 def _layer_kinds() -> list[str]:
@@ -109,7 +109,7 @@ def train_group() -> None:
 
 
 @train_group.command("distill")
-@click.option(
+@metric_option(
     "--teacher",
     default="dinov2-s14+effnet-lite0",
     show_default=True,

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:  # torch is imported where a resize runs: the declarations (the zoo's rows) load without it
+    import torch
 
 Interpolation = Literal["bilinear", "bicubic"]
 INTERPOLATIONS = ("bilinear", "bicubic")
@@ -66,6 +66,8 @@ class Resize:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The resized batch (differentiable); the identity when nothing changes."""
+        import torch.nn.functional as F
+
         hw = tuple(x.shape[-2:])
         mid = self.resized_hw(hw)
         if mid != hw:
@@ -90,12 +92,15 @@ def _crop_offset(n: int, size: int) -> int:
 
 @functools.lru_cache(maxsize=256)
 def axis_matrix(
-    n_in: int, n_mid: int, n_out: int, interpolation: str, antialias: bool, dtype: torch.dtype = torch.float64
+    n_in: int, n_mid: int, n_out: int, interpolation: str, antialias: bool, dtype: torch.dtype | None = None
 ) -> torch.Tensor:
     """(n_out, n_in) matrix (as float64) of one axis of the resize: interpolate n_in -> n_mid in ``dtype`` (the
     same call as :meth:`Resize.__call__`, on an identity: each entry is a weight exactly as computed), then keep
-    the centre n_out rows."""
-    eye = torch.eye(n_in, dtype=dtype)[:, None, None, :]  # n_in signals of length n_in, height 1
+    the centre n_out rows (``dtype`` None: float64)."""
+    import torch
+    import torch.nn.functional as F
+
+    eye = torch.eye(n_in, dtype=dtype or torch.float64)[:, None, None, :]  # n_in signals of length n_in, height 1
     if n_mid == n_in:
         rows = eye[:, 0, 0, :]
     else:
@@ -105,8 +110,8 @@ def axis_matrix(
     return rows.T[start : start + n_out].double().contiguous()
 
 
-def axis_matrices(resize: Resize, hw: tuple[int, int], dtype: torch.dtype = torch.float64) -> list[torch.Tensor]:
-    """[A_h, A_w] of ``resize`` on ``hw`` images, with the weights ``dtype`` computes."""
+def axis_matrices(resize: Resize, hw: tuple[int, int], dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+    """[A_h, A_w] of ``resize`` on ``hw`` images, with the weights ``dtype`` computes (None: float64)."""
     mid, out = resize.resized_hw(hw), resize.output_hw(hw)
     return [
         axis_matrix(n, m, o, resize.interpolation, resize.antialias, dtype)
@@ -115,9 +120,11 @@ def axis_matrices(resize: Resize, hw: tuple[int, int], dtype: torch.dtype = torc
 
 
 @functools.lru_cache(maxsize=256)
-def resize_norm(resize: Resize, hw: tuple[int, int], dtype: torch.dtype = torch.float64) -> float:
+def resize_norm(resize: Resize, hw: tuple[int, int], dtype: torch.dtype | None = None) -> float:
     """The l2 operator norm (per channel, the same on every channel) of ``resize`` on ``hw`` images, with the
     interpolation weights ``dtype`` computes (float64 singular values, widened by 1e-9 for their rounding)."""
+    import torch
+
     hw = (int(hw[0]), int(hw[1]))
     if resize.resized_hw(hw) == hw and resize.output_hw(hw) == hw:
         return 1.0

@@ -27,8 +27,6 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-import torch
-
 from robustsim.cache import file_sha256
 from robustsim.errors import WeightsError
 from robustsim.io import atomic_write
@@ -84,6 +82,8 @@ def weights_dir() -> Path:
 
 def torch_hub_dir() -> Path:
     """Where torchvision caches checkpoints: ``$TORCH_HOME/hub/checkpoints``."""
+    import torch
+
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 

@@ -12,12 +12,14 @@ import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from robustsim.errors import RobustsimError
-from robustsim.metrics.base import Metric
 from robustsim.metrics.preprocess import Resize
 from robustsim.weights import record, state
+
+if TYPE_CHECKING:
+    from robustsim.metrics.base import Metric
 
 
 def _resolve(ref: Callable | str) -> Callable:
@@ -89,6 +91,8 @@ class MetricEntry:
     def make(self, options: Mapping[str, Any]) -> Metric:
         """Build the metric with the row's options, overridden by ``options`` (each checked against the
         builder's signature)."""
+        from robustsim.metrics.base import Metric
+
         build = self.builder()
         merged = {**self.options, **options}
         if self.resizing is not None and "resizing" not in merged:  # the upstream's, at the size asked for

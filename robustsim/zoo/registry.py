@@ -9,7 +9,6 @@ list`` shows), the figures bench cards show beside ours.
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,6 +21,7 @@ from robustsim.errors import InputError, RobustsimError
 from robustsim.metrics.base import Metric
 from robustsim.models.checkpoint import load_checkpoint_metric
 from robustsim.zoo.entry import MetricEntry
+from robustsim.zoo.names import shipped_checkpoints, unknown_metric
 from robustsim.zoo.table import BUILTIN
 
 _REGISTRY: dict[str, MetricEntry] = {}
@@ -92,9 +92,7 @@ def metric_entry(name: str) -> MetricEntry:
     """The zoo row of ``name`` (RobustsimError naming the closest names when unknown)."""
     _ensure_builtins()
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
-        hint = f"did you mean {', '.join(close)}?" if close else "run `robustsim metrics` to list them"
-        raise RobustsimError(f"unknown metric {name!r}; {hint}")
+        raise unknown_metric(name, _REGISTRY, paths=False)
     return _REGISTRY[name]
 
 
@@ -130,9 +128,7 @@ def load_metric(name_or_path: str | Path, device: str | torch.device | None = No
     elif Path(key).expanduser().exists():
         metric = _load_path(Path(key).expanduser())
     else:
-        close = difflib.get_close_matches(key, list(_REGISTRY), n=3)
-        hint = f"did you mean {', '.join(close)}?" if close else "run `robustsim metrics` to list them"
-        raise RobustsimError(f"unknown metric {key!r} (not a zoo name nor an existing path); {hint}")
+        raise unknown_metric(key, _REGISTRY)
     metric.eval()
     return metric.to(device) if device is not None else metric
 
@@ -162,14 +158,6 @@ def _load_path(path: Path) -> Metric:
     raise RobustsimError(
         f"{path} is not a robustsim checkpoint (expected a folder with config.json and model.safetensors)"
     )
-
-
-def shipped_checkpoints() -> list[Path]:
-    """Checkpoint folders that ship inside the package (``robustsim/zoo/<name>/``)."""
-    zoo = Path(__file__).resolve().parent
-    if not zoo.is_dir():
-        return []
-    return sorted(p for p in zoo.iterdir() if not p.name.startswith(".") and (p / "config.json").is_file())
 
 
 def _shipped_summary(folder: Path) -> str:
