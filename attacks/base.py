@@ -20,7 +20,7 @@ from robustsim.certify.smoothing import SmoothedMetric, stream_seed
 from torch import nn
 
 from robustsim.data.triplets import TripletDataset
-from robustsim.dist import DistEnv, gather_objects, init_distributed
+from robustsim.dist import DistEnv, gather_objects, gather_rows, init_distributed, shard
 from robustsim.errors import InputError
 from robustsim.metrics.base import Metric
 from robustsim.precision import Precision, autocast
@@ -133,14 +133,18 @@ class Attack:
             metric = smoothed.metric
         metric = metric.to(device).eval()
         env = env or init_distributed(torch.device(device))
-        examples: dict[str, list[torch.Tensor]] = {}
+        share, mine = shard(data, env)
+        counts: dict[int, int] = {}  # each triplet's RowNoise draws, carried from one pass to the next
+        shown: dict[int, dict] = {}  # the examples (the share's first n_examples triplets): images, each radius' point
         calls = [0]
         t0 = time.perf_counter()
 
-        def step(batch: dict, tick) -> dict[str, torch.Tensor]:
+        def step(batch: dict, tick, levels: list[int], first: bool) -> dict[str, torch.Tensor]:
+            """The radii ``levels`` on one batch; ``first``: the pass that also makes the clean decision (the
+            later passes get only triplets still robust, so every row is a correct one)."""
             ref, x0, x1 = batch["ref"], batch["x0"], batch["x1"]
-            embedded = clean.get(metric, batch) if clean is not None and target != "all" else None
-            clf = TwoAFCClassifier(metric, ref, x0, x1, target, embedded)
+            shared = first and clean is not None and target != "all"  # a later pass's batches are its own
+            clf = TwoAFCClassifier(metric, ref, x0, x1, target, clean.get(metric, batch) if shared else None)
             attacked: nn.Module = clf
             if smoothed is not None:  # the attack sees one noise draw per call; decisions are the smoothed ones
                 g = torch.Generator(device=ref.device).manual_seed(stream_seed(self.seed, int(batch["index"][0]), 3))
@@ -154,86 +158,118 @@ class Attack:
             x = clf.clean_input()
             y, kp = labels_from_p(batch["p"].to(ref.device))
             with torch.no_grad():
-                if smoothed is None:
+                if not first:
+                    ok = kp
+                elif smoothed is None:
                     ok = (margin(clf.clean_logits(), y) > 0) & kp
                 else:  # an abstention is not a correct decision
                     ok = (smoothed.predict(ref, x0, x1, ids=batch["index"]).to(y.device) == y) & kp
+            radii = [eps[i] for i in levels]
             rows = ok.nonzero()[:, 0]
-            rob = torch.zeros(len(eps), x.shape[0], dtype=torch.bool, device=x.device)
-            adv_all = x.unsqueeze(0).repeat(len(eps), *[1] * x.dim())
+            rob = torch.zeros(len(radii), x.shape[0], dtype=torch.bool, device=x.device)
+            adv_all = x.unsqueeze(0).repeat(len(radii), *[1] * x.dim())
             if rows.numel():
                 sub = lambda xa, r, rows=rows: forward(xa, rows[r])  # noqa: E731
-                noise = RowNoise(self.seed, batch["index"][rows.cpu()])  # per-triplet: the same in any batch or shard
+                noise = RowNoise(self.seed, batch["index"][rows.cpu()], counts)  # the same in any batch or shard
                 with autocast(self.precision, x.device):  # the steps only: the re-check below runs in float32
-                    adv, broken = self.attack_batch(sub, x[rows], y[rows], eps, noise)
+                    adv, broken = self.attack_batch(sub, x[rows], y[rows], radii, noise)
                 adv = adv.to(x.dtype)
                 yr = y[rows]
                 if smoothed is None:
-                    broken = broken & self._verify(adv, x[rows], eps, lambda a: margin(clf(a, rows), yr) <= 0)
+                    broken = broken & self._verify(adv, x[rows], radii, lambda a: margin(clf(a, rows), yr) <= 0)
                 else:  # every final point is judged by the smoothed decision (PREDICT: abstaining is not correct),
                     ids = batch["index"][rows.cpu()]  # claimed by a noisy draw or not
 
                     def wrong(a: torch.Tensor) -> torch.Tensor:
                         return smoothed.predict(a, x0[rows], x1[rows], ids=ids).to(yr.device) != yr
 
-                    broken = self._verify(adv, x[rows], eps, wrong)
+                    broken = self._verify(adv, x[rows], radii, wrong)
                 rob[:, rows] = ~broken
                 adv_all[:, rows] = adv
-            have = sum(len(v) for v in examples.get("ref", []))
-            if have < n_examples:
-                take = slice(0, n_examples - have)
-                for k, v in (("ref", ref), ("x0", x0), ("x1", x1)):
-                    examples.setdefault(k, []).append(v[take].cpu())
-                examples.setdefault("adv", []).append(adv_all[:, take].cpu())
-                examples.setdefault("index", []).append(batch["index"][take].cpu())
+            for j, idx in enumerate(batch["index"].tolist()):
+                if first and len(shown) < n_examples:
+                    shown[idx] = {"ref": ref[j].cpu(), "x0": x0[j].cpu(), "x1": x1[j].cpu(), "adv": {}}
+                if idx in shown:
+                    shown[idx]["adv"].update({i: adv_all[k, j].cpu() for k, i in enumerate(levels)})
             return {"robust": rob, "clean": ok, "keep": kp}
 
-        def kept(batch: dict, tick) -> dict[str, torch.Tensor]:
-            if store is None:
-                return step(batch, tick)
-            part = f"{self.name}|{eps}|{target}|{vars(self)}"  # every setting of the attack (norm, seed, steps, ...)
-            saved = store.load(part, batch["index"])
-            if saved is not None:
-                calls[0] += int(saved["calls"])
-                for k, v in saved["examples"].items():
-                    examples.setdefault(k, []).append(v)
-                return saved["rows"]
-            before, have = calls[0], {k: len(v) for k, v in examples.items()}
-            rows = step(batch, tick)
-            mine = {k: v[-1] for k, v in examples.items() if len(v) > have.get(k, 0)}
-            store.save(part, batch["index"], {"rows": rows, "calls": calls[0] - before, "examples": mine})
-            return rows
+        def kept(levels: list[int], first: bool):
+            def run(batch: dict, tick) -> dict[str, torch.Tensor]:
+                if store is None:
+                    return step(batch, tick, levels, first)
+                radii = [eps[i] for i in levels]  # every setting of the attack (norm, seed, steps, ...)
+                part = f"v2|{self.name}|{radii}|{target}|{vars(self)}"
+                saved = store.load(part, batch["index"])
+                if saved is not None:
+                    calls[0] += int(saved["calls"])
+                    for idx, ex in saved["examples"].items():
+                        shown.setdefault(idx, {**ex, "adv": {}})["adv"].update(ex["adv"])
+                    counts.update(saved.get("counts", {}))
+                    return saved["rows"]
+                before, ids = calls[0], batch["index"].tolist()
+                rows = step(batch, tick, levels, first)
+                mine = {i: {**shown[i], "adv": {k: shown[i]["adv"][k] for k in levels}} for i in ids if i in shown}
+                used = {i: counts[i] for i in ids if i in counts}
+                store.save(
+                    part, batch["index"], {"rows": rows, "calls": calls[0] - before, "examples": mine, "counts": used}
+                )
+                return rows
 
-        rows = run_batches(
-            data,
-            kept,
-            desc=f"{self.name} {self.norm}",
-            batch_size=batch_size,
-            device=device,
-            metric=metric,
-            workers=workers,
-            progress=progress,
-            env=env,
-            work=len(eps) * self.work(),
-            unit="step",
-            dims={"robust": 1},
+            return run
+
+        robust, clean_ok, keep = self._passes(
+            share, kept, eps, batch_size, device, metric, workers, progress and env.main
         )
         stats = gather_objects((time.perf_counter() - t0, calls[0]), env)
-        if rows is None or stats is None:
+        n_all = len(data)
+        robust = gather_rows(robust, mine, n_all, env, dim=1)
+        clean_ok, keep = gather_rows(clean_ok, mine, n_all, env), gather_rows(keep, mine, n_all, env)
+        if robust is None or clean_ok is None or keep is None or stats is None:
             return None
         result = AttackResult(
             self.name,
             self.norm,
             eps,
-            rows["robust"],
-            rows["clean"],
-            rows["keep"],
+            robust,
+            clean_ok,
+            keep,
             max(s for s, _ in stats),
             sum(c for _, c in stats),
             self.seed,
         )
-        result.examples = {k: torch.cat(v, dim=1 if k == "adv" else 0) for k, v in examples.items()}
+        result.examples = _example_tensors(shown, len(eps))
         return result
+
+    def _passes(self, share, kept, eps, batch_size, device, metric, workers, progress):
+        """Every radius over the share: one pass for all of them when the attack runs them together (an
+        overridden :meth:`attack_batch`); else the smallest radius first, then each larger one on the triplets
+        still robust, regathered into full batches (balls nest: at large radii few survive, and a batch of the
+        survivors of many batches keeps the device busy where their own batches would run it on two or three
+        rows). Returns (robust (n_eps, N), clean (N,), keep (N,)) for the share's N triplets."""
+        together = type(self).attack_batch is not Attack.attack_batch
+        levels = [list(range(len(eps)))] if together else [[i] for i in range(len(eps))]
+        opts = dict(batch_size=batch_size, device=device, metric=metric, workers=workers, progress=progress)
+        opts.update(env=DistEnv(0, 1, 0, torch.device(device)), unit="step", dims={"robust": 1})
+        first = run_batches(
+            share, kept(levels[0], True), desc=f"{self.name} {self.norm}", work=len(levels[0]) * self.work(), **opts
+        )
+        assert first is not None
+        robust = torch.zeros(len(eps), len(share), dtype=torch.bool)
+        robust[: len(levels[0])] = first["robust"]
+        for i in range(len(levels[0]), len(eps)):
+            alive = robust[i - 1].nonzero()[:, 0]
+            if not alive.numel():
+                break
+            rows = run_batches(
+                share.select(alive.tolist()),
+                kept([i], False),
+                desc=f"{self.name} {self.norm} eps {eps[i]:.4g}",
+                work=self.work(),
+                **opts,
+            )
+            assert rows is not None
+            robust[i, alive] = rows["robust"][0]
+        return robust, first["clean"], first["keep"]
 
     def _verify(
         self, adv: torch.Tensor, x: torch.Tensor, eps: list[float], wrong: Callable[[torch.Tensor], torch.Tensor]
@@ -245,3 +281,20 @@ class Attack:
             for i, e in enumerate(eps):
                 ok[i] = in_threat_model(adv[i], x, e, self.norm) & wrong(adv[i])
         return ok
+
+
+def _example_tensors(shown: dict[int, dict], n_eps: int) -> dict[str, torch.Tensor]:
+    """The examples as tensors: ref, x0, x1 (k, ...), index (k,), adv (n_eps, k, ...), where a radius a triplet
+    was not attacked at (broken at a smaller one, or wrong when clean) holds its point at the radius below."""
+    if not shown:
+        return {}
+    out = {k: torch.stack([ex[k] for ex in shown.values()]) for k in ("ref", "x0", "x1")}
+    out["index"] = torch.tensor(list(shown), dtype=torch.long)
+    advs = []
+    for ex in shown.values():
+        points = [ex["adv"][0]]
+        for i in range(1, n_eps):
+            points.append(ex["adv"].get(i, points[-1]))
+        advs.append(torch.stack(points))
+    out["adv"] = torch.stack(advs, dim=1)
+    return out

@@ -1,6 +1,7 @@
 """Attacks: exact robust accuracy for the pixel l2 metric, ball/box constraints, laws, adapters."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -238,7 +239,8 @@ def test_an_audit_stopped_with_ctrl_c_continues_where_it_stopped(tmp_path):
     kept = len(records())
     assert 2 <= kept < 6
     again = subprocess.run(argv(stopped), check=True, capture_output=True, text=True)
-    assert f"{kept} of 6 batches restored" in again.stderr
+    # 6 batches at the first radius, then the survivors' batches at the second
+    assert re.search(rf"audit: {kept} of \d+ batches restored", again.stderr), again.stderr
     a, b = (json.loads((d / "report.json").read_text()) for d in (full, stopped))
     assert a["per_triplet"] == b["per_triplet"] and a["robust"] == b["robust"] and a["clean"] == b["clean"]
     assert a["attacks"]["apgd-ce"]["calls"] == b["attacks"]["apgd-ce"]["calls"]
@@ -321,3 +323,38 @@ def test_an_attack_step_synchronises_with_the_host_at_most_once(attack):
         _, broken = fn(objective, x, torch.full((16,), 1.0), "l2", steps=steps, generator=torch.Generator())
     assert 0 < int(broken.sum()) < 16
     assert mode.count <= steps + 3, mode.count  # one a step, and the restart's rows
+
+
+def test_the_survivors_of_every_batch_are_attacked_together_at_each_larger_radius(monkeypatch):
+    """Issue 30 item 3: at larger radii few triplets survive, and each batch's two or three ran alone. Each radius
+    after the first is one pass over the triplets still robust (of every batch, in full batches), and every
+    per-triplet result equals a run whose one batch holds them all (nothing to regather)."""
+    import robustsim.attacks.base as base
+    from robustsim.attacks import make_attack
+
+    from robustsim.data import open_triplets
+    from robustsim.zoo import load_metric
+
+    passes: list[tuple[str, list[int]]] = []
+    real = base.run_batches
+
+    def recorded(data, step, **kw):
+        passes.append((kw["desc"], [int(data[i]["index"]) for i in range(len(data))]))
+        return real(data, step, **kw)
+
+    monkeypatch.setattr(base, "run_batches", recorded)
+    data = open_triplets("mini:test", size=16, limit=40)
+    metric = load_metric("l2")
+    eps = (0.25, 1.0, 2.0)
+    attack = make_attack("apgd-ce", ThreatModel("l2", "ref", eps), steps=5)
+    res = attack(metric, data, eps, batch_size=8, progress=False)
+    assert res is not None
+    robust = res.robust & res.clean[None]
+    assert passes[0][1] == list(range(40))  # the first radius: every triplet
+    for i, (desc, ids) in enumerate(passes[1:], start=1):  # then only those robust at the radius below
+        assert f"eps {eps[i]:g}" in desc and ids == robust[i - 1].nonzero()[:, 0].tolist()
+    assert 0 < len(passes[1][1]) < 40 and len(passes) == 3
+    assert res.robust[1:].sum() < res.robust[:1].sum()  # the larger radii broke some of the survivors
+    whole = attack(metric, data, eps, batch_size=40, progress=False)
+    assert whole is not None
+    assert torch.equal(whole.robust, res.robust) and torch.equal(whole.clean, res.clean)

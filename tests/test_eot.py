@@ -30,9 +30,10 @@ def setting():
 
 def test_eot_finds_breaks_of_a_smoothed_metric_that_the_plain_attack_misses(setting):
     """The same APGD, 10 steps: one noise draw per step (what a plain attack sees of a randomised metric) against
-    the mean gradient of 8 draws. Both are judged by the smoothed prediction."""
+    the mean gradient of 8 draws. Both are judged by the smoothed prediction. (Seeds 0-2 here: EoT breaks 5-8 more
+    over the three radii, and at each radius at least as many.)"""
     _, data, smooth = setting
-    threat = ThreatModel("l2", "ref", (0.5, 1.0))
+    threat = ThreatModel("l2", "ref", (0.25, 0.5, 0.75))
     plain = run_audit(smooth, data, threat, ["apgd-ce"], steps=10, eot=1, progress=False)
     eot = run_audit(smooth, data, threat, ["apgd-ce"], steps=10, eot=8, progress=False)
     assert plain is not None and eot is not None
@@ -40,7 +41,8 @@ def test_eot_finds_breaks_of_a_smoothed_metric_that_the_plain_attack_misses(sett
     n = plain.n
     broken_plain = [round((plain.clean - r) * n) for r in plain.robust]
     broken_eot = [round((eot.clean - r) * n) for r in eot.robust]
-    assert broken_eot[1] >= broken_plain[1] + 4, (broken_plain, broken_eot)
+    assert all(e >= p for e, p in zip(broken_eot, broken_plain, strict=True)), (broken_plain, broken_eot)
+    assert sum(broken_eot) >= sum(broken_plain) + 4, (broken_plain, broken_eot)
     assert eot.settings["eot"] == 8 and eot.settings["smoothing"]["sigma"] == SIGMA
     assert eot.certified is None and "smoothed" in eot.metric
 
