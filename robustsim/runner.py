@@ -54,15 +54,21 @@ def run_batches(
     n_all = len(data)
     share, mine = shard(data, env)
     dims = dict(dims or {})
-    batches = loader(share, batch_size=batch_size, workers=workers)
     per_batch = work if callable(work) else (lambda _n, w=int(work): w)
     total = sum(per_batch(min(batch_size, len(share) - s)) for s in range(0, len(share), batch_size))
     bar = tqdm(total=total, desc=desc, unit=unit, disable=not (progress and env.main), leave=False)
     parts: dict[str, list[torch.Tensor]] = {}
     fit = [batch_size]  # the largest piece of a batch that fits in the device's memory (halved on running out)
     validate = metric is not None and metric.validate
+    grow = GROW["enabled"] and len(share) > batch_size and hasattr(share, "select")
+    probe = MemoryProbe.of(device) if grow else None
+
+    def regrown(size: int) -> None:  # the bar's total for the rest in batches of ``size``
+        rest = len(share) - batch_size
+        bar.total = per_batch(batch_size) + sum(per_batch(min(size, rest - s)) for s in range(0, rest, size))
+
     try:
-        for batch in iter_batches(batches):
+        for batch in _batches(share, loader, batch_size, workers, probe, fit, desc, regrown):
             for k in images:
                 if k in batch:
                     batch[k] = batch[k].to(device)
@@ -90,7 +96,70 @@ def run_batches(
     return rows
 
 
-FITTED: dict[str, int] = {}  # the batch size each run (by its description) came down to after running out of memory
+FITTED: dict[str, int] = {}  # the batch size each run (by its description) came to: grown to fit, or halved on OOM
+GROW = {"enabled": False, "headroom": 0.8}  # `--batch-size auto`: grow the batches to the free memory of a GPU
+
+
+class MemoryProbe:
+    """A CUDA device's memory around the first batch: the peak it added per item, and what is free now (the
+    driver's free memory plus what torch's cache holds unused)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    @classmethod
+    def of(cls, device: torch.device) -> MemoryProbe | None:
+        return cls(device) if device.type == "cuda" else None
+
+    def start(self) -> None:
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.base = torch.cuda.memory_allocated(self.device)
+
+    def peak_added(self) -> int:
+        torch.cuda.synchronize(self.device)
+        return max(0, torch.cuda.max_memory_allocated(self.device) - self.base)
+
+    def available(self) -> int:
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return int(free + torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device))
+
+
+def grown_size(batch_size: int, n_probe: int, peak: int, available: int, headroom: float) -> int:
+    """The batch size (a multiple of ``batch_size``, at most MAX_BATCH) whose peak, at ``peak / n_probe`` bytes
+    per item as the probe batch measured, fills ``headroom`` of the ``available`` bytes; never below
+    ``batch_size``."""
+    from robustsim.limits import MAX_BATCH
+
+    per_item = max(1.0, peak / max(1, n_probe))
+    fits = int(headroom * available / per_item)
+    return max(batch_size, min(MAX_BATCH, fits // batch_size * batch_size))
+
+
+def _batches(
+    share, loader: Callable, batch_size: int, workers, probe: MemoryProbe | None, fit: list[int], desc: str, grown
+):
+    """The loader's batches; with a ``probe``, the first batch of ``batch_size`` measures the memory an item
+    takes, and the rest come in batches grown to fill the free memory (said once on stderr, recorded as
+    FITTED; ``grown(size)`` is told)."""
+    import sys
+
+    if probe is None:
+        yield from iter_batches(loader(share, batch_size=batch_size, workers=workers))
+        return
+    probe.start()
+    first = next(iter_batches(loader(share.select(list(range(batch_size))), batch_size=batch_size, workers=workers)))
+    yield first  # the caller runs it before asking for more
+    size = grown_size(batch_size, batch_size, probe.peak_added(), probe.available(), GROW["headroom"])
+    if size > batch_size and fit[0] == batch_size:
+        fit[0] = size
+        FITTED[desc] = size
+        grown(size)
+        print(f"{desc}: {size} per batch fill the free device memory (measured on {batch_size})", file=sys.stderr)
+    else:
+        size = batch_size
+    rest = share.select(list(range(batch_size, len(share))))
+    yield from iter_batches(loader(rest, batch_size=size, workers=workers))
 
 
 def _piece(batch: Batch, start: int, stop: int, n: int) -> Batch:

@@ -43,3 +43,68 @@ def test_an_item_that_never_fits_is_one_line():
     never, _ = _step(0)
     with pytest.raises(RobustsimError, match="one item does not fit in the device's memory"):
         run_batches(open_triplets("mini:test", limit=4), never, desc="huge", batch_size=4, progress=False)
+
+
+class _Device:
+    """A GPU's memory as MemoryProbe reads it: each item of a batch adds ``item`` bytes at its peak."""
+
+    def __init__(self, item: int, free: int) -> None:
+        self.item, self.free, self.n = item, free, 0
+
+    def start(self) -> None:
+        self.n = 0
+
+    def peak_added(self) -> int:
+        return self.item * self.n
+
+    def available(self) -> int:
+        return self.free
+
+
+def test_auto_batches_grow_to_the_free_memory_the_first_batch_measures(monkeypatch, capsys):
+    """Issue 30 item 3 (`--batch-size auto`): on a GPU the first batch measures the peak memory an item adds; the
+    rest come in batches that fill the free memory (a multiple of the first), with the same rows."""
+    from robustsim import runner
+
+    data = open_triplets("mini:test", limit=50)
+    plain, _ = _step(None)
+    want = run_batches(data, plain, desc="fixed", batch_size=4, progress=False)
+    device = _Device(item=1000, free=20_000)  # 0.8 * 20000 / 1000 = 16 items fit
+    monkeypatch.setattr(runner.MemoryProbe, "of", classmethod(lambda cls, dev: device))
+    monkeypatch.setitem(runner.GROW, "enabled", True)
+    step, seen = _step(None)
+
+    def measured(batch, tick):
+        device.n = max(device.n, batch["ref"].shape[0])
+        return step(batch, tick)
+
+    got = run_batches(data, measured, desc="grown run", batch_size=4, progress=False)
+    assert want is not None and got is not None
+    assert torch.equal(got["mean"], want["mean"]) and torch.equal(got["index"], want["index"])
+    assert seen == [4, 16, 16, 14] and FITTED["grown run"] == 16
+    assert "16 per batch fill the free device memory (measured on 4)" in capsys.readouterr().err
+    assert runtime_info()["batch_size_fitted"]["grown run"] == 16
+
+
+def test_the_grown_batch_is_a_multiple_of_the_first_and_never_smaller():
+    from robustsim.limits import MAX_BATCH
+    from robustsim.runner import grown_size
+
+    assert grown_size(32, 32, peak=32 * 10**6, available=10**9, headroom=0.8) == 800
+    assert grown_size(32, 32, peak=32 * 10**6, available=10**7, headroom=0.8) == 32  # less free than measured
+    assert grown_size(32, 32, peak=0, available=10**12, headroom=0.8) == MAX_BATCH
+    assert grown_size(24, 24, peak=24 * 1000, available=100_000, headroom=1.0) == 96
+
+
+def test_batch_size_auto_on_the_command_line_asks_for_growth(capsys):
+    from conftest import run_cli
+
+    from robustsim import runner
+
+    assert run_cli(["score", "--metric", "l2", "--limit", "8", "--device", "cpu"]) == 0
+    assert runner.GROW["enabled"]  # the default is auto (a CPU keeps 32 per batch: nothing to measure)
+    assert run_cli(["score", "--metric", "l2", "--limit", "8", "--device", "cpu", "--batch-size", "8"]) == 0
+    assert not runner.GROW["enabled"]
+    assert run_cli(["score", "--metric", "l2", "--batch-size", "lots"]) == 2
+    assert "'lots' is not a batch size: write a number from 1 to 65536, or auto" in capsys.readouterr().err
+    assert run_cli(["score", "--metric", "l2", "--batch-size", "0"]) == 2

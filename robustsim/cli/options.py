@@ -211,12 +211,40 @@ device_option = click.option(
     callback=_device_callback,
     help="cpu, cuda, cuda:N, or auto (cuda when available).",
 )
+AUTO_BATCH = 32  # `--batch-size auto`: the batch a GPU's free memory is measured on (and the batch on a CPU)
+
+
+class BatchSize(click.ParamType):
+    """A batch size: an integer in [1, MAX_BATCH], or ``auto``."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int) or str(value).strip().lower() == "auto":
+            return value if isinstance(value, int) else "auto"
+        try:
+            return click.IntRange(1, MAX_BATCH).convert(value, param, ctx)
+        except click.BadParameter:
+            self.fail(f"{value!r} is not a batch size: write a number from 1 to {MAX_BATCH}, or auto", param, ctx)
+
+
+def _batch_callback(ctx: click.Context, param: click.Parameter, value: int | str) -> int:
+    """``auto`` -> AUTO_BATCH, with the runner told to grow the batches to a GPU's free memory (measured on the
+    first batch; a CPU keeps AUTO_BATCH); an integer is kept exactly."""
+    from robustsim import runner
+
+    runner.GROW["enabled"] = value == "auto"
+    return AUTO_BATCH if value == "auto" else int(value)
+
+
 batch_option = click.option(
     "--batch-size",
-    default=32,
+    default="auto",
     show_default=True,
-    type=click.IntRange(1, MAX_BATCH),
-    help="Triplets per batch.",
+    type=BatchSize(),
+    callback=_batch_callback,
+    help=f"Triplets per batch, or auto: {AUTO_BATCH}, and on a GPU as many as its free memory holds (measured on "
+    f"the first {AUTO_BATCH}; the report's runtime records it).",
 )
 data_option = click.option(
     "--data",
