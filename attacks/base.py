@@ -208,11 +208,10 @@ class Attack:
                     return saved["rows"]
                 before, ids = calls[0], batch["index"].tolist()
                 rows = step(batch, tick, levels, first)
-                mine = {i: {**shown[i], "adv": {k: shown[i]["adv"][k] for k in levels}} for i in ids if i in shown}
+                ex = {i: {**shown[i], "adv": {k: shown[i]["adv"][k] for k in levels}} for i in ids if i in shown}
                 used = {i: counts[i] for i in ids if i in counts}
-                store.save(
-                    part, batch["index"], {"rows": rows, "calls": calls[0] - before, "examples": mine, "counts": used}
-                )
+                record = {"rows": rows, "calls": calls[0] - before, "examples": ex, "counts": used}
+                store.save(part, batch["index"], record)
                 return rows
 
             return run
