@@ -9,6 +9,12 @@ MAX_SIGMA = 10.0  # smoothing noise std, in [0, 1] pixel units: beyond this the 
 MAX_BATCH = 1 << 16  # items per batch
 
 
+class AutoBatch(int):
+    """A batch size the runner may grow (``--batch-size auto``): on a GPU the first batch of this size measures
+    the memory an item takes and the rest fill the free memory (:func:`robustsim.runner.run_batches`); anywhere
+    else, and in any arithmetic, a plain int (it prints as one)."""
+
+
 def env_seconds(name: str, default: float, error: type[Exception], example: str = "30") -> float:
     """Seconds from environment variable ``name`` (``default`` when unset or empty): a finite number > 0 (and
     under a year), else ``error`` with one line naming the variable."""

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from robustsim.data.triplets import Batch, iter_batches, triplet_loader
 from robustsim.dist import DistEnv, gather_rows, init_distributed, shard
 from robustsim.errors import RobustsimError
+from robustsim.limits import AutoBatch
 from robustsim.metrics.base import Metric, validate_images
 
 Rows = dict[str, torch.Tensor]
@@ -60,7 +61,7 @@ def run_batches(
     parts: dict[str, list[torch.Tensor]] = {}
     fit = [batch_size]  # the largest piece of a batch that fits in the device's memory (halved on running out)
     validate = metric is not None and metric.validate
-    grow = GROW["enabled"] and len(share) > batch_size and hasattr(share, "select")
+    grow = isinstance(batch_size, AutoBatch) and len(share) > batch_size and hasattr(share, "select")
     probe = MemoryProbe.of(device) if grow else None
 
     def regrown(size: int) -> None:  # the bar's total for the rest in batches of ``size``
@@ -97,7 +98,7 @@ def run_batches(
 
 
 FITTED: dict[str, int] = {}  # the batch size each run (by its description) came to: grown to fit, or halved on OOM
-GROW = {"enabled": False, "headroom": 0.8}  # `--batch-size auto`: grow the batches to the free memory of a GPU
+HEADROOM = 0.8  # an AutoBatch grows to fill this share of a GPU's free memory
 
 
 class MemoryProbe:
@@ -150,7 +151,7 @@ def _batches(
     probe.start()
     first = next(iter_batches(loader(share.select(list(range(batch_size))), batch_size=batch_size, workers=workers)))
     yield first  # the caller runs it before asking for more
-    size = grown_size(batch_size, batch_size, probe.peak_added(), probe.available(), GROW["headroom"])
+    size = grown_size(batch_size, batch_size, probe.peak_added(), probe.available(), HEADROOM)
     if size > batch_size and fit[0] == batch_size:
         fit[0] = size
         FITTED[desc] = size

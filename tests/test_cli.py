@@ -226,3 +226,27 @@ def test_the_clis_names_are_the_zoos(tmp_path):
     check_metric_name(str(tmp_path))
     with pytest.raises(RobustsimError, match="unknown metric 'ssim2'"):
         check_metric_name("l2+ssim2")
+
+
+def test_a_command_run_through_ctx_invoke_gets_the_values_its_options_would_give(capsys):
+    """The demo runs score, certify, audit and bench through ctx.invoke, which skips option callbacks: the values a
+    command receives must not depend on them (a comma-separated --metric, the default --batch-size auto)."""
+    import click
+
+    from robustsim.cli.score import score_cmd
+
+    @click.command()
+    @click.pass_context
+    def outer(ctx):
+        ctx.invoke(score_cmd, metrics="l2,ssim", device=torch.device("cpu"), limit=8)
+
+    outer.main([], standalone_mode=False)
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    from robustsim.data import open_triplets
+    from robustsim.evaluate import evaluate_2afc
+    from robustsim.table import pct
+    from robustsim.zoo import load_metric
+
+    data = open_triplets("mini", limit=8)
+    want = [[n, pct(evaluate_2afc(load_metric(n), data, progress=False).score), "8"] for n in ("l2", "ssim")]
+    assert [r[:3] for r in rows if r and r[0] in ("l2", "ssim")] == want

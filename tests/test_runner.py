@@ -8,6 +8,7 @@ import torch
 
 from robustsim.data import open_triplets
 from robustsim.errors import RobustsimError
+from robustsim.limits import AutoBatch
 from robustsim.runner import FITTED, run_batches
 from robustsim.threads import runtime_info
 
@@ -71,14 +72,16 @@ def test_auto_batches_grow_to_the_free_memory_the_first_batch_measures(monkeypat
     want = run_batches(data, plain, desc="fixed", batch_size=4, progress=False)
     device = _Device(item=1000, free=20_000)  # 0.8 * 20000 / 1000 = 16 items fit
     monkeypatch.setattr(runner.MemoryProbe, "of", classmethod(lambda cls, dev: device))
-    monkeypatch.setitem(runner.GROW, "enabled", True)
     step, seen = _step(None)
 
     def measured(batch, tick):
         device.n = max(device.n, batch["ref"].shape[0])
         return step(batch, tick)
 
-    got = run_batches(data, measured, desc="grown run", batch_size=4, progress=False)
+    assert run_batches(data, measured, desc="kept", batch_size=4, progress=False) is not None  # a plain int stays
+    assert seen == [4] * 12 + [2] and "kept" not in FITTED
+    seen.clear()
+    got = run_batches(data, measured, desc="grown run", batch_size=AutoBatch(4), progress=False)
     assert want is not None and got is not None
     assert torch.equal(got["mean"], want["mean"]) and torch.equal(got["index"], want["index"])
     assert seen == [4, 16, 16, 14] and FITTED["grown run"] == 16
@@ -96,15 +99,29 @@ def test_the_grown_batch_is_a_multiple_of_the_first_and_never_smaller():
     assert grown_size(24, 24, peak=24 * 1000, available=100_000, headroom=1.0) == 96
 
 
-def test_batch_size_auto_on_the_command_line_asks_for_growth(capsys):
+def test_batch_size_auto_on_the_command_line_is_an_auto_batch_of_32(capsys):
+    """The default and ``auto`` give the commands an AutoBatch (it reaches run_batches through every layer, and
+    through ctx.invoke, as the demo runs the commands); a number is kept exactly."""
+    import click
+
+    from robustsim.cli.options import batch_option
+    from robustsim.cli.score import score_cmd
+
+    got = {}
+
+    @click.command()
+    @batch_option
+    def probe(batch_size):
+        got["value"] = batch_size
+
+    for argv, want, auto in (([], 32, True), (["--batch-size", "auto"], 32, True), (["--batch-size", "8"], 8, False)):
+        probe.main(argv, standalone_mode=False)
+        assert got["value"] == want and isinstance(got["value"], AutoBatch) is auto
+    with click.Context(score_cmd) as ctx:  # what ctx.invoke fills in for a left-out option
+        param = next(p for p in score_cmd.params if p.name == "batch_size")
+        assert isinstance(param.type_cast_value(ctx, param.get_default(ctx)), AutoBatch)
     from conftest import run_cli
 
-    from robustsim import runner
-
-    assert run_cli(["score", "--metric", "l2", "--limit", "8", "--device", "cpu"]) == 0
-    assert runner.GROW["enabled"]  # the default is auto (a CPU keeps 32 per batch: nothing to measure)
-    assert run_cli(["score", "--metric", "l2", "--limit", "8", "--device", "cpu", "--batch-size", "8"]) == 0
-    assert not runner.GROW["enabled"]
     assert run_cli(["score", "--metric", "l2", "--batch-size", "lots"]) == 2
     assert "'lots' is not a batch size: write a number from 1 to 65536, or auto" in capsys.readouterr().err
     assert run_cli(["score", "--metric", "l2", "--batch-size", "0"]) == 2

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-from robustsim.limits import MAX_BATCH
+from robustsim.limits import MAX_BATCH, AutoBatch
 from robustsim.threat import NORMS, TARGETS, Norm, Target, ThreatModel
 
 if TYPE_CHECKING:
@@ -106,19 +106,17 @@ def parse_names(text: str, what: str) -> list[str]:
 
 
 def metric_option(*decls: str, many: bool = False, help: str, **kwargs: Any) -> Callable[[Callable], Callable]:
-    """``--metric``: zoo names, ``a+b`` ensembles or checkpoint paths (``many``: comma-separated, the command
-    receives a list). Checked first (an eager option), against the zoo's rows, before anything imports torch: an
-    unknown name costs no torch import. (``bench`` lists an unknown name on its leaderboard instead.)"""
+    """``--metric``: zoo names, ``a+b`` ensembles or checkpoint paths (``many``: comma-separated). Checked first
+    (an eager option), against the zoo's rows, before anything imports torch: an unknown name costs no torch
+    import. (``bench`` lists an unknown name on its leaderboard instead.)"""
 
-    def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | list[str] | None:
+    def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
         from robustsim.zoo.names import check_metric_name
 
-        if value is None or ctx.resilient_parsing:
-            return value
-        names = parse_names(value, param.opts[0]) if many else [value]
-        for name in names:
-            check_metric_name(name)
-        return names if many else value
+        if value is not None and not ctx.resilient_parsing:
+            for name in parse_names(value, param.opts[0]) if many else [value]:
+                check_metric_name(name)
+        return value  # unchanged: a command run through ctx.invoke (the demo) gets the same value, unchecked
 
     return click.option(*decls, is_eager=True, callback=check, help=help, **kwargs)
 
@@ -215,26 +213,20 @@ AUTO_BATCH = 32  # `--batch-size auto`: the batch a GPU's free memory is measure
 
 
 class BatchSize(click.ParamType):
-    """A batch size: an integer in [1, MAX_BATCH], or ``auto``."""
+    """A batch size: an integer in [1, MAX_BATCH], kept exactly, or ``auto``: an :class:`AutoBatch` of AUTO_BATCH
+    (a CPU runs it as it is; a GPU grows it to its free memory)."""
 
     name = "N|auto"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, int) or str(value).strip().lower() == "auto":
-            return value if isinstance(value, int) else "auto"
+        if isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "auto":
+            return AutoBatch(AUTO_BATCH)
         try:
             return click.IntRange(1, MAX_BATCH).convert(value, param, ctx)
         except click.BadParameter:
             self.fail(f"{value!r} is not a batch size: write a number from 1 to {MAX_BATCH}, or auto", param, ctx)
-
-
-def _batch_callback(ctx: click.Context, param: click.Parameter, value: int | str) -> int:
-    """``auto`` -> AUTO_BATCH, with the runner told to grow the batches to a GPU's free memory (measured on the
-    first batch; a CPU keeps AUTO_BATCH); an integer is kept exactly."""
-    from robustsim import runner
-
-    runner.GROW["enabled"] = value == "auto"
-    return AUTO_BATCH if value == "auto" else int(value)
 
 
 batch_option = click.option(
@@ -242,7 +234,6 @@ batch_option = click.option(
     default="auto",
     show_default=True,
     type=BatchSize(),
-    callback=_batch_callback,
     help=f"Triplets per batch, or auto: {AUTO_BATCH}, and on a GPU as many as its free memory holds (measured on "
     f"the first {AUTO_BATCH}; the report's runtime records it).",
 )

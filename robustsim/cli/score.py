@@ -20,6 +20,7 @@ from robustsim.cli.options import (
     load_metrics,
     metric_option,
     open_data,
+    parse_names,
 )
 from robustsim.table import format_table, pct
 
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 @allow_outside_option
 @click.option("--groups/--no-groups", default=False, help="Also print per-category scores.")
 def score_cmd(
-    metrics: list[str],
+    metrics: str,
     data_spec: str,
     json: Path | None,
     batch_size: int,
@@ -59,7 +60,7 @@ def score_cmd(
     from robustsim.threads import runtime_info
 
     check_file_outputs(json=json)
-    names = metrics
+    names = parse_names(metrics, "--metric")
     data = open_data(data_spec, limit, allow_outside=allow_outside)
     loaded = load_metrics(names, device)
     results = []
