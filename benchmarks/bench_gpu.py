@@ -1,7 +1,8 @@
 """An audit step on a GPU (issue 30 item 8): one APGD step (the 2AFC classifier's forward and backward through the
 metric, as `audit` runs it) of a 224 px ViT-B/16 embedding metric at float32 and under bf16 autocast, each as a
-ratio to a pure forward+backward of the same network on the same images. Random weights (the timing does not
-depend on them; nothing is downloaded). CUDA time with synchronisation, interleaved medians.
+ratio to a pure forward+backward of the same network on the same images, and the batch `--batch-size auto` grows
+to there. Random weights (the timing does not depend on them; nothing is downloaded). CUDA time with
+synchronisation, interleaved medians.
 
 Run: .venv/bin/python benchmarks/bench_gpu.py [--batch 32] [--repeats 20]   (exits with one line without a GPU)
 """
@@ -81,6 +82,14 @@ def main() -> None:
         f"bf16 {med['attack bf16'] / med['forward+backward bf16']:.2f}x"
     )
     print(f"bf16 / fp32 attack step: {med['attack bf16'] / med['attack fp32']:.2f}x")
+    from robustsim.runner import HEADROOM, MemoryProbe, grown_size
+
+    for d in (None, torch.bfloat16):  # what `--batch-size auto` grows this batch to (runner.run_batches' rule)
+        probe = MemoryProbe(dev)
+        probe.start()
+        attack_step(d)
+        size = grown_size(args.batch, args.batch, probe.peak_added(), probe.available(), HEADROOM)
+        print(f"--batch-size auto, {'bf16' if d else 'fp32'} attack steps: {size} per batch (measured on {args.batch})")
 
 
 if __name__ == "__main__":
