@@ -170,15 +170,17 @@ def _piece(batch: Batch, start: int, stop: int, n: int) -> Batch:
 def _fitted(step: Step, batch: Batch, tick, n: int, fit: list[int], dims: Mapping[str, int], desc: str) -> Rows:
     """``step`` on ``batch`` in pieces of at most ``fit[0]`` items: when the device runs out of memory, the piece
     halves (down to one item; kept for the next batches, said once on stderr and recorded in the report's
-    runtime) and the batch starts again. Per-item results do not depend on the batching, so the rows are the
-    same."""
+    runtime) and that piece runs again, in halves; the pieces done before it are kept. Per-item results do not
+    depend on the batching, so the rows are the same."""
     import sys
 
-    while True:
-        size = min(fit[0], n)
+    outs: list[Rows] = []
+    start = 0
+    while start < n:
+        size = min(fit[0], n - start)
         try:
-            outs = [step(_piece(batch, s, min(s + size, n), n), tick) for s in range(0, n, size)]
-            break
+            outs.append(step(_piece(batch, start, start + size, n), tick))
+            start += size
         except torch.OutOfMemoryError:
             if size == 1:
                 raise RobustsimError(

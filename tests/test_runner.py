@@ -40,6 +40,24 @@ def test_a_batch_that_runs_out_of_memory_is_halved_and_gives_the_same_rows(capsy
     assert runtime_info()["batch_size_fitted"]["tight run"] == 2
 
 
+def test_the_pieces_done_before_running_out_of_memory_are_not_run_again():
+    """A batch of 8 whose items 4-7 need more memory than 2 at a time: the first half is done once, and only the
+    piece that ran out is halved (every item's work counted once)."""
+    data = open_triplets("mini:test", limit=8)
+    done: list[int] = []
+
+    def step(batch, tick):
+        ids = batch["index"].tolist()
+        if len(ids) > 2 and max(ids) >= 4:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        done.extend(ids)
+        return {"index": batch["index"]}
+
+    got = run_batches(data, step, desc="second half", batch_size=8, progress=False)
+    assert got is not None and got["index"].tolist() == list(range(8))
+    assert done == list(range(8))  # each item once: 0-3 in the piece of 4, then 4-5 and 6-7
+
+
 def test_an_item_that_never_fits_is_one_line():
     never, _ = _step(0)
     with pytest.raises(RobustsimError, match="one item does not fit in the device's memory"):
