@@ -245,6 +245,9 @@ class Attack:
         still robust, regathered into full batches (balls nest: at large radii few survive, and a batch of the
         survivors of many batches keeps the device busy where their own batches would run it on two or three
         rows). Returns (robust (n_eps, N), clean (N,), keep (N,)) for the share's N triplets."""
+        if not len(share):  # a torchrun rank with no triplet (fewer triplets than ranks) still joins the gathers
+            none = torch.zeros(0, dtype=torch.bool)
+            return torch.zeros(len(eps), 0, dtype=torch.bool), none, none
         together = type(self).attack_batch is not Attack.attack_batch
         levels = [list(range(len(eps)))] if together else [[i] for i in range(len(eps))]
         opts = dict(batch_size=batch_size, device=device, metric=metric, workers=workers, progress=progress)

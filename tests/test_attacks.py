@@ -358,3 +358,16 @@ def test_the_survivors_of_every_batch_are_attacked_together_at_each_larger_radiu
     whole = attack(metric, data, eps, batch_size=40, progress=False)
     assert whole is not None
     assert torch.equal(whole.robust, res.robust) and torch.equal(whole.clean, res.clean)
+
+
+def test_an_attack_on_no_triplets_gives_empty_results():
+    """A torchrun rank's share can be empty (fewer triplets than ranks): it must return empty rows, not fail before
+    the gathers the other ranks wait in."""
+    from robustsim.attacks import make_attack
+
+    from robustsim.data import open_triplets
+    from robustsim.zoo import load_metric
+
+    none = open_triplets("mini:test", size=16, limit=4).select([])
+    res = make_attack("apgd-ce", ThreatModel("l2", "ref", (0.5, 1.0)), steps=2)(load_metric("l2"), none, (0.5, 1.0))
+    assert res is not None and res.robust.shape == (2, 0) and res.clean.shape == (0,) and res.n == 0
