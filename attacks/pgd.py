@@ -154,7 +154,7 @@ def apgd(
     loss rose in at most ``rho`` of the window's steps, or that were not halved at the previous check
     and have not improved since. Samples stop as soon as their goal is reached; restarts begin anew from
     random points for the samples still standing; ``eot`` gradient draws per step (AutoAttack's rand version
-uses 20). Returns (x_adv, broken)."""
+    uses 20). Returns (x_adv, broken)."""
     generator = generator or torch.Generator().manual_seed(0)
     eps = eps.to(x.dtype)
     shape = (-1, *[1] * (x.dim() - 1))

@@ -88,7 +88,7 @@ def main() -> None:
         probe = MemoryProbe(dev)
         probe.start()
         attack_step(d)
-        size = grown_size(args.batch, args.batch, probe.peak_added(), probe.available(), HEADROOM)
+        size = grown_size(args.batch, probe.peak_added(), probe.available(), HEADROOM)
         print(f"--batch-size auto, {'bf16' if d else 'fp32'} attack steps: {size} per batch (measured on {args.batch})")
 
 

@@ -9,6 +9,7 @@ advances the bar by n units of work, e.g. model calls).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 from robustsim.data.triplets import Batch, iter_batches, triplet_loader
 from robustsim.dist import DistEnv, gather_rows, init_distributed, shard
 from robustsim.errors import RobustsimError
-from robustsim.limits import AutoBatch
+from robustsim.limits import MAX_BATCH, AutoBatch
 from robustsim.metrics.base import Metric, validate_images
 
 Rows = dict[str, torch.Tensor]
@@ -126,13 +127,11 @@ class MemoryProbe:
         return int(free + torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device))
 
 
-def grown_size(batch_size: int, n_probe: int, peak: int, available: int, headroom: float) -> int:
-    """The batch size (a multiple of ``batch_size``, at most MAX_BATCH) whose peak, at ``peak / n_probe`` bytes
-    per item as the probe batch measured, fills ``headroom`` of the ``available`` bytes; never below
-    ``batch_size``."""
-    from robustsim.limits import MAX_BATCH
-
-    per_item = max(1.0, peak / max(1, n_probe))
+def grown_size(batch_size: int, peak: int, available: int, headroom: float) -> int:
+    """The batch size (a multiple of ``batch_size``, at most MAX_BATCH) whose peak, at ``peak / batch_size`` bytes
+    per item as the probe batch of ``batch_size`` measured, fills ``headroom`` of the ``available`` bytes; never
+    below ``batch_size``."""
+    per_item = max(1.0, peak / batch_size)
     fits = int(headroom * available / per_item)
     return max(batch_size, min(MAX_BATCH, fits // batch_size * batch_size))
 
@@ -143,15 +142,13 @@ def _batches(
     """The loader's batches; with a ``probe``, the first batch of ``batch_size`` measures the memory an item
     takes, and the rest come in batches grown to fill the free memory (said once on stderr, recorded as
     FITTED; ``grown(size)`` is told)."""
-    import sys
-
     if probe is None:
         yield from iter_batches(loader(share, batch_size=batch_size, workers=workers))
         return
     probe.start()
     first = next(iter_batches(loader(share.select(list(range(batch_size))), batch_size=batch_size, workers=workers)))
     yield first  # the caller runs it before asking for more
-    size = grown_size(batch_size, batch_size, probe.peak_added(), probe.available(), HEADROOM)
+    size = grown_size(batch_size, probe.peak_added(), probe.available(), HEADROOM)
     if size > batch_size and fit[0] == batch_size:
         fit[0] = size
         FITTED[desc] = size
@@ -172,8 +169,6 @@ def _fitted(step: Step, batch: Batch, tick, n: int, fit: list[int], dims: Mappin
     halves (down to one item; kept for the next batches, said once on stderr and recorded in the report's
     runtime) and that piece runs again, in halves; the pieces done before it are kept. Per-item results do not
     depend on the batching, so the rows are the same."""
-    import sys
-
     outs: list[Rows] = []
     start = 0
     while start < n:

@@ -106,14 +106,14 @@ def configure_threads(threads: int | None = None) -> int:
     if threads is not None and threads < 1:
         raise RobustsimError(f"the thread count must be >= 1, got {threads}")
     n = threads if threads is not None else default_threads()
+    global _CHOSEN
     torch.set_num_threads(n)
-    _CHOSEN.clear()
-    _CHOSEN.append(threads is None)
+    _CHOSEN = threads is None
     _USED.add(n)
     return n
 
 
-_CHOSEN: list[bool] = []  # [True] once configure_threads chose the count itself (nothing pinned it)
+_CHOSEN = False  # True once configure_threads chose the count itself (nothing pinned it)
 _USED: set[int] = set()  # every count a run has used
 
 
@@ -122,7 +122,7 @@ def follow_machine() -> int:
     ``ROBUSTSIM_THREADS``), choose it again from the machine's load now (one read of /proc/loadavg), so a run
     started beside other work speeds up once that work ends. Returns the count in use; a count the caller set
     (or a library caller who never let robustsim choose) is left alone."""
-    if _CHOSEN == [True]:
+    if _CHOSEN:
         n = default_threads()
         if n != torch.get_num_threads():
             torch.set_num_threads(n)
@@ -138,7 +138,8 @@ REPRODUCIBILITY = (
 
 
 def _fitted_batches() -> dict[str, int]:
-    """The runs whose batches had to shrink to fit the device's memory (robustsim.runner), by description."""
+    """The runs whose batch size changed to fit the device's memory (robustsim.runner: grown to a GPU's free
+    memory, or halved on running out), by description."""
     import sys
 
     runner = sys.modules.get("robustsim.runner")

@@ -111,10 +111,10 @@ def test_the_grown_batch_is_a_multiple_of_the_first_and_never_smaller():
     from robustsim.limits import MAX_BATCH
     from robustsim.runner import grown_size
 
-    assert grown_size(32, 32, peak=32 * 10**6, available=10**9, headroom=0.8) == 800
-    assert grown_size(32, 32, peak=32 * 10**6, available=10**7, headroom=0.8) == 32  # less free than measured
-    assert grown_size(32, 32, peak=0, available=10**12, headroom=0.8) == MAX_BATCH
-    assert grown_size(24, 24, peak=24 * 1000, available=100_000, headroom=1.0) == 96
+    assert grown_size(32, peak=32 * 10**6, available=10**9, headroom=0.8) == 800
+    assert grown_size(32, peak=32 * 10**6, available=10**7, headroom=0.8) == 32  # less free than measured
+    assert grown_size(32, peak=0, available=10**12, headroom=0.8) == MAX_BATCH
+    assert grown_size(24, peak=24 * 1000, available=100_000, headroom=1.0) == 96
 
 
 def test_batch_size_auto_on_the_command_line_is_an_auto_batch_of_32(capsys):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-from robustsim.limits import MAX_BATCH, AutoBatch
+from robustsim.limits import MAX_BATCH, MAX_SIGMA, AutoBatch
 from robustsim.threat import NORMS, TARGETS, Norm, Target, ThreatModel
 
 if TYPE_CHECKING:
@@ -349,8 +349,6 @@ precision_option = click.option(
 
 def smoothing_option(help_text: str) -> Callable:
     """``--smoothing SIGMA`` (into ``sigma``; default None: no smoothing)."""
-    from robustsim.limits import MAX_SIGMA
-
     return click.option(
         "--smoothing", "sigma", type=FiniteFloat(0, MAX_SIGMA, min_open=True), default=None, help=help_text
     )
