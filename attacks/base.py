@@ -143,7 +143,7 @@ class Attack:
             """The radii ``levels`` on one batch; ``first``: the pass that also makes the clean decision (the
             later passes get only triplets still robust, so every row is a correct one)."""
             ref, x0, x1 = batch["ref"], batch["x0"], batch["x1"]
-            shared = first and clean is not None and target != "all"  # a later pass's batches are its own
+            shared = clean is not None and target != "all"
             clf = TwoAFCClassifier(metric, ref, x0, x1, target, clean.get(metric, batch) if shared else None)
             attacked: nn.Module = clf
             if smoothed is not None:  # the attack sees one noise draw per call; decisions are the smoothed ones

@@ -27,6 +27,9 @@ def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return z_true.double() - z_other.double()
 
 
+IMAGES = ("ref", "x0", "x1")
+
+
 def embed_clean(metric: EmbeddingMetric, x: torch.Tensor) -> torch.Tensor:
     """One image set's embeddings as the classifier computes them (one call per set, the metric's dtype)."""
     with torch.no_grad():
@@ -34,21 +37,26 @@ def embed_clean(metric: EmbeddingMetric, x: torch.Tensor) -> torch.Tensor:
 
 
 class CleanEmbeddings:
-    """The clean images of each batch embedded once per run and reused by every attack, threat model and cell that
-    meets the same batch again (keyed by its triplet indices): an audit's second attack, the bench's second threat
-    model. The embeddings are computed exactly as :class:`TwoAFCClassifier` computes them, so reuse changes no
-    number."""
+    """The clean images of each triplet embedded once per run and reused by every attack, radius, threat model and
+    cell that meets the triplet again (kept per triplet index, so a batch regathered from several, such as a
+    larger radius' survivors, reuses them too): an audit's second attack, the bench's second threat model. Each
+    triplet's embeddings are those of the batch that first met it, computed exactly as
+    :class:`TwoAFCClassifier` computes them, so reuse changes no number."""
 
     def __init__(self) -> None:
-        self._store: dict[tuple, dict[str, torch.Tensor]] = {}
+        self._rows: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
 
     def get(self, metric: Metric, batch: dict) -> dict[str, torch.Tensor] | None:
         if not isinstance(metric, EmbeddingMetric):
             return None
-        key = (id(metric), tuple(batch["index"].tolist()))
-        if key not in self._store:
-            self._store[key] = {k: embed_clean(metric, batch[k]) for k in ("ref", "x0", "x1")}
-        return self._store[key]
+        keys = [(id(metric), int(i)) for i in batch["index"].tolist()]
+        new = [j for j, key in enumerate(keys) if key not in self._rows]
+        if new:  # the batch's triplets not met before, embedded together
+            at = torch.tensor(new, device=batch["ref"].device)
+            fresh = {k: embed_clean(metric, batch[k] if len(new) == len(keys) else batch[k][at]) for k in IMAGES}
+            for r, j in enumerate(new):
+                self._rows[keys[j]] = {k: v[r] for k, v in fresh.items()}
+        return {k: torch.stack([self._rows[key][k] for key in keys]) for k in IMAGES}
 
 
 class TwoAFCClassifier(nn.Module):

@@ -282,6 +282,29 @@ def test_the_clean_images_are_embedded_once_for_all_attacks_and_no_number_change
     assert separate - shared == 3 * len(data)  # ref, x0 and x1 of every triplet, once less
 
 
+def test_the_survivors_of_a_larger_radius_are_not_embedded_again(monkeypatch):
+    """The larger radii regather their survivors into new batches; their clean images were embedded in the first
+    pass and are taken from there (kept per triplet): an audit of two attacks at three radii embeds each clean
+    image once."""
+    import robustsim.attacks.twoafc as twoafc
+    from conftest import small_embedding_metric
+
+    metric = small_embedding_metric()
+    data = robustsim.data.open_triplets("mini:test", size=32, limit=24)
+    images = [0]
+    embed = twoafc.embed_clean
+
+    def counting(m, x):
+        images[0] += x.shape[0]
+        return embed(m, x)
+
+    monkeypatch.setattr(twoafc, "embed_clean", counting)
+    threat = robustsim.ThreatModel("l2", "ref", (0.25, 0.5, 1.0))
+    report = run_audit(metric, data, threat, ["apgd-ce", "apgd-margin"], steps=5, batch_size=8, progress=False)
+    assert report is not None and 0 < sum(report.per_triplet["robust"][1])  # larger radii had survivors to attack
+    assert images[0] == 3 * len(data)
+
+
 class _HostSyncs(torch.overrides.TorchFunctionMode):
     """Counts the tensor operations that make a GPU wait for the host: reading a value (item, bool, tolist),
     nonzero, and indexing or assigning with a boolean mask."""
