@@ -34,10 +34,10 @@ def unknown_metric(key: str, known: Iterable[str], paths: bool = True, ensemble:
     return RobustsimError(f"unknown metric {key!r}{what}; {hint}")
 
 
-def check_metric_name(key: str, known: Iterable[str] | None = None) -> None:
-    """Raise :func:`unknown_metric`'s error unless ``key`` is a known name, an ``a+b`` ensemble of known names,
-    or an existing path (``known``: default :func:`builtin_names`)."""
-    names = set(builtin_names() if known is None else known)
+def check_metric_name(key: str) -> None:
+    """Raise :func:`unknown_metric`'s error unless ``key`` is one of :func:`builtin_names`, an ``a+b`` ensemble of
+    them, or an existing path."""
+    names = set(builtin_names())
     if key in names or ("+" in key and all(p in names for p in key.split("+"))):
         return
     if Path(key).expanduser().exists():
