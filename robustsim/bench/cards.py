@@ -201,7 +201,8 @@ def used_n(rows: list[Row]) -> int | None:
 
 def write_leaderboard(cards: dict, skipped: dict, protocol: Protocol, data_spec: str, out: Path) -> list[Path]:
     """leaderboard.md, leaderboard.html and leaderboard.png in ``out`` (atomically)."""
-    cols = columns(protocol, has_center(cards))
+    center = has_center(cards)
+    cols = columns(protocol, center)
     heads = ["metric", *[c.title for c in cols], "n", "params", "seconds"]
     rows = leaderboard_rows(cards, protocol)
     md = [
@@ -212,7 +213,7 @@ def write_leaderboard(cards: dict, skipped: dict, protocol: Protocol, data_spec:
         "2AFC accuracy (%); robust = worst case over the protocol's attacks (reference perturbed); cert. = certified "
         "(Lipschitz proof, or smoothing where asked; '-' = no certificate). (paper X): the figure the metric's "
         f"paper reports for this column ({reported_source(protocol)}): a run on that data should reproduce it."
-        + (CENTER_NOTE if has_center(cards) else ""),
+        + (CENTER_NOTE if center else ""),
         "",
         "| " + " | ".join(heads) + " |",
         "|" + "---|" * len(heads),
