@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 PIN     := torch==2.13.0 torchvision==0.28.0
 STAMP   := $(VENV)/.robustsim-installed
 
-.PHONY: demo test test-fast docs lint venv clean browser
+.PHONY: demo test test-fast test-portable docs lint venv clean browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,10 +28,21 @@ browser:
 	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1) || \
 	   echo "could not install chromium: the browser test will be skipped")
 
+# the tests that compare two computations (layouts, threads, processes, batch sizes), run again under a second
+# kernel configuration: ATen's default (non-SIMD-dispatched) kernels, oneDNN limited to SSE4.1, MKL to SSE4.2, and
+# every metric fed channels-last images; a dependence on one CPU's kernel bits fails here before it ships
+SECOND_KERNELS := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2 \
+	ROBUSTSIM_TEST_LAYOUT=channels_last
+PORTABLE = $(SECOND_KERNELS) $(BIN)/python -m pytest -n 2 --dist loadgroup -m portable tests
+
 test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
+	$(PORTABLE)
+
+test-portable: $(STAMP)
+	$(PORTABLE)
 
 # docs/results.md from the experiments' committed tables, then the site (build/site); broken links fail
 docs: $(STAMP)

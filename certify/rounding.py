@@ -216,5 +216,5 @@ def float64_copy(metric: EmbeddingMetric) -> EmbeddingMetric:
         if isinstance(mine, Derived):
             with torch.no_grad():
                 theirs._buffers.pop(FROZEN, None)
-                theirs.register_buffer(FROZEN, mine.applied().detach().clone())
+                theirs.register_buffer(FROZEN, mine.applied().detach().clone(memory_format=torch.contiguous_format))
     return twin.double().eval()

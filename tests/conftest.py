@@ -16,6 +16,17 @@ os.environ.setdefault("ROBUSTSIM_CACHE", str(ROOT / ".pytest_cache" / "robustsim
 os.environ.setdefault("ROBUSTSIM_WEIGHTS", str(ROOT / ".pytest_cache" / "robustsim-weights"))
 os.environ["ROBUSTSIM_OFFLINE"] = "1"  # no test touches the internet; the local-server tests unset it
 torch.set_num_threads(1)
+if os.environ.get("ROBUSTSIM_TEST_LAYOUT") == "channels_last":  # make test-portable: the second kernel configuration
+    from robustsim.metrics.base import Metric
+
+    _as_input = Metric.as_input
+
+    def _channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        """Every metric sees its images channels-last: other convolution and reduction kernels, the same maths."""
+        x = _as_input(self, x)
+        return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+    Metric.as_input = _channels_last  # type: ignore[method-assign]
 L2_EPS = [0.25, 0.5, 1.0]
 LINF_EPS = [1 / 255, 2 / 255, 4 / 255]
 

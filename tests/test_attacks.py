@@ -348,6 +348,7 @@ def test_an_attack_step_synchronises_with_the_host_at_most_once(attack):
     assert mode.count <= steps + 3, mode.count  # one a step, and the restart's rows
 
 
+@pytest.mark.portable
 def test_the_survivors_of_every_batch_are_attacked_together_at_each_larger_radius(monkeypatch):
     """Issue 30 item 3: at larger radii few triplets survive, and each batch's two or three ran alone. Each radius
     after the first is one pass over the triplets still robust (of every batch, in full batches), and every
@@ -380,7 +381,14 @@ def test_the_survivors_of_every_batch_are_attacked_together_at_each_larger_radiu
     assert res.robust[1:].sum() < res.robust[:1].sum()  # the larger radii broke some of the survivors
     whole = attack(metric, data, eps, batch_size=40, progress=False)
     assert whole is not None
-    assert torch.equal(whole.robust, res.robust) and torch.equal(whole.clean, res.clean)
+    # one batch of 40 runs other kernels than batches of 8 (another blocking of each reduction): the clean
+    # decisions of the pixel metric are far from ties here, and each triplet's attack starts from the same noise,
+    # so the outcomes agree up to a borderline triplet whose final margin a last-bit difference can tip
+    ref, x0, x1 = (torch.stack([data[i][k] for i in range(len(data))]) for k in ("ref", "x0", "x1"))
+    d0, d1 = metric(ref, x0), metric(ref, x1)
+    clear = (d0 - d1).abs() > 1e-4 * (d0 + d1)  # float32 means of 768 squares: relative error << 1e-4
+    assert torch.equal(whole.clean[clear], res.clean[clear]) and clear.sum() >= 38
+    assert int((whole.robust != res.robust).sum()) <= 1
 
 
 def test_an_attack_on_no_triplets_gives_empty_results():

@@ -19,6 +19,9 @@ import robustsim
 
 pytestmark = pytest.mark.xdist_group("bench")
 ARGS = ["--metrics", "l2,lipsim-nano,not-a-metric", "--limit", "16", "--device", "cpu"]
+# one thread in every run compared card for card: the same kernels on the same layouts (robustsim's default
+# would pick the count from the machine's load, and another count splits reductions in another order)
+BENCH = ["--threads", "1", "bench"]
 
 
 def comparable(card: dict) -> dict:
@@ -30,7 +33,7 @@ def comparable(card: dict) -> dict:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bench") / "ref"
-    assert run_cli(["bench", *ARGS, "--out", str(out)]) == 0
+    assert run_cli([*BENCH, *ARGS, "--out", str(out)]) == 0
     return out
 
 
@@ -85,7 +88,7 @@ def test_a_tampered_cell_is_recomputed_with_one_warning(reference, tmp_path, cap
     saved["result"]["score"] = "x" if edit == "not a number" else 0.999
     cell.write_text(json.dumps(saved))
     capsys.readouterr()
-    assert run_cli(["bench", *ARGS, "--out", str(out)]) == 0
+    assert run_cli([*BENCH, *ARGS, "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert sum("recomputing it" in ln for ln in err.splitlines()) == 1
     assert json.loads((out / "cards" / "l2.json").read_text())["clean"] == pytest.approx(real)
@@ -95,7 +98,7 @@ def test_a_tampered_cell_is_recomputed_with_one_warning(reference, tmp_path, cap
 @pytest.mark.slow
 def test_a_bench_killed_mid_run_resumes_to_the_same_cards(reference, tmp_path):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "robustsim", "bench", *ARGS, "--out", str(out)]
+    cmd = [sys.executable, "-m", "robustsim", *BENCH, *ARGS, "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not list((out / "cells").glob("lipsim-nano/*.json")):
@@ -105,7 +108,7 @@ def test_a_bench_killed_mid_run_resumes_to_the_same_cards(reference, tmp_path):
     done_before = len(list((out / "cells").rglob("*.json")))
     assert 0 < done_before < len(list((reference / "cells").rglob("*.json")))  # killed part-way
     assert not list((out / "cards").glob("lipsim-nano.json"))
-    assert run_cli(["bench", *ARGS, "--out", str(out)]) == 0
+    assert run_cli([*BENCH, *ARGS, "--out", str(out)]) == 0
     for name in ("l2", "lipsim-nano"):
         got = json.loads((out / "cards" / f"{name}.json").read_text())
         want = json.loads((reference / "cards" / f"{name}.json").read_text())
@@ -124,27 +127,25 @@ def _torchrun(nproc: int, argv: list[str], cwd: Path) -> None:
         "robustsim",
         *argv,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ROBUSTSIM_THREADS": "1"}  # one thread in every process
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.portable
 @pytest.mark.slow
 def test_two_processes_give_the_per_triplet_results_of_one(tmp_path):
-    """score, audit and certify under torchrun (2 CPU processes, gloo) against one process."""
+    """score, audit and certify under torchrun (2 CPU processes, gloo) against one process. Every process runs one
+    thread and batches of 4 (24 triplets: 6 batches in one process, 3 in each of two), so both runs evaluate every
+    triplet with the same kernels on the same layouts and must agree triplet by triplet."""
     out = {}
+    same = ["--device", "cpu", "--batch-size", "4"]
     for n in (1, 2):
         d = tmp_path / f"p{n}"
         d.mkdir()
-        _torchrun(
-            n, ["score", "--metric", "l2,lipsim-nano", "--limit", "24", "--json", "score.json", "--device", "cpu"], d
-        )
-        _torchrun(
-            n, ["audit", "--metric", "l2", "--limit", "24", "--steps", "5", "--out", "audit", "--device", "cpu"], d
-        )
-        _torchrun(
-            n, ["certify", "--metric", "lipsim-nano", "--limit", "24", "--json", "cert.json", "--device", "cpu"], d
-        )
+        _torchrun(n, ["score", "--metric", "l2,lipsim-nano", "--limit", "24", "--json", "score.json", *same], d)
+        _torchrun(n, ["audit", "--metric", "l2", "--limit", "24", "--steps", "5", "--out", "audit", *same], d)
+        _torchrun(n, ["certify", "--metric", "lipsim-nano", "--limit", "24", "--json", "cert.json", *same], d)
         out[n] = (
             json.loads((d / "score.json").read_text()),
             json.loads((d / "audit" / "report.json").read_text()),

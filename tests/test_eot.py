@@ -72,6 +72,7 @@ def test_eot_never_breaks_a_smoothing_certificate_inside_its_radius(setting):
     assert torch.equal(res.robust[0][index][ok], (decided == labels)[ok])
 
 
+@pytest.mark.portable
 def test_eot_of_a_deterministic_objective_is_the_plain_attack():
     """The mean of identical gradients is the gradient: eot=3 follows eot=1's path on a fixed objective."""
     w = torch.randn(6, 3, 4, 4, generator=torch.Generator().manual_seed(0))
@@ -84,7 +85,12 @@ def test_eot_of_a_deterministic_objective_is_the_plain_attack():
     eps = torch.full((6,), 0.5)
     a, ba = apgd(objective, x, eps, "l2", steps=20, generator=torch.Generator().manual_seed(2))
     b, bb = apgd(objective, x, eps, "l2", steps=20, generator=torch.Generator().manual_seed(2), eot=3)
-    assert torch.allclose(a, b, atol=1e-5) and torch.equal(ba, bb)
+    # (g + g + g) / 3 is g up to 2 roundings (2u relative): the paths stay within float32 noise of each other,
+    # and the goal (loss > 50) is reached by both except where a final loss is within that noise of 50
+    assert torch.allclose(a, b, atol=1e-5)
+    loss_a, loss_b = objective(a, torch.arange(6))[0], objective(b, torch.arange(6))[0]
+    clear = ((loss_a - 50).abs() > 1e-3 * 50) & ((loss_b - 50).abs() > 1e-3 * 50)
+    assert (ba == bb)[clear].all() and clear.sum() >= 4
 
 
 def test_eot_is_refused_where_the_attack_has_none():

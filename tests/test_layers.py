@@ -131,10 +131,12 @@ def test_every_layer_kind_is_certified_soundly_in_float64(layer):
     assert report.certified[0] > 0  # certified <= robust <= clean is checked by the audit itself
 
 
+@pytest.mark.portable
 @pytest.mark.parametrize("layer", LAYERS)
 def test_a_frozen_net_saves_and_loads_as_the_same_function_and_thaws_to_train(tmp_path, layer):
-    """Freezing stores every weight-derived tensor: the saved frozen checkpoint loads bit for bit (its config says
-    frozen), and a thawed copy derives its tensors from the weights again (gradients reach them)."""
+    """Freezing stores every weight-derived tensor in the layout the loader gives it (contiguous): the saved frozen
+    checkpoint loads as the same tensors in the same layout (its config says frozen), so in one process both run
+    the same kernels and give the same bits; a thawed copy derives its tensors from the weights again."""
     torch.manual_seed(0)
     net = LipSimNet(LipSimPreset(2, 8, 1, 32, layer=layer), embed_dim=16, input_size=16).eval()
     x = torch.rand(3, 3, 16, 16)
@@ -142,9 +144,13 @@ def test_a_frozen_net_saves_and_loads_as_the_same_function_and_thaws_to_train(tm
     assert net.frozen and net.config()["frozen"] is True
     y = net(x)
     net.train()
-    assert torch.equal(net.eval()(x), y)
+    assert torch.equal(net.eval()(x), y)  # the same tensors, the same kernels, one process
     save_checkpoint(tmp_path / "ck", net)
     loaded, cfg = load_net(tmp_path / "ck")
+    mine, theirs = net.state_dict(), loaded.state_dict()  # what the forward applies (not CPL's power vectors)
+    assert mine.keys() == theirs.keys()
+    for k, v in mine.items():  # the law that makes the bits equal: same values in the same layout
+        assert v.is_contiguous() and v.stride() == theirs[k].stride() and torch.equal(v, theirs[k]), k
     assert cfg["model"]["frozen"] is True and loaded.frozen and torch.equal(loaded(x), y)
     loaded.thaw().train()
     assert not loaded.frozen and "frozen" not in loaded.config()

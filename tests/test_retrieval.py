@@ -18,6 +18,7 @@ from test_certify import small_metric
 import robustsim
 from robustsim.data import open_retrieval
 from robustsim.data.retrieval import NEGATIVE, POSITIVE, PairLabels
+from robustsim.nn.rounding import gamma
 from robustsim.retrieval import (
     EmbeddingGallery,
     average_precision,
@@ -130,16 +131,25 @@ def test_k_larger_than_the_gallery_is_refused(vsd_dir, capsys):
     assert code == 2 and "exceeds the 5 gallery items" in capsys.readouterr().err
 
 
+@pytest.mark.portable
 def test_exact_and_faiss_search_return_the_same_top_k_on_10k_items():
     g = torch.Generator().manual_seed(0)
     gallery = torch.nn.functional.normalize(torch.randn(10_000, 64, generator=g), dim=1)
     queries = torch.nn.functional.normalize(torch.randn(200, 64, generator=g), dim=1)
     s_exact, i_exact = exact_search(queries, gallery, 10, chunk=1500)  # several chunks
     s_faiss, i_faiss = faiss_search(queries, gallery, 10)
-    assert torch.equal(i_exact, i_faiss)
-    assert torch.allclose(s_exact, s_faiss, atol=1e-5)
     s_full, i_full = (queries @ gallery.T).topk(10, dim=1)
-    assert torch.equal(i_exact, i_full)
+    # three computations of 64-term inner products (chunked GEMM, faiss's BLAS, one GEMM), each within
+    # gamma_64 * sum |q_i g_i| <= gamma_64 of the exact one (unit vectors): their top-10 sets agree up to items
+    # whose exact similarity lies within that of the 10th best (a tie at float32 resolution)
+    tol = 2 * gamma(64, 2.0**-24)
+    exact = queries.double() @ gallery.double().T
+    tenth = exact.topk(10, dim=1).values[:, -1:]
+    for scores, idx in ((s_exact, i_exact), (s_faiss, i_faiss), (s_full, i_full)):
+        assert all(len(set(r)) == 10 for r in idx.tolist())  # ten distinct items
+        assert (exact.gather(1, idx) >= tenth - tol).all()  # every returned item is a top-10 item or tied with one
+        assert torch.allclose(scores.double(), exact.gather(1, idx), atol=tol, rtol=0)
+        assert torch.allclose(scores.double(), exact.topk(10, dim=1).values, atol=2 * tol, rtol=0)
 
 
 @settings(max_examples=30, deadline=None)
@@ -254,16 +264,22 @@ def test_retrieval_attacks_lower_recall_and_keep_the_laws():
     assert res.top1_radius is not None and (res.top1_radius >= 0).all()
 
 
+@pytest.mark.portable
 def test_pull_in_logits_break_exactly_when_the_target_is_top_1():
     metric, gallery = _lipschitz_gallery(8)
     q = torch.rand(16, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     exclude = torch.zeros(16, 8, dtype=torch.bool)
     with torch.no_grad():
         top1 = gallery.search(q, 1)[1][:, 0]
+        best2 = gallery.similarity(q).topk(2, dim=1).values
+        # the search and the logits compute the similarities in two ways (a top-k GEMM; a GEMM minus 1): they
+        # agree on the top-1 item wherever it leads the second by more than float32 rounding of cosines
+        clear = best2[:, 0] - best2[:, 1] > 1e-5
+        assert clear.sum() >= 12
         for t in range(8):
             target = torch.full((16,), t)
             z = PullIn(gallery.similarity, target, exclude)(q, torch.arange(16))
-            assert torch.equal(z[:, 0] >= z[:, 1], top1 == t)
+            assert torch.equal((z[:, 0] >= z[:, 1])[clear], (top1 == t)[clear])
 
 
 def test_gallery_embeddings_are_cached_per_metric_weights(tmp_path: Path):

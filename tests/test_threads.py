@@ -1,5 +1,5 @@
 """Threads (robustsim.threads): chosen from the CPUs really usable (affinity, cgroup quota, other runnable work,
-torchrun), and the same audit at one and two threads."""
+torchrun), and the same audit at one and two threads (the same law, not the same bits)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import sys
 import pytest
 import torch
 
+import robustsim
+from robustsim.data import open_triplets
 from robustsim.threads import busy_elsewhere, cgroup_cpu_limit
 
 
@@ -45,8 +47,18 @@ def test_thread_count_follows_the_affinity_mask_torchrun_and_overrides():
     assert _threads_in_child({cpus[0]}, args="2") == 2
 
 
+BORDERLINE = 2  # of 32: triplets whose attack outcome a 1e-7 rounding difference may change (docs/cli.md)
+
+
+@pytest.mark.portable
 @pytest.mark.slow
-def test_the_audit_gives_the_same_per_triplet_result_at_one_and_two_threads(tmp_path):
+def test_the_audit_agrees_at_one_and_two_threads_up_to_ties_and_borderline_triplets(tmp_path):
+    """1 and 2 threads run different kernels (another split of each reduction): the clean decisions agree wherever
+    the two distances are further apart than both computations' rounding, the certified triplets agree (a
+    certificate covers any summation order), and the attacks' outcomes differ on at most BORDERLINE triplets (an
+    attack amplifies a last-bit difference only where a triplet's final margin is near 0)."""
+    from robustsim.certify import certified_radius
+
     reports = []
     for threads in (1, 2):
         out = tmp_path / f"t{threads}"
@@ -55,8 +67,27 @@ def test_the_audit_gives_the_same_per_triplet_result_at_one_and_two_threads(tmp_
         subprocess.run([sys.executable, "-m", "robustsim", *argv], check=True, capture_output=True, cwd=tmp_path)
         reports.append(json.loads((out / "report.json").read_text()))
     assert [r["runtime"]["threads"] for r in reports] == [1, 2]
-    assert reports[0]["per_triplet"] == reports[1]["per_triplet"]
-    assert reports[0]["robust"] == reports[1]["robust"] and reports[0]["robust"][0] < reports[0]["clean"]
+    one, two = (r["per_triplet"] for r in reports)
+    metric, data = robustsim.load_metric("lipsim-nano"), open_triplets("mini", limit=32)
+    ref, x0, x1 = (torch.stack([data[i][k] for i in range(32)]) for k in ("ref", "x0", "x1"))
+    with torch.no_grad():
+        gap = (metric(ref, x0).double() - metric(ref, x1).double()).abs()
+    # away from ties: the distances lie in [0, 2] and each thread count computes them within ~1e-6 (float32
+    # embeddings of 2560 entries); a gap of 1e-4 leaves a wide margin
+    clear = (gap > 1e-4).tolist()
+    assert [c for c, ok in zip(one["clean"], clear, strict=True) if ok] == [
+        c for c, ok in zip(two["clean"], clear, strict=True) if ok
+    ]
+    radius = certified_radius(metric, ref, x0, x1)  # certificates cover any summation order: they agree unless
+    for i, e in enumerate((0.25, 0.5)):  # a radius sits within the float noise of the asked eps
+        decided = ((radius - e).abs() > 1e-5 * e).tolist()
+        assert [c for c, ok in zip(one["certified"][i], decided, strict=True) if ok] == [
+            c for c, ok in zip(two["certified"][i], decided, strict=True) if ok
+        ]
+    for r1, r2 in zip(one["robust"], two["robust"], strict=True):
+        assert sum(a != b for a, b in zip(r1, r2, strict=True)) <= BORDERLINE
+    for r in reports:
+        assert r["robust"][0] < r["clean"] and all(c <= b for c, b in zip(r["certified"], r["robust"], strict=True))
 
 
 def _threads_in_child(cpus: set[int], env: dict[str, str] | None = None, args: str = "") -> int:

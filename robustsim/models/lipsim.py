@@ -110,10 +110,16 @@ def _set_spatial(stages: nn.Sequential, size: int) -> None:
 class LipSimNet(nn.Module):
     """The LipSim student; ``forward`` maps (B, 3, S, S) to (B, embed_dim)."""
 
+    #: a bound stated for this exact network (a shipped card's, rounded up): used when the derived one is below it
+    stated_bound: float | None = None
+
     def lipschitz_bound(self) -> float:
-        """The product of the bounds its stages prove (``features`` then ``head``), derived from the
-        layers, not declared."""
-        return lipschitz_bound(self.features) * lipschitz_bound(self.head)
+        """The product of the bounds its stages prove (``features`` then ``head``), derived from the layers, or the
+        :attr:`stated_bound` when that is larger. The max of a proven bound and any number is a bound, so a stated
+        number can only make it larger (sound whatever it says); a card's number, rounded up from the derived one,
+        is what every CPU then reports, whatever the last ulp of its own SVD."""
+        derived = lipschitz_bound(self.features) * lipschitz_bound(self.head)
+        return max(derived, self.stated_bound or 0.0)
 
     def __init__(self, preset: str | LipSimPreset = "tiny", embed_dim: int = 1792, input_size: int = 224) -> None:
         super().__init__()

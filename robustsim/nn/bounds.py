@@ -41,6 +41,18 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def round_up(value: float, digits: int = 10) -> float:
+    """The smallest float >= ``value`` written with ``digits`` significant digits (rounded toward +inf): a bound
+    printed on a card that no CPU's last-ulp difference in an SVD or FFT can exceed."""
+    if not math.isfinite(value) or value == 0:
+        return value
+    from decimal import ROUND_CEILING, Context, Decimal
+
+    text = Context(prec=digits, rounding=ROUND_CEILING).create_decimal(Decimal(value))
+    out = float(text)
+    return out if out >= value else math.nextafter(out, math.inf)
+
+
 _ONE = (nn.ReLU, nn.Identity, nn.Flatten, nn.Unflatten, nn.Tanh, nn.Hardtanh, nn.ReLU6)
 
 

@@ -55,13 +55,14 @@ class Derived(nn.Module):
         return self._cache[1]
 
     def freeze(self) -> None:
-        """Store the applied tensor (computed once now, in eval arithmetic) as a buffer; idempotent."""
+        """Store the applied tensor (computed once now, in eval arithmetic) as a contiguous buffer, the layout
+        ``load_state_dict`` gives it: the in-memory and the reloaded layer run the same kernels; idempotent."""
         if self.frozen:
             return
         was = self.training
         self.eval()
         with torch.no_grad():
-            value = self._derive().detach().clone()
+            value = self._derive().detach().clone(memory_format=torch.contiguous_format)
         self.train(was)
         self.register_buffer(FROZEN, value)
         self._cache = None
