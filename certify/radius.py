@@ -41,6 +41,7 @@ from robustsim.metrics.base import EmbeddingMetric, Metric, evaluating
 from robustsim.threat import TARGETS, Target
 
 Mode = Literal["sound", "lipsim"]
+MODES: tuple[str, ...] = ("sound", "lipsim")
 ANGLE_EPS = 1e-12  # float64 error of an angle computed as 2 asin(||phi(a) - phi(b)|| / 2)
 
 

@@ -54,9 +54,12 @@ def random_image(rng: np.random.Generator, size: int = 32) -> np.ndarray:
 
 @pytest.fixture
 def nights_dir(tmp_path: Path) -> Path:
+    return make_nights(tmp_path / "nights")
+
+
+def make_nights(root: Path) -> Path:
     """A NIGHTS layout: data.csv + ref/ + distort/, mixed splits, one low-vote row, counts and fractions."""
     rng = np.random.default_rng(0)
-    root = tmp_path / "nights"
     rows = ["id,left_vote,right_vote,votes,ref_path,left_path,right_path,split,is_imagenet"]
     spec = [
         ("test", "True", 0.0, 6),

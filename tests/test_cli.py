@@ -250,3 +250,59 @@ def test_a_command_run_through_ctx_invoke_gets_the_values_its_options_would_give
     data = open_triplets("mini", limit=8)
     want = [[n, pct(evaluate_2afc(load_metric(n), data, progress=False).score), "8"] for n in ("l2", "ssim")]
     assert [r[:3] for r in rows if r and r[0] in ("l2", "ssim")] == want
+
+
+def _choice_params():
+    """(command path, option, click parameter) of every choice the CLI offers."""
+    import click
+
+    from robustsim.cli import cli
+
+    def walk(cmd, path):
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, (*path, name))
+        for p in cmd.params:
+            if isinstance(p.type, click.Choice):
+                yield " ".join(path), p.opts[0], p
+
+    return list(walk(cli, ()))
+
+
+def test_every_cli_choice_list_is_its_registry_and_accepts_every_registered_name():
+    """Issue 38 item 4: the protocol list was a hand-written copy that lacked croce2024 and lipsim. Every choice
+    list the CLI shows is computed from the registry it names, and every registered name passes the option."""
+    import click
+    import robustsim.certify as certify
+    from robustsim.certify.radius import MODES
+    from robustsim.train.finetune import LOSSES, SELECTIONS
+
+    from robustsim.bench.protocol import PROTOCOLS
+    from robustsim.nn import LAYERS
+    from robustsim.overlay import KINDS
+    from robustsim.precision import PRECISIONS
+    from robustsim.retrieval.index import BACKENDS
+    from robustsim.threat import NORMS, TARGETS
+
+    registries = {
+        "--protocol": list(PROTOCOLS),
+        "--method": ["auto", *certify.METHODS],
+        "--mode": list(MODES),
+        "--precision": list(PRECISIONS),
+        "--kind": list(KINDS),
+        "--index": list(BACKENDS),
+        "--select": list(SELECTIONS),
+        "--loss": list(LOSSES),
+        "--layer": list(LAYERS),
+        "--norm": list(NORMS),
+        "--target": list(TARGETS),
+    }
+    seen = set()
+    for command, option, param in _choice_params():
+        assert option in registries, f"{command} {option}: a choice list with no registry"
+        assert list(param.type.choices) == registries[option], (command, option)
+        ctx = click.Context(click.Command(command))
+        for name in registries[option]:
+            assert param.type.convert(name, param, ctx) == name
+        seen.add(option)
+    assert seen == set(registries)

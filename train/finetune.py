@@ -61,6 +61,7 @@ def certified_loss(
 
 
 LOSSES = ("hinge", "certified")
+SELECTIONS = ("certified", "clean")  # what picks the best/ checkpoint
 
 
 def validation_figures(metric: LipSimMetric, data: TripletDataset, eps: list[float]) -> dict[str, float]:

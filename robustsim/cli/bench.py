@@ -16,6 +16,7 @@ from robustsim.cli.options import (
     limit_option,
     parse_names,
     precision_option,
+    registry_choice,
     smoothing_option,
 )
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 @data_option
 @click.option(
     "--protocol",
-    type=click.Choice(["quick", "full"]),
+    type=registry_choice("robustsim.bench.protocol", "PROTOCOLS"),
     default="quick",
     show_default=True,
     help="quick: 100 triplets, APGD-CE + APGD-margin at 10 steps (CPU); full: all triplets, 100 steps + Square.",

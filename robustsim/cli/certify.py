@@ -23,6 +23,7 @@ from robustsim.cli.options import (
     open_data,
     out_dir_option,
     overwrite_option,
+    registry_choice,
     say_cost,
     seed_option,
     threat_options,
@@ -47,7 +48,7 @@ DEFAULT_CERT_EPS = {"l2": "36/255,72/255,108/255", "linf": "1/255,2/255,4/255"}
 )
 @click.option(
     "--method",
-    type=click.Choice(["auto", "lipschitz", "smoothing", "center-smoothing"]),
+    type=registry_choice("robustsim.certify", "METHODS", first=("auto",)),
     default="auto",
     show_default=True,
     help="lipschitz: a proof from the metric's Lipschitz bound; smoothing: a certificate of the smoothed "
@@ -57,7 +58,7 @@ DEFAULT_CERT_EPS = {"l2": "36/255,72/255,108/255", "linf": "1/255,2/255,4/255"}
 )
 @click.option(
     "--mode",
-    type=click.Choice(["sound", "lipsim"]),
+    type=registry_choice("robustsim.certify.radius", "MODES"),
     default="sound",
     show_default=True,
     help="Lipschitz radius: sound (no assumption on ||f(x)||) or lipsim (the published formula; assumes "

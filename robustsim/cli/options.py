@@ -57,6 +57,18 @@ class LazyChoice(click.Choice):
         return self._choices
 
 
+def registry_choice(module: str, name: str, first: Sequence[str] = ()) -> LazyChoice:
+    """A choice among the names ``module.name`` registers (``first`` put before them, e.g. ``auto``), imported when
+    the choices are first needed: a CLI list is never a hand-written copy of its registry."""
+
+    def load() -> Sequence[str]:
+        import importlib
+
+        return [*first, *getattr(importlib.import_module(module), name)]
+
+    return LazyChoice(load)
+
+
 def parse_floats(text: str, what: str = "value") -> list[float]:
     """'36/255,72/255' or '0.5,1' -> finite floats >= 0 (fractions allowed); raises click.BadParameter."""
     out = []
@@ -339,7 +351,7 @@ def say_cost(estimate, dry_run: bool) -> bool:
 
 precision_option = click.option(
     "--precision",
-    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    type=registry_choice("robustsim.precision", "PRECISIONS"),
     default="auto",
     show_default=True,
     help="The attack steps' autocast: auto is bf16 on a CUDA device that has it, else fp32. Clean decisions, the "

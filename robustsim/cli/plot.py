@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, cast
 
 import click
 
-from robustsim.cli.options import check_file_outputs
+from robustsim.cli.options import check_file_outputs, registry_choice
 
 if TYPE_CHECKING:
     from robustsim.overlay import Kind
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 @click.argument("reports", nargs=-1, required=True)
 @click.option(
     "--kind",
-    type=click.Choice(["certified", "robust", "radius"]),
+    type=registry_choice("robustsim.overlay", "KINDS"),
     default=None,
     help="certified / robust accuracy (or recall@k) vs epsilon, or a radius histogram. "
     "Default: certified for certify reports, robust otherwise.",

@@ -14,6 +14,7 @@ from robustsim.cli.options import (
     out_dir_option,
     overwrite_option,
     parse_names,
+    registry_choice,
     restarts_option,
     seed_option,
     threat_options,
@@ -68,7 +69,7 @@ def parse_ks(text: str) -> list[int]:
 @click.option(
     "--index",
     "backend",
-    type=click.Choice(["auto", "exact", "faiss"]),
+    type=registry_choice("robustsim.retrieval.index", "BACKENDS"),
     default="auto",
     show_default=True,
     help="Top-k search: exact chunked products, faiss IndexFlatIP, or auto (faiss from 50k items).",

@@ -7,13 +7,7 @@ from typing import Any
 
 import click
 
-from robustsim.cli.options import LazyChoice, device_option, metric_option, parse_floats
-
-
-def _layer_kinds() -> list[str]:
-    from robustsim.nn import LAYERS
-
-    return sorted(LAYERS)
+from robustsim.cli.options import device_option, metric_option, parse_floats, registry_choice
 
 
 def _run_options(epochs: int, batch_size: int, lr: float) -> Callable:
@@ -128,7 +122,7 @@ def train_group() -> None:
 @click.option("--limit", type=click.IntRange(1), default=None, help="Train on the first N images only.")
 @click.option(
     "--layer",
-    type=LazyChoice(_layer_kinds),
+    type=registry_choice("robustsim.nn", "LAYERS"),
     default="sll",
     show_default=True,
     help="1-Lipschitz layer kind of the student (SLL, AOL, CPL, orthogonal AOC).",
@@ -148,11 +142,17 @@ def distill_cmd(**kw: Any) -> None:
 @click.option("--data", default="mini", show_default=True, help="2AFC training spec (mini = mini:train).")
 @click.option("--val", default="auto", show_default=True, help="Validation spec for model selection.")
 @click.option("--margin", default=0.5, show_default=True, type=click.FloatRange(0), help="Hinge margin.")
-@click.option("--select", type=click.Choice(["certified", "clean"]), default="certified", show_default=True)
+@click.option(
+    "--select",
+    type=registry_choice("robustsim.train.finetune", "SELECTIONS"),
+    default="certified",
+    show_default=True,
+    help="What picks best/: certified accuracy at --select-eps, or clean 2AFC accuracy on --val.",
+)
 @click.option("--select-eps", default="36/255", show_default=True, help="l2 epsilon for --select certified.")
 @click.option(
     "--loss",
-    type=click.Choice(["hinge", "certified"]),
+    type=registry_choice("robustsim.train.finetune", "LOSSES"),
     default="hinge",
     show_default=True,
     help="hinge (LipSim's) or certified: the hinge plus a hinge on the sound radius at --target-eps.",

@@ -75,26 +75,34 @@ def list_cmd() -> None:
 def fetch_cmd(names: tuple[str, ...], repin: bool) -> None:
     """Download NAMES (file names from `list`, or metric names), resuming a partial download, verifying
     size and hash, refusing HTML or truncated bodies; nothing unverified is ever installed."""
-    from robustsim.weights import forget_pin, manifest, on_disk, record, resolve
-    from robustsim.zoo import files_of, list_metrics
+    from robustsim.weights import forget_pin, on_disk, record, resolve
 
-    wanted: list[str] = []
-    for name in parse_names(",".join(names), "NAMES"):
-        if name in manifest():
-            wanted.append(name)
-        elif all(part in list_metrics() for part in name.split("+")) and files_of(name):
-            wanted += files_of(name)
-        else:
-            raise click.BadParameter(
-                f"{name!r} is neither a weight file nor a metric that needs one", param_hint="NAMES"
-            )
-    for name in dict.fromkeys(wanted):
+    for name in weight_files(names, "NAMES"):
         if repin and record(name).pin == "first-download":
             forget_pin(name)
             stale = on_disk(record(name))
             if stale is not None:
                 stale.unlink()
         click.echo(f"{name}: {resolve(name)}")
+
+
+def weight_files(names: tuple[str, ...], hint: str) -> list[str]:
+    """The weight files NAMES stand for: each a file name from `list`, or a metric name (its files)."""
+    from robustsim.weights import manifest
+    from robustsim.zoo import files_of, list_metrics
+
+    wanted: list[str] = []
+    for name in parse_names(",".join(names), hint):
+        if name in manifest():
+            wanted.append(name)
+        elif all(part in list_metrics() for part in name.split("+")) and files_of(name):
+            wanted += files_of(name)
+        else:
+            raise click.BadParameter(
+                f"{name!r} is neither a weight file (`robustsim weights list`) nor a metric that needs one",
+                param_hint=hint,
+            )
+    return list(dict.fromkeys(wanted))
 
 
 @weights_group.command("add")
@@ -130,8 +138,11 @@ def verify_cmd() -> None:
 @weights_group.command("path")
 @click.argument("name")
 def path_cmd(name: str) -> None:
-    """Print where weight file NAME is (or would be installed)."""
+    """Print where weight file NAME is (or would be installed); for a metric name, each of its files."""
     from robustsim.weights import install_path, on_disk, record
 
-    rec = record(name)
-    click.echo(str(on_disk(rec) or install_path(rec)))
+    files = weight_files((name,), "NAME")
+    for file in files:
+        rec = record(file)
+        where = str(on_disk(rec) or install_path(rec))
+        click.echo(where if len(files) == 1 else f"{file}: {where}")

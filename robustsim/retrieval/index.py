@@ -23,6 +23,7 @@ from robustsim.errors import RobustsimError
 from robustsim.metrics.base import EmbeddingMetric, Metric
 
 Backend = Literal["auto", "exact", "faiss"]
+BACKENDS: tuple[str, ...] = ("auto", "exact", "faiss")
 FAISS_FROM = 50_000  # gallery size from which "auto" uses faiss
 
 
