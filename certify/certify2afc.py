@@ -4,7 +4,7 @@ streaming in one pass, by a method: ``lipschitz`` (a proof, :mod:`robustsim.cert
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +21,7 @@ from robustsim.table import format_table, pct
 from robustsim.threads import runtime_info
 from robustsim.threat import Target, ThreatModel
 
+RADIUS_TOL = 1e-2  # a reported radius is within 1 % of the most the method proves for its triplet (lipschitz_batch)
 ROUNDING_NOTE = (
     "radii hold for the decision the metric computes in its own dtype (unit roundoff {unit:.3g}): the rounding of "
     "its forward pass and of the cosine distance is bounded (robustsim.certify.rounding) and certified against"
@@ -95,6 +96,9 @@ class CertifyResult:
         if self.method == "lipschitz":
             source = self.details.get("lipschitz_source")
             how = f"method=lipschitz ({source} bound), mode={self.mode}, L={self.lipschitz:g}"
+            how += f", deployed in {self.details.get('dtype', 'float32')}"
+            if self.details.get("rounding_assumed"):
+                how += f" (rounding of {', '.join(self.details['rounding_assumed'])} bounded by the generic rule)"
         else:
             sm = self.details.get("smoothing", {})
             how = (
@@ -164,30 +168,28 @@ def lipschitz_batch(
     target: Target,
     mode: Mode,
     lipschitz: float | None = None,
-    eps: Sequence[float] = (),
     exact: Callable[[], EmbeddingMetric] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(radius, choice, L) for one batch: the radius certifying the decision the metric computes (its dtype's
-    rounding included), from the metric's own forward pass; its choice (1 = x1, 0 = x0, 0.5 tie).
+) -> tuple[torch.Tensor, torch.Tensor, float, tuple[str, ...]]:
+    """(radius, choice, L, modules bounded by the generic rounding rule) for one batch: the radius certifying the
+    decision the metric computes (its dtype's rounding included), from the metric's own forward pass; its choice
+    (1 = x1, 0 = x0, 0.5 tie).
 
-    The computed embeddings are the estimates (within their rounding bound). Where that is inconclusive (a radius
-    that exact estimates could lift above one of ``eps``, or above 0 when no ``eps`` is given), the triplet is
-    certified again from float64 estimates of ``exact()`` (:func:`~robustsim.certify.rounding.float64_copy`)."""
-    ref.shape[0]
+    The computed embeddings are the estimates (within their rounding bound). Where exact estimates could certify
+    more than ``1 + RADIUS_TOL`` times that radius, the triplet is certified again from float64 estimates of
+    ``exact()`` (:func:`~robustsim.certify.rounding.float64_copy`). So every radius is within RADIUS_TOL of the
+    most the method proves for that triplet, whatever radii a caller asks about: a property of the metric and the
+    triplet."""
     L = lipschitz if lipschitz is not None else input_lipschitz(metric, tuple(ref.shape[-2:]))[0]
     (e_ref, e0, e1), rounds, slack = certify_embeddings(metric, ref, x0, x1)
     choice = two_afc_choice(metric.embedding_distance(e_ref, e0), metric.embedding_distance(e_ref, e1))
+    assumed = rounds[0].assumed
     if mode == "lipsim":
-        return radius_from_embeddings(e_ref, e0, e1, L, mode, target), choice, L
+        return radius_from_embeddings(e_ref, e0, e1, L, mode, target), choice, L, assumed
     est = [r.delta for r in rounds]
     radius = radius_from_embeddings(e_ref, e0, e1, L, mode, target, est, rounds, slack)
     if exact is not None:
         best = radius_from_embeddings(e_ref, e0, e1, L, mode, target, (0.0, 0.0, 0.0), rounds, slack)
-        if eps:
-            open_ = torch.stack([(best > e) & ~(radius > e) for e in eps]).any(0)
-        else:
-            open_ = (radius <= 0) & (best > 0)
-        rows = open_.nonzero()[:, 0]
+        rows = (best > radius * (1 + RADIUS_TOL)).nonzero()[:, 0]
         if rows.numel():
             twin = exact()
             _, e64, r64 = embed_with_error(twin, torch.cat([ref[rows], x0[rows], x1[rows]]))
@@ -195,7 +197,7 @@ def lipschitz_batch(
             sub = [Rounding(r.delta[rows], r.sensitivity, r.kappa, r.unit) for r in rounds]
             refined = radius_from_embeddings(*parts, L, mode, target, deltas, sub, slack)
             radius[rows] = torch.maximum(radius[rows], refined)
-    return radius, choice, L
+    return radius, choice, L, assumed
 
 
 def _dim(data: TripletDataset) -> int:
@@ -225,6 +227,7 @@ def certify_2afc(
     assert isinstance(metric, EmbeddingMetric)
     env = env or init_distributed(torch.device(device))
     constants: set[float] = set()
+    generic: set[str] = set()  # modules whose rounding only the generic rule bounds
     by_size: dict[tuple[int, int], float] = {}  # the constant, once per caller image size
     twin: list[EmbeddingMetric] = []  # the float64 copy, made only if a triplet needs it
 
@@ -233,22 +236,16 @@ def certify_2afc(
             twin.append(float64_copy(metric))
         return twin[0]
 
+    refine = exact if metric.dtype != torch.float64 else None  # a float64 metric's own estimates are that
     def step(batch: dict, tick) -> dict[str, torch.Tensor]:
         hw = (int(batch["ref"].shape[-2]), int(batch["ref"].shape[-1]))
         if hw not in by_size:
             by_size[hw] = input_lipschitz(metric, hw)[0]
-        radius, choice, L = lipschitz_batch(
-            metric,
-            batch["ref"],
-            batch["x0"],
-            batch["x1"],
-            threat.target,
-            mode,
-            by_size[hw],
-            eps=[threat.l2_radius(e, int(batch["ref"][0].numel())) for e in threat.eps],
-            exact=exact,
+        radius, choice, L, assumed = lipschitz_batch(
+            metric, batch["ref"], batch["x0"], batch["x1"], threat.target, mode, by_size[hw], exact=refine
         )
         constants.add(round(float(L), 12))
+        generic.update(assumed)
         p = batch["p"].to(torch.float64)
         return {"radius": radius.double(), "clean": choice_score(choice.cpu(), p), "p": p}
 
@@ -279,7 +276,13 @@ def certify_2afc(
         method="lipschitz",
         mode=mode,
         lipschitz=constant,
-        details={"lipschitz_source": source, "rounding": ROUNDING_NOTE.format(unit=unit_roundoff(metric))},
+        details={
+            "lipschitz_source": source,
+            "rounding": ROUNDING_NOTE.format(unit=unit_roundoff(metric)),
+            "rounding_assumed": sorted(generic),
+            "dtype": str(metric.dtype).removeprefix("torch."),
+            "radius_tolerance": RADIUS_TOL,
+        },
     )
 
 

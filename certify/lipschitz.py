@@ -10,7 +10,7 @@ from torch import nn
 from robustsim.errors import RobustsimError
 from robustsim.metrics.base import EmbeddingMetric, Metric
 from robustsim.metrics.preprocess import resize_norm
-from robustsim.nn.bounds import lipschitz_bound
+from robustsim.nn.bounds import lipschitz_bound, mode_dependent
 
 
 def estimate_lipschitz(
@@ -93,12 +93,20 @@ def network_lipschitz(metric: Metric) -> tuple[float, str]:
             f"computes its embedding with its own {' and '.join(custom)} (not the network behind a resize and "
             "normalisation)",
         )
+    moving = [(f"net.{name}" if name else "net", m) for name, m in metric.net.named_modules() if mode_dependent(m)]
+    if moving:
+        path, module = moving[0]
+        raise RobustsimError(
+            f"metric {metric.name!r} has {type(module).__name__} ({path}) in training mode, where its output is not "
+            "the function any bound covers (random, batch statistics or moving estimates); call metric.eval() "
+            "before certifying"
+        )
     try:
         return lipschitz_bound(metric.net), "structure"
-    except RobustsimError:
-        declared = getattr(metric, "lipschitz", None)
+    except RobustsimError as err:
+        reason, declared = str(err), getattr(metric, "lipschitz", None)
     if declared is None:
-        raise _no_certificate(metric, "has no Lipschitz guarantee")
+        raise _no_certificate(metric, f"has no Lipschitz guarantee ({reason})")
     if not declared > 0:
         raise RobustsimError(f"metric {metric.name!r} declares Lipschitz constant {declared}; it must be > 0")
     return float(declared), "declared"

@@ -11,9 +11,10 @@ and the deployed rounding ||F(z') - f(z')|| <= dep_z(r) (:class:`~robustsim.cert
 F(z') with ||z' - z|| <= r (r = 0 for an image that does not move) lies within rho_z(r) = est_z + dep_z(r) + L r
 of e_z.
 
-- ``ref`` moves: with U = phi(F_1) - phi(F_0), ||U - u|| <= e_U = sum_i 2 rho_i / ||e_i|| (u = phi(e_1) -
-  phi(e_0)), and <F_ref, U> >= |<e_ref, u>| - rho_ref (||u|| + e_U) - ||e_ref|| e_U; the decision holds while
-  that exceeds 2c ||F_ref|| (||F_ref|| <= ||e_ref|| + rho_ref), i.e. while
+- ``ref`` moves: with U = phi(F_1) - phi(F_0), ||U - u|| <= e_U = sum_i chord(rho_i, ||e_i||) (u = phi(e_1) -
+  phi(e_0); :func:`chord`: 2 sin(arcsin(rho_i / ||e_i||) / 2), the angle-based distance of normalised vectors),
+  and <F_ref, U> >= |<e_ref, u>| - rho_ref (||u|| + e_U) - ||e_ref|| e_U; the decision holds while that exceeds
+  2c ||F_ref|| (||F_ref|| <= ||e_ref|| + rho_ref), i.e. while
   rho_ref < (|<e_ref, u>| - ||e_ref|| (e_U + 2c)) / (||u|| + e_U + 2c): a linear condition on r.
   With exact estimates and no rounding this is |<f(x), u>| / (L ||u||), the sound radius (no assumption on
   ||f||). ``mode="lipsim"`` gives the published R = |d1 - d0| / ||phi(x0) - phi(x1)|| of the estimates, sound
@@ -104,6 +105,14 @@ def _lipsim_radius(a: torch.Tensor, f0: torch.Tensor, f1: torch.Tensor) -> torch
     return torch.where(u.norm(dim=1) > 0, margin / u.norm(dim=1).clamp_min(1e-300), torch.zeros_like(margin))
 
 
+def chord(rho: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """The largest ||a / ||a|| - b / ||b|||| over ||b - a|| <= rho, ||a|| = norm: the angle between a and b is at most
+    arcsin(rho / ||a||), whose chord is 2 sin(angle / 2) (about rho / ||a||; 2 rho / ||a|| is the cruder bound);
+    2 (antipodes) once rho >= ||a||."""
+    t = rho / norm.clamp_min(1e-300)
+    return torch.where(t < 1, 2 * torch.sin(torch.arcsin(t.clamp(max=1.0)) / 2), torch.full_like(t, 2.0))
+
+
 def _ref_radius(est, err, deployed, lipschitz: float, c: float) -> torch.Tensor:
     a, f0, f1 = est
     norms = [e.norm(dim=1) for e in est]
@@ -111,7 +120,7 @@ def _ref_radius(est, err, deployed, lipschitz: float, c: float) -> torch.Tensor:
     ok_norm = (rho[1] < norms[1]) & (rho[2] < norms[2])
     u = f1 / norms[2].clamp_min(1e-300)[:, None] - f0 / norms[1].clamp_min(1e-300)[:, None]
     u_norm, margin = u.norm(dim=1), (a * u).sum(1).abs()
-    e_u = 2 * rho[1] / norms[1].clamp_min(1e-300) + 2 * rho[2] / norms[2].clamp_min(1e-300)
+    e_u = chord(rho[1], norms[1]) + chord(rho[2], norms[2])
     rho_max = (margin - norms[0] * (e_u + c)) / (u_norm + e_u + c).clamp_min(1e-300)
     dep = deployed[0]
     grow = (1 + dep.sensitivity) / (1 - dep.sensitivity) if dep.sensitivity < 1 else math.inf
@@ -177,7 +186,7 @@ def certified_radius(
     network_lipschitz(metric)
     assert isinstance(metric, EmbeddingMetric)
     with evaluating(metric):
-        radius, _, _ = lipschitz_batch(metric, ref, x0, x1, target, mode, exact=lambda: float64_copy(metric))
+        radius, _, _, _ = lipschitz_batch(metric, ref, x0, x1, target, mode, exact=lambda: float64_copy(metric))
     return radius
 
 

@@ -34,8 +34,9 @@ from torch import nn
 from robustsim.errors import RobustsimError
 from robustsim.metrics.base import EmbeddingMetric
 from robustsim.metrics.preprocess import Resize, axis_matrices
+from robustsim.nn.bounds import observer
 from robustsim.nn.cache import FROZEN, Derived
-from robustsim.nn.rounding import affine_terms, gamma, memo, module_terms
+from robustsim.nn.rounding import affine_terms, gamma, memo, module_local, module_terms
 
 U64 = 2.0**-53
 U32 = 2.0**-24
@@ -54,9 +55,11 @@ def unit_roundoff(metric: EmbeddingMetric) -> float:
 
 def cosine_slack(dim: int, unit: float) -> float:
     """How far the computed ``1 - cos`` of two D-dim embeddings can be from the exact one of the same computed
-    embeddings: normalising (relative gamma_D / 2 + 2u per entry), the D products and their sum (gamma_D), and
-    the subtraction from 1 (2u); so a computed d1 < d0 holds whenever the exact cos1 - cos0 exceeds twice it."""
-    return 2.5 * gamma(dim + 4, unit) + 2 * unit
+    embeddings, for :meth:`EmbeddingMetric.embedding_distance`: in float64, normalising (relative gamma_D / 2 + 2u per
+    entry), the D products and their sum (gamma_D) and the subtraction from 1 (2u) err by at most 2.5 gamma_{D+4}
+    (u = 2^-53); the result is then rounded once to the metric's dtype (relative ``unit``, d <= 2, so at most
+    2 ``unit``). A computed d1 < d0 holds whenever the exact cos1 - cos0 exceeds twice this (rounding is monotone)."""
+    return 2.5 * gamma(dim + 4, U64) + 2 * unit
 
 
 @dataclass
@@ -85,10 +88,11 @@ def _units(net: nn.Module) -> list[nn.Module]:
     out: list[nn.Module] = []
 
     def visit(m: nn.Module) -> None:
-        if callable(getattr(m, "rounding_terms", None)) or next(m.children(), None) is None:
+        parts = [c for name, c in m.named_children() if name != "parametrizations"]  # a parametrization: its weight
+        if callable(getattr(m, "rounding_terms", None)) or not parts:
             out.append(m)
         else:
-            for child in m.children():
+            for child in parts:
                 visit(child)
 
     visit(net)
@@ -137,7 +141,8 @@ class _Tape:
         self.sensitivity = 0.0  # sum over units of (a + c)
         self.growth_terms = 0.0  # sum over units of (a + c L)
         self.growth, self.declared = 1.0, float(metric.__dict__.get("lipschitz") or 1.0)
-        self.handles = [m.register_forward_hook(self._hook) for m in _units(metric.net)]
+        hook = observer(lambda module, args, out: self._hook(module, args, out))
+        self.handles = [m.register_forward_hook(hook) for m in _units(metric.net)]
 
     def _hook(self, module: nn.Module, args: tuple, out: object) -> None:
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
@@ -154,7 +159,12 @@ class _Tape:
         self.growth_terms += a + c * lip
         if a == c == d == 0.0:
             return
-        term = a * _norms(x, self.unit) + c * _norms(out, self.unit) + d
+        term = a * _norms(x, self.unit) + d
+        # componentwise where it matters: a float64 network's norm bound is already ~1e-13 of its activations
+        local = module_local(module, x, out, self.unit) if self.unit > U64 else None
+        if local is not None:  # componentwise on the recorded input: as Lipschitz in it as the term it replaces
+            term = torch.minimum(term, local.to(term))
+        term = term + c * _norms(out, self.unit)
         self.total = term if self.total is None else self.total + term
 
     def close(self) -> None:

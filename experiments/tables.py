@@ -98,7 +98,11 @@ def results_page() -> str:
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--docs"]:
+        from docs_blocks import write_pages
+
         RESULTS_PAGE.write_text(results_page())
         print(f"wrote {RESULTS_PAGE}")
+        for page in write_pages():
+            print(f"rewrote the generated blocks of {page}")
     else:
         sys.exit("usage: python experiments/tables.py --docs")

@@ -283,6 +283,7 @@ def test_every_cli_choice_list_is_its_registry_and_accepts_every_registered_name
     from robustsim.precision import PRECISIONS
     from robustsim.retrieval.index import BACKENDS
     from robustsim.threat import NORMS, TARGETS
+    from robustsim.zoo.registry import DTYPES
 
     registries = {
         "--protocol": list(PROTOCOLS),
@@ -296,6 +297,7 @@ def test_every_cli_choice_list_is_its_registry_and_accepts_every_registered_name
         "--layer": list(LAYERS),
         "--norm": list(NORMS),
         "--target": list(TARGETS),
+        "--dtype": list(DTYPES),
     }
     seen = set()
     for command, option, param in _choice_params():

@@ -52,6 +52,33 @@ RECIPES = {
 }
 
 
+def ms_per_image(metric, x) -> dict[str, float]:
+    """Milliseconds per image of one forward pass in float32 and in float64 (one thread, median of 7)."""
+    import statistics
+    import time
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = {}
+    try:
+        for name, dtype in (("float32", torch.float32), ("float64", torch.float64)):
+            m = metric.to(dtype)
+            with torch.no_grad():
+                m.embed(x.to(dtype))
+                times = []
+                for _ in range(7):
+                    t0 = time.process_time()
+                    m.embed(x.to(dtype))
+                    times.append(time.process_time() - t0)
+            out[name] = round(1000 * statistics.median(times) / x.shape[0], 3)
+    finally:
+        metric.to(torch.float32)
+        torch.set_num_threads(threads)
+    return out
+
+
 def main(src: Path, name: str, teacher: str | None = None) -> None:
     """Export checkpoint folder ``src`` frozen as the shipped metric ``name`` and write its card."""
     recipe, data, summary = RECIPES[name]
@@ -71,6 +98,7 @@ def main(src: Path, name: str, teacher: str | None = None) -> None:
     import torch
 
     x = torch.stack([test[i]["ref"] for i in range(8)])
+    speed = ms_per_image(metric, torch.stack([test[i]["ref"] for i in range(64)]))
     baselines = {}
     for base in ("l2", "ssim", "ms-ssim", "effnet-ensemble"):
         baselines[base] = evaluate_2afc(robustsim.load_metric(base), open_triplets("mini:test"), progress=False).score
@@ -89,7 +117,9 @@ def main(src: Path, name: str, teacher: str | None = None) -> None:
         "certified": {f"{round(e * 255)}/255": res.certified_at(e) for e in EPS},
         "certified_float64": {f"{round(e * 255)}/255": res64.certified_at(e) for e in EPS},
         "certified_note": "certified = sound l2 radius of the decision the metric computes in float32 (its rounding "
-        "bounded); certified_float64 = the same network deployed in float64 (metric.double())",
+        "bounded); certified_float64 = the same network deployed in float64 (load_metric(name, dtype='float64'))",
+        "ms_per_image": speed,
+        "ms_per_image_note": "one forward pass per image, batches of 64, one CPU thread (benchmarks/bench_dtype.py)",
         "baselines_clean": baselines,
     }
     write_json(tmp / "card.json", card)

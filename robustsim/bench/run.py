@@ -63,7 +63,7 @@ def protocol_cells(protocol: Protocol) -> tuple[list[Cell], list[list[Cell]], li
 
 def metric_fingerprint(metric: Metric) -> str:
     """A hash of the metric's name, class and every byte of its weights and buffers."""
-    h = hashlib.sha256(f"{metric.name}|{type(metric).__qualname__}".encode())
+    h = hashlib.sha256(f"{metric.name}|{type(metric).__qualname__}|{metric.dtype}".encode())
     for name, t in metric.state_dict().items():
         h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -402,12 +402,14 @@ def run(
     dry_run: bool = False,
     precision: str = "fp32",
     reuse: bool = True,
+    dtype: str = "float32",
 ) -> dict | None:
     """Benchmark ``metrics`` (zoo names, checkpoint paths; ``["all"]`` = every metric that can run here) on the
     2AFC spec ``data``; write cards, leaderboard and figure into ``out``. Returns {metric: card, "_skipped":
     {metric: reason}} on rank 0 (None on other ranks). Each metric's estimated cost is logged before its cells;
     ``dry_run`` stops there (nothing written; the result holds "_estimate"). ``precision`` (fp32, bf16, fp16 or
-    auto: bf16 on a CUDA device that has it): the attack steps' autocast; every decision stays float32."""
+    auto: bf16 on a CUDA device that has it): the attack steps' autocast; every decision stays in the metric's
+    ``dtype`` (float32, or float64: the metric deployed in double precision)."""
     from robustsim.bench.cards import make_card, write_card_page, write_leaderboard
     from robustsim.data import open_triplets
     from robustsim.zoo import load_metric, metric_entries
@@ -435,7 +437,7 @@ def run(
     say(proto.describe())
     for name in metrics:
         try:
-            metric = load_metric(name, device=env.device)
+            metric = load_metric(name, device=env.device, dtype=dtype)
         except (RobustsimError, ImportError, OSError) as err:
             skipped[name] = str(err).splitlines()[0]
             say(f"{name}: skipped ({skipped[name]})")

@@ -16,6 +16,7 @@ from robustsim.cli.options import (
     data_option,
     device_option,
     dry_run_option,
+    dtype_option,
     is_main,
     limit_option,
     load_metrics,
@@ -88,6 +89,7 @@ def _attack_names() -> list[str]:
 @limit_option()
 @allow_outside_option
 @precision_option
+@dtype_option
 @dry_run_option
 def audit_cmd(
     metric: str,
@@ -107,6 +109,7 @@ def audit_cmd(
     limit: int | None,
     allow_outside: bool,
     precision: str,
+    dtype: str,
     dry_run: bool,
 ) -> None:
     """Attack a metric on 2AFC triplets; report clean, robust (worst case) and certified accuracy.
@@ -130,7 +133,7 @@ def audit_cmd(
         raise click.BadParameter("--smoothing smooths the reference image; use --target ref", param_hint="--target")
     claim = OutputDir(out_dir, AUDIT_FILES, overwrite) if out_dir and is_main() and not dry_run else nullcontext(None)
     with claim as out:
-        (m,) = load_metrics([metric], device)
+        (m,) = load_metrics([metric], device, dtype)
         data = open_data(data_spec, limit, size=m.input_size, allow_outside=allow_outside)
         # with --out every finished batch is kept in <out>/.resume: Ctrl-C, then the same command, continues
         resume = Path(out_dir) / RESUME if out_dir else None

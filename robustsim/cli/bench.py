@@ -12,6 +12,7 @@ from robustsim.cli.options import (
     data_option,
     device_option,
     dry_run_option,
+    dtype_option,
     is_main,
     limit_option,
     parse_names,
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 @device_option
 @limit_option()
 @precision_option
+@dtype_option
 @dry_run_option
 def bench_cmd(
     metrics: str,
@@ -62,6 +64,7 @@ def bench_cmd(
     device: torch.device,
     limit: int | None,
     precision: str,
+    dtype: str,
     dry_run: bool,
 ) -> None:
     """Benchmark metrics under a standard protocol: clean 2AFC; robust 2AFC under the AutoAttack-style
@@ -95,6 +98,7 @@ def bench_cmd(
             log=lambda m: click.echo(m, err=True),
             dry_run=dry_run,
             precision=precision,
+            dtype=dtype,
         )
     if result is None or dry_run:
         return

@@ -15,6 +15,7 @@ from robustsim.cli.options import (
     data_option,
     device_option,
     dry_run_option,
+    dtype_option,
     file_output_option,
     is_main,
     limit_option,
@@ -117,6 +118,7 @@ DEFAULT_CERT_EPS = {"l2": "36/255,72/255,108/255", "linf": "1/255,2/255,4/255"}
 @device_option
 @limit_option()
 @allow_outside_option
+@dtype_option
 @dry_run_option
 def certify_cmd(
     metric: str,
@@ -139,6 +141,7 @@ def certify_cmd(
     device: torch.device,
     limit: int | None,
     allow_outside: bool,
+    dtype: str,
     dry_run: bool,
 ) -> None:
     """Certified 2AFC accuracy at each epsilon, in the pixels of the images as loaded (the metric's own
@@ -165,7 +168,7 @@ def certify_cmd(
     check_file_outputs(json=json, plot=plot)
     claim = OutputDir(out_dir, CERTIFY_FILES, overwrite) if out_dir and is_main() and not dry_run else nullcontext(None)
     with claim as out:
-        (m,) = load_metrics([metric], device)
+        (m,) = load_metrics([metric], device, dtype)
         if method == "auto":
             method = "lipschitz" if has_certificate(m) else "smoothing"
         if method in ("smoothing", "center-smoothing") and threat.target != "ref":

@@ -9,6 +9,7 @@ import click
 
 from robustsim.cli.options import (
     device_option,
+    dtype_option,
     limit_option,
     metric_option,
     out_dir_option,
@@ -80,6 +81,7 @@ def parse_ks(text: str) -> list[int]:
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 1 << 16), help="Queries per batch.")
 @device_option
 @limit_option("queries")
+@dtype_option
 def retrieval_cmd(
     metric: str,
     data_spec: str,
@@ -96,6 +98,7 @@ def retrieval_cmd(
     batch_size: int,
     device: torch.device,
     limit: int | None,
+    dtype: str,
 ) -> None:
     """Rank a gallery for every query and score against the annotated positives (VSD protocol):
     clean recall@k, mAP and ROC-AUC; recall@k and mAP when an attacker perturbs the query to push
@@ -120,7 +123,7 @@ def retrieval_cmd(
         make_attack(a, threat)
     claim = OutputDir(out_dir, RETRIEVAL_FILES, overwrite) if out_dir else nullcontext(None)
     with claim as out:
-        m = load_metric(metric, device=device)
+        m = load_metric(metric, device=device, dtype=dtype)
         data = open_retrieval(data_spec, size=m.input_size)
         if limit is not None:
             data = data.subset(limit)

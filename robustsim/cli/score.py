@@ -14,6 +14,7 @@ from robustsim.cli.options import (
     check_file_outputs,
     data_option,
     device_option,
+    dtype_option,
     file_output_option,
     is_main,
     limit_option,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 @limit_option()
 @allow_outside_option
 @click.option("--groups/--no-groups", default=False, help="Also print per-category scores.")
+@dtype_option
 def score_cmd(
     metrics: str,
     data_spec: str,
@@ -53,6 +55,7 @@ def score_cmd(
     limit: int | None,
     allow_outside: bool,
     groups: bool,
+    dtype: str,
 ) -> None:
     """Clean 2AFC score of one or more metrics on a triplet set."""
     from robustsim.evaluate import evaluate_2afc
@@ -62,7 +65,7 @@ def score_cmd(
     check_file_outputs(json=json)
     names = parse_names(metrics, "--metric")
     data = open_data(data_spec, limit, allow_outside=allow_outside)
-    loaded = load_metrics(names, device)
+    loaded = load_metrics(names, device, dtype)
     results = []
     width = max(len("metric"), *(len(n) for n in names))
     line = lambda *c: f"{c[0]:<{width}}  {c[1]:>5}  {c[2]:>5}  {c[3]:>7}"  # noqa: E731

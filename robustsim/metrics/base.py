@@ -96,14 +96,24 @@ class Metric(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """The floating dtype the metric computes in (its parameters' dtype; float32 without any)."""
+        """The floating dtype the metric computes in: its parameters' dtype, else its buffers', else the dtype it
+        was last cast to (``metric.double()``, ``.to(torch.float64)``: pixel metrics hold no tensor), else float32."""
         for t in self.parameters():
             if t.is_floating_point():
                 return t.dtype
         for t in self.buffers():
             if t.is_floating_point():
                 return t.dtype
-        return torch.float32
+        return self.__dict__.get("_cast_dtype", torch.float32)
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        """Every cast (``.double()``, ``.to(dtype)``, ``.half()``) also sets the dtype a tensor-free metric computes in:
+        a cast maps float32 and float64 alike to its dtype, a move keeps each its own."""
+        out = super()._apply(fn, recurse)
+        single, double = fn(torch.zeros(1)), fn(torch.zeros(1, dtype=torch.float64))
+        if single.dtype == double.dtype and single.is_floating_point():
+            self.__dict__["_cast_dtype"] = single.dtype
+        return out
 
     def as_input(self, x: torch.Tensor) -> torch.Tensor:
         """A validated batch in the metric's dtype (float64 or half input is converted, every metric alike)."""
@@ -202,8 +212,12 @@ class EmbeddingMetric(Metric):
 
     @staticmethod
     def embedding_distance(ex: torch.Tensor, ey: torch.Tensor) -> torch.Tensor:
-        """1 - cos(ex, ey) per row, in [0, 2]; equals ||phi(x) - phi(y)||^2 / 2 for phi = e/||e||."""
-        return (1.0 - F.cosine_similarity(ex, ey, dim=1, eps=1e-12)).clamp_min(0.0)
+        """1 - cos(ex, ey) per row, in [0, 2]; equals ||phi(x) - phi(y)||^2 / 2 for phi = e/||e||. Evaluated in float64
+        and rounded once to the embeddings' dtype: the distance of the computed embeddings is then exact up to that
+        one rounding (and ~1e-13), so a decision d1 < d0 is decided by the embeddings, not by the cosine's own
+        float32 sums (:func:`robustsim.certify.rounding.cosine_slack`); a (B, D) product, no measurable cost."""
+        d = 1.0 - F.cosine_similarity(ex.double(), ey.double(), dim=1, eps=1e-12)
+        return d.clamp_min(0.0).to(torch.promote_types(ex.dtype, ey.dtype))
 
     def pairwise(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """(Bx, By) 1 - cos between every pair of embeddings."""

@@ -16,6 +16,8 @@ from torch import nn
 
 from robustsim.nn.bounds import SAFE, spectral_norm
 from robustsim.nn.cache import Derived
+from robustsim.nn.rounding import Terms, affine_local, affine_terms, bias_norm, memo
+from robustsim.nn.spectral import abs_conv_norm
 
 
 def _inverse_sqrt(rowsums: torch.Tensor) -> torch.Tensor:
@@ -39,12 +41,17 @@ class AOLLinear(Derived):
     def rescaled(self) -> torch.Tensor:
         return self.applied()
 
-    def rounding_weights(self) -> list[torch.Tensor]:
-        """What the forward multiplies by: the rescaled weight (for rounding bounds)."""
-        return [self.rescaled()]
+    def rounding_terms(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], unit: float) -> Terms:
+        """y = W' x + b with the rescaled weight it applies: gamma_n (|| |W'| || ||x|| + ||b||)."""
 
-    def rounding_biases(self) -> list[torch.Tensor]:
-        return [self.bias]
+        def compute() -> Terms:
+            w = self.rescaled().detach()
+            return affine_terms(w.shape[1] + 1, spectral_norm(w.abs()), bias_norm(self.bias), unit)
+
+        return memo(self, (in_shape, out_shape), unit, compute)
+
+    def rounding_local(self, x: torch.Tensor, out: torch.Tensor, unit: float) -> torch.Tensor:
+        return affine_local(F.linear, x, self.rescaled(), self.bias, unit)
 
     def _derive(self) -> torch.Tensor:
         d = _inverse_sqrt((self.weight.T @ self.weight).abs().sum(1))
@@ -86,12 +93,17 @@ class AOLConv2d(Derived):
     def rescaled(self) -> torch.Tensor:
         return self.applied()
 
-    def rounding_weights(self) -> list[torch.Tensor]:
-        """What the forward multiplies by: the rescaled weight (for rounding bounds)."""
-        return [self.rescaled()]
+    def rounding_terms(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], unit: float) -> Terms:
+        """The zero-padded convolution by the rescaled kernel it applies: gamma_n (|| |K'| || ||x|| + ||b|| sqrt HW)."""
 
-    def rounding_biases(self) -> list[torch.Tensor]:
-        return [self.bias]
+        def compute() -> Terms:
+            k, hw = self.rescaled().detach(), in_shape[-2:]
+            return affine_terms(k[0].numel() + 1, abs_conv_norm(k), bias_norm(self.bias, hw[0] * hw[1]), unit)
+
+        return memo(self, (in_shape, out_shape), unit, compute)
+
+    def rounding_local(self, x: torch.Tensor, out: torch.Tensor, unit: float) -> torch.Tensor:
+        return affine_local(lambda a, w: F.conv2d(a, w, padding=self.padding), x, self.rescaled(), self.bias, unit)
 
     def _derive(self) -> torch.Tensor:
         kt = self.weight.transpose(0, 1)  # (in, out, k, k)

@@ -19,7 +19,16 @@ from torch import nn
 
 from robustsim.nn.bounds import SAFE, spectral_norm
 from robustsim.nn.cache import Derived
-from robustsim.nn.rounding import Terms, bias_norm, gamma, memo
+from robustsim.nn.rounding import (
+    Terms,
+    absolute,
+    arithmetic_unit,
+    bias_norm,
+    gamma,
+    local_dtype,
+    memo,
+    upper_norms,
+)
 from robustsim.nn.spectral import abs_conv_norm, conv_norm, conv_operator_norm, matrix_norm
 
 POWER_STEPS = 2
@@ -32,6 +41,10 @@ class _CPLBase(Derived):
 
     def _estimate(self) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def depends_on_training(self) -> bool:
+        """While training (unfrozen) the scale is a power-iteration estimate, not the exact norm eval mode uses."""
+        return not self.frozen
 
     def scale(self) -> torch.Tensor:
         """2 / ||W||^2: exact (the applied tensor) in eval mode, a power-iteration estimate while training."""
@@ -56,12 +69,43 @@ class _CPLBase(Derived):
     def _cpl_terms(self, n1: int, n2: int, norm_w: float, abs_w: float, bias: float, unit: float) -> Terms:
         """h = x - s W^T relu(W x + b): the pre-activation errs by g1 (|| |W| || ||x|| + ||b||), carried by ||W||;
         W^T relu(.) adds g2 || |W| || ||relu(.)|| (||relu(.)|| <= ||W|| ||x|| + ||b||); the product by the applied
-        scale s adds u s ||W^T relu(.)||; the difference u ||h||."""
+        scale s adds u s ||W^T relu(.)||; the difference u ||h||. ``a`` also covers the Lipschitz constant of
+        :meth:`rounding_local` in x."""
         s = float(self.scale().detach().double())
         g1, g2 = gamma(n1, unit), gamma(n2, unit)
-        per_x = norm_w * g1 * abs_w + g2 * abs_w * norm_w + unit * norm_w * norm_w
+        relu_moves = norm_w + g1 * abs_w
+        per_x = norm_w * g1 * abs_w + (g2 + unit * (1 + g2)) * abs_w * relu_moves
         per_b = norm_w * g1 + g2 * abs_w + unit * norm_w
         return s * per_x, unit, s * per_b * bias
+
+    def _pre(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def _post(self, r: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def _weight_norm(self, in_shape: tuple[int, ...]) -> float:  # pragma: no cover
+        raise NotImplementedError
+
+    def rounding_local(self, x: torch.Tensor, out: torch.Tensor, unit: float) -> torch.Tensor:
+        """Componentwise on the recorded input x (as SLL's): v = |W| |x| + |b|, the pre-activation errs by e1 = g1 v,
+        carried by ||W||; the computed relu output is at most relu(z) + e1 and W^T times it errs by g2 |W^T| times
+        it; the product by s adds u s |W^T r| (1 + g2); the difference is the terms' ``c``."""
+        n1, n2 = self.weight[0].numel() + 1, self._fan_out()
+        g1, g2 = gamma(n1, unit), gamma(n2, unit)
+        dt = local_dtype(x)
+        uc = arithmetic_unit(dt, x.device)
+        w, b = self.weight.detach(), self.bias.detach()
+        v = self._pre(absolute(x, dt), absolute(w, dt), absolute(b, dt))
+        z = self._pre(x.detach().to(dt), w.to(dt), b.to(dt))
+        r_up = F.relu(z) + ((g1 + gamma(n1, uc)) / (1 - gamma(n1 + 1, uc))) * v
+        post = upper_norms(self._post(r_up, absolute(w, dt)), n2 + 2)
+        s = float(self.scale().detach().double())
+        return s * (self._weight_norm(tuple(x.shape[1:])) * g1 * upper_norms(v, n1 + 1) + (g2 + unit * (1 + g2)) * post)
+
+    def _fan_out(self) -> int:
+        w = self.weight
+        return w.shape[0] * (w[0, 0].numel() if w.dim() == 4 else 1)
 
 
 class CPLLinear(_CPLBase):
@@ -94,6 +138,15 @@ class CPLLinear(_CPLBase):
             )
 
         return memo(self, (in_shape, out_shape), unit, compute)
+
+    def _pre(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(x, w, b)
+
+    def _post(self, r: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return F.linear(r, w.T)
+
+    def _weight_norm(self, in_shape: tuple[int, ...]) -> float:
+        return memo(self, (in_shape, "norm"), 0.0, lambda: (spectral_norm(self.weight),))[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x - self.scale() * F.linear(F.relu(F.linear(x, self.weight, self.bias)), self.weight.T)
@@ -154,6 +207,15 @@ class CPLConv2d(_CPLBase):
             )
 
         return memo(self, (in_shape, out_shape), unit, compute)
+
+    def _pre(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        return F.conv2d(x, w, b, padding=self.padding)
+
+    def _post(self, r: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(r, w, padding=self.padding)
+
+    def _weight_norm(self, in_shape: tuple[int, ...]) -> float:
+        return memo(self, (in_shape, "norm"), 0.0, lambda: (conv_norm(self.weight, in_shape[-2:]),))[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.spatial is not None and x.shape[-1] != self.spatial:

@@ -12,7 +12,18 @@ from torch import nn
 
 from robustsim.nn.bounds import SAFE, spectral_norm
 from robustsim.nn.cache import Derived
-from robustsim.nn.rounding import EXACT, Terms, affine_terms, bias_norm, gamma, memo
+from robustsim.nn.rounding import (
+    EXACT,
+    Terms,
+    absolute,
+    affine_local,
+    affine_terms,
+    bias_norm,
+    gamma,
+    local_dtype,
+    memo,
+    upper_norms,
+)
 from robustsim.nn.spectral import abs_conv_norm
 
 
@@ -52,6 +63,11 @@ class LipPool(nn.Module):
         a power of two, else it (or a product by 1/k) adds 2u."""
         power_of_two = self.k & (self.k - 1) == 0
         return gamma(self.k * self.k, unit), (0.0 if power_of_two else 2 * unit), 0.0
+
+    def rounding_local(self, x: torch.Tensor, out: torch.Tensor, unit: float) -> torch.Tensor:
+        """Componentwise: each block sum errs by gamma_{k^2} sum |x| over the block; divided by k."""
+        block_sums = F.avg_pool2d(absolute(x, local_dtype(x)), self.k, divisor_override=self.k)
+        return gamma(self.k * self.k, unit) * upper_norms(block_sums, self.k * self.k + 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % self.k or x.shape[-2] % self.k:
@@ -102,6 +118,7 @@ def OrthoLinear(in_features: int, out_features: int, bias: bool = True) -> nn.Mo
         return affine_terms(w.shape[1] + bias, spectral_norm(w.abs()), bias_norm(layer.bias), unit)
 
     layer.rounding_terms = rounding_terms
+    layer.rounding_local = lambda x, out, unit: affine_local(F.linear, x, layer.weight, layer.bias, unit)
     return layer
 
 
@@ -145,6 +162,10 @@ class OrthoConvBlock(Derived):
     def _key_tensors(self) -> list[torch.Tensor]:
         return [self.conv.parametrizations.weight.original]
 
+    def depends_on_training(self) -> bool:
+        """While training (unfrozen) the kernel is orthogonalised anew at each call, from moving power vectors."""
+        return not self.frozen
+
     def _derive(self) -> torch.Tensor:
         return self.conv.weight
 
@@ -166,6 +187,14 @@ class OrthoConvBlock(Derived):
             return affine_terms(k[0].numel() + has_bias, abs_conv_norm(k), bias, unit)
 
         return memo(self, (in_shape, out_shape), unit, compute)
+
+    def rounding_local(self, x: torch.Tensor, out: torch.Tensor, unit: float) -> torch.Tensor:
+        """The convolution's componentwise bound on the circularly padded input (MaxMin is exact)."""
+        k = self.kernel()
+        p = k.shape[-1] // 2
+        return affine_local(
+            lambda a, w: F.conv2d(F.pad(a, (p, p, p, p), mode="circular"), w), x, k, self.conv.bias, unit
+        )
 
     def lipschitz_bound(self) -> float:
         from robustsim.nn.spectral import conv_operator_norm
@@ -221,6 +250,9 @@ class Projection(Derived):
             return affine_terms(n, spectral_norm(q.abs()), bias_norm(self.bias), unit)
 
         return memo(self, (in_shape, out_shape), unit, compute)
+
+    def rounding_local(self, x: torch.Tensor, out: torch.Tensor, unit: float) -> torch.Tensor:
+        return affine_local(F.linear, x, self.applied(), self.bias, unit)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.applied(), self.bias)

@@ -18,7 +18,16 @@ from torch import nn
 
 from robustsim.nn.bounds import SAFE, spectral_norm, tap_norm_sum
 from robustsim.nn.cache import Derived
-from robustsim.nn.rounding import Terms, bias_norm, gamma, memo
+from robustsim.nn.rounding import (
+    Terms,
+    absolute,
+    arithmetic_unit,
+    bias_norm,
+    gamma,
+    local_dtype,
+    memo,
+    upper_norms,
+)
 from robustsim.nn.spectral import abs_conv_norm, conv_norm
 
 
@@ -54,10 +63,47 @@ class _SLLBase(Derived):
 
     def _residual_terms(self, n1: int, n2: int, norms: tuple[float, float, float, float], bias: float, unit: float):
         """h = x + K relu(W^T x + b): the pre-activation errs by g1 (|| |W| || ||x|| + ||b||), which K carries by
-        ||K||; K relu(.) adds g2 || |K| || ||relu(.)||, ||relu(.)|| <= ||W|| ||x|| + ||b||; the sum adds u ||h||."""
+        ||K||; K relu(.) adds g2 || |K| || ||relu(.)||, ||relu(.)|| <= ||W|| ||x|| + ||b||; the sum adds u ||h||.
+        ``a`` also covers the Lipschitz constant of :meth:`rounding_local` in x (its relu term moves with ||W||,
+        its pre-activation term with || |W| ||)."""
         norm_w, abs_w, norm_k, abs_k = norms
         g1, g2 = gamma(n1, unit), gamma(n2, unit)
-        return norm_k * g1 * abs_w + g2 * abs_k * norm_w, unit, (norm_k * g1 + g2 * abs_k) * bias
+        a = norm_k * g1 * abs_w + g2 * abs_k * (norm_w + g1 * abs_w)
+        return a, unit, (norm_k * g1 + g2 * abs_k) * bias
+
+    def _pre(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def _post(self, r: torch.Tensor, k: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def _operator_norms(self, in_shape: tuple[int, ...], unit: float) -> tuple[float, float, float, float]:
+        """(||W||, || |W| ||, ||K||, || |K| ||) at this input size (memoised with the terms)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def rounding_local(self, x: torch.Tensor, out: torch.Tensor, unit: float) -> torch.Tensor:
+        """Componentwise on the recorded input x: with v = |W^T| |x| + |b| (the pre-activation's sums of absolute
+        terms), the computed pre-activation errs by at most e1 = g1 v in each entry, which relu keeps and K carries
+        by ||K|| ||e1||; the computed relu output is at most relu(z) + e1 (z the exact pre-activation) and K times it
+        errs by at most g2 |K| times it. The sum x + K r adds u ||h|| (the ``c`` of the terms). The exact function
+        ||K|| g1 ||v|| + g2 || |K| (relu(z) + g1 v) || is Lipschitz in x with the terms' ``a``; it is evaluated in
+        :func:`~robustsim.nn.rounding.local_dtype` and rounded up (z computed there errs by gamma_{n1} v too)."""
+        n1, n2 = self.weight[0].numel() + 1, self._fan_out()
+        g1, g2 = gamma(n1, unit), gamma(n2, unit)
+        dt = local_dtype(x)
+        uc = arithmetic_unit(dt, x.device)
+        w, b, k = self.weight.detach(), self.bias.detach(), self.folded().detach()
+        v = self._pre(absolute(x, dt), absolute(w, dt), absolute(b, dt))
+        z = self._pre(x.detach().to(dt), w.to(dt), b.to(dt))
+        r_up = F.relu(z) + ((g1 + gamma(n1, uc)) / (1 - gamma(n1 + 1, uc))) * v
+        _, _, norm_k, _ = self._operator_norms(tuple(x.shape[1:]), unit)
+        post = self._post(r_up, absolute(k, dt))
+        return norm_k * g1 * upper_norms(v, n1 + 1) + g2 * upper_norms(post, n2 + 2)
+
+    def _fan_out(self) -> int:
+        """Terms of each entry of K relu(.) (the relu entries it sums, and the residual x)."""
+        k = self.weight
+        return k.shape[0] * (k[0, 0].numel() if k.dim() == 4 else 1) + 1
 
     def folded(self) -> torch.Tensor:
         """K = -(2 / t) W, the output map with the rescaling and sign folded in (the applied tensor)."""
@@ -88,15 +134,27 @@ class SLLLinear(_SLLBase):
     def _norm(self, w: torch.Tensor) -> float:
         return spectral_norm(w)
 
+    def _operator_norms(self, in_shape: tuple[int, ...], unit: float) -> tuple[float, float, float, float]:
+        def compute() -> tuple[float, float, float, float]:
+            w, k = self.weight.detach(), self.folded().detach()
+            return spectral_norm(w), spectral_norm(w.abs()), spectral_norm(k), spectral_norm(k.abs())
+
+        return memo(self, (in_shape, "norms"), 0.0, compute)
+
     def rounding_terms(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], unit: float) -> Terms:
         """See :meth:`_residual_terms` (robustsim.nn.rounding explains the model)."""
 
         def compute() -> Terms:
-            w, k = self.weight.detach(), self.folded().detach()
-            norms = (spectral_norm(w), spectral_norm(w.abs()), spectral_norm(k), spectral_norm(k.abs()))
-            return self._residual_terms(w.shape[1] + 1, k.shape[0], norms, bias_norm(self.bias), unit)
+            norms = self._operator_norms(in_shape, unit)
+            return self._residual_terms(self.weight.shape[1] + 1, self._fan_out(), norms, bias_norm(self.bias), unit)
 
         return memo(self, (in_shape, out_shape), unit, compute)
+
+    def _pre(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(x, w, b)
+
+    def _post(self, r: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return r @ k
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.addmm(x, F.relu(F.linear(x, self.weight, self.bias)), self.folded())
@@ -127,16 +185,28 @@ class SLLConv2d(_SLLBase):
     def _norm(self, w: torch.Tensor) -> float:
         return tap_norm_sum(w)
 
+    def _operator_norms(self, in_shape: tuple[int, ...], unit: float) -> tuple[float, float, float, float]:
+        def compute() -> tuple[float, float, float, float]:
+            w, k, hw = self.weight.detach(), self.folded().detach(), in_shape[-2:]
+            return conv_norm(w, hw), abs_conv_norm(w), conv_norm(k, hw), abs_conv_norm(k)
+
+        return memo(self, (in_shape, "norms"), 0.0, compute)
+
     def rounding_terms(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], unit: float) -> Terms:
         """See :meth:`_residual_terms`, with the convolutions' norms at the input size."""
 
         def compute() -> Terms:
-            w, k, hw = self.weight.detach(), self.folded().detach(), in_shape[-2:]
-            norms = (conv_norm(w, hw), abs_conv_norm(w), conv_norm(k, hw), abs_conv_norm(k))
-            n1, n2 = w[0].numel() + 1, k.shape[0] * k.shape[2] * k.shape[3]
-            return self._residual_terms(n1, n2, norms, bias_norm(self.bias, hw[0] * hw[1]), unit)
+            norms, hw = self._operator_norms(in_shape, unit), in_shape[-2:]
+            n1 = self.weight[0].numel() + 1
+            return self._residual_terms(n1, self._fan_out(), norms, bias_norm(self.bias, hw[0] * hw[1]), unit)
 
         return memo(self, (in_shape, out_shape), unit, compute)
+
+    def _pre(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        return F.conv2d(x, w, b, padding=self.padding)
+
+    def _post(self, r: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(r, k, padding=self.padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         res = F.relu(F.conv2d(x, self.weight, self.bias, padding=self.padding))

@@ -106,13 +106,22 @@ def metrics_using(file: str) -> list[str]:
     return [e.name for e in metric_entries() if file in e.all_files()]
 
 
-def load_metric(name_or_path: str | Path, device: str | torch.device | None = None, **options: Any) -> Metric:
+def load_metric(
+    name_or_path: str | Path,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    **options: Any,
+) -> Metric:
     """Build a metric by zoo name, ``a+b+c`` ensemble name, or path to a robustsim checkpoint.
 
-    The metric is returned in eval mode on ``device`` (default CPU). Raises RobustsimError for an
-    unknown name, an unsupported option, a bad device or missing local weights.
+    The metric is returned in eval mode on ``device`` (default CPU), computing in ``dtype`` (default float32;
+    ``torch.float64`` or ``"float64"`` deploys it in double precision: a frozen network then applies exactly the
+    tensors its float32 twin applies, the same exact function, and its certificates lose almost nothing to
+    rounding). Raises RobustsimError for an unknown name, an unsupported option, a bad device or dtype, or
+    missing local weights.
     """
     _ensure_builtins()
+    dtype = _checked_dtype(dtype)
     if not isinstance(name_or_path, (str, Path)):
         raise InputError(f"metric must be a zoo name or a checkpoint path, got {type(name_or_path).__name__}")
     device = _checked_device(device)
@@ -130,7 +139,21 @@ def load_metric(name_or_path: str | Path, device: str | torch.device | None = No
     else:
         raise unknown_metric(key, _REGISTRY)
     metric.eval()
+    if dtype is not None:
+        metric = metric.to(dtype)
     return metric.to(device) if device is not None else metric
+
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _checked_dtype(dtype: object) -> torch.dtype | None:
+    """None, torch.float32 or torch.float64 (InputError naming the accepted forms otherwise)."""
+    if dtype is None or dtype in DTYPES.values():
+        return dtype  # type: ignore[return-value]
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise InputError(f"dtype must be float32 or float64 (a string or a torch dtype), got {dtype!r}")
 
 
 def _checked_device(device: object) -> torch.device | None:
