@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from robustsim.attacks.geometry import NORMS, Norm, RowNoise, in_threat_model, rows_of
 from robustsim.attacks.twoafc import CleanEmbeddings, NoisyReference, TwoAFCClassifier, labels_from_p, margin
-from robustsim.certify.smoothing import SmoothedMetric, stream_seed
+from robustsim.certify.smoothing import ABSTAIN, SmoothedMetric, stream_seed
 from torch import nn
 
 from robustsim.data.triplets import TripletDataset
@@ -43,6 +43,14 @@ class AttackResult:
     calls: int = 0
     seed: int = 0
     examples: dict[str, torch.Tensor] = field(default_factory=dict)
+    abstain: torch.Tensor | None = None  # (N,) bool: the smoothed clean prediction abstained (smoothed metrics)
+
+    @property
+    def abstain_rate(self) -> float | None:
+        """The share of counted triplets whose smoothed clean prediction abstained (None: not a smoothed metric)."""
+        if self.abstain is None or not self.n:
+            return None
+        return float(self.abstain[self.keep].double().mean())
 
     @property
     def n(self) -> int:
@@ -157,13 +165,15 @@ class Attack:
 
             x = clf.clean_input()
             y, kp = labels_from_p(batch["p"].to(ref.device))
+            abstained = torch.zeros_like(kp)
             with torch.no_grad():
                 if not first:
                     ok = kp
                 elif smoothed is None:
                     ok = (margin(clf.clean_logits(), y) > 0) & kp
                 else:  # an abstention is not a correct decision
-                    ok = (smoothed.predict(ref, x0, x1, ids=batch["index"]).to(y.device) == y) & kp
+                    decided = smoothed.predict(ref, x0, x1, ids=batch["index"]).to(y.device)
+                    ok, abstained = (decided == y) & kp, (decided == ABSTAIN) & kp
             radii = [eps[i] for i in levels]
             rows = ok.nonzero()[:, 0]
             rob = torch.zeros(len(radii), x.shape[0], dtype=torch.bool, device=x.device)
@@ -191,7 +201,7 @@ class Attack:
                     shown[idx] = {"ref": ref[j].cpu(), "x0": x0[j].cpu(), "x1": x1[j].cpu(), "adv": {}}
                 if idx in shown:
                     shown[idx]["adv"].update({i: adv_all[k, j].cpu() for k, i in enumerate(levels)})
-            return {"robust": rob, "clean": ok, "keep": kp}
+            return {"robust": rob, "clean": ok, "keep": kp, "abstain": abstained}
 
         def kept(levels: list[int], first: bool):
             def run(batch: dict, tick) -> dict[str, torch.Tensor]:
@@ -199,14 +209,15 @@ class Attack:
                     return step(batch, tick, levels, first)
                 radii = [eps[i] for i in levels]  # every setting of the attack (norm, seed, steps, ...)
                 part = f"v2|{self.name}|{radii}|{target}|{vars(self)}"
-                saved = store.load(part, batch["index"])
+                ids = batch["index"].tolist()
+                saved = store.load(part, batch["index"], lambda r: record_problem(r, len(levels), ids))
                 if saved is not None:
                     calls[0] += int(saved["calls"])
                     for idx, ex in saved["examples"].items():
                         shown.setdefault(idx, {**ex, "adv": {}})["adv"].update(ex["adv"])
                     counts.update(saved.get("counts", {}))
                     return saved["rows"]
-                before, ids = calls[0], batch["index"].tolist()
+                before = calls[0]
                 rows = step(batch, tick, levels, first)
                 ex = {i: {**shown[i], "adv": {k: shown[i]["adv"][k] for k in levels}} for i in ids if i in shown}
                 used = {i: counts[i] for i in ids if i in counts}
@@ -216,14 +227,15 @@ class Attack:
 
             return run
 
-        robust, clean_ok, keep = self._passes(
+        robust, clean_ok, keep, abstain = self._passes(
             share, kept, eps, batch_size, device, metric, workers, progress and env.main
         )
         stats = gather_objects((time.perf_counter() - t0, calls[0]), env)
         n_all = len(data)
         robust = gather_rows(robust, mine, n_all, env, dim=1)
         clean_ok, keep = gather_rows(clean_ok, mine, n_all, env), gather_rows(keep, mine, n_all, env)
-        if robust is None or clean_ok is None or keep is None or stats is None:
+        abstain = gather_rows(abstain, mine, n_all, env)
+        if robust is None or clean_ok is None or keep is None or abstain is None or stats is None:
             return None
         result = AttackResult(
             self.name,
@@ -237,6 +249,7 @@ class Attack:
             self.seed,
         )
         result.examples = _example_tensors(shown, len(eps))
+        result.abstain = abstain if smoothed is not None else None
         return result
 
     def _passes(self, share, kept, eps, batch_size, device, metric, workers, progress):
@@ -244,10 +257,10 @@ class Attack:
         overridden :meth:`attack_batch`); else the smallest radius first, then each larger one on the triplets
         still robust, regathered into full batches (balls nest: at large radii few survive, and a batch of the
         survivors of many batches keeps the device busy where their own batches would run it on two or three
-        rows). Returns (robust (n_eps, N), clean (N,), keep (N,)) for the share's N triplets."""
+        rows). Returns (robust (n_eps, N), clean (N,), keep (N,), abstain (N,)) for the share's N triplets."""
         if not len(share):  # a torchrun rank with no triplet (fewer triplets than ranks) still joins the gathers
             none = torch.zeros(0, dtype=torch.bool)
-            return torch.zeros(len(eps), 0, dtype=torch.bool), none, none
+            return torch.zeros(len(eps), 0, dtype=torch.bool), none, none, none
         together = type(self).attack_batch is not Attack.attack_batch
         levels = [list(range(len(eps)))] if together else [[i] for i in range(len(eps))]
         opts = dict(batch_size=batch_size, device=device, metric=metric, workers=workers, progress=progress)
@@ -271,7 +284,7 @@ class Attack:
             )
             assert rows is not None
             robust[i, alive] = rows["robust"][0]
-        return robust, first["clean"], first["keep"]
+        return robust, first["clean"], first["keep"], first["abstain"]
 
     def _verify(
         self, adv: torch.Tensor, x: torch.Tensor, eps: list[float], wrong: Callable[[torch.Tensor], torch.Tensor]
@@ -283,6 +296,30 @@ class Attack:
             for i, e in enumerate(eps):
                 ok[i] = in_threat_model(adv[i], x, e, self.norm) & wrong(adv[i])
         return ok
+
+
+def record_problem(record: dict, levels: int, ids: list[int]) -> str | None:
+    """Why a resumed batch record cannot stand for its batch (None when it can): rows of the batch's shape, booleans
+    obeying robust <= clean <= counted, a count of model calls, examples and noise counters of its own triplets."""
+    rows, b = record.get("rows"), len(ids)
+    if not isinstance(rows, dict):
+        return "holds no rows"
+    r, c, k = (rows.get(name) for name in ("robust", "clean", "keep"))
+    if not all(isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in (r, c, k)):
+        return "holds rows that are not boolean tensors"
+    if r.shape != (levels, b) or c.shape != (b,) or k.shape != (b,):
+        return "holds rows of another batch's shape"
+    if (r & ~c.unsqueeze(0)).any() or (c & ~k).any():
+        return "breaks robust <= clean <= counted"
+    calls = record.get("calls")
+    if isinstance(calls, bool) or not isinstance(calls, int) or calls < 0:
+        return "holds no count of model calls"
+    examples, counts = record.get("examples"), record.get("counts")
+    if not isinstance(examples, dict) or not isinstance(counts, dict) or not set(examples) | set(counts) <= set(ids):
+        return "holds examples or noise counters of other triplets"
+    if not all(isinstance(v, int) and v >= 0 for v in counts.values()):
+        return "holds a noise counter that is not a count"
+    return None
 
 
 def _example_tensors(shown: dict[int, dict], n_eps: int) -> dict[str, torch.Tensor]:

@@ -39,6 +39,7 @@ from robustsim.errors import InputError
 from robustsim.metrics.base import EmbeddingMetric, Metric
 from robustsim.runner import run_batches
 from robustsim.table import format_table
+from robustsim.text import md_code
 from robustsim.threat import ThreatModel, format_eps
 
 BETA = 2.0  # the median-of-candidates centre is a 2-approximation of the minimum enclosing ball
@@ -50,6 +51,9 @@ def angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a, b = a.double(), b.double()
     cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-300)
     return torch.arccos(cos.clamp(-1.0, 1.0))
+
+
+MAX_DRAWS = 10**7  # noise draws per check or certificate (the CLI's bound on --n and --n-center)
 
 
 def quantile_level(eps: float, sigma: float, delta: float, n: int, alpha_2: float) -> float:
@@ -83,6 +87,12 @@ class CenterSmoothing:
         self.seed = check_count("seed", seed, 0)
         if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 0.5:
             raise InputError(f"delta must be a number in (0, 0.5), got {delta!r}")
+        smallest = math.sqrt(math.log(4 / self.alpha) / (2 * MAX_DRAWS))  # what the most draws can confirm
+        if delta < smallest:
+            raise InputError(
+                f"delta={delta:g} is below what even {MAX_DRAWS:.0e} draws confirm at alpha={self.alpha:g}; "
+                f"use delta >= {smallest:.3g} (0.1 is the usual)"
+            )
         self.delta = float(delta)
         self.delta_1 = math.sqrt(math.log(4 / self.alpha) / (2 * self.n_center))
         if self.delta_1 > self.delta:
@@ -209,6 +219,12 @@ class CenterResult:
         b = self.bound[~self.abstain, j]
         return float(b.median()) if b.numel() else math.nan
 
+    def largest_bound(self, eps: float) -> float:
+        """The largest finite certified bound at ``eps`` over the images that did not abstain (nan: none)."""
+        b = self.bound[~self.abstain, self.eps.index(eps)]
+        finite = b[torch.isfinite(b)]
+        return float(finite.max()) if finite.numel() else math.nan
+
     def describe(self) -> str:
         s = self.settings
         return (
@@ -221,32 +237,31 @@ class CenterResult:
         rows = []
         for j, e in enumerate(self.eps):
             b = self.bound[~self.abstain, j]
-            finite = b[torch.isfinite(b)]
+            largest = self.largest_bound(e)
             rows.append(
                 (
                     self.threat.label(e),
                     self.median_bound(e),
-                    float(finite.max()) if finite.numel() else None,
+                    None if math.isnan(largest) else largest,
                     f"{int(torch.isfinite(b).sum())}/{len(self.abstain)}",
                 )
             )
         return format_table(["eps (l2)", "median bound", "largest bound", "certified"], rows, markdown=markdown)
 
     def markdown(self) -> str:
-        title = f"# Center-smoothing bounds of `{self.metric}` on `{self.data}`"
+        title = f"# Center-smoothing bounds of {md_code(self.metric)} on {md_code(self.data)}"
         return f"{title}\n\n{self.describe()}\n\n{self.table(True)}\n"
 
     def figure(self):
-        import matplotlib.pyplot as plt
+        """The median and the largest certified bound against eps, in the style of every robustsim curve."""
+        from robustsim.plots import Curve, accuracy_figure
 
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot(self.eps, [self.median_bound(e) for e in self.eps], "o-", label="median certified bound")
-        ax.set_xlabel("l2 radius eps")
-        ax.set_ylabel(f"bound on {self.metric}'s move")
-        ax.set_title(f"{self.metric} on {self.data} (center smoothing)")
-        ax.legend()
-        fig.tight_layout()
-        return fig
+        curves = [
+            Curve("median certified bound", self.eps, [self.median_bound(e) for e in self.eps]),
+            Curve("largest certified bound", self.eps, [self.largest_bound(e) for e in self.eps], "--"),
+        ]
+        title = f"{self.metric} on {self.data} (center smoothing, sigma {self.settings['sigma']:g})"
+        return accuracy_figure(curves, "l2", title, ylabel="bound on the smoothed output's move", percent=False)
 
     def figures(self) -> dict:
         return {"bound.png": self.figure()}

@@ -18,6 +18,7 @@ from robustsim.metrics.base import EmbeddingMetric, Metric, evaluating
 from robustsim.runner import run_batches
 from robustsim.scoring import choice_score, two_afc_choice
 from robustsim.table import format_table, pct
+from robustsim.text import md_code
 from robustsim.threads import runtime_info
 from robustsim.threat import Target, ThreatModel
 
@@ -119,7 +120,8 @@ class CertifyResult:
         return text
 
     def markdown(self) -> str:
-        return f"# Certified 2AFC of `{self.metric}` on `{self.data}`\n\n{self.describe()}\n\n{self.table(True)}\n"
+        title = f"# Certified 2AFC of {md_code(self.metric)} on {md_code(self.data)}"
+        return f"{title}\n\n{self.describe()}\n\n{self.table(True)}\n"
 
     def figure(self):
         """Certified (and clean) 2AFC accuracy against epsilon."""
@@ -237,6 +239,7 @@ def certify_2afc(
         return twin[0]
 
     refine = exact if metric.dtype != torch.float64 else None  # a float64 metric's own estimates are that
+
     def step(batch: dict, tick) -> dict[str, torch.Tensor]:
         hw = (int(batch["ref"].shape[-2]), int(batch["ref"].shape[-1]))
         if hw not in by_size:

@@ -23,13 +23,14 @@ from robustsim.errors import RobustsimError
 from robustsim.metrics.base import Metric, evaluating
 from robustsim.precision import resolve_precision
 from robustsim.table import format_table, pct
+from robustsim.text import md_code
 from robustsim.threads import runtime_info
 from robustsim.threat import ThreatModel
 
 SCHEMA_VERSION = 2
 
 
-class AuditLawError(RuntimeError):
+class AuditLawError(RobustsimError, RuntimeError):
     """certified <= robust <= clean (per epsilon) or monotonicity in epsilon does not hold."""
 
 
@@ -133,11 +134,17 @@ class AuditReport:
         headers = [f"eps ({self.threat.norm})", "clean", "robust", "certified", *names]
         times = ", ".join(f"{a} {self.attacks[a].seconds:.1f}s" for a in names)
         footer = f"(2AFC accuracy %, n={self.n}, skipped ties={self.skipped_ties}; {times})"
+        smoothing = self.settings.get("smoothing")
+        if smoothing and smoothing.get("abstain_rate") is not None:
+            footer += (
+                f"\n(smoothed metric, sigma={smoothing['sigma']:g}, n={smoothing['n']}: its clean prediction abstained "
+                f"on {100 * smoothing['abstain_rate']:.1f} % of the triplets, each counted wrong)"
+            )
         return format_table(headers, rows, markdown=markdown) + ("\n\n" if markdown else "\n") + footer
 
     def markdown(self) -> str:
         return (
-            f"# Audit of `{self.metric}` on `{self.data}`\n\n"
+            f"# Audit of {md_code(self.metric)} on {md_code(self.data)}\n\n"
             f"Threat model: {self.threat.describe()}, [0, 1] box.\n\n" + self.table(markdown=True) + "\n"
         )
 
@@ -238,7 +245,7 @@ def run_audit(
             "settings": [steps, restarts, seed, batch_size, list(attacks), eot, steps_in],
             "rank": [env.rank, env.world],
         }
-        store = BatchStore(Path(resume) / f"rank{env.rank}", context)
+        store = BatchStore(Path(resume) / f"rank{env.rank}", context, root=Path(resume).parent)
     results: list[AttackResult | None] = [
         att(
             metric,
@@ -268,7 +275,15 @@ def run_audit(
     settings = {"steps": steps, "restarts": restarts, "seed": seed, "batch_size": batch_size, "eot": eot}
     settings["precision"] = steps_in
     if smoothed is not None:
+        rate = first.abstain_rate
         settings["smoothing"] = {"sigma": smoothed.sigma, "n": smoothed.n, "alpha": smoothed.alpha}
+        settings["smoothing"]["abstain_rate"] = rate
+        if rate == 1.0:
+            print(
+                f"warning: every smoothed clean prediction abstained ({smoothed.n} noise samples cannot pass the "
+                f"binomial test at alpha {smoothed.alpha:g}); raise --smoothing-n (e.g. 128)",
+                file=sys.stderr,
+            )
     report = AuditReport(
         metric=base.name if smoothed is None else f"{base.name} (smoothed, sigma={smoothed.sigma:g})",
         data=getattr(data, "name", "data"),

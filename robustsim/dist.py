@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import gc
-import os
 import re
 from dataclasses import dataclass
 
@@ -13,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from robustsim.errors import InputError
-from robustsim.limits import env_seconds
+from robustsim.limits import env_int, env_seconds
 
 
 @dataclass(frozen=True)
@@ -32,10 +31,10 @@ class DistEnv:
 
 def init_distributed(device: torch.device) -> DistEnv:
     """Join the torchrun process group when ``WORLD_SIZE`` > 1 (one GPU per local rank on CUDA)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = env_int("WORLD_SIZE", 1, 1)
     if world == 1:
         return DistEnv(0, 1, 0, device)
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    local = env_int("LOCAL_RANK", 0)
     if device.type == "cuda":
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
@@ -80,7 +79,7 @@ def timeout_message(err: BaseException) -> str | None:
     text = str(err)
     if not any(s in text for s in ("Timed out", "wait timeout", "failed to pass monitoredBarrier")):
         return None
-    rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+    rank = dist.get_rank() if dist.is_initialized() else env_int("RANK", 0)
     ranks = re.search(r"Ranks? ([\d, ]+) failed to pass monitoredBarrier", text)
     who = f"rank(s) {ranks.group(1).strip()} stopped answering" if ranks else "another rank stopped answering"
     wait = collective_timeout().total_seconds()
@@ -105,9 +104,8 @@ def local_env(device: torch.device | str = "cpu") -> DistEnv:
 
 def env_from_os(device: torch.device | str = "cpu") -> DistEnv:
     """The process's place without joining a group (rank 0 of 1 outside torchrun)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    return DistEnv(rank, world, int(os.environ.get("LOCAL_RANK", "0")), torch.device(device))
+    world, rank = env_int("WORLD_SIZE", 1, 1), env_int("RANK", 0)
+    return DistEnv(rank, world, env_int("LOCAL_RANK", 0), torch.device(device))
 
 
 def shard_indices(n: int, env: DistEnv) -> list[int]:

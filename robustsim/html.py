@@ -19,15 +19,58 @@ figure { margin: 1.5em 0; } figcaption { color: #555; font-size: 0.9em; }
 """
 
 
-def _inline(text: str) -> str:
-    out = html.escape(text)
-    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+CODE = re.compile(r"(`+)(.+?)\1", re.S)  # a code span: its fence, then anything up to the same fence
+LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
+SAFE_HREF = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]*")  # a relative file of the report's own folder
+
+
+def _href(url: str) -> str | None:
+    """A link target robustsim writes: a relative path inside the report's folder (no scheme, no ``..``, not
+    absolute); anything else (``javascript:``, ``https://``, ``//host``) is not made a link."""
+    if not SAFE_HREF.fullmatch(url) or ".." in url.split("/"):
+        return None
+    return url
+
+
+def _text(text: str) -> str:
+    """Escaped text with **bold** and safe relative links (outside code spans)."""
+    out = html.escape(text, quote=False)
     out = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
-    return re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', out)
+
+    def link(m: re.Match) -> str:
+        href = _href(html.unescape(m.group(2)))
+        if href is None:
+            return m.group(0)  # shown as the text it is
+        return f'<a href="{html.escape(href)}">{m.group(1)}</a>'
+
+    return LINK.sub(link, out)
+
+
+def _inline(text: str) -> str:
+    """One line of the report's Markdown: code spans are literal (nothing inside them is Markdown, whatever
+    backticks they hold), the rest escaped with bold and relative links only."""
+    out, at = [], 0
+    for m in CODE.finditer(text):
+        out.append(_text(text[at : m.start()]))
+        body = m.group(2)
+        if body.startswith(" ") and body.endswith(" ") and body.strip():
+            body = body[1:-1]
+        out.append(f"<code>{html.escape(body.replace(chr(92) + '|', '|'))}</code>")
+        at = m.end()
+    out.append(_text(text[at:]))
+    return "".join(out)
+
+
+def _cells(line: str) -> list[str]:
+    """A table row's cells: split on the pipes that are not escaped (``\\|`` belongs to its cell)."""
+    body = line.strip()
+    body = body[1:] if body.startswith("|") else body
+    body = body[:-1] if body.endswith("|") and not body.endswith("\\|") else body
+    return [c.strip() for c in re.split(r"(?<!\\)\|", body)]
 
 
 def _table(lines: list[str]) -> str:
-    rows = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
+    rows = [_cells(ln) for ln in lines]
     head, body = rows[0], [r for r in rows[1:] if not all(set(c) <= set("-: ") for c in r)]
     th = "".join(f"<th>{_inline(c)}</th>" for c in head)
     trs = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in body)

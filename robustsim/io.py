@@ -67,14 +67,17 @@ def check_output(path: str | os.PathLike, what: str = "output") -> Path:
     path = Path(path)
     target = _target(path)
     try:
-        mode = os.stat(target).st_mode
+        mode = os.stat(path).st_mode  # what the path names, links followed (/dev/stdout into a pipe: a FIFO)
     except FileNotFoundError:
         mode = None
     except OSError as err:
         raise OutputError(f"cannot use {what} {path}: {err.strerror}; choose another path") from None
     if mode is not None and not stat.S_ISREG(mode):
         kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
-        raise OutputError(f"{what} {path} is {kind}; robustsim only replaces regular files, choose another path")
+        raise OutputError(
+            f"{what} {path} is {kind}; robustsim writes regular files only (atomically, never a partial one): "
+            "write to a file, then read it"
+        )
     if mode is not None and not os.access(target, os.W_OK):
         raise OutputError(f"{what} {path} is not writable; choose another path")
     _check_folder(target.parent, path)
@@ -91,31 +94,123 @@ def check_output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     return target
 
 
+def inside(root: str | os.PathLike, path: str | os.PathLike, folder: bool = False) -> Path:
+    """``path`` (under the run folder ``root``) checked for writing or reading a run's own file (``folder``: a
+    folder of its own) without following a link: every existing folder between ``root`` and it is a real folder,
+    and the file, if there, a regular file. A link planted in a run folder (toward another file or folder) is
+    refused in one line, never followed."""
+    root, path = Path(root), Path(path)
+    rel = path.relative_to(root)
+    if ".." in rel.parts:
+        raise OutputError(f"{path} is not inside {root}; robustsim writes a run's files only inside its folder")
+    here = root
+    for i, part in enumerate(rel.parts):
+        here = here / part
+        try:
+            mode = os.lstat(here).st_mode
+        except FileNotFoundError:
+            break
+        last = i == len(rel.parts) - 1 and not folder
+        if stat.S_ISLNK(mode):
+            raise OutputError(
+                f"{here} is a symbolic link inside the run folder {root}; robustsim never writes or reads its files "
+                "through a link: remove it"
+            )
+        if not last and not stat.S_ISDIR(mode):
+            raise OutputError(f"{here} is not a folder; remove it or choose another --out")
+        if last and not stat.S_ISREG(mode):
+            raise OutputError(f"{here} is {_KINDS.get(stat.S_IFMT(mode), 'not a regular file')}; remove it")
+    return path
+
+
+def _failed_write(path: Path, err: OSError) -> OutputError:
+    return OutputError(f"cannot write {path}: {err.strerror or err}; free some space or choose another path")
+
+
 @contextmanager
-def atomic_path(path: str | os.PathLike):
+def atomic_path(path: str | os.PathLike, within: str | os.PathLike | None = None):
     """Yield a temporary path beside the output's target; on success it is renamed onto the target
-    (see the module's rule); on failure it is removed and the old file is untouched."""
-    target = check_output(path)
+    (see the module's rule); on failure (a full disk too: one line) it is removed and the old file is untouched.
+    ``within``: the path is a run's own file inside that folder, checked by :func:`inside` (no link followed)."""
+    target = check_output(path) if within is None else inside(within, path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if within is not None:
+        inside(within, target)  # the folders just made are real ones
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix or ".tmp", dir=target.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the final file normal permissions
     try:
-        yield Path(tmp)
-        check_output(path)  # the node may have changed while the work ran
+        try:
+            yield Path(tmp)
+        except OSError as err:
+            raise _failed_write(Path(path), err) from None
+        if within is None:
+            check_output(path)  # the node may have changed while the work ran
+        else:
+            inside(within, target)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
-    """Call ``writer(tmp_path)`` then atomically move the result to ``path``."""
-    with atomic_path(path) as tmp:
+def atomic_write(
+    path: str | os.PathLike, writer: Callable[[Path], None], within: str | os.PathLike | None = None
+) -> Path:
+    """Call ``writer(tmp_path)`` then atomically move the result to ``path`` (``within``: see :func:`atomic_path`)."""
+    with atomic_path(path, within) as tmp:
         writer(tmp)
     return Path(path)
+
+
+def read_inside(root: str | os.PathLike, path: str | os.PathLike, limit: int = 64 << 20) -> bytes | None:
+    """The bytes of a run's own file (None when absent), read without following a link (:func:`inside`,
+    ``O_NOFOLLOW``) and without blocking (a FIFO is refused); a file over ``limit`` bytes is refused in one line."""
+    path = inside(root, path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise OutputError(f"cannot read {path}: {err.strerror}; remove it") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise OutputError(f"{path} is not a regular file; remove it")
+        if info.st_size > limit:
+            raise OutputError(f"{path} holds {info.st_size} bytes, more than a run's file ever does; remove it")
+        return fh.read(limit + 1)
+
+
+def read_regular(path: str | os.PathLike, what: str, limit: int = 64 << 20) -> bytes:
+    """The bytes of a file the user names (links followed), if it is a regular file of at most ``limit`` bytes:
+    a FIFO, a device (``/dev/zero``) or a folder is refused in one line, never waited on or read without end."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise OutputError(f"{what} {path} does not exist") from None
+    except OSError as err:
+        raise OutputError(f"cannot read {what} {path} ({err.strerror})") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            kind = _KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
+            raise OutputError(f"{what} {path} is {kind}; pass a file robustsim wrote")
+        if info.st_size > limit:
+            raise OutputError(f"{what} {path} holds {info.st_size} bytes, more than robustsim writes; pass its file")
+        return fh.read(limit + 1)
+
+
+def parse_json(data: bytes | str, what: object) -> Any:
+    """Strict JSON, or ValueError with one line for anything else: invalid text, nesting too deep to parse."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError(f"{what} is nested too deeply to be a robustsim file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{what} is not valid JSON ({err})") from None
 
 
 def finite_json(obj: Any) -> Any:
@@ -129,10 +224,11 @@ def finite_json(obj: Any) -> Any:
     return obj
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Atomically write ``obj`` as strict, indented JSON (non-finite numbers become null)."""
+def write_json(path: str | os.PathLike, obj: Any, within: str | os.PathLike | None = None) -> Path:
+    """Atomically write ``obj`` as strict, indented JSON (non-finite numbers become null); ``within``: a run's own
+    file (:func:`atomic_path`)."""
     text = json.dumps(finite_json(obj), indent=2, sort_keys=False, allow_nan=False) + "\n"
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+    return atomic_write(path, lambda tmp: tmp.write_text(text), within)
 
 
 def _pid_alive(pid: int) -> bool:

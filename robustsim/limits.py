@@ -15,6 +15,23 @@ class AutoBatch(int):
     else, and in any arithmetic, a plain int (it prints as one)."""
 
 
+def env_int(name: str, default: int, low: int = 0) -> int:
+    """An integer from environment variable ``name`` (``default`` when unset or empty), at least ``low``; else a
+    one-line RobustsimError naming the variable (torchrun sets WORLD_SIZE, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE)."""
+    from robustsim.errors import RobustsimError
+
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if value < low:
+        raise RobustsimError(f"{name}={raw!r} is not an integer >= {low}; unset it or let torchrun set it")
+    return value
+
+
 def env_seconds(name: str, default: float, error: type[Exception], example: str = "30") -> float:
     """Seconds from environment variable ``name`` (``default`` when unset or empty): a finite number > 0 (and
     under a year), else ``error`` with one line naming the variable."""

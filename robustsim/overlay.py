@@ -8,7 +8,6 @@ recall@k, where the metric has a certificate).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -17,7 +16,9 @@ from typing import Literal, TypeGuard
 import matplotlib.pyplot as plt
 
 from robustsim.errors import RobustsimError
+from robustsim.io import parse_json, read_regular
 from robustsim.plots import Curve, accuracy_figure, radius_histogram
+from robustsim.threat import MAX_L2
 
 Kind = Literal["certified", "robust", "radius"]
 KINDS = ("certified", "robust", "radius")
@@ -25,11 +26,24 @@ _FILES = ("report.json", "certify.json")
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 
 
-def _numbers(value: object, n: int | None = None, nullable: bool = False) -> TypeGuard[list]:
+def _numbers(
+    value: object, n: int | None = None, nullable: bool = False, low: float = 0.0, high: float = 1.0
+) -> TypeGuard[list]:
+    """A list (of ``n``) of finite numbers in [low, high] (None allowed where ``nullable``)."""
     if not isinstance(value, list):
         return False
-    ok = all((v is None and nullable) or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in value)
-    return ok and (n is None or len(value) == n)
+
+    def ok(v: object) -> bool:
+        if v is None:
+            return nullable
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and low <= v <= high
+
+    return all(ok(v) for v in value) and (n is None or len(value) == n)
+
+
+def _radii(value: object) -> bool:
+    """Radii (l2): finite, at most MAX_L2; -1 marks an abstention."""
+    return _numbers(value, low=-1.0, high=MAX_L2)
 
 
 def _problem(report: dict) -> str | None:
@@ -44,17 +58,16 @@ def _problem(report: dict) -> str | None:
         curve = report.get("curve")
         if not isinstance(curve, list) or not curve:
             return "'curve' is missing or empty"
-        if not all(isinstance(c, dict) and _numbers([c.get("eps"), c.get("certified")]) for c in curve):
-            return "'curve' entries need numeric eps and certified"
+        if not all(isinstance(c, dict) and _radii([c.get("eps")]) and _numbers([c.get("certified")]) for c in curve):
+            return "'curve' entries need a radius eps and a certified accuracy in [0, 1]"
         triplets = report.get("triplets")
-        if not isinstance(triplets, list) or not all(
-            isinstance(t, dict) and _numbers([t.get("radius")]) for t in triplets
-        ):
-            return "'triplets' entries need a numeric radius"
+        radii = [t.get("radius") for t in triplets if isinstance(t, dict)] if isinstance(triplets, list) else None
+        if radii is None or len(radii) != len(triplets) or not _radii(radii):
+            return f"'triplets' entries need a finite radius (at most {MAX_L2:g})"
         return None
     eps = report.get("eps")
-    if not _numbers(eps) or not eps:
-        return "'eps' is missing or not a list of numbers"
+    if not _radii(eps) or not eps or min(eps) < 0:
+        return f"'eps' is missing or not a list of radii in [0, {MAX_L2:g}]"
     n = len(eps)
     if kind == "audit":
         if not _numbers(report.get("robust"), n, nullable=True):
@@ -65,7 +78,8 @@ def _problem(report: dict) -> str | None:
     if kind == "retrieval":
         s = report.get("summary")
         ks = report.get("ks")
-        if not isinstance(s, dict) or not isinstance(s.get("clean"), dict) or not _numbers(ks) or not ks:
+        good_ks = bool(ks) and _numbers(ks, low=1, high=1e9)
+        if not isinstance(s, dict) or not isinstance(s.get("clean"), dict) or not good_ks:
             return "'summary' or 'ks' is missing"
         for block in ("attacked", "certified"):
             b = s.get(block)
@@ -79,20 +93,17 @@ def load_report(path: str | os.PathLike) -> dict:
     """An audit, certify or retrieval report from its JSON file or from the folder that holds it."""
     path = Path(path)
     if path.is_dir():
-        found = [path / f for f in _FILES if (path / f).is_file()]
+        found = [path / f for f in _FILES if os.path.lexists(path / f)]
         if not found:
             raise RobustsimError(f"{path} holds no report.json or certify.json; pass a report file or folder")
         path = found[0]
+    if not os.path.exists(path):
+        raise RobustsimError(f"report {path} does not exist; pass an audit folder or a certify --json file")
+    raw = read_regular(path, "report")  # a FIFO or /dev/zero is refused, never waited on or read without end
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RobustsimError(f"report {path} does not exist; pass an audit folder or a certify --json file") from None
-    except UnicodeDecodeError:
-        raise RobustsimError(f"{path} is not UTF-8 JSON; pass a report robustsim wrote") from None
-    except json.JSONDecodeError as err:
-        raise RobustsimError(f"{path} is not valid JSON ({err.msg}); re-run the audit or certify command") from None
-    except OSError as err:
-        raise RobustsimError(f"cannot read report {path} ({err.strerror})") from None
+        report = parse_json(raw, path)
+    except ValueError as err:
+        raise RobustsimError(f"{err}; re-run the audit or certify command") from None
     if not isinstance(report, dict):
         raise RobustsimError(f"{path} is not a robustsim report (a JSON object with a 'kind' field)")
     problem = _problem(report)

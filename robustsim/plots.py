@@ -6,10 +6,13 @@ Okabe-Ito colour-blind-safe palette, labelled axes, units and a legend. Files ar
 
 from __future__ import annotations
 
+import functools
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -52,23 +55,42 @@ def _x(eps: Sequence[float], norm: str) -> list[float]:
     return [e * 255 if norm == "linf" else e for e in eps]
 
 
-def save_figure(fig: plt.Figure, out: str | os.PathLike) -> Path:
-    """Save PNG (and PDF when ``out`` ends in .pdf) atomically; closes the figure."""
+def save_figure(fig: plt.Figure, out: str | os.PathLike, within: str | os.PathLike | None = None) -> Path:
+    """Save PNG (and PDF when ``out`` ends in .pdf) atomically; closes the figure. ``within``: a run's own file
+    (:func:`robustsim.io.atomic_path`)."""
     out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format=out.suffix.lstrip(".") or "png", dpi=150, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with atomic_path(out, within) as tmp:
+            fig.savefig(tmp, format=out.suffix.lstrip(".") or "png", dpi=150, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return out
 
 
-def accuracy_figure(curves: Sequence[Curve], norm: str, title: str, ylabel: str = "2AFC accuracy (%)") -> plt.Figure:
-    """One line per curve: accuracy (%) against epsilon in the field's units. Every series has its own marker
-    (and a curve identical to an earlier one says so in the legend and is drawn thinner on top, so neither
-    hides the other); the legend sits right of the axes."""
+def plain_text(build: Callable[..., Any]) -> Callable[..., Any]:
+    """A figure builder whose texts (titles, labels, legends: metric names, file names) are shown as written:
+    matplotlib parses no mathtext from them (a ``$`` in a name is a dollar sign, never a parse error)."""
+
+    @functools.wraps(build)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return build(*args, **kwargs)
+
+    return wrapper
+
+
+@plain_text
+def accuracy_figure(
+    curves: Sequence[Curve], norm: str, title: str, ylabel: str = "2AFC accuracy (%)", percent: bool = True
+) -> plt.Figure:
+    """One line per curve: accuracy (%) against epsilon in the field's units (``percent=False``: the values as they
+    are, e.g. a distance bound, the y axis from 0). Every series has its own marker (and a curve identical to an
+    earlier one says so in the legend and is drawn thinner on top, so neither hides the other); the legend sits
+    right of the axes."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     drawn: list[tuple[tuple, str]] = []
     for i, c in enumerate(curves):
-        xs, ys = _x(c.eps, norm), [100 * v for v in c.values]
+        xs, ys = _x(c.eps, norm), [100 * v if percent else v for v in c.values]
         same = next((label for key, label in drawn if key == (tuple(xs), tuple(ys))), None)
         colour = OKABE_ITO[(i if c.color is None else c.color) % len(OKABE_ITO)]
         ax.plot(
@@ -86,13 +108,18 @@ def accuracy_figure(curves: Sequence[Curve], norm: str, title: str, ylabel: str 
         drawn.append(((tuple(xs), tuple(ys)), c.label))
     ax.set_xlabel(eps_label(norm))
     ax.set_ylabel(ylabel)
-    ax.set_ylim(-2, 102)
+    if percent:
+        ax.set_ylim(-2, 102)
+    else:
+        top = max((v for c in curves for v in c.values if v is not None and math.isfinite(v)), default=1.0)
+        ax.set_ylim(0, 1.08 * top if top > 0 else 1.0)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     legend_outside(ax)
     return fig
 
 
+@plain_text
 def radius_histogram(radii: dict[str, Sequence[float]], title: str) -> plt.Figure:
     """Histogram of certified l2 radii, one series per metric."""
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -105,6 +132,7 @@ def radius_histogram(radii: dict[str, Sequence[float]], title: str) -> plt.Figur
     return fig
 
 
+@plain_text
 def example_grid(
     ref: torch.Tensor,
     adv: torch.Tensor,
@@ -154,6 +182,7 @@ def example_grid(
 LABEL_COLOURS = {1: "#009E73", 0: "#D55E00", -1: "#999999"}  # positive, negative, unannotated
 
 
+@plain_text
 def retrieval_grid(rows: Sequence[tuple[str, torch.Tensor, torch.Tensor, Sequence[int]]]) -> plt.Figure:
     """One row per (title, query image, top-k images (k, 3, H, W), labels of the top-k): the query,
     then its ranked results framed green (annotated similar), vermillion (not similar) or grey

@@ -9,6 +9,7 @@ and returns the paths written.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,22 +23,38 @@ class Report(Protocol):
 
 
 def write_report(report: Report, out: Path) -> list[Path]:
-    """``report.json``, ``report.md``, every figure of ``report`` and ``report.html`` in ``out`` (atomically,
-    each)."""
+    """``report.json``, ``report.md``, every figure of ``report`` and ``report.html`` in ``out``: all of them or none.
+    Every file is first written into a staging folder inside ``out``; only when all are complete are they moved
+    into place (a failure before, a full disk or a figure that cannot be drawn, leaves ``out`` as it was). No link
+    inside ``out`` is followed (:func:`robustsim.io.inside`)."""
+    import shutil
+    import tempfile
+
+    from robustsim.errors import OutputError
     from robustsim.html import report_page
-    from robustsim.io import atomic_write, write_json
+    from robustsim.io import inside, write_json
     from robustsim.plots import save_figure
 
     out.mkdir(parents=True, exist_ok=True)
-    data = report.to_json()
-    files = [write_json(out / "report.json", data)]
-    text = report.markdown()
-    files.append(atomic_write(out / "report.md", lambda tmp: tmp.write_text(text)))
-    figures = {}
-    for name, fig in report.figures().items():
-        figures[name] = save_figure(fig, out / name)
-        files.append(figures[name])
-    title = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.startswith("#")), "robustsim report")
-    page = report_page(title, text, figures, data)
-    files.append(atomic_write(out / "report.html", lambda tmp: tmp.write_text(page)))
-    return files
+    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    try:
+        data = report.to_json()
+        staged = [write_json(stage / "report.json", data)]
+        text = report.markdown()
+        (stage / "report.md").write_text(text)
+        staged.append(stage / "report.md")
+        figures = {}
+        for name, fig in report.figures().items():
+            figures[name] = save_figure(fig, stage / name)
+            staged.append(figures[name])
+        title = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.startswith("#")), "robustsim report")
+        (stage / "report.html").write_text(report_page(title, text, figures, data))
+        staged.append(stage / "report.html")
+        files = [inside(out, out / f.name) for f in staged]
+        for f, dest in zip(staged, files, strict=True):
+            os.replace(f, dest)
+        return files
+    except OSError as err:
+        raise OutputError(f"cannot write the report in {out}: {err.strerror or err}; nothing was written") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

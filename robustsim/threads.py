@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from robustsim.errors import RobustsimError
+from robustsim.limits import env_int
 
 
 def _read(path: Path) -> str | None:
@@ -88,7 +89,7 @@ def busy_elsewhere(local_world: int = 1, loadavg: Path = Path("/proc/loadavg")) 
 
 def default_threads() -> int:
     """The thread count described in the module docstring."""
-    world = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    world = env_int("LOCAL_WORLD_SIZE", 1, 1)
     free = usable_cpus() - min(busy_elsewhere(world), usable_cpus() - 1)
     return max(1, free // world)
 

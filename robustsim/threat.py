@@ -26,12 +26,15 @@ TARGETS: tuple[str, ...] = ("ref", "x0", "x1", "all")
 _WHAT = {"ref": "the reference image", "x0": "x0", "x1": "x1", "all": "all three images"}
 
 
+MAX_L2 = 1e4  # an l2 radius above the diameter of every [0, 1] image of up to 10^8 values moves nothing more
+
+
 def format_eps(e: float) -> str:
     """An epsilon as text, the shorter of its decimal (``0.5``) and, when it is a whole multiple of 1/255,
     its fraction (``36/255``): every report, table, card and figure writes radii with this function."""
     decimal = f"{e:.6g}"
     k = e * 255
-    if e > 0 and abs(k - round(k)) < 1e-6 * max(1.0, k):
+    if 0 < e < 1e9 and abs(k - round(k)) < 1e-6 * max(1.0, k):
         fraction = f"{round(k)}/255"
         if len(fraction) < len(decimal):
             return fraction
@@ -71,6 +74,11 @@ class ThreatModel:
             if self.norm == "linf" and e >= 1:
                 raise InputError(
                     f"a linf radius of {e:g} lets every pixel take any value in [0, 1]; did you mean {e:g}/255?"
+                )
+            if self.norm == "l2" and e > MAX_L2:
+                raise InputError(
+                    f"an l2 radius of {e:g} exceeds the diameter of any [0, 1] image of up to 10^8 values "
+                    f"(radii up to {MAX_L2:g}); did you mean a smaller radius?"
                 )
             values.append(float(e))
         object.__setattr__(self, "eps", tuple(sorted(values)))

@@ -5,7 +5,6 @@ metric, certified marked)."""
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +13,8 @@ from robustsim.bench.run import Cell, protocol_cells
 from robustsim.data.triplets import TripletDataset
 from robustsim.io import atomic_write
 from robustsim.metrics.base import Metric
+from robustsim.plots import plain_text
+from robustsim.text import figure_text, file_stem, md_cell, md_code, visible
 from robustsim.threat import format_eps
 
 CENTER_NOTE = (
@@ -190,7 +191,7 @@ def _shown(row: Row, column: Column) -> str:
 
 def _cells(row: Row, cols: list[Column]) -> list[str]:
     n = "?" if row.n is None else str(row.n)
-    return [row.metric, *[_shown(row, c) for c in cols], n, f"{row.parameters:,}", f"{row.seconds:.1f}"]
+    return [md_cell(row.metric), *[_shown(row, c) for c in cols], n, f"{row.parameters:,}", f"{row.seconds:.1f}"]
 
 
 def used_n(rows: list[Row]) -> int | None:
@@ -206,7 +207,7 @@ def write_leaderboard(cards: dict, skipped: dict, protocol: Protocol, data_spec:
     heads = ["metric", *[c.title for c in cols], "n", "params", "seconds"]
     rows = leaderboard_rows(cards, protocol)
     md = [
-        f"# Leaderboard on `{data_spec}`",
+        f"# Leaderboard on {md_code(data_spec)}",
         "",
         protocol.describe(used_n(rows)) + ". n: the triplets each metric's cells used.",
         "",
@@ -220,16 +221,13 @@ def write_leaderboard(cards: dict, skipped: dict, protocol: Protocol, data_spec:
     ]
     md += ["| " + " | ".join(_cells(r, cols)) + " |" for r in rows]
     if skipped:
-        md += ["", "Skipped:", ""] + [f"- `{name}`: {why}" for name, why in skipped.items()]
-    files = [atomic_write(out / "leaderboard.md", lambda p: p.write_text("\n".join(md) + "\n"))]
-    files.append(
-        atomic_write(
-            out / "leaderboard.html", lambda p: p.write_text(_html(heads, rows, cols, protocol, data_spec, skipped))
-        )
-    )
+        md += ["", "Skipped:", ""] + [f"- {md_code(name)}: {md_code(why)}" for name, why in skipped.items()]
+    files = [atomic_write(out / "leaderboard.md", lambda p: p.write_text("\n".join(md) + "\n"), out)]
+    page = _html(heads, rows, cols, protocol, data_spec, skipped)
+    files.append(atomic_write(out / "leaderboard.html", lambda p: p.write_text(page), out))
     from robustsim.plots import save_figure
 
-    files.append(save_figure(_figure(rows, cols, protocol), out / "leaderboard.png"))
+    files.append(save_figure(_figure(rows, cols, protocol), out / "leaderboard.png", within=out))
     return files
 
 
@@ -238,14 +236,17 @@ def _html(heads, rows: list[Row], cols: list[Column], protocol: Protocol, data_s
     body = []
     for r in rows:
         raw = [*(r.values[c.title] for c in cols), r.n, r.parameters, r.seconds]
-        link = f'<a href="cards/{html.escape(r.metric)}.html">{html.escape(r.metric)}</a>'
-        cells = [f'<td data-v="{html.escape(r.metric)}">{link}</td>']
+        shown_name = html.escape(visible(r.metric))
+        link = f'<a href="cards/{html.escape(file_stem(r.metric))}.html">{shown_name}</a>'
+        cells = [f'<td data-v="{shown_name}">{link}</td>']
         for value, shown in zip(raw, _cells(r, cols)[1:], strict=True):
             key = "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
             cells.append(f'<td data-v="{key}">{html.escape(shown)}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     head = "".join(f'<th data-col="{i}">{html.escape(h)}</th>' for i, h in enumerate(heads))
-    skipped_html = "".join(f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>" for k, v in skipped.items())
+    skipped_html = "".join(
+        f"<li><code>{html.escape(visible(k))}</code>: {html.escape(visible(v))}</li>" for k, v in skipped.items()
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>robustsim leaderboard</title>
 <style>
@@ -255,7 +256,7 @@ td:first-child, th:first-child {{ text-align: left; }} th {{ cursor: pointer; ba
 td {{ white-space: nowrap; }}
 th.asc::after {{ content: " \\25B2"; }} th.desc::after {{ content: " \\25BC"; }}
 </style></head><body>
-<h1>robustsim leaderboard on <code>{html.escape(data_spec)}</code></h1>
+<h1>robustsim leaderboard on <code>{html.escape(visible(data_spec))}</code></h1>
 <p>{html.escape(protocol.describe(used_n(rows)))}. 2AFC accuracy (%); n: triplets per cell. Click a column to sort.</p>
 <table id="board"><thead><tr>{head}</tr></thead><tbody>
 {chr(10).join(body)}
@@ -284,6 +285,7 @@ document.querySelectorAll("#board th").forEach(function (th) {{
 """
 
 
+@plain_text
 def _figure(rows: list[Row], cols: list[Column], protocol: Protocol):
     import matplotlib.pyplot as plt
 
@@ -307,7 +309,7 @@ def _figure(rows: list[Row], cols: list[Column], protocol: Protocol):
             marker=marker,
             edgecolors="black" if cert else "none",
             linewidths=1.5,
-            label=r.metric + (" (certified)" if cert else ""),
+            label=figure_text(r.metric) + (" (certified)" if cert else ""),
         )
     lim = [0, 100]
     ax.plot(lim, lim, ":", color="grey", lw=1)
@@ -325,9 +327,9 @@ def card_markdown(name: str, card: dict, protocol: Protocol) -> str:
     row = card_row(name, card, protocol)
     cols = columns(protocol, has_center({name: card}))
     lines = [
-        f"# {name}",
+        f"# {md_code(name)}",
         "",
-        f"{card.get('source', '')}. Data: `{card.get('data', {}).get('spec', '')}` "
+        f"{md_code(card.get('source', ''))}. Data: {md_code(card.get('data', {}).get('spec', ''))} "
         f"({card.get('data', {}).get('n', '?')} triplets). {card.get('protocol_text', protocol.describe())}.",
         "",
         "| " + " | ".join(["metric", *[c.title for c in cols], "n", "params", "seconds"]) + " |",
@@ -339,20 +341,16 @@ def card_markdown(name: str, card: dict, protocol: Protocol) -> str:
         "| weight file | pin | licence |",
         "|---|---|---|",
         *[
-            f"| `{f}` | {v.get('pin')} | {v.get('license')} |"
+            f"| {md_cell(f)} | {md_cell(v.get('pin'))} | {md_cell(v.get('license'))} |"
             for f, v in card.get("weights", {}).get("files", {}).items()
         ],
     ]
     return "\n".join(lines) + "\n"
 
 
-def write_card_page(name: str, card: dict, protocol: Protocol, path: Path) -> Path:
-    """``cards/<name>.html``: the card as one offline page (its JSON in full below the tables)."""
+def write_card_page(name: str, card: dict, protocol: Protocol, path: Path, within: Path | None = None) -> Path:
+    """``cards/<name's file stem>.html``: the card as one offline page (its JSON in full below the tables)."""
     from robustsim.html import report_page
 
-    page = report_page(f"robustsim card: {name}", card_markdown(name, card, protocol), {}, card)
-    return atomic_write(path, lambda p: p.write_text(page))
-
-
-def load_cards(out: Path) -> dict:
-    return {p.stem: json.loads(p.read_text()) for p in sorted((out / "cards").glob("*.json"))}
+    page = report_page(f"robustsim card: {visible(name)}", card_markdown(name, card, protocol), {}, card)
+    return atomic_write(path, lambda p: p.write_text(page), within)

@@ -29,9 +29,10 @@ from robustsim.checks import count_arg
 from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv, broadcast_object, init_distributed
 from robustsim.errors import InputError, RobustsimError
-from robustsim.io import finite_json, write_json
+from robustsim.io import finite_json, parse_json, read_inside, write_json
 from robustsim.metrics.base import Metric
 from robustsim.precision import Precision, resolve_precision
+from robustsim.text import file_stem
 from robustsim.threads import follow_machine
 from robustsim.threat import ThreatModel
 
@@ -82,18 +83,50 @@ def result_digest(result: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+FRACTIONS = ("score", "robust", "certified", "clean", "certified_here")
+
+
 def cell_problem(data: object) -> str | None:
     """Why a saved cell cannot be reused (None when it can): not a cell record, a result whose numbers are not
-    numbers, or a result that is not the one its checksum was taken of."""
+    numbers or out of their range (accuracies in [0, 1], counts and times >= 0), per-triplet rows that do not add up
+    to the summary, certified <= robust <= clean broken, or a result that is not the one its checksum was taken of
+    (the checksum is no secret: the other checks are what stop a re-signed forgery)."""
     if not isinstance(data, dict) or not isinstance(data.get("result"), dict):
         return "is not a cell record"
     result = data["result"]
-    for k in NUMBERS:
+    for k in (*NUMBERS, "clean", "certified_here"):
         v = result.get(k)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            return f"holds {k}={v!r}, not a number"
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return f"holds {k}={v!r}, not a finite number"
+        if v < 0 or (k in FRACTIONS and v > 1):
+            return f"holds {k}={v!r}, out of its range"
+    problem = _rows_problem(result)
+    if problem is not None:
+        return problem
+    order = [result.get(k) for k in ("certified_here", "robust", "clean")]
+    known = [v for v in order if v is not None]
+    if any(a > b + 1e-9 for a, b in zip(known, known[1:], strict=False)):
+        return "breaks certified <= robust <= clean"
     if data.get("sha256") != result_digest(result):
         return "does not match its checksum (edited or damaged)"
+    return None
+
+
+def _rows_problem(result: dict) -> str | None:
+    """The per-triplet rows against the summary: each in [0, 1], and their sum over the n counted triplets equals
+    the score (clean, rows rounded to 4 digits) or the robust accuracy."""
+    rows, n = result.get("per_triplet"), result.get("n")
+    if rows is None:
+        return None
+    if not isinstance(rows, list) or not isinstance(n, int) or len(rows) < n or n < 1:
+        return "holds per-triplet rows that do not match its n"
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in rows):
+        return "holds per-triplet rows out of [0, 1]"
+    summary, tol = (result["robust"], 1e-9) if "robust" in result else (result.get("score"), 1e-4)
+    if summary is not None and abs(sum(rows) / n - summary) > tol:
+        return "holds per-triplet rows that do not add up to its summary"
     return None
 
 
@@ -107,7 +140,8 @@ class CellStore:
     env: DistEnv
 
     def _path(self, metric: str, cell: Cell) -> Path:
-        return self.root / "cells" / metric / f"{cell.name}.json"
+        """``cells/<metric's file stem>/<cell>.json`` (a metric named by a path never leaves the folder)."""
+        return self.root / "cells" / file_stem(metric) / f"{cell.name}.json"
 
     def key(self, fingerprint: str, cell: Cell, extra: object = None) -> str:
         blob = json.dumps(
@@ -119,11 +153,12 @@ class CellStore:
         """The saved result when its key matches and it is intact (its checksum and schema hold); an invalid
         cell is recomputed, with one warning line."""
         path = self._path(metric, cell)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
+        raw = read_inside(self.root, path)  # a planted link is refused, a FIFO never read
+        if raw is None:
             return None
-        except (OSError, ValueError):
+        try:
+            data = parse_json(raw, path)
+        except ValueError:
             data = None
         if isinstance(data, dict) and data.get("key") != key:
             return None  # another protocol, data or weights: not this cell
@@ -135,7 +170,7 @@ class CellStore:
 
     def put(self, metric: str, cell: Cell, key: str, result: dict) -> None:
         record = {"key": key, "cell": cell.name, "result": result, "sha256": result_digest(result)}
-        write_json(self._path(metric, cell), record)
+        write_json(self._path(metric, cell), record, within=self.root)
 
     def fill(
         self,
@@ -454,8 +489,8 @@ def run(
             cards[name] = make_card(
                 name, metric, runner.fingerprint, cells, proto, data, triplets, time.perf_counter() - t0
             )
-            write_json(out / "cards" / f"{name}.json", cards[name])
-            write_card_page(name, cards[name], proto, out / "cards" / f"{name}.html")
+            write_json(out / "cards" / f"{file_stem(name)}.json", cards[name], within=out)
+            write_card_page(name, cards[name], proto, out / "cards" / f"{file_stem(name)}.html", within=out)
         del metric
     if not env.main:
         return None

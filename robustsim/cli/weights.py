@@ -40,7 +40,9 @@ def short_licence(text: str) -> str:
 
 @weights_group.command("list")
 def list_cmd() -> None:
-    """Every file: size, pin kind, state here (fetched, fetchable, missing, corrupt), licence (`no licence`: the
+    """List every weight file: size, pin, state here and licence.
+
+    Every file: size, pin kind, state here (fetched, fetchable, missing, corrupt), licence (`no licence`: the
     upstream repository has no licence file; ask its authors before redistributing), the metrics using it."""
     from robustsim.weights import manifest, recorded_pins, state
     from robustsim.zoo import metrics_using
@@ -69,18 +71,21 @@ def list_cmd() -> None:
 @click.option(
     "--repin",
     is_flag=True,
+    default=False,
     help="Forget the hash recorded at a first download (and the copy on disk), then download and pin afresh: "
     "the way out when that first download was not the real file.",
 )
 def fetch_cmd(names: tuple[str, ...], repin: bool) -> None:
-    """Download NAMES (file names from `list`, or metric names), resuming a partial download, verifying
+    """Download weight files (or a metric's files), verified against their pins.
+
+    Download NAMES (file names from `list`, or metric names), resuming a partial download, verifying
     size and hash, refusing HTML or truncated bodies; nothing unverified is ever installed."""
     from robustsim.weights import forget_pin, on_disk, record, resolve
 
     for name in weight_files(names, "NAMES"):
         if repin and record(name).pin == "first-download":
             forget_pin(name)
-            stale = on_disk(record(name))
+            stale = on_disk(record(name))  # first-download files are only ever found in the weights folder
             if stale is not None:
                 stale.unlink()
         click.echo(f"{name}: {resolve(name)}")
@@ -108,11 +113,21 @@ def weight_files(names: tuple[str, ...], hint: str) -> list[str]:
 @weights_group.command("add")
 @click.argument("name")
 @click.argument("file", type=click.Path(path_type=Path))
-def add_cmd(name: str, file: Path) -> None:
-    """Install FILE (obtained elsewhere) as weight file NAME after checking it against NAME's pin."""
+@click.option(
+    "--trust",
+    is_flag=True,
+    default=False,
+    help="For a file whose upstream publishes no hash and that was never downloaded here: you vouch for FILE, and "
+    "its sha256 becomes the pin every later copy must match.",
+)
+def add_cmd(name: str, file: Path, trust: bool) -> None:
+    """Install a weight file obtained elsewhere, checked against its pin.
+
+    Install FILE (obtained elsewhere) as weight file NAME into the weights folder after checking it against NAME's
+    pin (a file with no pin yet is refused unless --trust)."""
     from robustsim.weights import add_file
 
-    click.echo(f"{name}: installed {add_file(name, file)}")
+    click.echo(f"{name}: installed {add_file(name, file, trust=trust)}")
 
 
 @weights_group.command("verify")

@@ -8,6 +8,7 @@ import torch
 from robustsim.audit import package_versions
 from robustsim.retrieval.evaluate import RetrievalResult
 from robustsim.table import format_table, pct
+from robustsim.text import md_code
 from robustsim.threads import runtime_info
 
 SCHEMA_VERSION = 2
@@ -124,7 +125,8 @@ class RetrievalReport:
 
     def markdown(self) -> str:
         res = self.res
-        return f"# Retrieval: {res.metric} on {res.data}\n\n{res.note}\n\n```\n{retrieval_table(res)}\n```\n"
+        head = f"# Retrieval: {md_code(res.metric)} on {md_code(res.data)}"
+        return f"{head}\n\n{md_code(res.note)}\n\n```\n{retrieval_table(res)}\n```\n"
 
     def figures(self) -> dict:
         out = {"recall.png": recall_figure(self.res)}

@@ -222,12 +222,16 @@ def check_bytes(rec: WeightFile, path: Path, sha: str | None = None) -> str | No
 
 
 def install_path(rec: WeightFile) -> Path:
-    """Where a fetched or added file is written."""
-    return (torch_hub_dir() if rec.torch_hub else weights_dir()) / rec.name
+    """Where a fetched or added file is written: always the configured weights folder."""
+    return weights_dir() / rec.name
 
 
 def candidates(rec: WeightFile) -> list[Path]:
-    return [weights_dir() / rec.name, torch_hub_dir() / rec.name]
+    """Where a file may be found: the weights folder; for a file whose upstream publishes its hash, also torch's hub
+    cache (torchvision may have fetched it), where its pin still decides. A file pinned at its first download is
+    trusted only in robustsim's own folder."""
+    mine = [weights_dir() / rec.name]
+    return mine if rec.pin == "first-download" else [*mine, torch_hub_dir() / rec.name]
 
 
 def on_disk(rec: WeightFile) -> Path | None:
@@ -357,12 +361,21 @@ def pinned_url(rec: WeightFile, url: str) -> str:
     return url.replace("/resolve/main/", f"/resolve/{revision}/") if revision else url
 
 
-def add_file(name: str, source: str | os.PathLike) -> Path:
-    """Verify a file obtained elsewhere against ``name``'s pin and install it (a copy; atomic)."""
+def add_file(name: str, source: str | os.PathLike, trust: bool = False) -> Path:
+    """Verify a file obtained elsewhere against ``name``'s pin and install it into the weights folder (a copy;
+    atomic). A file whose upstream publishes no hash and that was never downloaded here has no pin to check: it is
+    refused before anything is installed, unless ``trust`` (the caller vouches for the bytes; their hash becomes the
+    pin)."""
     rec = record(name)
     src = Path(source).expanduser()
     if not src.is_file():
         raise WeightsError(f"{src} is not a file; pass the downloaded {rec.name}")
+    if expected_sha(rec) is None and not trust:
+        raise WeightsError(
+            f"{rec.name} has no published hash and was never downloaded here, so robustsim cannot check {src}; "
+            f"fetch it (`robustsim weights fetch {rec.name}` records the first verified download's hash), or vouch "
+            f"for the file with `robustsim weights add {rec.name} FILE --trust`; nothing was installed"
+        )
     dest = install_path(rec)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
