@@ -308,3 +308,25 @@ def test_every_cli_choice_list_is_its_registry_and_accepts_every_registered_name
             assert param.type.convert(name, param, ctx) == name
         seen.add(option)
     assert seen == set(registries)
+
+
+def test_the_reference_page_shows_real_defaults_and_whole_summaries():
+    """Issue 38 item 5: docs/cli.md (mkdocs-click) showed `Sentinel.UNSET` 42 times and summaries cut mid-sentence.
+    Every option now declares its default, and every command's first help line is one whole sentence."""
+    import click
+
+    from robustsim.cli import cli
+
+    def walk(cmd, path):
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, (*path, name))
+        yield " ".join(path), cmd
+
+    for path, cmd in walk(cli, ()):
+        first = (cmd.help or "").strip().splitlines()[0]
+        assert first.endswith(".") and len(first) <= 110, (path, first)
+        ctx = click.Context(cmd)
+        for param in [*cmd.params, cmd.get_help_option(ctx)]:
+            if isinstance(param, click.Option):
+                assert "Sentinel" not in repr(param.default), (path, param.opts)

@@ -28,7 +28,7 @@ from robustsim.errors import RobustsimError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="robustsim")
+@click.version_option(package_name="robustsim", default=False)
 @click.option(
     "--threads",
     type=click.IntRange(1, 1024),
@@ -66,6 +66,15 @@ def _threads_first(command: click.Command) -> None:
     command.callback = run
 
 
+def _help_with_default(command: click.Command) -> None:
+    """``-h / --help`` declared on every command with its default (False), so the reference page (mkdocs-click)
+    shows a value, not click's internal sentinel; click then adds no help option of its own."""
+    click.help_option("-h", "--help", default=False)(command)
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _help_with_default(sub)
+
+
 for _command in (
     metrics_cmd,
     weights_group,
@@ -80,6 +89,7 @@ for _command in (
 ):
     _threads_first(_command)
     cli.add_command(_command)
+_help_with_default(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

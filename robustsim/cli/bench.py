@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     "--out",
     "out_dir",
     required=True,
+    default=None,
     type=click.Path(path_type=Path),
     help="Folder for cards/, cells/, leaderboard.md, leaderboard.html, leaderboard.png.",
 )
@@ -67,7 +68,9 @@ def bench_cmd(
     dtype: str,
     dry_run: bool,
 ) -> None:
-    """Benchmark metrics under a standard protocol: clean 2AFC; robust 2AFC under the AutoAttack-style
+    """Benchmark metrics under a standard protocol: cards, a leaderboard and its figure.
+
+    Benchmark metrics under a standard protocol: clean 2AFC; robust 2AFC under the AutoAttack-style
     ensemble (reference perturbed) at l2 0.5, 1 and linf 2/255, 4/255; certified 2AFC at l2 36/72/108 /255
     where the metric has a certificate. Metrics that cannot run here are skipped with the reason.
 

@@ -144,7 +144,9 @@ def certify_cmd(
     dtype: str,
     dry_run: bool,
 ) -> None:
-    """Certified 2AFC accuracy at each epsilon, in the pixels of the images as loaded (the metric's own
+    """Certified 2AFC accuracy at each epsilon: a Lipschitz proof, smoothing, or center smoothing.
+
+    Certified 2AFC accuracy at each epsilon, in the pixels of the images as loaded (the metric's own
     resize and normalisation are part of the certificate).
 
     lipschitz: a proof for 1-Lipschitz embedding metrics (LipSim): the radius within which the moving

@@ -25,15 +25,18 @@ BENCHED = "l2,ssim,lipsim-nano-aoc,effnet-lite0"
 
 @click.command("demo")
 @device_option
-@click.option("--quick", is_flag=True, help="Fewer triplets and steps (a smoke run).")
+@click.option("--quick", is_flag=True, default=False, help="Fewer triplets and steps (a smoke run).")
 @click.option(
     "--full",
     is_flag=True,
+    default=False,
     help="Every offline metric, also the slow ones (effnet-ensemble, dinov2-s14: about 15 minutes on 2 cores).",
 )
 @click.pass_context
 def demo_cmd(ctx: click.Context, device: torch.device, quick: bool, full: bool) -> None:
-    """What `make demo` runs, offline: clean 2AFC of several metrics on the bundled `mini` set, certified
+    """What `make demo` runs: score, certify, retrieval and the quick bench, offline.
+
+    What `make demo` runs, offline: clean 2AFC of several metrics on the bundled `mini` set, certified
     accuracy of the shipped lipsim-nano-aoc, lipsim-nano-cert's clean, attacked and certified recall on the bundled
     retrieval set, then the quick benchmark of every offline metric (clean, robust under APGD at l2 and
     linf, certified) and its leaderboard. Reports go to runs/demo/ (the benchmark resumes if interrupted).

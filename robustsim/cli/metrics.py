@@ -24,7 +24,9 @@ def _clip(text: str, width: int) -> str:
     "--width", type=click.IntRange(60, 400), default=None, help="Table width (default: the terminal's, at most 100)."
 )
 def metrics_cmd(width: int | None) -> None:
-    """List the metric zoo: each metric's state here (built-in, fetched, fetchable, missing, or the package it
+    """List the metric zoo and the state of each metric here.
+
+    The metric zoo: each metric's state here (built-in, fetched, fetchable, missing, or the package it
     needs) and what it is. `robustsim weights list` shows the weight files behind it."""
     from robustsim.zoo import metric_entries
 

@@ -130,6 +130,7 @@ def metric_option(*decls: str, many: bool = False, help: str, **kwargs: Any) -> 
                 check_metric_name(name)
         return value  # unchanged: a command run through ctx.invoke (the demo) gets the same value, unchecked
 
+    kwargs.setdefault("default", None)
     return click.option(*decls, is_eager=True, callback=check, help=help, **kwargs)
 
 
@@ -266,7 +267,7 @@ def _triplet_usage() -> str:
 
 
 allow_outside_option = click.option(
-    "--allow-outside", is_flag=True, help="Let a csv: spec name images outside the CSV's folder."
+    "--allow-outside", is_flag=True, default=False, help="Let a csv: spec name images outside the CSV's folder."
 )
 seed_option = click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random choice.")
 restarts_option = click.option(
@@ -288,7 +289,7 @@ eps_option = click.option(
     callback=_eps_callback,
     help="Comma-separated radii; fractions allowed (36/255). Default depends on --norm.",
 )
-overwrite_option = click.option("--overwrite", is_flag=True, help="Replace a report already in --out.")
+overwrite_option = click.option("--overwrite", is_flag=True, default=False, help="Replace a report already in --out.")
 
 
 def out_dir_option(files: str) -> Callable:
@@ -345,6 +346,7 @@ def dry_run_option(f: Callable) -> Callable:
     return click.option(
         "--dry-run",
         is_flag=True,
+        default=False,
         help="Time one calibration batch, print the estimated cost (passes and time on this device) and stop.",
     )(f)
 

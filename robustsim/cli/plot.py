@@ -22,7 +22,9 @@ if TYPE_CHECKING:
     help="certified / robust accuracy (or recall@k) vs epsilon, or a radius histogram. "
     "Default: certified for certify reports, robust otherwise.",
 )
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Figure file (.png, .pdf or .svg).")
+@click.option(
+    "--out", required=True, default=None, type=click.Path(path_type=Path), help="Figure file (.png, .pdf or .svg)."
+)
 def plot_cmd(reports: tuple[str, ...], kind: str | None, out: Path) -> None:
     """Overlay audit, certify or retrieval reports (folders or JSON files): one curve per report.
 

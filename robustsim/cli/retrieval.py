@@ -66,7 +66,9 @@ def parse_ks(text: str) -> list[int]:
 )
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(1, 100_000), help="Iterations per attack.")
 @restarts_option
-@click.option("--targeted", is_flag=True, help="Also try to pull a random non-positive item into the top-1.")
+@click.option(
+    "--targeted", is_flag=True, default=False, help="Also try to pull a random non-positive item into the top-1."
+)
 @click.option(
     "--index",
     "backend",
@@ -100,7 +102,9 @@ def retrieval_cmd(
     limit: int | None,
     dtype: str,
 ) -> None:
-    """Rank a gallery for every query and score against the annotated positives (VSD protocol):
+    """Retrieval under attack: recall@k, mAP and ROC-AUC, attacked and certified.
+
+    Rank a gallery for every query and score against the annotated positives (VSD protocol):
     clean recall@k, mAP and ROC-AUC; recall@k and mAP when an attacker perturbs the query to push
     every positive out of the top k; certified recall@k for metrics with a Lipschitz guarantee.
 

@@ -19,6 +19,7 @@ def _run_options(epochs: int, batch_size: int, lr: float) -> Callable:
                 click.option(
                     "--out",
                     required=True,
+                    default=None,
                     type=click.Path(file_okay=False),
                     help="Run folder (last/, best/, log.jsonl).",
                 ),
@@ -62,6 +63,7 @@ def _run_options(epochs: int, batch_size: int, lr: float) -> Callable:
                 click.option(
                     "--resume",
                     is_flag=True,
+                    default=False,
                     help="Continue the run in --out exactly where its last/ checkpoint stopped.",
                 ),
                 click.option(
@@ -138,7 +140,13 @@ def distill_cmd(**kw: Any) -> None:
 
 
 @train_group.command("finetune")
-@click.option("--init", required=True, type=click.Path(exists=True, file_okay=False), help="Checkpoint to start from.")
+@click.option(
+    "--init",
+    required=True,
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="Checkpoint to start from.",
+)
 @click.option("--data", default="mini", show_default=True, help="2AFC training spec (mini = mini:train).")
 @click.option("--val", default="auto", show_default=True, help="Validation spec for model selection.")
 @click.option("--margin", default=0.5, show_default=True, type=click.FloatRange(0), help="Hinge margin.")
@@ -164,7 +172,9 @@ def distill_cmd(**kw: Any) -> None:
 @click.option("--limit", type=click.IntRange(1), default=None, help="Train on the first N triplets only.")
 @_run_options(epochs=1, batch_size=32, lr=1e-3)
 def finetune_cmd(**kw: Any) -> None:
-    """Fine-tune a checkpoint on 2AFC triplets (hinge, or certified: the hinge plus a hinge on the certified
+    """Fine-tune a checkpoint on 2AFC triplets; keeps last/ and the selected best/.
+
+    Fine-tune a checkpoint on 2AFC triplets (hinge, or certified: the hinge plus a hinge on the certified
     radius); keeps last/ and the selected best/."""
     from robustsim.train.recipes import finetune
 
