@@ -74,6 +74,21 @@ def _summary(readme: str) -> tuple[str, str]:
     return title, " ".join(para)
 
 
+def _caveats(readme: str) -> list[str]:
+    """The paragraphs an experiment's README marks ``<!-- caveat -->``: what its table is not (a proxy, random
+    weights, numbers of an older certificate); results.md shows them beside the table."""
+    out, lines = [], readme.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() == "<!-- caveat -->":
+            para = []
+            for nxt in lines[i + 1 :]:
+                if not nxt.strip():
+                    break
+                para.append(nxt.strip())
+            out.append(" ".join(para))
+    return out
+
+
 def results_page() -> str:
     """docs/results.md: every experiment's summary and committed table, generated from experiments/*/."""
     out = [
@@ -84,15 +99,12 @@ def results_page() -> str:
         "writes `results/<name>/` and takes `--check` to compare its table with the committed one.",
     ]
     for folder in sorted(p for p in EXPERIMENTS.iterdir() if (p / "table.md").is_file()):
-        title, para = _summary((folder / "README.md").read_text())
-        out += [
-            "",
-            f"## {title}",
-            "",
-            f"`experiments/{folder.name}/`: {para}",
-            "",
-            (folder / "table.md").read_text().strip(),
-        ]
+        readme = (folder / "README.md").read_text()
+        title, para = _summary(readme)
+        out += ["", f"## {title}", "", f"`experiments/{folder.name}/`: {para}"]
+        for caveat in _caveats(readme):
+            out += ["", f"> {caveat}".replace("../../", "../")]
+        out += ["", (folder / "table.md").read_text().strip()]
     return "\n".join(out) + "\n"
 
 
