@@ -8,6 +8,7 @@ does not count. Robust accuracy is over triplets with p != 0.5; ties count as wr
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 from robustsim.attacks.geometry import NORMS, Norm, RowNoise, in_threat_model, rows_of
+from robustsim.attacks.pgd import apgd, classifier_objective, restrict
 from robustsim.attacks.twoafc import CleanEmbeddings, NoisyReference, TwoAFCClassifier, labels_from_p, margin
 from robustsim.certify.smoothing import ABSTAIN, SmoothedMetric, stream_seed
 from torch import nn
@@ -64,6 +66,9 @@ class AttackResult:
         return [float(r[self.keep].double().mean()) if self.n else math.nan for r in self.robust]
 
 
+FINISH_SHARE = 0.5  # of a lower-precision attack's steps, run in float32 on the triplets it leaves standing
+
+
 class Attack:
     """Base class. Subclasses implement :meth:`run` (one epsilon tensor) or :meth:`attack_batch`."""
 
@@ -76,9 +81,11 @@ class Attack:
         self.precision: Precision = "fp32"  # the attack steps' autocast; decisions and re-checks stay float32
 
     def work(self) -> int:
-        """Model calls one epsilon of one batch costs at most (roughly): what a progress bar counts."""
-        steps = int(getattr(self, "steps", 1)) * int(getattr(self, "eot", 1))
-        return steps * int(getattr(self, "restarts", 1) or 1) + 1
+        """Model calls one epsilon of one batch costs at most (roughly): what a progress bar counts (with the float32
+        finish of a lower precision)."""
+        eot = int(getattr(self, "eot", 1))
+        steps = int(getattr(self, "steps", 1)) * eot
+        return steps * int(getattr(self, "restarts", 1) or 1) + 1  # the float32 finish comes out of the same budget
 
     def run(
         self, forward, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, generator: torch.Generator
@@ -101,9 +108,8 @@ class Attack:
             rows = alive.nonzero()[:, 0]
             if rows.numel() == 0 or e == 0:
                 continue
-            sub = lambda xa, r, rows=rows: forward(xa, rows[r])  # noqa: E731
             eps_t = torch.full((rows.numel(),), float(e), device=x.device)
-            xa, b = self.run(sub, x[rows], y[rows], eps_t, rows_of(generator, rows))
+            xa, b = self.run(restrict(forward, rows), x[rows], y[rows], eps_t, rows_of(generator, rows))
             adv[i, rows] = xa  # the break, else the attack's best point
             broken[i, rows[b]] = True
             alive[rows[b]] = False
@@ -163,6 +169,16 @@ class Attack:
                 tick(1)
                 return attacked(xa, rows)
 
+            if smoothed is not None:  # a break counts when the smoothed prediction (the re-check) is wrong there
+
+                def confirm(xa: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+                    ids = batch["index"][rows.cpu()]
+                    with torch.autocast(xa.device.type, enabled=False):  # the re-check's own arithmetic
+                        decided = smoothed.predict(xa.float(), x0[rows], x1[rows], ids=ids)
+                    return decided.to(y.device) != y[rows]
+
+                forward.confirm = confirm  # type: ignore[attr-defined]
+
             x = clf.clean_input()
             y, kp = labels_from_p(batch["p"].to(ref.device))
             abstained = torch.zeros_like(kp)
@@ -179,14 +195,18 @@ class Attack:
             rob = torch.zeros(len(radii), x.shape[0], dtype=torch.bool, device=x.device)
             adv_all = x.unsqueeze(0).repeat(len(radii), *[1] * x.dim())
             if rows.numel():
-                sub = lambda xa, r, rows=rows: forward(xa, rows[r])  # noqa: E731
+                sub = restrict(forward, rows)
                 noise = RowNoise(self.seed, batch["index"][rows.cpu()], counts)  # the same in any batch or shard
-                with autocast(self.precision, x.device):  # the steps only: the re-check below runs in float32
+                with autocast(self.precision, x.device), self._lower_precision_steps():  # the re-check: float32
                     adv, broken = self.attack_batch(sub, x[rows], y[rows], radii, noise)
                 adv = adv.to(x.dtype)
                 yr = y[rows]
                 if smoothed is None:
-                    broken = broken & self._verify(adv, x[rows], radii, lambda a: margin(clf(a, rows), yr) <= 0)
+
+                    def wrong(a: torch.Tensor) -> torch.Tensor:
+                        return margin(clf(a, rows), yr) <= 0
+
+                    broken = broken & self._verify(adv, x[rows], radii, wrong)
                 else:  # every final point is judged by the smoothed decision (PREDICT: abstaining is not correct),
                     ids = batch["index"][rows.cpu()]  # claimed by a noisy draw or not
 
@@ -194,6 +214,8 @@ class Attack:
                         return smoothed.predict(a, x0[rows], x1[rows], ids=ids).to(yr.device) != yr
 
                     broken = self._verify(adv, x[rows], radii, wrong)
+                if self.precision != "fp32":
+                    adv, broken = self._finish(sub, x[rows], yr, radii, adv, broken, noise, wrong)
                 rob[:, rows] = ~broken
                 adv_all[:, rows] = adv
             for j, idx in enumerate(batch["index"].tolist()):
@@ -285,6 +307,50 @@ class Attack:
             assert rows is not None
             robust[i, alive] = rows["robust"][0]
         return robust, first["clean"], first["keep"], first["abstain"]
+
+    def finish_steps(self) -> int:
+        """Float32 APGD steps for each triplet a lower-precision attack leaves standing: a share of the attack's own
+        budget (:data:`FINISH_SHARE`; the lower-precision steps take the rest, so the total is the same)."""
+        return max(1, round(FINISH_SHARE * int(getattr(self, "steps", 20))))
+
+    @contextlib.contextmanager
+    def _lower_precision_steps(self):
+        """The lower-precision phase runs the attack's budget less the float32 finish (an attack without a step
+        count, or at fp32, runs as it is)."""
+        full = getattr(self, "steps", None)
+        if self.precision == "fp32" or not isinstance(full, int):
+            yield
+            return
+        finish = self.finish_steps()
+        self.steps = max(1, full - finish)
+        try:
+            yield
+        finally:
+            self.steps = full
+
+    def _finish(self, forward, x, y, radii, adv, broken, noise, wrong):
+        """Mixed precision that does not weaken the attack: the rows still standing after the lower-precision steps
+        get a float32 APGD-CE of :meth:`finish_steps` from their best point at each radius (what bf16's rounding hid,
+        float32 finds); every break it claims is verified like the others, and a break at one radius is one at every
+        larger radius (the balls nest). Returns (adv, broken)."""
+        shape = (-1, *[1] * (x.dim() - 1))
+        for i, e in enumerate(radii):
+            left = (~broken[i]).nonzero()[:, 0]
+            if not left.numel():
+                continue
+            eps_t = torch.full((left.numel(),), float(e), device=x.device)
+            objective = classifier_objective(restrict(forward, left), y[left], "ce")
+            steps, eot = self.finish_steps(), int(getattr(self, "eot", 1))
+            found, _ = apgd(objective, x[left], eps_t, self.norm, steps=steps, generator=rows_of(noise, left),
+                            eot=eot, start=adv[i, left])  # fmt: skip
+            new = adv[i].clone()
+            new[left] = found.to(new.dtype)
+            ok = self._verify(new.unsqueeze(0), x, [e], wrong)[0] & ~broken[i]
+            for j in range(i, len(radii)):  # a break inside radius i lies inside every larger one
+                take = ok & ~broken[j]
+                adv[j] = torch.where(take.view(shape), new, adv[j])
+                broken[j] = broken[j] | take
+        return adv, broken
 
     def _verify(
         self, adv: torch.Tensor, x: torch.Tensor, eps: list[float], wrong: Callable[[torch.Tensor], torch.Tensor]

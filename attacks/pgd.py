@@ -22,13 +22,28 @@ Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Objective = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+def restrict(forward: Forward, idx: torch.Tensor) -> Forward:
+    """``forward`` on the rows ``idx`` of its batch (row r of the view is row idx[r]), its ``confirm`` too."""
+
+    def sub(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return forward(x, idx[rows])
+
+    confirm = getattr(forward, "confirm", None)
+    if confirm is not None:
+        sub.confirm = lambda x, rows: confirm(x, idx[rows])  # type: ignore[attr-defined]
+    return sub
+
+
 def classifier_objective(forward: Forward, y: torch.Tensor, loss: str) -> Objective:
-    """Maximise ``loss`` of the logits; done when the decision is no longer correct (margin <= 0)."""
+    """Maximise ``loss`` of the logits; done when the decision is no longer correct (margin <= 0). A forward with a
+    ``confirm(x, rows)`` (a smoothed metric's decision: the re-check every break must pass) makes a row done only
+    when that decision is wrong too: a randomised draw that flips does not stop the attack."""
 
     def objective(x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = forward(x, rows)
         return LOSSES[loss](logits, y[rows]), margin(logits, y[rows]) <= 0
 
+    objective.confirm = getattr(forward, "confirm", None)  # type: ignore[attr-defined]
     return objective
 
 
@@ -66,19 +81,26 @@ def _standing(broken: torch.Tensor) -> torch.Tensor:
 def _loss_grad(objective: Objective, x: torch.Tensor, rows: torch.Tensor, eot: int = 1):
     """(loss, gradient, done) at ``x``; with ``eot`` > 1 (Expectation over Transformation, Athalye et al. 2018)
     the loss and gradient are means over ``eot`` evaluations of a randomised objective, each drawing its own
-    randomness, and a sample is done when most of the draws say so."""
+    randomness, and a sample is a candidate when most of the draws say so. A candidate is done only when the
+    objective's ``confirm`` (the decision that judges the point: a smoothed metric's prediction) agrees."""
     x = x.detach().requires_grad_(True)
     loss_sum, grad_sum, votes = None, None, None
     for _ in range(eot):
         loss, done = objective(x, rows)
         (grad,) = torch.autograd.grad(loss.sum(), x)
-        if eot == 1:
-            return loss.detach(), grad.detach(), done.detach()
         loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
         grad_sum = grad if grad_sum is None else grad_sum + grad
         votes = done.long() if votes is None else votes + done.long()
     assert loss_sum is not None and grad_sum is not None and votes is not None
-    return loss_sum / eot, grad_sum / eot, 2 * votes > eot
+    done = 2 * votes > eot
+    confirm = getattr(objective, "confirm", None)
+    if confirm is not None:
+        candidates = done.nonzero()[:, 0]
+        done = torch.zeros_like(done)
+        if candidates.numel():
+            with torch.no_grad():
+                done[candidates] = confirm(x.detach()[candidates], rows[candidates]).to(done.device)
+    return loss_sum / eot, grad_sum / eot, done
 
 
 def pgd(
@@ -148,24 +170,29 @@ def apgd(
     momentum: float = 0.75,
     generator: torch.Generator | RowNoise | None = None,
     eot: int = 1,
+    start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Auto-PGD (Croce & Hein 2020): step size 2 eps, momentum 0.75, and at each check of
     :func:`check_schedule` the step halves (and the iterate returns to the best point) for samples whose
     loss rose in at most ``rho`` of the window's steps, or that were not halved at the previous check
     and have not improved since. Samples stop as soon as their goal is reached; restarts begin anew from
     random points for the samples still standing; ``eot`` gradient draws per step (AutoAttack's rand version
-    uses 20). Returns (x_adv, broken)."""
+    uses 20). ``start``: the first restart's points (projected into the ball; e.g. another attack's best), instead of
+    random ones. Returns (x_adv, broken)."""
     generator = generator or torch.Generator().manual_seed(0)
     eps = eps.to(x.dtype)
     shape = (-1, *[1] * (x.dim() - 1))
     best = _Best.start(x)
     checks = check_schedule(steps)
-    for _ in range(restarts):
+    for restart in range(restarts):
         rows = (~best.broken).nonzero()[:, 0]
         if rows.numel() == 0:
             break
         x0, e = x[rows], eps[rows]
-        xk = random_start(x0, e, norm, rows_of(generator, rows))
+        if start is not None and restart == 0:
+            xk = project(start[rows].to(x.dtype), x0, e, norm)
+        else:
+            xk = random_start(x0, e, norm, rows_of(generator, rows))
         lk, gk, broken = _loss_grad(objective, xk, rows, eot)
         best.update(rows, xk, lk, broken)
         eta = 2 * e

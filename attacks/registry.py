@@ -16,6 +16,7 @@ from robustsim.attacks.geometry import Norm
 from robustsim.attacks.gradient import APGD, PGD
 
 from robustsim.errors import RobustsimError
+from robustsim.precision import Precision
 from robustsim.threat import ThreatModel
 
 STEP_SIZE = 2.5  # PGD steps of STEP_SIZE * eps / steps cover the ball's diameter with room to spare
@@ -135,11 +136,20 @@ def make_attack(
     restarts: int = 1,
     seed: int = 0,
     eot: int = 1,
+    precision: Precision = "fp32",
 ) -> Attack:
     """Build an attack by name (see :func:`list_attacks`) for ``threat``'s norm (a ThreatModel or "l2" / "linf");
     ``foolbox:L2CarliniWagnerAttack`` etc. also work. ``eot`` > 1: the gradient attacks average each step's
-    gradient over that many draws of a randomised metric (Expectation over Transformation)."""
-    norm = ThreatModel.of(threat).norm
+    gradient over that many draws of a randomised metric (Expectation over Transformation). ``precision``: the
+    steps' autocast (bf16 / fp16 steps are followed by a float32 finish: :meth:`Attack._finish`)."""
+    attack = _built(name, ThreatModel.of(threat).norm, steps, restarts, seed, eot)
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise RobustsimError(f"precision must be fp32, bf16 or fp16 (resolve auto first), got {precision!r}")
+    attack.precision = precision
+    return attack
+
+
+def _built(name: str, norm: Norm, steps: int, restarts: int, seed: int, eot: int) -> Attack:
     if name.startswith("foolbox:") and eot != 1:
         raise RobustsimError(f"{name} has no EoT (gradient draws per step); use pgd or apgd-ce with eot")
     if name.startswith("foolbox:"):

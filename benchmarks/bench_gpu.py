@@ -4,7 +4,11 @@ ratio to a pure forward+backward of the same network on the same images, and the
 to there. Random weights (the timing does not depend on them; nothing is downloaded). CUDA time with
 synchronisation, interleaved medians.
 
-Run: .venv/bin/python benchmarks/bench_gpu.py [--batch 32] [--repeats 20]   (exits with one line without a GPU)
+Then whole audits on mini (effnet-lite0, lipsim-nano, dinov2-s14; APGD-CE, l2 0.5 and 1) at fp32 and with bf16 steps
+plus the float32 finish, side by side: time, robust accuracy, the batch --batch-size auto grew to.
+
+Run: .venv/bin/python benchmarks/bench_gpu.py [--batch 32] [--repeats 20] [--limit 600] [--steps 20]
+     (exits with one line without a GPU)
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--limit", type=int, default=600, help="mini:test triplets of the audits")
+    ap.add_argument("--steps", type=int, default=20, help="APGD steps of the audits")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("bench_gpu: skipped, no CUDA device here (run it on a machine with one)")
@@ -90,6 +96,33 @@ def main() -> None:
         attack_step(d)
         size = grown_size(args.batch, probe.peak_added(), probe.available(), HEADROOM)
         print(f"--batch-size auto, {'bf16' if d else 'fp32'} attack steps: {size} per batch (measured on {args.batch})")
+    audits(args.limit, args.steps)
+
+
+def audits(limit: int, steps: int) -> None:
+    """Whole audits on mini (the offline metrics, APGD-CE, l2 0.5 and 1), fp32 against bf16 steps with the float32
+    finish, side by side: wall time, robust accuracy and the batch --batch-size auto grew to."""
+    from robustsim.audit import run_audit
+    from robustsim.data import open_triplets
+    from robustsim.limits import AutoBatch
+    from robustsim.threat import ThreatModel
+    from robustsim.zoo import load_metric
+
+    threat, data = ThreatModel("l2", "ref", (0.5, 1.0)), open_triplets("mini:test", limit=limit)
+    print(f"audits of {limit} mini:test triplets, APGD-CE {steps} steps, l2 0.5 / 1:")
+    for name in ("effnet-lite0", "lipsim-nano", "dinov2-s14"):
+        metric = load_metric(name, device="cuda")
+        for precision in ("fp32", "bf16"):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            report = run_audit(metric, data, threat, ["apgd-ce"], steps=steps, batch_size=AutoBatch(32),
+                               device="cuda", precision=precision, progress=False)  # fmt: skip
+            torch.cuda.synchronize()
+            secs = time.perf_counter() - t0
+            assert report is not None
+            fitted = report.runtime.get("batch_size_fitted") or {}
+            robust = " / ".join(f"{100 * r:.1f}" for r in report.robust)
+            print(f"  {name:>12} {precision}: {secs:6.1f} s, robust {robust}, batches grown to {fitted or 'as given'}")
 
 
 if __name__ == "__main__":

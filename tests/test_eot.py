@@ -30,8 +30,9 @@ def setting():
 
 def test_eot_finds_breaks_of_a_smoothed_metric_that_the_plain_attack_misses(setting):
     """The same APGD, 10 steps: one noise draw per step (what a plain attack sees of a randomised metric) against
-    the mean gradient of 8 draws. Both are judged by the smoothed prediction. (Seeds 0-2 here: EoT breaks 5-8 more
-    over the three radii, and at each radius at least as many.)"""
+    the mean gradient of 8 draws. Both are judged by the smoothed prediction, and both keep attacking a triplet until
+    that prediction is wrong (a noisy draw that flips does not stop them), which made the plain attack much
+    stronger; EoT still breaks at least as many at each radius and more in all."""
     _, data, smooth = setting
     threat = ThreatModel("l2", "ref", (0.25, 0.5, 0.75))
     plain = run_audit(smooth, data, threat, ["apgd-ce"], steps=10, eot=1, progress=False)
@@ -42,7 +43,7 @@ def test_eot_finds_breaks_of_a_smoothed_metric_that_the_plain_attack_misses(sett
     broken_plain = [round((plain.clean - r) * n) for r in plain.robust]
     broken_eot = [round((eot.clean - r) * n) for r in eot.robust]
     assert all(e >= p for e, p in zip(broken_eot, broken_plain, strict=True)), (broken_plain, broken_eot)
-    assert sum(broken_eot) >= sum(broken_plain) + 4, (broken_plain, broken_eot)
+    assert sum(broken_eot) > sum(broken_plain), (broken_plain, broken_eot)
     assert eot.settings["eot"] == 8 and eot.settings["smoothing"]["sigma"] == SIGMA
     assert eot.certified is None and "smoothed" in eot.metric
 
@@ -118,3 +119,55 @@ def test_audit_attacks_a_smoothed_metric_from_the_command_line(tmp_path, capsys)
     assert "square has no EoT" in capsys.readouterr().err
     assert run_cli([*args, "--target", "x0"]) == 2
     assert "smooths the reference image" in capsys.readouterr().err
+
+
+def test_eot_keeps_attacking_until_the_decision_that_judges_the_point_is_wrong():
+    """Issue 41 item 2: EoT `pgd` dropped a triplet once most of its draws flipped; the smoothed re-check then
+    rejected that point and the triplet counted robust. A randomised objective whose draws say done at a score of 1
+    while the judging decision (its ``confirm``) needs 3: every point reported broken passes the judge, and the
+    attack reaches it."""
+    from robustsim.attacks.pgd import pgd
+
+    w = torch.randn(6, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(6, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    noise = torch.Generator().manual_seed(3)
+
+    def score(xa, rows):
+        return (xa * w[rows]).flatten(1).sum(1) - (x[rows] * w[rows]).flatten(1).sum(1)
+
+    def objective(xa, rows):
+        s = score(xa, rows) + 0.1 * torch.randn(len(rows), generator=noise)
+        return s, s > 1
+
+    objective.confirm = lambda xa, rows: score(xa, rows) > 3
+    eps = torch.full((6,), 2.0)
+    adv, broken = pgd(objective, x, eps, "l2", steps=40, eot=4, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        judged = score(adv, torch.arange(6)) > 3
+    assert broken.sum() >= 3 and (judged[broken]).all()
+
+
+@pytest.mark.portable
+def test_bf16_steps_with_the_float32_finish_match_float32(monkeypatch):
+    """Issue 41 item 1: bf16 steps alone left more triplets standing than float32 (lipsim-nano 52 vs 48 of 100 at l2
+    0.5). With half the steps in bf16 and the other half a float32 APGD from the best bf16 point for every triplet
+    still standing, the mean robust count over seeds matches float32's within one triplet per 48, and every break
+    is a float32 one."""
+    import statistics
+
+    from robustsim.attacks import make_attack
+
+    import robustsim
+    from robustsim.data import open_triplets
+    from robustsim.threat import ThreatModel
+
+    metric, data = robustsim.load_metric("lipsim-nano"), open_triplets("mini:test", limit=48)
+    threat = ThreatModel("l2", "ref", (0.5,))
+    count = {"fp32": [], "bf16": []}
+    for seed in (0, 1, 2):
+        for precision in count:
+            res = make_attack("apgd-ce", threat, steps=10, seed=seed, precision=precision)(
+                metric, data, threat, progress=False
+            )
+            count[precision].append(int(res.robust[0].sum()))
+    assert abs(statistics.mean(count["bf16"]) - statistics.mean(count["fp32"])) <= 1, count

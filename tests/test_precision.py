@@ -26,8 +26,7 @@ def setting():
 
 def test_a_bf16_attack_reports_only_breaks_that_float32_confirms(setting):
     metric, data = setting
-    att = make_attack("apgd-ce", THREAT, steps=10)
-    att.precision = "bf16"
+    att = make_attack("apgd-ce", THREAT, steps=10, precision="bf16")
     res = att(metric, data, THREAT, progress=False, n_examples=len(data))
     assert res is not None
     ref, x0, x1, adv = (res.examples[k] for k in ("ref", "x0", "x1", "adv"))
