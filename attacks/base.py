@@ -28,7 +28,7 @@ from robustsim.metrics.base import Metric
 from robustsim.precision import Precision, autocast
 from robustsim.resume import BatchStore
 from robustsim.runner import run_batches
-from robustsim.threat import ThreatModel
+from robustsim.threat import ThreatModel, format_eps
 
 
 @dataclass
@@ -142,8 +142,7 @@ class Attack:
         eps, target = list(threat.eps), threat.target
         smoothed = metric if isinstance(metric, SmoothedMetric) else None
         if smoothed is not None:
-            if target != "ref":
-                raise InputError("a smoothed metric smooths the reference image; attack it with target 'ref'")
+            threat.require_reference("an attack on a smoothed metric")
             metric = smoothed.metric
         metric = metric.to(device).eval()
         env = env or init_distributed(torch.device(device))
@@ -300,7 +299,7 @@ class Attack:
             rows = run_batches(
                 share.select(alive.tolist()),
                 kept([i], False),
-                desc=f"{self.name} {self.norm} eps {eps[i]:.4g}",
+                desc=f"{self.name} {self.norm} eps {format_eps(eps[i])}",
                 work=self.work(),
                 **opts,
             )

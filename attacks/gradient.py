@@ -7,6 +7,7 @@ from robustsim.attacks.base import Attack
 from robustsim.attacks.geometry import Norm
 from robustsim.attacks.pgd import apgd, classifier_objective, pgd
 
+from robustsim.defaults import STEP_SIZE
 from robustsim.errors import InputError
 from robustsim.limits import MAX_EOT
 
@@ -29,7 +30,7 @@ class PGD(Attack):
         steps: int = 50,
         restarts: int = 1,
         seed: int = 0,
-        step_size: float = 2.5,
+        step_size: float = STEP_SIZE,
         schedule: str = "constant",
         loss: str = "margin",
         eot: int = 1,

@@ -18,6 +18,8 @@ from robustsim.attacks.geometry import Norm, RowNoise, ascent_direction, project
 from robustsim.attacks.losses import LOSSES
 from robustsim.attacks.twoafc import margin
 
+from robustsim.defaults import STEP_SIZE
+
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Objective = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -110,7 +112,7 @@ def pgd(
     norm: Norm,
     steps: int = 50,
     restarts: int = 1,
-    step_size: float = 2.5,
+    step_size: float = STEP_SIZE,
     schedule: str = "constant",
     random_init: bool = True,
     generator: torch.Generator | RowNoise | None = None,

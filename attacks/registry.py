@@ -15,11 +15,11 @@ from robustsim.attacks.base import Attack
 from robustsim.attacks.geometry import Norm
 from robustsim.attacks.gradient import APGD, PGD
 
+from robustsim.defaults import STEP_SIZE
 from robustsim.errors import RobustsimError
 from robustsim.precision import Precision
 from robustsim.threat import ThreatModel
 
-STEP_SIZE = 2.5  # PGD steps of STEP_SIZE * eps / steps cover the ball's diameter with room to spare
 SETTINGS = ("steps", "restarts", "seed")
 EOT = (*SETTINGS, "eot")  # the attacks that average their gradient over the metric's randomness
 

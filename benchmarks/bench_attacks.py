@@ -3,7 +3,7 @@ APGD (when installed) vs foolbox L2PGD, on the same metric, triplets, epsilons a
 
 Robust 2AFC accuracy is printed per side (deterministic for the seed); cost is process CPU time with
 one torch thread, the sides interleaved and repeated, as the median ratio to ours with its spread.
-Targets (issue 17): our APGD-CE robust accuracy <= pyautoattack APGD-CE's + 1 triplet, at <= 0.5x its
+Targets: our APGD-CE robust accuracy <= pyautoattack APGD-CE's + 1 triplet, at <= 0.5x its
 CPU time.
 Run: .venv/bin/python benchmarks/bench_attacks.py [--metric effnet-lite0] [--n 128] [--steps 20] [--repeats 9]
 """

@@ -7,7 +7,7 @@ Two baselines, because "one process" means two things on a 2-core machine:
 - one process with robustsim's default threads (both cores here): what a user gets without torchrun.
 Two processes can beat the second only by what intra-op threading loses, so this prints that too.
 
-Target (issue 16): >= 1.6x throughput with 2 processes on 2 cores.
+Target: >= 1.6x throughput with 2 processes on 2 cores.
 Run: .venv/bin/python benchmarks/bench_bench.py [--metrics lipsim-nano,effnet-lite0] [--limit 100] [--repeats 2]
 """
 

@@ -1,4 +1,4 @@
-"""Certification cost (issue 31 item 5): certifying 2AFC triplets of a shipped metric, as a ratio to one plain forward
+"""Certification cost: certifying 2AFC triplets of a shipped metric, as a ratio to one plain forward
 pass of the same images (ref, x0, x1) in the same batches: the least a certificate can cost. Two sides of the
 certificate: in the metric's own dtype only (one forward with the rounding hooks), and with the float64 refinement
 of the triplets that bound leaves open (certify_2afc's default). One torch thread, process CPU time, interleaved.

@@ -1,4 +1,4 @@
-"""The demo's time (issue 30 item 6): `robustsim demo` (what `make demo` runs) in a fresh folder, as a newcomer
+"""The demo's time: `robustsim demo` (what `make demo` runs) in a fresh folder, as a newcomer
 runs it, with the wall time, CPU time and the time until the first result row appeared.
 
 Target: the default demo ends within 5 minutes on an idle 2-core machine (`robustsim demo --full` takes longer).

@@ -1,4 +1,4 @@
-"""Deployment dtype (issue 39 item 3): the shipped certified metrics deployed in float64 against float32, side by
+"""Deployment dtype: the shipped certified metrics deployed in float64 against float32, side by
 side: the time per image of one forward pass (the cost of a decision), and certified accuracy at 36/72/108 /255 on
 mini:test in each dtype (what the cost buys). One torch thread, process CPU time, interleaved.
 

@@ -1,4 +1,4 @@
-"""An audit step on a GPU (issue 30 item 8): one APGD step (the 2AFC classifier's forward and backward through the
+"""An audit step on a GPU: one APGD step (the 2AFC classifier's forward and backward through the
 metric, as `audit` runs it) of a 224 px ViT-B/16 embedding metric at float32 and under bf16 autocast, each as a
 ratio to a pure forward+backward of the same network on the same images, and the batch `--batch-size auto` grows
 to there. Random weights (the timing does not depend on them; nothing is downloaded). CUDA time with

@@ -2,7 +2,7 @@
 from each kind (AOL, CPL, AOC) vs the same student built from SLL layers, same width and input. Interleaved,
 one torch thread, process CPU time, median ratio with its spread.
 
-Target (issue 19): every kind's training step <= 1.5x SLL's.
+Target: every kind's training step <= 1.5x SLL's.
 Run: .venv/bin/python benchmarks/bench_layers.py [--batch 64] [--size 64] [--repeats 9]
 """
 

@@ -1,4 +1,4 @@
-"""Kernel time of robustsim's commands (issue 30 item 1): system vs user CPU time and minor page faults of
+"""Kernel time of robustsim's commands: system vs user CPU time and minor page faults of
 ``score``, ``audit`` and ``bench`` as users run them, with robustsim's allocator settings (robustsim/memory.py)
 and with the C library's defaults (``ROBUSTSIM_MALLOC=default``), each command a fresh process, the two sides
 interleaved, one thread.

@@ -1,4 +1,4 @@
-"""bf16 attack steps with the float32 finish against float32 steps (issue 41 item 1), on this machine's CPU: the same
+"""bf16 attack steps with the float32 finish against float32 steps, on this machine's CPU: the same
 audit (APGD-CE, l2 0.5 and 1, reference moving) with the steps under bf16 autocast (then a float32 APGD from the best
 bf16 point for every triplet left standing) and in float32, over several seeds: robust accuracy of each (the mean
 over seeds must agree within 1 triplet per 100), the claimed breaks the float32 re-check rejected (none may count),

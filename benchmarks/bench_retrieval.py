@@ -1,4 +1,4 @@
-"""Retrieval at scale (issue 17): an attack step with a pixel metric on a 2000-item gallery, the l2
+"""Retrieval at scale: an attack step with a pixel metric on a 2000-item gallery, the l2
 gallery with cached norms (one addmm) vs the pairwise cdist it replaced; and the memory of labels and
 ROC-AUC state for a fully annotated 4000 x 8000 set, sparse and streaming vs dense.
 

@@ -1,4 +1,4 @@
-"""Repeated work across cells (issue 30 item 4): the quick bench with the clean images embedded once per metric
+"""Repeated work across cells: the quick bench with the clean images embedded once per metric
 and shared by every attack and threat model (robustsim's default), against embedding them again for each (the
 behaviour before), side by side in one process, one thread, interleaved: CPU time of the robust cells of each
 side and whether the two leaderboards are the same numbers.

@@ -2,8 +2,8 @@
 attack step; eval with the cached folded kernel vs two plain convolutions; certification vs one
 forward pass. Ratios from interleaved runs, one torch thread, process CPU time.
 
-Targets: conv train step <= 0.9x the reference's (issue 17); eval cached <= 1.1x the plain pair and
-certification <= 1.05x one forward pass (issue 4).
+Targets: conv train step <= 0.9x the reference's; eval cached <= 1.1x the plain pair and
+certification <= 1.05x one forward pass.
 Run: .venv/bin/python benchmarks/bench_sll.py --sll-repo PATH  (PATH: a checkout of
 araujoalexandre/Lipschitz-SLL-Networks; without it the reference comparison is skipped)
 """

@@ -1,4 +1,4 @@
-"""Randomized smoothing cost (issue 14): certifying one triplet with n noise samples, as a ratio to n
+"""Randomized smoothing cost: certifying one triplet with n noise samples, as a ratio to n
 plain forward passes of the base metric's embedding (the least the certificate can cost) in batches of
 the same size. One torch thread, process CPU time, interleaved repeats.
 

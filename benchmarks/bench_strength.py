@@ -1,4 +1,4 @@
-"""Attack strength against the reference (issue 41 item 3), wide: robustsim's APGD-CE against pyautoattack's
+"""Attack strength against the reference, wide: robustsim's APGD-CE against pyautoattack's
 APGDAttack on the same 2-logit model (robustsim.attacks.reference), equal iterations, one restart, per triplet, over
 seeds: robust counts of each, their spread over seeds (what one run's robust accuracy carries), the triplets on which
 the two disagree, and the CPU time ratio.

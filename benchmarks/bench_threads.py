@@ -1,4 +1,4 @@
-"""Default thread choice vs one thread, on an idle machine and beside a CPU hog (issue 20).
+"""Default thread choice vs one thread, on an idle machine and beside a CPU hog.
 
 Each workload runs in this process with torch's threads set the way the CLI sets them: the default
 (``robustsim.threads.default_threads``: usable CPUs less those busy elsewhere) or exactly 1; torch's

@@ -17,7 +17,6 @@ from robustsim.certify.radius import (
     certified_radius,
     embedding_distance_bound,
     radius_from_embeddings,
-    require_lipschitz,
 )
 from robustsim.certify.retrieval import retrieval_radii, top_k_radii
 from robustsim.certify.rounding import Rounding, embed_with_error, float64_copy, unit_roundoff
@@ -48,7 +47,6 @@ __all__ = [
     "network_lipschitz",
     "preprocess_lipschitz",
     "radius_from_embeddings",
-    "require_lipschitz",
     "retrieval_radii",
     "top_k_radii",
 ]

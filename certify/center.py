@@ -34,6 +34,7 @@ from robustsim.certify.smoothing import check_count, check_smoothing, stream_see
 from scipy.stats import norm
 
 from robustsim.data.triplets import TripletDataset
+from robustsim.defaults import ALPHA, CENTER_CANDIDATES, CENTER_N, CENTER_N_CENTER
 from robustsim.dist import DistEnv
 from robustsim.errors import InputError
 from robustsim.metrics.base import EmbeddingMetric, Metric
@@ -73,10 +74,10 @@ class CenterSmoothing:
         self,
         metric: Metric,
         sigma: float,
-        n: int = 1000,
-        n_center: int = 2000,
-        candidates: int = 16,
-        alpha: float = 0.001,
+        n: int = CENTER_N,
+        n_center: int = CENTER_N_CENTER,
+        candidates: int = CENTER_CANDIDATES,
+        alpha: float = ALPHA,
         delta: float = 0.1,
         batch: int = 256,
         seed: int = 0,
@@ -153,11 +154,12 @@ class CenterSmoothing:
         ]
         return torch.stack([c for c, _ in got]), torch.tensor([ok for _, ok in got])
 
-    def certify(self, x: torch.Tensor, eps: Sequence[float], ids=None) -> dict[str, torch.Tensor]:
-        """For each image: ``bound`` (B, len(eps)) float64, the certified bound in the metric's units on the move
-        of the smoothed output (inf where ``eps`` needs more draws, nan on abstention); ``angle`` the same bound
-        on d_out; ``abstain`` (B,) bool; for distance outputs, ``center`` (B,) the smoothed distance of x to
-        itself."""
+    def certify(self, x: torch.Tensor, eps: float | Sequence[float], ids=None) -> dict[str, torch.Tensor]:
+        """For each image and each l2 radius of ``eps`` (one radius or a list, in increasing order): ``bound`` (B,
+        len(eps)) float64, the certified bound in the metric's units on the move of the smoothed output (inf where
+        a radius needs more draws, nan on abstention); ``angle`` the same bound on d_out; ``abstain`` (B,) bool;
+        for distance outputs, ``center`` (B,) the smoothed distance of x to itself."""
+        eps = list(ThreatModel.of("l2", eps).eps)  # a radius or a list, checked (one line otherwise)
         ids = torch.arange(x.shape[0]) if ids is None else torch.as_tensor(ids).reshape(-1)
         levels = [quantile_level(e, self.sigma, self.delta, self.n, self.alpha / 2) for e in eps]
         bound = torch.full((x.shape[0], len(eps)), math.nan, dtype=torch.float64)
@@ -303,16 +305,25 @@ class CenterResult:
         return f"CenterResult({self.metric} on {self.data}, n={len(self.abstain)}: median bound {at})"
 
 
+def center_threat(threat: ThreatModel | Iterable[float]) -> ThreatModel:
+    """``threat`` as center smoothing certifies it (InputError otherwise): l2 balls around the reference image."""
+    threat = ThreatModel.of(threat)
+    if threat.norm != "l2":
+        raise InputError("center smoothing certifies l2 balls; use norm l2 (--norm l2)")
+    threat.require_reference("center smoothing")
+    return threat
+
+
 @torch.no_grad()
 def certify_center(
     metric: Metric,
     data: TripletDataset,
     threat: ThreatModel | Iterable[float],
     sigma: float,
-    n: int = 1000,
-    n_center: int = 2000,
-    candidates: int = 16,
-    alpha: float = 0.001,
+    n: int = CENTER_N,
+    n_center: int = CENTER_N_CENTER,
+    candidates: int = CENTER_CANDIDATES,
+    alpha: float = ALPHA,
     delta: float = 0.1,
     batch_size: int = 8,
     noise_batch: int = 256,
@@ -324,9 +335,7 @@ def certify_center(
 ) -> CenterResult | None:
     """Center-smoothing bounds (:class:`CenterSmoothing`) for the reference image of every triplet at every l2
     radius of ``threat``. Sharded under torchrun (rank 0 gets the result, others None)."""
-    threat = ThreatModel.of(threat)
-    if threat.norm != "l2":
-        raise InputError("center smoothing certifies l2 balls; use --norm l2")
+    threat = center_threat(threat)
     metric = metric.to(device).eval()
     smooth = CenterSmoothing(metric, sigma, n, n_center, candidates, alpha, delta, noise_batch, seed)
 

@@ -13,11 +13,12 @@ from robustsim.certify.radius import Mode, certify_embeddings, radius_from_embed
 from robustsim.certify.rounding import Rounding, embed_with_error, float64_copy, unit_roundoff
 
 from robustsim.data.triplets import TripletDataset
+from robustsim.defaults import ALPHA, SMOOTHING_N
 from robustsim.dist import DistEnv, gather_objects, init_distributed
 from robustsim.metrics.base import EmbeddingMetric, Metric, evaluating
 from robustsim.runner import run_batches
 from robustsim.scoring import choice_score, two_afc_choice
-from robustsim.table import format_table, pct
+from robustsim.table import format_table, pct, percent
 from robustsim.text import md_code
 from robustsim.threads import runtime_info
 from robustsim.threat import Target, ThreatModel
@@ -79,7 +80,11 @@ class CertifyResult:
         """One row per radius, accuracies in % (as the CLI prints them; the attributes and
         :meth:`certified_at` are fractions): ``eps`` (its label), ``clean``, ``certified``."""
         return [
-            {"eps": self.threat.label(e), "clean": 100 * self.clean_score, "certified": 100 * self.certified_at(e)}
+            {
+                "eps": self.threat.label(e),
+                "clean": percent(self.clean_score),
+                "certified": percent(self.certified_at(e)),
+            }
             for e in self.eps
         ]
 
@@ -217,12 +222,15 @@ def certify_2afc(
     workers: int | None = None,
     progress: bool = True,
     env: DistEnv | None = None,
+    refine: bool = True,
 ) -> CertifyResult | None:
     """Certify every triplet of ``data`` in the caller's pixels (images as loaded; the metric's resize and
     normalisation are part of the constant) against ``threat``'s target moving (a list of radii: l2, the
     reference), for the decision the metric computes in its own dtype. One forward pass of the metric per image
-    (a float64 pass only for the triplets its rounding bound leaves open); no attack needed. Under torchrun
-    ranks share the triplets and rank 0 gets the whole result (other ranks None)."""
+    (a float64 pass only for the triplets its rounding bound leaves open; ``refine=False`` skips it: radii as
+    sound, up to the dtype's rounding bound smaller, at a float32 pass's cost, as training's per-epoch checks use);
+    no attack needed. Under torchrun ranks share the triplets and rank 0 gets the whole result (other ranks
+    None)."""
     threat = ThreatModel.of(threat)
     metric = metric.to(device)
     _, source = network_lipschitz(metric)  # refuses metrics without a bound before any work
@@ -238,14 +246,14 @@ def certify_2afc(
             twin.append(float64_copy(metric))
         return twin[0]
 
-    refine = exact if metric.dtype != torch.float64 else None  # a float64 metric's own estimates are that
+    refine_with = exact if refine and metric.dtype != torch.float64 else None  # float64 estimates are that
 
     def step(batch: dict, tick) -> dict[str, torch.Tensor]:
         hw = (int(batch["ref"].shape[-2]), int(batch["ref"].shape[-1]))
         if hw not in by_size:
             by_size[hw] = input_lipschitz(metric, hw)[0]
         radius, choice, L, assumed = lipschitz_batch(
-            metric, batch["ref"], batch["x0"], batch["x1"], threat.target, mode, by_size[hw], exact=refine
+            metric, batch["ref"], batch["x0"], batch["x1"], threat.target, mode, by_size[hw], exact=refine_with
         )
         constants.add(round(float(L), 12))
         generic.update(assumed)
@@ -295,9 +303,9 @@ def certify_smoothed(
     data: TripletDataset,
     threat: ThreatModel | Iterable[float],
     sigma: float,
-    n: int = 512,
+    n: int = SMOOTHING_N,
     n0: int = 0,
-    alpha: float = 0.001,
+    alpha: float = ALPHA,
     batch_size: int = 8,
     noise_batch: int = 256,
     seed: int = 0,
@@ -313,10 +321,7 @@ def certify_smoothed(
     from robustsim.certify.smoothing import ABSTAIN, SmoothedMetric
 
     threat = ThreatModel.of(threat)
-    if threat.target != "ref":
-        from robustsim.errors import InputError
-
-        raise InputError("smoothing certifies the reference image only; use target 'ref'")
+    threat.require_reference("smoothing")
     metric = metric.to(device).eval()
     smooth = SmoothedMetric(metric, sigma, n=n, n0=n0, alpha=alpha, batch=noise_batch, seed=seed)
 

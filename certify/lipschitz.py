@@ -72,9 +72,23 @@ def has_certificate(metric: Metric) -> bool:
 
 def _no_certificate(metric: Metric, why: str) -> RobustsimError:
     return RobustsimError(
-        f"metric {metric.name!r} {why}, so no Lipschitz certificate exists; "
-        f"use `robustsim certify --method smoothing` or `robustsim audit --metric {metric.name}`"
+        f"metric {metric.name!r} {why}, so no Lipschitz certificate exists; certify its smoothed version instead "
+        "(robustsim.certify.certify_smoothed, or certify --method smoothing) or attack it (robustsim.audit.run_audit, "
+        "or robustsim audit)"
     )
+
+
+def blocking_module(net: nn.Module) -> str | None:
+    """``net.<path> (Type)`` of the first module (in forward order) with no Lipschitz guarantee, None when none
+    blocks alone (the failure then lies in how modules compose)."""
+    for name, module in net.named_modules():
+        if type(module) is nn.Sequential:
+            continue
+        try:
+            lipschitz_bound(module)
+        except RobustsimError:
+            return f"net.{name} ({type(module).__name__})" if name else f"net ({type(module).__name__})"
+    return None
 
 
 def network_lipschitz(metric: Metric) -> tuple[float, str]:
@@ -106,7 +120,8 @@ def network_lipschitz(metric: Metric) -> tuple[float, str]:
     except RobustsimError as err:
         reason, declared = str(err), getattr(metric, "lipschitz", None)
     if declared is None:
-        raise _no_certificate(metric, f"has no Lipschitz guarantee ({reason})")
+        where = blocking_module(metric.net)
+        raise _no_certificate(metric, f"has no Lipschitz guarantee ({where + ': ' if where else ''}{reason})")
     if not declared > 0:
         raise RobustsimError(f"metric {metric.name!r} declares Lipschitz constant {declared}; it must be > 0")
     return float(declared), "declared"

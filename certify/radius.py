@@ -46,12 +46,6 @@ MODES: tuple[str, ...] = ("sound", "lipsim")
 ANGLE_EPS = 1e-12  # float64 error of an angle computed as 2 asin(||phi(a) - phi(b)|| / 2)
 
 
-def require_lipschitz(metric: Metric) -> float:
-    """The network's guaranteed Lipschitz constant (from its structure, or declared); refuse metrics
-    without one."""
-    return network_lipschitz(metric)[0]
-
-
 def _as_batch(v: torch.Tensor | float, n: int, device) -> torch.Tensor:
     return torch.as_tensor(v, dtype=torch.float64, device=device).expand(n).clone()
 

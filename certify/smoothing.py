@@ -26,6 +26,7 @@ import torch
 from scipy.stats import beta, binomtest, norm
 
 from robustsim.checks import metric_arg
+from robustsim.defaults import ALPHA, SMOOTHING_N
 from robustsim.errors import InputError
 from robustsim.limits import MAX_SIGMA
 from robustsim.metrics.base import EmbeddingMetric, Metric
@@ -76,9 +77,9 @@ class SmoothedMetric:
         self,
         metric: Metric,
         sigma: float,
-        n: int = 512,
+        n: int = SMOOTHING_N,
         n0: int = 0,
-        alpha: float = 0.001,
+        alpha: float = ALPHA,
         batch: int = 256,
         seed: int = 0,
     ) -> None:

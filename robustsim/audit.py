@@ -20,9 +20,10 @@ from robustsim.certify.smoothing import SmoothedMetric
 from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv, init_distributed
 from robustsim.errors import RobustsimError
+from robustsim.evaluate import evaluate_2afc
 from robustsim.metrics.base import Metric, evaluating
 from robustsim.precision import resolve_precision
-from robustsim.table import format_table, pct
+from robustsim.table import format_table, pct, percent
 from robustsim.text import md_code
 from robustsim.threads import runtime_info
 from robustsim.threat import ThreatModel
@@ -72,6 +73,7 @@ class AuditReport:
     versions: dict = field(default_factory=package_versions)
     runtime: dict = field(default_factory=dict)
     examples: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    score: float | None = None  # the 2AFC score of `robustsim score` on the same triplets (None: smoothed)
 
     @property
     def eps(self) -> list[float]:
@@ -89,6 +91,7 @@ class AuditReport:
             "eps": self.eps,
             "n": self.n,
             "skipped_ties": self.skipped_ties,
+            "score": self.score,
             "clean": self.clean,
             "robust": self.robust,
             "certified": self.certified,
@@ -107,9 +110,9 @@ class AuditReport:
         return [
             {
                 "eps": self.threat.label(e),
-                "clean": 100 * self.clean,
-                "robust": 100 * r,
-                "certified": None if c is None else 100 * c,
+                "clean": percent(self.clean),
+                "robust": percent(r),
+                "certified": None if c is None else percent(c),
             }
             for e, r, c in zip(self.eps, self.robust, cert, strict=True)
         ]
@@ -134,6 +137,11 @@ class AuditReport:
         headers = [f"eps ({self.threat.norm})", "clean", "robust", "certified", *names]
         times = ", ".join(f"{a} {self.attacks[a].seconds:.1f}s" for a in names)
         footer = f"(2AFC accuracy %, n={self.n}, skipped ties={self.skipped_ties}; {times})"
+        if self.score is not None:
+            footer += (
+                f"\n(accuracy: the decision right on the majority label, p = 0.5 skipped, an exact tie d0 = d1 wrong; "
+                f"`robustsim score` weights soft labels and counts a tie 1/2: {pct(self.score)} on these triplets)"
+            )
         seed = self.settings.get("seed")
         footer += (
             f"\n(one run at seed {seed}: another seed's random starts can tip a few borderline triplets, about 2 in "
@@ -165,8 +173,9 @@ class AuditReport:
         out = {"robust.png": accuracy_figure(curves, norm, f"{self.metric} on {self.data}")}
         ex = self.examples
         if ex.get("ref") is not None and len(ex["ref"]):
-            info = {k: ex[k] for k in ("index", "d0", "d1", "adv_d0", "adv_d1", "norm", "flipped") if k in ex}
-            full = len(info) == 7
+            needed = ("index", "d0", "d1", "adv_d0", "adv_d1", "norm", "flipped")
+            info = {k: ex[k] for k in (*needed, "p") if k in ex}
+            full = all(k in info for k in needed)
             out["examples.png"] = example_grid(
                 ex["ref"], ex["adv"], ex["x0"], ex["x1"], self.threat, info if full else None
             )
@@ -267,6 +276,7 @@ def run_audit(
     if store is not None and store.restored:
         print(f"audit: {store.restored} of {store.total} batches restored from an interrupted run", file=sys.stderr)
     cert = None if smoothed is not None else certified_per_triplet(base, data, threat, batch_size, device, env)
+    scored = None if smoothed is not None else evaluate_2afc(base, data, batch_size, device, progress=False, env=env)
     if not env.main:
         return None
     done = [r for r in results if r is not None]
@@ -276,6 +286,7 @@ def run_audit(
     if cert is not None:  # exact-arithmetic correctness can differ from the float32 decision at a near-tie
         cert &= first.clean[None, :]
     acc = lambda t: float(t[keep].double().mean()) if keep.any() else math.nan  # noqa: E731
+    shown = picked_examples(built[0], metric, data, threat, worst, first, device)
     settings = {"steps": steps, "restarts": restarts, "seed": seed, "batch_size": batch_size, "eot": eot}
     settings["precision"] = steps_in
     if smoothed is not None:
@@ -306,23 +317,45 @@ def run_audit(
         },
         seconds=time.perf_counter() - t0,
         runtime=runtime_info(device),
-        examples=example_info(base, _examples(done), threat, device),
+        examples=example_info(base, shown, threat, device),
+        score=None if scored is None else scored.score,
     )
     check_laws(report)
     return report
 
 
-def _examples(results: list[AttackResult]) -> dict[str, torch.Tensor]:
-    """The first attack's examples, each epsilon's image replaced by the first attack that broke it."""
-    examples = {k: v.clone() for k, v in results[0].examples.items()}
-    if "adv" in examples:
-        k = examples["adv"].shape[1]
-        done = ~results[0].robust[:, :k]
-        for r in results[1:]:
-            use = ~r.robust[:, :k] & ~done
-            examples["adv"][use] = r.examples["adv"][use]
-            done |= use
-    return examples
+N_EXAMPLES = 4  # triplets shown in examples.png
+
+
+def picked_examples(
+    attack, metric, data: TripletDataset, threat: ThreatModel, worst: torch.Tensor, first: AttackResult, device
+) -> dict[str, torch.Tensor]:
+    """The triplets examples.png shows and their points: the ones the attacks flipped first (at the smallest radius
+    first), then rightly decided ones, then the rest; each radius's image is the first attack run at that radius
+    alone on them (one image per radius, never a copy of a smaller radius's break)."""
+    from robustsim.dist import local_env
+
+    order = sorted(
+        range(len(data)),
+        key=lambda i: (
+            not bool(first.clean[i]),
+            next((k for k in range(len(threat.eps)) if first.clean[i] and not worst[k, i]), len(threat.eps)),
+            i,
+        ),
+    )
+    picked = data.select(order[:N_EXAMPLES])
+    if not len(picked):
+        return {}
+    points = []
+    for e in threat.eps:
+        one = ThreatModel(threat.norm, threat.target, (e,))
+        res = attack(metric, picked, one, device=device, progress=False, n_examples=len(picked), env=local_env(device))
+        points.append(res.examples["adv"][0])
+    out = {k: v for k, v in res.examples.items() if k != "adv"}
+    out["adv"] = torch.stack(points)
+    out["index"] = torch.tensor([int(picked[i]["index"]) for i in range(len(picked))])
+    out["p"] = torch.stack([picked[i]["p"].float() for i in range(len(picked))])
+    return out
 
 
 @torch.no_grad()

@@ -59,3 +59,26 @@ def probability_arg(value: object, what: str = "p") -> torch.Tensor:
         bad = next(float(v) for v in t if not 0 <= float(v) <= 1)
         raise InputError(f"{what} holds {bad:g}; it is the fraction of people preferring x1, in [0, 1]")
     return t
+
+
+DEVICES = "cpu, cuda, cuda:N or auto"
+
+
+def device_arg(value: object) -> torch.device:
+    """A usable torch.device from ``cpu``, ``cuda``, ``cuda:N``, ``auto`` (a GPU when there is one) or a
+    torch.device: the one device rule of the library and the CLI (``--device``)."""
+    if value == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(value, (str, torch.device)):
+        raise InputError(f"device must be one of {DEVICES} (or a torch.device), got {value!r}")
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise InputError(f"{str(value)!r} is not a device; use {DEVICES}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device {str(value)!r} is not supported; use {DEVICES}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("CUDA is not available on this machine; use device cpu")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise InputError(f"{str(value)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev

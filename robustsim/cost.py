@@ -1,8 +1,11 @@
 """What a run will cost, said before it starts (``audit``, ``certify``, ``bench``; ``--dry-run`` stops there).
 
-One calibration batch of the run's own data is timed on the run's device: a forward of the 2AFC classifier and a
-forward+backward (attacks), or a forward of a batch of noisy images (smoothing). The run's passes are counted from
-its settings, as upper bounds (early stopping only saves): every attack step of every epsilon of every triplet.
+Two figures. The passes a run makes at most, counted from its settings (every attack step of every radius of every
+triplet: early stopping only saves). And the time it is expected to take: work whose amount is fixed (a Lipschitz
+certificate, smoothing's draws) is its counted passes times the seconds of one pass, timed on one calibration batch
+of the run's own data on its device; attacks, whose work depends on how soon each triplet breaks, are run for real
+on a trial of TRIAL triplets spread over the data, and their time scaled to the whole. ``benchmarks/
+bench_estimates.py`` prints estimated against measured for the documented examples.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from robustsim.threat import Target
 
 HOUR = 3600.0
 CALIBRATION = 8  # triplets (or noisy images x 8) in the timed batch
+TRIAL = 8  # triplets an attack's trial run attacks (spread over the data)
+TRIAL_FROM = 4 * TRIAL  # smaller runs are estimated from counted passes: a trial would cost a quarter of the run
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class Estimate:
     seconds: float
     device: str
     units: tuple[str, ...] = ("triplet",)  # what one pass is of
+    trial: tuple[int, int] | None = None  # (k, n): the attacks' time is a trial run's on k of the n triplets
 
     @property
     def unit(self) -> str:
@@ -43,12 +49,15 @@ class Estimate:
             self.seconds + other.seconds,
             self.device,
             units,
+            self.trial or other.trial,
         )
 
     def describe(self) -> str:
+        how = "timed on one batch" if self.trial is None else f"timed on {self.trial[0]} of {self.trial[1]} triplets"
         return (
-            f"estimated cost: at most {_count(self.forwards)} forwards and {_count(self.backwards)} forward+backwards "
-            f"(passes of one {self.unit}), about {duration(self.seconds)} on {self.device} (timed on one batch)"
+            f"estimated cost: about {duration(self.seconds)} on {self.device} ({how}); at most "
+            f"{_count(self.forwards)} forwards and {_count(self.backwards)} forward+backwards (passes of one "
+            f"{self.unit})"
         )
 
     def warning(self) -> str | None:
@@ -124,15 +133,25 @@ def time_triplets(metric: Metric, data, batch_size: int, device, target: Target 
 
 
 def time_images(metric: Metric, data, batch: int, device) -> float:
-    """Seconds of one forward of one noisy image (smoothing's unit), timed on ``batch`` copies of the first."""
+    """Seconds of one noisy image (smoothing's unit), timed on ``batch`` of them: drawing its noise and its forward
+    (an embedding; for a distance metric its distances to both x0 and x1, as smoothing computes them)."""
     x = _batch(data, 1, device)["ref"]
     g = torch.Generator(device=x.device).manual_seed(0)  # the caller's global random stream stays untouched
-    noisy = (x + 0.25 * torch.randn((batch, *x.shape[1:]), generator=g, device=x.device)).to(metric.dtype)
+    fixed = x.expand(batch, -1, -1, -1).to(metric.dtype)
+
+    def noisy() -> torch.Tensor:
+        return (x + 0.25 * torch.randn((batch, *x.shape[1:]), generator=g, device=x.device)).to(metric.dtype)
+
     with evaluating(metric), torch.no_grad():
         if isinstance(metric, EmbeddingMetric):
-            return _timed(lambda: metric._embed(noisy), device) / batch
-        fixed = x.expand(batch, -1, -1, -1).to(metric.dtype)
-        return _timed(lambda: metric.distance(noisy, fixed), device) / batch
+            return _timed(lambda: metric._embed(noisy()), device) / batch
+
+        def distances() -> None:
+            z = noisy()
+            metric.distance(z, fixed)
+            metric.distance(z, fixed)
+
+        return _timed(distances, device) / batch
 
 
 def passes(
@@ -149,22 +168,106 @@ def attack_passes(n: int, eps: Sequence[float], attacks: Sequence) -> tuple[int,
     return n * sum(2 + e for _ in attacks), n * e * sum(a.work() - 1 for a in attacks)
 
 
-def audit_estimate(
-    metric: Metric, data, eps: Sequence[float], attacks: Sequence, batch_size: int, device, target: Target = "ref"
-) -> Estimate:
-    """Every attack at every radius of every triplet (:func:`attack_passes`) and the certificate (two forwards
-    per triplet) where the metric has one."""
-    from robustsim.certify import has_certificate
+def spread(n: int, k: int) -> list[int]:
+    """``min(n, k)`` indices spread evenly over ``range(n)`` (first and last included)."""
+    if n <= k:
+        return list(range(n))
+    return [round(i * (n - 1) / (k - 1)) for i in range(k)] if k > 1 else [0]
 
-    forwards, backwards = attack_passes(len(data), eps, attacks)
-    forwards += 2 * len(data) if has_certificate(metric) else 0
-    return passes(forwards, backwards, time_triplets(metric, data, batch_size, device, target), device)
+
+def trial_seconds(metric, data, threats: Sequence, attacks: Sequence[Sequence], batch_size: int, device) -> float:
+    """Seconds the ``attacks`` of each threat model (``attacks[i]`` for ``threats[i]``) take on all of ``data``:
+    each run for real, as a run does (the clean images embedded once and shared), on TRIAL triplets spread over
+    the data, scaled by how many more the run has; plus audit's examples (one attack per radius on N_EXAMPLES
+    triplets), whose number does not grow with the data."""
+    from robustsim.attacks.twoafc import CleanEmbeddings
+    from robustsim.certify import SmoothedMetric
+    from robustsim.dist import local_env
+
+    if len(data) < TRIAL_FROM:  # counted passes (upper bounds) timed on one batch
+        smoothed = isinstance(metric, SmoothedMetric)
+        base = metric.metric if smoothed else metric
+        times = time_triplets(base, data, batch_size, device, threats[0].target if threats else "ref")
+        seconds = 0.0
+        for threat, built in zip(threats, attacks, strict=True):
+            f, b = attack_passes(len(data), threat.eps, built)
+            seconds += f * times[0] + b * times[1]
+            if smoothed:
+                draws = metric.n * (1 + len(threat.eps)) * len(built) * len(data)
+                seconds += draws * time_images(base, data, min(metric.n, 8 * CALIBRATION), device)
+        return seconds
+    sample = data.select(spread(len(data), TRIAL))
+    k = len(sample)
+    if not k:
+        return 0.0
+    clean, env, first = CleanEmbeddings(), local_env(torch.device(device)), None
+    _sync(device)
+    t0 = time.perf_counter()
+    for threat, built in zip(threats, attacks, strict=True):
+        for att in built:
+            t1 = time.perf_counter()
+            att(metric, sample, threat, batch_size=batch_size, device=device, progress=False, env=env, clean=clean)
+            first = time.perf_counter() - t1 if first is None else first
+    _sync(device)
+    return (time.perf_counter() - t0) * len(data) / k + (first or 0.0) * min(EXAMPLES, k) / k
+
+
+EXAMPLES = 4  # the triplets an audit's examples.png attacks again, one radius at a time
+
+
+def audit_estimate(metric, data, threat, attacks: Sequence, batch_size: int, device) -> Estimate:
+    """Counted: every attack at every radius of every triplet (:func:`attack_passes`) and the certificate (two
+    forwards per triplet) where the metric has one. Timed: a trial run of the attacks (:func:`trial_seconds`) and
+    the certificate's passes. ``metric`` may be a SmoothedMetric (an audit of the smoothed prediction)."""
+    from robustsim.certify import SmoothedMetric, has_certificate
+
+    smoothed = isinstance(metric, SmoothedMetric)
+    base = metric.metric if smoothed else metric
+    forwards, backwards = attack_passes(len(data), threat.eps, attacks)
+    certificate = 2 * len(data) if not smoothed and has_certificate(base) else 0
+    # a smoothed audit's clean check and each radius's verdict are smoothed predictions of n noisy images each
+    noisy = metric.n * (1 + len(threat.eps)) * len(attacks) * len(data) if smoothed else 0
+    time_triplets(base, data, batch_size, device, threat.target)  # the warm-up before the timed trial
+    seconds = trial_seconds(metric, data, [threat], [attacks], batch_size, device)
+    seconds += certificate_seconds(base, data, batch_size, device) if certificate else 0.0
+    units = ("triplet", "noisy image") if smoothed else ("triplet",)
+    trial = (TRIAL, len(data)) if len(data) >= TRIAL_FROM else None
+    return Estimate(forwards + certificate + noisy, backwards, seconds, str(device), units, trial)
+
+
+def certificate_seconds(metric: Metric, data, batch_size: int, device) -> float:
+    """Seconds of a Lipschitz certificate of all of ``data``: :func:`~robustsim.certify.certify_2afc` run for real on
+    2 and on 16 triplets spread over the data (the pass with its rounding bounds, the float64 refinement of the
+    triplets that need it, the constant's computation), a line through the two times extended to the whole."""
+    from robustsim.certify import certify_2afc
+    from robustsim.dist import local_env
+
+    def timed(k: int) -> tuple[int, float]:
+        sample = data.select(spread(len(data), k))
+        _sync(device)
+        t0 = time.perf_counter()
+        certify_2afc(metric, sample, [0.1], batch_size=batch_size, device=device, progress=False, env=env)
+        _sync(device)
+        return len(sample), time.perf_counter() - t0
+
+    env = local_env(torch.device(device))
+    if len(data) < TRIAL_FROM:  # two forwards per triplet, timed on one batch
+        return 2 * len(data) * time_triplets(metric, data, batch_size, device)[0]
+    timed(1)  # warm-up: the first call's allocations and caches
+    (k1, t1), (k2, t2) = timed(2), timed(16)
+    if k2 <= k1:
+        return t2 * len(data) / k2
+    per = max(t2 - t1, 0.0) / (k2 - k1)
+    return max(t1 - per * k1, 0.0) + per * len(data)
 
 
 def certify_estimate(metric: Metric, data, method: str, batch_size: int, device, samples: int = 0) -> Estimate:
-    """lipschitz: two forwards per triplet (the dtype pass and the float64 refinement); smoothing: ``samples``
-    noisy forwards per triplet; center smoothing: ``samples`` noisy forwards per image."""
+    """lipschitz: two forwards per triplet counted (the dtype pass and the float64 refinement), the time from trial
+    certificates (:func:`certificate_seconds`); smoothing: ``samples`` noisy forwards per triplet; center smoothing:
+    ``samples`` noisy forwards per image."""
     if method == "lipschitz":
-        return passes(2 * len(data), 0, time_triplets(metric, data, batch_size, device), device)
+        seconds = certificate_seconds(metric, data, batch_size, device)
+        trial = (16, len(data)) if len(data) >= TRIAL_FROM else None
+        return Estimate(2 * len(data), 0, seconds, str(device), ("triplet",), trial)
     t = time_images(metric, data, min(samples, 8 * CALIBRATION), device)
     return passes(len(data) * samples, 0, (t, t), device, ("noisy image",))

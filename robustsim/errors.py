@@ -8,7 +8,7 @@ class RobustsimError(ValueError):
 
 
 class InputError(RobustsimError):
-    """An image batch does not satisfy the Metric protocol."""
+    """An argument or an image batch the public API refuses (a Metric protocol breach, a bad setting)."""
 
 
 class DataError(RobustsimError):
@@ -16,7 +16,8 @@ class DataError(RobustsimError):
 
 
 class WeightsError(RobustsimError, FileNotFoundError):
-    """Pretrained weights are not available locally (nothing is downloaded)."""
+    """A weight file is missing, corrupt, unpinned or could not be downloaded (the message names the file and the
+    command that provides it)."""
 
 
 class OutputError(RobustsimError):

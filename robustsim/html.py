@@ -24,21 +24,27 @@ LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
 SAFE_HREF = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]*")  # a relative file of the report's own folder
 
 
-def _href(url: str) -> str | None:
-    """A link target robustsim writes: a relative path inside the report's folder (no scheme, no ``..``, not
-    absolute); anything else (``javascript:``, ``https://``, ``//host``) is not made a link."""
-    if not SAFE_HREF.fullmatch(url) or ".." in url.split("/"):
+def _href(url: str, up: int = 0) -> str | None:
+    """A link target robustsim writes: a relative path inside the report's folder (no scheme, not absolute, no
+    ``..`` but ``up`` leading ones: a card page links to its bench folder's leaderboard); anything else
+    (``javascript:``, ``https://``, ``//host``) is not made a link."""
+    parts = url.split("/")
+    lead = 0
+    while lead < min(up, len(parts) - 1) and parts[lead] == "..":
+        lead += 1
+    rest = "/".join(parts[lead:])
+    if not SAFE_HREF.fullmatch(rest) or ".." in parts[lead:]:
         return None
     return url
 
 
-def _text(text: str) -> str:
+def _text(text: str, up: int = 0) -> str:
     """Escaped text with **bold** and safe relative links (outside code spans)."""
     out = html.escape(text, quote=False)
     out = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
 
     def link(m: re.Match) -> str:
-        href = _href(html.unescape(m.group(2)))
+        href = _href(html.unescape(m.group(2)), up)
         if href is None:
             return m.group(0)  # shown as the text it is
         return f'<a href="{html.escape(href)}">{m.group(1)}</a>'
@@ -46,18 +52,18 @@ def _text(text: str) -> str:
     return LINK.sub(link, out)
 
 
-def _inline(text: str) -> str:
+def _inline(text: str, up: int = 0) -> str:
     """One line of the report's Markdown: code spans are literal (nothing inside them is Markdown, whatever
     backticks they hold), the rest escaped with bold and relative links only."""
     out, at = [], 0
     for m in CODE.finditer(text):
-        out.append(_text(text[at : m.start()]))
+        out.append(_text(text[at : m.start()], up))
         body = m.group(2)
         if body.startswith(" ") and body.endswith(" ") and body.strip():
             body = body[1:-1]
         out.append(f"<code>{html.escape(body.replace(chr(92) + '|', '|'))}</code>")
         at = m.end()
-    out.append(_text(text[at:]))
+    out.append(_text(text[at:], up))
     return "".join(out)
 
 
@@ -77,13 +83,13 @@ def _table(lines: list[str]) -> str:
     return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
 
 
-def markdown_to_html(text: str) -> str:
+def markdown_to_html(text: str, up: int = 0) -> str:
     """The Markdown subset of robustsim's reports as HTML (anything else stays readable text)."""
     out, para, lines, i = [], [], text.splitlines(), 0
 
     def flush() -> None:
         if para:
-            out.append(f"<p>{_inline(' '.join(para))}</p>")
+            out.append(f"<p>{_inline(' '.join(para), up)}</p>")
             para.clear()
 
     while i < len(lines):
@@ -119,7 +125,7 @@ def markdown_to_html(text: str) -> str:
     return "\n".join(out)
 
 
-def report_page(title: str, markdown: str, figures: dict[str, Path], data: dict) -> str:
+def report_page(title: str, markdown: str, figures: dict[str, Path], data: dict, up: int = 0) -> str:
     """One offline page: the Markdown, every figure file embedded, and ``data`` (report.json) in full."""
     figs = []
     for name, path in figures.items():
@@ -130,7 +136,7 @@ def report_page(title: str, markdown: str, figures: dict[str, Path], data: dict)
     raw = html.escape(json.dumps(data, indent=1, sort_keys=True))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style></head><body>
-{markdown_to_html(markdown)}
+{markdown_to_html(markdown, up)}
 {chr(10).join(figs)}
 <details><summary>report.json (every number of this page, the settings, versions and timings)</summary>
 <pre id="report-json">{raw}</pre></details>

@@ -75,6 +75,10 @@ def _problem(report: dict) -> str | None:
         if report.get("certified") is not None and not _numbers(report.get("certified"), n, nullable=True):
             return f"'certified' must be null or list {n} accuracies"
         return None
+    if kind == "center-smoothing":
+        if not _numbers(report.get("median_bound"), n, nullable=True, high=1e6):
+            return f"'median_bound' must list {n} bounds"
+        return None
     if kind == "retrieval":
         s = report.get("summary")
         ks = report.get("ks")
@@ -86,7 +90,7 @@ def _problem(report: dict) -> str | None:
             if b is not None and not (isinstance(b, dict) and all(_numbers(b.get(f"recall@{k}"), n, True) for k in ks)):
                 return f"'summary.{block}' must list recall@k per epsilon"
         return None
-    return "no 'kind' field naming an audit, certify or retrieval report"
+    return "no 'kind' field naming an audit, certify, center-smoothing or retrieval report"
 
 
 def load_report(path: str | os.PathLike) -> dict:
@@ -114,13 +118,28 @@ def load_report(path: str | os.PathLike) -> dict:
 
 
 def infer_kind(reports: list[dict]) -> Kind:
-    """certified when every report is a certify report, else robust."""
-    return "certified" if all(r["kind"] == "certify" for r in reports) else "robust"
+    """certified when every report is a certify (or center-smoothing) report, else robust."""
+    return "certified" if all(r["kind"] in ("certify", "center-smoothing") for r in reports) else "robust"
 
 
-def _label(report: dict, all_reports: list[dict]) -> str:
+def certificate_kind(report: dict) -> str:
+    """Which certificate a report's certified numbers are, in a legend's words: a Lipschitz proof, randomized
+    smoothing (sigma, n: a certificate of the smoothed metric), center smoothing (a bound on the smoothed output)."""
+    if report["kind"] == "center-smoothing":
+        return f"center smoothing, sigma {report.get('sigma')}, n {report.get('n')}"
+    smoothing = report.get("smoothing") if isinstance(report.get("smoothing"), dict) else None
+    if report.get("method") == "smoothing" and smoothing:
+        return f"smoothed, sigma {smoothing.get('sigma')}, n {smoothing.get('n')}"
+    return "Lipschitz"
+
+
+def _label(report: dict, all_reports: list[dict], kind: str | None = None) -> str:
+    """The metric and data; the certificate's kind for certified curves (never two kinds unnamed in one legend);
+    the folder where two reports would read the same."""
     label = f"{report['metric']} ({report['data']})"
-    same = [r for r in all_reports if f"{r['metric']} ({r['data']})" == label]
+    if kind in ("certified", "radius") and report["kind"] in ("certify", "center-smoothing"):
+        label += f", {certificate_kind(report)}"
+    same = [r for r in all_reports if f"{r['metric']} ({r['data']})" == f"{report['metric']} ({report['data']})"]
     return label if len(same) == 1 else f"{label} [{Path(report['_path']).parent.name}]"
 
 
@@ -155,8 +174,16 @@ def overlay_figure(reports: list[dict], kind: Kind | None = None) -> plt.Figure:
         for r in reports:
             if r["kind"] != "certify":
                 raise RobustsimError(f"{r['_path']}: radius histograms need certify reports (robustsim certify --json)")
-            radii[_label(r, reports)] = [t["radius"] for t in r["triplets"]]
+            radii[_label(r, reports, kind)] = [t["radius"] for t in r["triplets"]]
         return radius_histogram(radii, "certified l2 radius per triplet")
+    centre = [r["kind"] == "center-smoothing" for r in reports]
+    if any(centre):
+        if not all(centre):
+            raise RobustsimError("center-smoothing bounds (metric units) cannot share a figure with accuracies")
+        curves = [Curve(_label(r, reports, kind), r["eps"], [math.nan if v is None else v for v in r["median_bound"]])
+                  for r in reports]  # fmt: skip
+        title = "median certified bound on the smoothed output's move vs l2 epsilon"
+        return accuracy_figure(curves, "l2", title, ylabel="median bound (metric units)", percent=False)
     norms = {r.get("norm", "l2") for r in reports}
     if len(norms) > 1:
         raise RobustsimError(f"the reports mix norms ({', '.join(sorted(norms))}); plot one norm at a time")
@@ -170,7 +197,7 @@ def overlay_figure(reports: list[dict], kind: Kind | None = None) -> plt.Figure:
         return accuracy_figure(curves, norm, title, ylabel=f"{kind} recall@{k} (%)")
     curves = []
     for r in reports:
-        label = _label(r, reports)
+        label = _label(r, reports, kind)
         if r["kind"] == "certify":
             if kind == "robust":
                 raise RobustsimError(f"{r['_path']} is a certify report; --kind robust needs audit reports")

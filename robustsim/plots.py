@@ -1,7 +1,7 @@
 """Figures (matplotlib, Agg): accuracy-vs-epsilon curves and adversarial example grids.
 
-One function draws every curve figure (audit, certify and ``robustsim plot`` call it), with the
-Okabe-Ito colour-blind-safe palette, labelled axes, units and a legend. Files are written atomically.
+One function draws every curve figure (audit, certify and ``robustsim plot`` call it), with a
+colour-blind-safe palette readable on white, labelled axes, units and a legend. Files are written atomically.
 """
 
 from __future__ import annotations
@@ -23,14 +23,16 @@ import torch  # noqa: E402
 from robustsim.io import atomic_path  # noqa: E402
 from robustsim.threat import ThreatModel  # noqa: E402
 
-OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+# Okabe-Ito's colour-blind-safe hues, the light ones (orange, sky blue, yellow) swapped for darker ones of distinct
+# hue (ochre, indigo, wine): every series has a contrast of at least 3:1 against the white background
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#8B6A00", "#332288", "#000000", "#882255"]
 STYLES = ["-", "--", "-.", ":"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
 
 def series_style(i: int) -> tuple[str, str]:
     """(colour, marker) of series i: 8 colours x 8 markers, so no two of 64 series look alike."""
-    return OKABE_ITO[i % len(OKABE_ITO)], MARKERS[(i // len(OKABE_ITO) + i) % len(MARKERS)]
+    return PALETTE[i % len(PALETTE)], MARKERS[(i // len(PALETTE) + i) % len(MARKERS)]
 
 
 def legend_outside(ax) -> None:
@@ -88,15 +90,21 @@ def accuracy_figure(
     earlier one says so in the legend and is drawn thinner on top, so neither hides the other); the legend sits
     right of the axes."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    draw_curves(ax, curves, norm, title, ylabel, percent)
+    return fig
+
+
+def draw_curves(ax, curves: Sequence[Curve], norm: str, title: str, ylabel: str, percent: bool = True) -> None:
+    """:func:`accuracy_figure`'s drawing, on given axes (a figure of several panels)."""
     drawn: list[tuple[tuple, str]] = []
     for i, c in enumerate(curves):
         xs, ys = _x(c.eps, norm), [100 * v if percent else v for v in c.values]
         same = next((label for key, label in drawn if key == (tuple(xs), tuple(ys))), None)
-        colour = OKABE_ITO[(i if c.color is None else c.color) % len(OKABE_ITO)]
+        colour = PALETTE[(i if c.color is None else c.color) % len(PALETTE)]
         ax.plot(
             xs,
             ys,
-            c.style or STYLES[(i // len(OKABE_ITO)) % 4],
+            c.style or STYLES[(i // len(PALETTE)) % 4],
             marker=MARKERS[i % len(MARKERS)],
             markersize=4 if same else 7,
             markerfacecolor="white" if same else colour,
@@ -116,7 +124,6 @@ def accuracy_figure(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     legend_outside(ax)
-    return fig
 
 
 @plain_text
@@ -124,7 +131,7 @@ def radius_histogram(radii: dict[str, Sequence[float]], title: str) -> plt.Figur
     """Histogram of certified l2 radii, one series per metric."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, (label, r) in enumerate(radii.items()):
-        ax.hist(list(r), bins=30, alpha=0.6, color=OKABE_ITO[i % len(OKABE_ITO)], label=label)
+        ax.hist(list(r), bins=30, alpha=0.6, color=PALETTE[i % len(PALETTE)], label=label)
     ax.set_xlabel("certified radius (l2)")
     ax.set_ylabel("triplets")
     ax.set_title(title)
@@ -142,14 +149,14 @@ def example_grid(
     info: dict[str, torch.Tensor] | None = None,
 ) -> plt.Figure:
     """Rows = triplets; columns = ref, adversarial ref at each epsilon of ``threat``, x0, x1. With ``info``
-    (:func:`robustsim.audit.example_info`) every image says what to look at: the triplet id and d(ref, x0) /
-    d(ref, x1) clean, and for each attacked image the perturbation's norm, the distances after, and FLIPPED
-    (framed red) where the decision changed."""
+    (:func:`robustsim.audit.example_info`) every image says what to look at: the triplet id, its human label p
+    (the share who found x1 closer) and d(ref, x0) / d(ref, x1) clean, and for each attacked image the
+    perturbation's norm, the distances after, and FLIPPED (framed red) where the decision changed."""
     from robustsim.data.images import to_uint8_image
 
     n, eps = ref.shape[0], threat.eps
     cols = ["ref", *[f"adv eps={threat.label(e)}" for e in eps], "x0", "x1"]
-    fig, axes = plt.subplots(n, len(cols), figsize=(1.9 * len(cols), 2.1 * n), squeeze=False)
+    fig, axes = plt.subplots(n, len(cols), figsize=(2.0 * len(cols), 2.7 * n), squeeze=False)
     for i in range(n):
         imgs = [ref[i], *[adv[k, i] for k in range(len(eps))], x0[i], x1[i]]
         for j, img in enumerate(imgs):
@@ -160,7 +167,9 @@ def example_grid(
             title = cols[j] if i == 0 else ""
             if info is not None:
                 if j == 0:
-                    title += f"\n#{int(info['index'][i])}: d0 {float(info['d0'][i]):.3f}, d1 {float(info['d1'][i]):.3f}"
+                    p = f", p={float(info['p'][i]):.2g}" if "p" in info else ""
+                    d = f"d0 {float(info['d0'][i]):.3f}, d1 {float(info['d1'][i]):.3f}"
+                    title += f"\n#{int(info['index'][i])}{p}\n{d}"
                 elif j <= len(eps):
                     k = j - 1
                     flipped = bool(info["flipped"][k, i])
@@ -174,8 +183,8 @@ def example_grid(
                             spine.set_edgecolor("#D55E00")
                             spine.set_linewidth(3)
             if title:
-                ax.set_title(title.strip("\n"), fontsize=6)
-    fig.tight_layout()
+                ax.set_title(title.strip("\n"), fontsize=7)
+    fig.tight_layout(h_pad=1.2)
     return fig
 
 

@@ -30,6 +30,11 @@ def _fmt(c: object) -> str:
     return str(c)
 
 
+def percent(x: float) -> float:
+    """A fraction in %, rounded to 10 decimals: 0.55 gives 55.0, not 55.00000000000001 (rows() of reports)."""
+    return round(100 * x, 10)
+
+
 def pct(x: float | None) -> str:
     """A fraction as a percentage with one decimal ('-' for None)."""
     return "-" if x is None else f"{100 * x:.1f}"

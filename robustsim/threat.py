@@ -45,10 +45,12 @@ def parse_eps(text: str) -> float:
     """``'36/255'`` or ``'0.5'`` -> a finite float >= 0 (InputError otherwise)."""
     try:
         value = float(Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError, OverflowError):
-        raise InputError(f"{text!r} is not a number; write e.g. 0.5 or 36/255") from None
+    except OverflowError:
+        raise InputError(f"{text.strip()!r} is not a finite number") from None
+    except (ValueError, ZeroDivisionError):
+        raise InputError(f"{text.strip()!r} is not a number; write e.g. 0.5,1 or 36/255,72/255") from None
     if not math.isfinite(value) or value < 0:
-        raise InputError(f"{text!r} is not a radius; radii are finite numbers >= 0")
+        raise InputError(f"{text.strip()!r} is not a radius; radii are finite numbers >= 0")
     return value
 
 
@@ -84,9 +86,10 @@ class ThreatModel:
         object.__setattr__(self, "eps", tuple(sorted(values)))
 
     def implausible(self) -> str | None:
-        """A one-line warning when a radius looks written for the other norm (None when all look right): l2 radii
-        under 0.05 are the size of linf ones (8/255 = 0.031) and move a 64 px image by < 0.001 per pixel."""
-        small = [e for e in self.eps if 0 < e < 0.05]
+        """A one-line warning when an l2 radius looks written for linf (None when all look right): the linf radii
+        papers use, k/255 for k in 1, 2, 4, 8, 16, written exactly or to three decimals (8/255 or 0.031); as l2
+        radii they move a 64 px image by < 0.001 per pixel. Other small radii (0.02, 0.05) pass quietly."""
+        small = [e for e in self.eps if _linf_like(e)]
         if self.norm == "l2" and small:
             return (
                 f"warning: l2 radius {format_eps(small[0])} ({small[0]:.4f}) is the size of a linf radius; "
@@ -118,9 +121,6 @@ class ThreatModel:
         radii = [eps] if isinstance(eps, (int, float)) else eps
         return cls(tm.norm, tm.target, tuple(radii))
 
-    def with_eps(self, eps: Iterable[float]) -> ThreatModel:
-        return ThreatModel(self.norm, self.target, tuple(eps))
-
     def label(self, e: float) -> str:
         """One radius as text (:func:`format_eps`)."""
         return format_eps(e)
@@ -128,16 +128,18 @@ class ThreatModel:
     def labels(self) -> list[str]:
         return [format_eps(e) for e in self.eps]
 
+    def require_reference(self, what: str) -> None:
+        """InputError unless the reference image is the one that moves: ``what`` (smoothing, center smoothing, an
+        attack on a smoothed metric) is defined for noise on the reference only. The one wording of this rule."""
+        if self.target != "ref":
+            raise InputError(f"{what} works on the reference image only; use target 'ref' (--target ref)")
+
     def key(self) -> str:
         """A short name, e.g. ``l2-ref`` (used to name benchmark cells and report files)."""
         return f"{self.norm}-{self.target}"
 
     def describe(self) -> str:
         return f"{self.norm} perturbations of {_WHAT[self.target]}"
-
-    def title(self) -> str:
-        """``l2 0.5, 1, 2 on the reference image``."""
-        return f"{self.norm} {', '.join(self.labels())} on {_WHAT[self.target]}"
 
     def l2_radius(self, e: float, dim: int) -> float:
         """The l2 radius whose ball contains this norm's ball of radius ``e`` in ``dim`` dimensions
@@ -150,3 +152,11 @@ class ThreatModel:
     @classmethod
     def from_json(cls, data: dict) -> ThreatModel:
         return cls(data["norm"], data.get("target", "ref"), tuple(data.get("eps", ())))
+
+
+LINF_RADII = tuple(k / 255 for k in (1, 2, 4, 8, 16))  # the linf radii papers report
+
+
+def _linf_like(e: float) -> bool:
+    """True when ``e`` is one of LINF_RADII, exactly (up to float rounding) or written to three decimals."""
+    return any(abs(e - r) <= 1e-9 or e == round(r, 3) for r in LINF_RADII)

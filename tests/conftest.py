@@ -80,6 +80,18 @@ def make_nights(root: Path) -> Path:
     return root
 
 
+def make_csv_triplets(root: Path, n: int = 8) -> Path:
+    """The quickstart's layout: ``triplets.csv`` (ref,x0,x1,p) beside ``ref/`` and ``distort/``, 64 px PNGs."""
+    rng = np.random.default_rng(2)
+    rows = ["ref,x0,x1,p"]
+    for i in range(n):
+        for sub in (f"ref/{i:03d}.png", f"distort/{i:03d}_0.png", f"distort/{i:03d}_1.png"):
+            save_png(root / sub, random_image(rng, 64))
+        rows.append(f"ref/{i:03d}.png,distort/{i:03d}_0.png,distort/{i:03d}_1.png,{(i % 5) / 4}")
+    (root / "triplets.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
 @pytest.fixture
 def bapps_dir(tmp_path: Path) -> Path:
     """A BAPPS 2afc layout with two categories in val (3 + 2 triplets), soft judgements."""

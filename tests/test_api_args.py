@@ -1,4 +1,4 @@
-"""Issue 27 item 4: the Python API's public boundary. Every bad argument a careless user passes gives a
+"""The Python API's public boundary. Every bad argument a careless user passes gives a
 RobustsimError (InputError) of one line naming the argument, never a traceback from inside or a silent wrong
 answer."""
 

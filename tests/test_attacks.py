@@ -202,7 +202,7 @@ def test_audit_cli(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_an_audit_stopped_with_ctrl_c_continues_where_it_stopped(tmp_path):
-    """Issue 27 item 2: Ctrl-C on an audit threw every finished attack away. With --out, finished batches are kept
+    """Ctrl-C on an audit threw every finished attack away. With --out, finished batches are kept
     (<out>/.resume); the same command continues from them and writes the report an uninterrupted run writes."""
     import signal
     import subprocess
@@ -248,7 +248,7 @@ def test_an_audit_stopped_with_ctrl_c_continues_where_it_stopped(tmp_path):
 
 
 def test_the_clean_images_are_embedded_once_for_all_attacks_and_no_number_changes(monkeypatch):
-    """Issue 30 item 4: an audit's attacks (and a bench's threat models) share one CleanEmbeddings, so the second
+    """An audit's attacks (and a bench's threat models) share one CleanEmbeddings, so the second
     attack embeds no clean image again; each attack's per-triplet results equal a run of that attack alone."""
     from conftest import small_embedding_metric
     from robustsim.attacks.twoafc import CleanEmbeddings
@@ -265,6 +265,8 @@ def test_the_clean_images_are_embedded_once_for_all_attacks_and_no_number_change
 
     metric._embed = counting  # count the images the metric embeds (clean ones and attack steps alike)
     monkeypatch.setattr("robustsim.audit.example_info", lambda m, ex, t, d: ex)  # once per run: not an attack's
+    monkeypatch.setattr("robustsim.audit.picked_examples", lambda *a: {})  # examples.png's own small attacks
+    monkeypatch.setattr("robustsim.audit.evaluate_2afc", lambda *a, **k: None)  # the score's own forward pass
     both = run_audit(metric, data, threat, ["apgd-ce", "apgd-margin"], steps=5, progress=False)
     shared = seen[0]
     seen[0] = 0
@@ -299,6 +301,7 @@ def test_the_survivors_of_a_larger_radius_are_not_embedded_again(monkeypatch):
         return embed(m, x)
 
     monkeypatch.setattr(twoafc, "embed_clean", counting)
+    monkeypatch.setattr("robustsim.audit.picked_examples", lambda *a: {})  # examples.png's own small attacks
     threat = robustsim.ThreatModel("l2", "ref", (0.25, 0.5, 1.0))
     report = run_audit(metric, data, threat, ["apgd-ce", "apgd-margin"], steps=5, batch_size=8, progress=False)
     assert report is not None and 0 < sum(report.per_triplet["robust"][1])  # larger radii had survivors to attack
@@ -326,7 +329,7 @@ class _HostSyncs(torch.overrides.TorchFunctionMode):
 
 @pytest.mark.parametrize("attack", ["apgd", "pgd"])
 def test_an_attack_step_synchronises_with_the_host_at_most_once(attack):
-    """Issue 30 item 3: masks stay on the device (torch.where, index_copy_); the one sync of a step is the
+    """Masks stay on the device (torch.where, index_copy_); the one sync of a step is the
     nonzero that finds the rows still standing."""
     from robustsim.attacks.pgd import apgd, pgd
 
@@ -350,7 +353,7 @@ def test_an_attack_step_synchronises_with_the_host_at_most_once(attack):
 
 @pytest.mark.portable
 def test_the_survivors_of_every_batch_are_attacked_together_at_each_larger_radius(monkeypatch):
-    """Issue 30 item 3: at larger radii few triplets survive, and each batch's two or three ran alone. Each radius
+    """At larger radii few triplets survive, and each batch's two or three ran alone. Each radius
     after the first is one pass over the triplets still robust (of every batch, in full batches), and every
     per-triplet result equals a run whose one batch holds them all (nothing to regather)."""
     import robustsim.attacks.base as base

@@ -1,4 +1,4 @@
-"""Issue 16: ``robustsim bench`` (cells, cards, leaderboard), resumable after SIGKILL, sharded over torchrun
+"""``robustsim bench`` (cells, cards, leaderboard), resumable after SIGKILL, sharded over torchrun
 processes with per-triplet results identical to one process, the leaderboard sorted in a real browser."""
 
 from __future__ import annotations
@@ -53,9 +53,16 @@ def test_bench_writes_cards_leaderboard_and_skips_what_cannot_run(reference):
     assert (reference / "leaderboard.png").stat().st_size > 5000
     html = (reference / "leaderboard.html").read_text()
     assert "<script>" in html and "http" not in html.split("<script>")[1]  # self-contained
-    # issue 27 item 3: the tables say how many triplets the cells used, not the protocol's 100
+    # the tables say how many triplets the cells used, not the protocol's 100
     assert "first 100 triplets" not in board and "16 (the first 100 cut by --limit) triplets" in board
     assert "| n |" in board and "| 16 |" in board and "16 (the first 100 cut" in html
+    # the pages say how rows are sorted and show the figure; a note speaks only of marks the rows use
+    assert "Rows are sorted by robust accuracy" in board and "![clean vs robust per metric](leaderboard.png)" in board
+    assert "Rows are sorted by robust accuracy" in html and 'src="data:image/png;base64,' in html
+    assert ("(paper " in board) == any(c.get("reported") for c in cards.values())
+    l2_html = (reference / "cards" / "l2.html").read_text()
+    assert 'href="../leaderboard.html"' in l2_html and "data:image/png;base64," in l2_html
+    assert "Weight files: none to fetch" in l2_html and "No certificate" in l2_html
 
 
 def test_python_api_matches_the_bench_numbers(reference):
@@ -78,7 +85,7 @@ def test_changed_data_invalidates_cells_never_reused(reference, tmp_path):
 
 @pytest.mark.parametrize("edit", ["not a number", "hand-edited score"])
 def test_a_tampered_cell_is_recomputed_with_one_warning(reference, tmp_path, capsys, edit):
-    """Issue 27 item 3: a cell with the right key but ``{"score": "x"}`` or a hand-edited score was reported as
+    """A cell with the right key but ``{"score": "x"}`` or a hand-edited score was reported as
     measured. Cells carry a checksum of their result; an invalid one is recomputed, saying so in one line."""
     out = tmp_path / "b"
     shutil.copytree(reference, out)
@@ -135,7 +142,7 @@ def _torchrun(nproc: int, argv: list[str], cwd: Path) -> None:
 @pytest.mark.portable
 @pytest.mark.slow
 def test_two_processes_give_the_per_triplet_results_of_one(tmp_path):
-    """score, audit and certify under torchrun (2 CPU processes, gloo) against one process. Every process runs one
+    """Score, audit and certify under torchrun (2 CPU processes, gloo) against one process. Every process runs one
     thread and batches of 4 (24 triplets: 6 batches in one process, 3 in each of two), so both runs evaluate every
     triplet with the same kernels on the same layouts and must agree triplet by triplet."""
     out = {}
@@ -201,7 +208,7 @@ def test_the_leaderboard_sorts_in_a_real_browser(reference, tmp_path):
 
 @pytest.mark.slow
 def test_each_leaderboard_row_links_to_its_card_page(reference):
-    """Issue 29 item 2: the leaderboard links each metric to ``cards/<metric>.html``, an offline page showing the
+    """The leaderboard links each metric to ``cards/<metric>.html``, an offline page showing the
     card's numbers."""
     from selenium.webdriver.common.by import By
 
@@ -213,6 +220,16 @@ def test_each_leaderboard_row_links_to_its_card_page(reference):
         assert browser.current_url.endswith("cards/lipsim-nano.html")
         text = browser.find_element(By.TAG_NAME, "body").text
         assert f"{100 * card['clean']:.1f}" in text and "lipsim-nano" in text
+        # the card page shows its figure (a real, drawn image), says which certificate it holds, and links back
+        img = browser.find_element(By.CSS_SELECTOR, "img")
+        assert browser.execute_script("return arguments[0].naturalWidth", img) > 300
+        assert "Lipschitz proof for the metric itself" in text
+        browser.find_element(By.LINK_TEXT, "the leaderboard").click()
+        assert browser.current_url.endswith("/leaderboard.html")
+        board = browser.find_element(By.TAG_NAME, "body").text
+        assert "Rows are sorted by" in board
+        figure = browser.find_element(By.CSS_SELECTOR, "figure img")
+        assert browser.execute_script("return arguments[0].naturalWidth", figure) > 300
     finally:
         browser.quit()
 
@@ -251,10 +268,23 @@ def test_bench_smoothing_adds_the_center_smoothing_bound_of_metrics_without_a_li
     board = (out / "leaderboard.md").read_text()
     assert "| center bound 36/255 |" in board and f"| {bounds['36/255']:.4g} |" in board
     assert "center bound" not in (reference / "leaderboard.md").read_text()
+    # two kinds of certificate never share a column unmarked: l2's is of the smoothed metric, lipsim-nano's a proof
+    smoothed = cards["l2"]["certified"]
+    assert smoothed["method"].startswith("smoothing") and smoothed["n"] == protocol.smoothing["n"]
+    assert smoothed["alpha"] == alpha and 0 <= smoothed["abstain_rate"] <= 1
+    rows = {line.split("|")[1].strip(): line for line in board.splitlines() if line.startswith("| ")}
+    cert36 = rows["l2"].split("|")[[h.strip() for h in rows["metric"].split("|")].index("cert. 36/255")]
+    assert cert36.strip().endswith("(smoothed)") and "(smoothed)" not in rows["lipsim-nano"]
+    assert "randomized-smoothing certificate of the SMOOTHED metric" in board
+    unsmoothed = (reference / "leaderboard.md").read_text()
+    assert "(smoothed)" not in unsmoothed and "SMOOTHED" not in unsmoothed
+    page = (out / "cards" / "l2.html").read_text()
+    assert "a certificate of the SMOOTHED metric, not of the metric itself" in page and "abstained on" in page
+    assert "data:image/png;base64," in page
 
 
 def test_sharing_the_clean_embeddings_over_threat_models_changes_no_number(tmp_path):
-    """Issue 30 item 4: the bench embeds each clean image once per metric for all its attack cells; the cards are
+    """The bench embeds each clean image once per metric for all its attack cells; the cards are
     those of a bench that embeds them again for every threat model."""
     from robustsim.bench import run
 

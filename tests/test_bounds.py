@@ -27,7 +27,7 @@ def _triplets(seed: int, n: int = 8, size: int = 4):
 
 
 def test_a_leaky_relu_of_slope_4_is_bounded_by_4_and_its_certificate_holds():
-    """Issue 31 item 1: LeakyReLU(4.0) once counted as 1-Lipschitz and PGD flipped 16/16 triplets inside the
+    """LeakyReLU(4.0) once counted as 1-Lipschitz and PGD flipped 16/16 triplets inside the
     radius; its bound is max(1, |slope|) and no attack breaks the radius built on it."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(48, 16), nn.LeakyReLU(4.0), nn.Linear(16, 8))

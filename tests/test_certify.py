@@ -135,9 +135,9 @@ def test_certify_2afc_on_mini_streams_and_obeys_laws():
     assert json.loads(json.dumps(res.to_json()))["curve"][1]["eps"] == eps[1]
 
 
-def test_non_lipschitz_metric_is_refused_with_pointer_to_audit():
+def test_non_lipschitz_metric_is_refused_with_pointer_to_smoothing_and_audit():
     ref, x0, x1 = random_triplets(2)
-    with pytest.raises(robustsim.RobustsimError, match="robustsim audit --metric l2"):
+    with pytest.raises(robustsim.RobustsimError, match="certify_smoothed.*robustsim.audit.run_audit"):
         certified_radius(robustsim.load_metric("l2"), ref, x0, x1)
 
 
@@ -195,7 +195,7 @@ def test_radius_is_tight_for_linear_and_isometric_nets():
 
 
 def test_results_print_as_one_line_summaries_with_their_units():
-    """Issue 29 item 4: a CertifyResult / AuditReport prints as its numbers in %, not a wall of tensors, and
+    """A CertifyResult / AuditReport prints as its numbers in %, not a wall of tensors, and
     ``.rows()`` gives them as plain dicts in % (the attributes stay fractions, as the repr says)."""
     from robustsim.certify import certify_2afc
 

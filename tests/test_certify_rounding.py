@@ -51,7 +51,7 @@ def _decisions(metric: EmbeddingMetric, ref, x0, x1):
 
 @pytest.mark.parametrize("target", ["ref", "x0", "x1", "all"])
 def test_a_tie_or_a_wrong_float32_decision_gets_radius_zero(target):
-    """Issue 31 item 3: of 120 near-tie triplets (most of them float32 ties), the public certified_radius once
+    """Of 120 near-tie triplets (most of them float32 ties), the public certified_radius once
     returned R > 0 for all; now every one whose float32 decision is a tie or differs from the exact one gets 0, in
     certified_radius and in certify_2afc."""
     metric = linear32()
@@ -129,7 +129,7 @@ def test_the_computed_cosine_distance_is_within_the_slack_of_the_exact_one(seed,
 
 
 def test_certifying_changes_nothing_in_the_network():
-    """Issue 31 item 4: certify neither switches the network's mode nor touches a bit of its state."""
+    """Certify neither switches the network's mode nor touches a bit of its state."""
     metric = robustsim.load_metric("lipsim-nano-aoc").train()
     before = {k: v.clone() for k, v in metric.state_dict().items()}
     data = open_triplets("mini:test", limit=16)
@@ -169,7 +169,7 @@ def test_the_interpolation_weights_read_off_in_float32_are_the_ones_the_resize_a
 
 
 def test_a_radius_is_a_property_of_the_triplet_not_of_the_radii_asked():
-    """Issue 39 item 4: the float64 refinement was spent only around the asked radii, so 143 of 600 radii changed
+    """The float64 refinement was spent only around the asked radii, so 143 of 600 radii changed
     with --eps. Every triplet is now refined to within RADIUS_TOL of the most the method proves for it, so asking
     other radii gives the same radius for every triplet (the same computation: the same bits)."""
     from robustsim.certify.certify2afc import RADIUS_TOL
@@ -182,7 +182,7 @@ def test_a_radius_is_a_property_of_the_triplet_not_of_the_radii_asked():
 
 
 def test_a_metric_deployed_in_float64_applies_the_same_tensors_and_certifies_more():
-    """Issue 39 item 3: load_metric(name, dtype="float64") runs the same exact function in double precision: its
+    """load_metric(name, dtype="float64") runs the same exact function in double precision: its
     outputs agree with the float32 metric's within the float32 rounding bound, its certificates hold (attacked in
     float64) and are at least the float32 ones on most triplets."""
     m32 = robustsim.load_metric("lipsim-nano-aoc")
@@ -194,7 +194,8 @@ def test_a_metric_deployed_in_float64_applies_the_same_tensors_and_certifies_mor
     assert ((m64.embed(ref.double()) - e32.double()).norm(dim=1) <= rounding.delta).all()
     r32, r64 = certified_radius(m32, ref, x0, x1), certified_radius(m64, ref.double(), x0.double(), x1.double())
     assert (r64 >= r32).double().mean() > 0.9 and (r64 > 0).sum() > (r32 > 0).sum() - 1
-    broken = per_image_pgd(m64, ref.double(), x0.double(), x1.double(), "ref", 0.999 * r64, steps=40)
-    assert not (broken & (r64 > 0)).any()
+    some = slice(0, 24)  # float64 attack steps cost ~8 float32 ones on a CPU
+    broken = per_image_pgd(m64, *(t[some].double() for t in (ref, x0, x1)), "ref", 0.999 * r64[some], steps=25)
+    assert not (broken & (r64[some] > 0)).any()
     with pytest.raises(robustsim.InputError, match="float32 or float64"):
         robustsim.load_metric("l2", dtype="float16")

@@ -156,7 +156,7 @@ def _bad_inputs(tmp_path: Path, csv_set: Path, bapps_dir: Path) -> list[tuple[li
 
 
 def test_a_second_demo_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
-    """Issue 27 item 2: two demos at once were refused only at their retrieval or bench section, after minutes of
+    """Two demos at once were refused only at their retrieval or bench section, after minutes of
     duplicated work; the demo claims runs/demo first."""
     import json
     import subprocess
@@ -270,7 +270,7 @@ def _choice_params():
 
 
 def test_every_cli_choice_list_is_its_registry_and_accepts_every_registered_name():
-    """Issue 38 item 4: the protocol list was a hand-written copy that lacked croce2024 and lipsim. Every choice
+    """The protocol list was a hand-written copy that lacked croce2024 and lipsim. Every choice
     list the CLI shows is computed from the registry it names, and every registered name passes the option."""
     import click
     import robustsim.certify as certify
@@ -311,7 +311,7 @@ def test_every_cli_choice_list_is_its_registry_and_accepts_every_registered_name
 
 
 def test_the_reference_page_shows_real_defaults_and_whole_summaries():
-    """Issue 38 item 5: docs/cli.md (mkdocs-click) showed `Sentinel.UNSET` 42 times and summaries cut mid-sentence.
+    """Docs/cli.md (mkdocs-click) showed `Sentinel.UNSET` 42 times and summaries cut mid-sentence.
     Every option now declares its default, and every command's first help line is one whole sentence."""
     import click
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from robustsim.attacks.adapters import AutoAttack
 from robustsim.attacks.geometry import in_threat_model
 from robustsim.attacks.registry import ATTACKS, make_attack
 
@@ -45,6 +46,9 @@ def test_every_registered_attack_keeps_the_runner_contract(name, norm, data):
     for _ in range(2):
         attack = make_attack(name, threat, steps=3, seed=1)
         assert attack.norm == norm
+        if name == "autoattack":  # the standard ensemble's Square keeps AutoAttack's 5000 queries (a minute here)
+            assert attack.n_queries == 5000
+            attack = AutoAttack(norm, steps=3, seed=1, n_queries=50)
         runs.append(attack(metric, data, threat, batch_size=4, progress=False, n_examples=3))
     res = runs[0]
     assert res.robust.shape == (2, len(data)) and res.clean.shape == (len(data),)

@@ -80,7 +80,7 @@ def test_bad_specs(spec, match):
 
 
 def test_a_path_given_as_a_spec_gets_the_spec_that_fits(tmp_path, nights_dir, csv_set):
-    """Issue 29 item 3: a folder of images, a NIGHTS or BAPPS root, or a CSV file passed without its kind: the
+    """A folder of images, a NIGHTS or BAPPS root, or a CSV file passed without its kind: the
     error names the spec that fits, with an example line."""
     from conftest import random_image, save_png
 

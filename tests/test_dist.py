@@ -1,4 +1,4 @@
-"""Issue 27 item 2: a rank stopped with kill -STOP no longer leaves the others asleep in a collective for torch's
+"""A rank stopped with kill -STOP no longer leaves the others asleep in a collective for torch's
 30 minutes: collectives wait ROBUSTSIM_DIST_TIMEOUT seconds, and the rank that waited ends with one line."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Every number the docs quote from a run is generated from that run (issue 38 item 5): the pages' generated blocks
+"""Every number the docs quote from a run is generated from that run: the pages' generated blocks
 (experiments/docs_blocks.py) equal what the kept runs (docs/runs/*.json, experiments/docs_runs.py) and the shipped
 cards hold; no table or terminal output outside a block quotes a run's numbers by hand; and the cheap runs, run
 again here, print the numbers kept."""

@@ -118,11 +118,11 @@ def test_audit_attacks_a_smoothed_metric_from_the_command_line(tmp_path, capsys)
     assert run_cli([*args[:-2], "--attacks", "square", "--eot", "2"]) == 2
     assert "square has no EoT" in capsys.readouterr().err
     assert run_cli([*args, "--target", "x0"]) == 2
-    assert "smooths the reference image" in capsys.readouterr().err
+    assert "--smoothing works on the reference image only" in capsys.readouterr().err
 
 
 def test_eot_keeps_attacking_until_the_decision_that_judges_the_point_is_wrong():
-    """Issue 41 item 2: EoT `pgd` dropped a triplet once most of its draws flipped; the smoothed re-check then
+    """EoT `pgd` dropped a triplet once most of its draws flipped; the smoothed re-check then
     rejected that point and the triplet counted robust. A randomised objective whose draws say done at a score of 1
     while the judging decision (its ``confirm``) needs 3: every point reported broken passes the judge, and the
     attack reaches it."""
@@ -149,7 +149,7 @@ def test_eot_keeps_attacking_until_the_decision_that_judges_the_point_is_wrong()
 
 @pytest.mark.portable
 def test_bf16_steps_with_the_float32_finish_match_float32(monkeypatch):
-    """Issue 41 item 1: bf16 steps alone left more triplets standing than float32 (lipsim-nano 52 vs 48 of 100 at l2
+    """Bf16 steps alone left more triplets standing than float32 (lipsim-nano 52 vs 48 of 100 at l2
     0.5). With half the steps in bf16 and the other half a float32 APGD from the best bf16 point for every triplet
     still standing, the mean robust count over seeds matches float32's within one triplet per 48, and every break
     is a float32 one."""

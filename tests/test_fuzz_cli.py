@@ -1,4 +1,4 @@
-"""Fuzzing the CLI in-process (issue 18): whatever the CSV, spec, option value or checkpoint config,
+"""Fuzzing the CLI in-process: whatever the CSV, spec, option value or checkpoint config,
 ``robustsim`` exits 0 or 2, prints no traceback and leaves no partial output file."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Hostile names, planted links, forged state, unrepresentable numbers, full disks and FIFOs (issue 42): what a
+"""Hostile names, planted links, forged state, unrepresentable numbers, full disks and FIFOs: what a
 user types or leaves in a folder is data; a run writes only inside its --out folder, never through a link; state
 that does not prove itself is recomputed with one warning line; every refusal is one line with exit 2."""
 

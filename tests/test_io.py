@@ -130,7 +130,7 @@ def test_output_dir_claims_nest_within_one_process(tmp_path):
 
 
 def test_a_lock_whose_pid_was_reused_is_stale_and_a_real_holder_is_named(tmp_path):
-    """Issue 27 item 3: a lock names pid, host, boot and the process's start time; a live but unrelated process
+    """A lock names pid, host, boot and the process's start time; a live but unrelated process
     with the lock's pid (pid reuse after a reboot) does not hold the folder forever."""
     from robustsim.errors import OutputError
     from robustsim.io import lock_identity

@@ -1,4 +1,4 @@
-"""Issue 19: AOL, CPL and orthogonal (AOC) layers are 1-Lipschitz for every parameter value (checked by an
+"""AOL, CPL and orthogonal (AOC) layers are 1-Lipschitz for every parameter value (checked by an
 independent estimate at init and after training), their bounds are derived, and LipSimNet builds with any
 of them, saves the choice and still loads older checkpoints."""
 
@@ -66,7 +66,7 @@ def _ortho_block(c: int) -> OrthoConvBlock:
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 10_000), n=st.integers(3, 12), c=st.integers(1, 5))
 def test_the_fft_bound_covers_the_zero_padded_convolution(seed, n, c):
-    """power iteration on the actual zero-padded operator never exceeds the bound CPL scales by."""
+    """Power iteration on the actual zero-padded operator never exceeds the bound CPL scales by."""
     g = torch.Generator().manual_seed(seed)
     k = torch.randn(c + 1, c, 3, 3, generator=g, dtype=torch.float64)
     bound = float(conv_operator_norm(k, n))

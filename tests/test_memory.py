@@ -1,4 +1,4 @@
-"""Issue 30 item 1: robustsim keeps freed memory mapped (robustsim.memory), for every entry point. A forward
+"""Robustsim keeps freed memory mapped (robustsim.memory), for every entry point. A forward
 pass over batches of changing size, run in a fresh process with the tuning and with ``ROBUSTSIM_MALLOC=default``,
 must fault far fewer pages in with it, and give the same numbers."""
 

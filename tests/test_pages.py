@@ -1,4 +1,4 @@
-"""Issue 29 item 2: every report folder has one self-contained ``report.html`` (tables, figures embedded,
+"""Every report folder has one self-contained ``report.html`` (tables, figures embedded,
 report.json in full) that opens offline in a real browser and shows report.json's numbers."""
 
 from __future__ import annotations

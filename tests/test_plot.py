@@ -9,6 +9,7 @@ import pytest
 from conftest import run_cli
 from PIL import Image
 
+from robustsim.errors import RobustsimError
 from robustsim.overlay import infer_kind, load_report, overlay_figure
 
 
@@ -50,6 +51,14 @@ def test_plot_errors_exit_2(audits, tmp_path, capsys):
 def reports(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("reports")
     out = {"audit": base / "audit", "certify": base / "certify.json", "retrieval": base / "retrieval"}
+    out |= {"smoothing": base / "smoothing.json", "center": base / "center.json"}
+    small = ["--metric", "l2", "--limit", "4", "--sigma", "0.25"]
+    assert (
+        run_cli(["certify", "--method", "smoothing", *small, "--n", "20", "--n0", "8", "--json", str(out["smoothing"])])
+        == 0
+    )
+    center = ["--method", "center-smoothing", *small, "--eps", "0.05,0.1", "--n", "200", "--n-center", "1000"]
+    assert run_cli(["certify", *center, "--json", str(out["center"])]) == 0
     assert (
         run_cli(["audit", "--metric", "lipsim-nano", "--limit", "8", "--steps", "2", "--out", str(out["audit"])]) == 0
     )
@@ -97,7 +106,7 @@ def test_every_report_uses_the_same_schema_key(reports):
         assert report["version"] >= 1 and "schema" not in report and report["runtime"]["threads"] >= 1
 
 
-# issue 29 item 1: figures that show what they hold ---------------------------------------------------------
+# figures that show what they hold ---------------------------------------------------------
 
 
 def _series_distinct(ax) -> None:
@@ -141,7 +150,7 @@ def test_the_audit_figures_show_every_series_and_label_every_example():
 
 
 def test_overlapping_recall_lines_and_a_ninth_leaderboard_metric_stay_visible(tmp_path):
-    """recall@k's three certified lines at 0 (drawn by accuracy_figure, as recall.png is) and a 9-metric
+    """Recall@k's three certified lines at 0 (drawn by accuracy_figure, as recall.png is) and a 9-metric
     leaderboard (past the 8-colour palette) give every series its own look; legends sit outside the data."""
     from robustsim.bench.cards import Row, _figure, columns
     from robustsim.bench.protocol import get_protocol
@@ -161,3 +170,81 @@ def test_overlapping_recall_lines_and_a_ninth_leaderboard_metric_stay_visible(tm
     looks = {(tuple(c.get_facecolor()[0]), c.get_paths()[0].vertices.tobytes()) for c in ax.collections}
     assert len(looks) == 9  # the 9th metric is not the 1st's blue dot
     _legend_outside_the_data(board, ax)
+
+
+def test_plot_reads_every_report_kind_robustsim_writes_and_names_each_certificate(reports, tmp_path):
+    """An audit, a Lipschitz certificate, a smoothing certificate, center smoothing and retrieval
+    each plot; a legend never holds two kinds of certificate unnamed."""
+    for kind, path in reports.items():
+        out = tmp_path / f"{kind}.png"
+        assert run_cli(["plot", str(path), "--out", str(out)]) == 0, kind
+        with Image.open(out) as im:
+            assert im.size[0] > 300, kind
+    lipschitz, smoothed = load_report(reports["certify"]), load_report(reports["smoothing"])
+    fig = overlay_figure([lipschitz, smoothed], "certified")
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels[0].endswith("Lipschitz") and "smoothed, sigma 0.25, n 20" in labels[1], labels
+    center = load_report(reports["center"])
+    fig = overlay_figure([center])
+    ax = fig.axes[0]
+    (line,) = ax.get_lines()
+    assert list(line.get_ydata()) == pytest.approx(center["median_bound"]) and ax.get_ylim()[0] == 0
+    assert "center smoothing, sigma 0.25" in ax.get_legend().get_texts()[0].get_text()
+    assert "median bound" in ax.get_ylabel()
+    with pytest.raises(RobustsimError, match="cannot share a figure"):
+        overlay_figure([center, lipschitz])
+
+
+def _luminance(colour: str) -> float:
+    """WCAG 2 relative luminance of a hex colour."""
+    from matplotlib.colors import to_rgb
+
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in to_rgb(colour)]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def test_every_series_colour_reads_on_white_with_a_contrast_of_3_to_1(reports):
+    """WCAG's contrast ratio (L1 + 0.05) / (L2 + 0.05) of every palette colour against the white
+    background, and of every line an audit's and a certify report's figures draw."""
+    from matplotlib.colors import to_hex
+
+    from robustsim.plots import PALETTE, series_style
+
+    contrast = lambda c: (1.05) / (_luminance(c) + 0.05)  # noqa: E731
+    assert all(contrast(c) >= 3 for c in PALETTE), {c: round(contrast(c), 2) for c in PALETTE}
+    assert len({series_style(i) for i in range(64)}) == 64
+    figures = [overlay_figure([load_report(reports[k])]) for k in ("audit", "certify", "center")]
+    for fig in figures:
+        for line in fig.axes[0].get_lines():
+            assert contrast(to_hex(line.get_color())) >= 3, line.get_label()
+
+
+def test_examples_show_the_flipped_triplets_first_with_their_label_and_one_image_per_radius():
+    """Examples.png picks the triplets the audit flipped (at the smallest radius first), shows the
+    human label p, and each radius's column is an attack at that radius (within it, never a copy of another)."""
+    import torch
+
+    import robustsim
+    from robustsim.audit import N_EXAMPLES, run_audit
+    from robustsim.data import open_triplets
+    from robustsim.threat import ThreatModel
+
+    data = open_triplets("mini:test", limit=24)
+    threat = ThreatModel("l2", "ref", (0.1, 0.3, 1.0))
+    report = run_audit(robustsim.load_metric("lipsim-nano"), data, threat, ["apgd-ce"], steps=10, progress=False)
+    clean, robust = report.per_triplet["clean"], report.per_triplet["robust"]
+    first_flip = [next((k for k in range(3) if clean[i] and not robust[k][i]), 3) for i in range(len(data))]
+    ex = report.examples
+    shown = [int(i) for i in ex["index"]]
+    flipped = sorted(first_flip[i] for i in range(len(data)) if first_flip[i] < 3)
+    assert len(shown) == N_EXAMPLES and flipped, "the audit flips some triplets at these radii"
+    assert [first_flip[i] for i in shown][: len(flipped)] == flipped[:N_EXAMPLES]  # flipped first, smallest radius
+    assert ex["p"].tolist() == [float(data[i]["p"]) for i in shown]
+    for k, eps in enumerate(threat.eps):
+        moved = (ex["adv"][k] - ex["ref"]).flatten(1).norm(dim=1)
+        assert (moved <= eps * (1 + 1e-4)).all() and torch.allclose(moved, ex["norm"][k].float(), atol=1e-4)
+        if k:
+            assert not any(torch.equal(ex["adv"][k][i], ex["adv"][k - 1][i]) for i in range(N_EXAMPLES))
+    titles = [a.get_title() for a in report.figures()["examples.png"].axes if a.get_title()]
+    assert sum("p=" in t for t in titles) == N_EXAMPLES
+    assert sum("FLIPPED" in t for t in titles) == int(ex["flipped"].sum())

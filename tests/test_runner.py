@@ -85,7 +85,7 @@ class _Device:
 
 @pytest.mark.portable
 def test_auto_batches_grow_to_the_free_memory_the_first_batch_measures(monkeypatch, capsys):
-    """Issue 30 item 3 (`--batch-size auto`): on a GPU the first batch measures the peak memory an item adds; the
+    """On a GPU the first batch measures the peak memory an item adds; the
     rest come in batches that fill the free memory (a multiple of the first), with the same rows."""
     from robustsim import runner
 

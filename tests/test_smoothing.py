@@ -89,7 +89,7 @@ def smoothing_case(seed: int):
 
 @pytest.mark.portable
 def test_each_triplet_draws_its_own_noise_so_any_batch_or_shard_gives_the_same_certificate():
-    """Issue 31 item 6: a triplet's noise depends on the seed and the triplet alone, so certifying a shard (what a
+    """A triplet's noise depends on the seed and the triplet alone, so certifying a shard (what a
     torchrun rank does) or other batch sizes gives each triplet exactly the certificate of the whole run."""
     from robustsim.certify import certify_smoothed
 

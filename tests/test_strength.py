@@ -1,4 +1,4 @@
-"""The attacks are as strong as the reference (issue 41 item 3): robustsim's APGD-CE against pyautoattack's
+"""The attacks are as strong as the reference: robustsim's APGD-CE against pyautoattack's
 APGDAttack called directly on the same 2-logit model (logits (d(x, x1), d(x, x0)), equal iterations, one restart),
 on the same triplets, over seeds: robustsim's mean robust count is at most the reference's + 1. A weakening of the
 attack (a wrong step size, a broken schedule, a lost restart) fails here. benchmarks/bench_strength.py prints the wide

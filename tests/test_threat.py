@@ -76,7 +76,7 @@ def test_linf_balls_certify_through_the_l2_ball_that_holds_them_and_json_round_t
 
 
 def test_radii_written_for_the_other_norm_are_refused_or_warned(capsys):
-    """Issue 27 item 5: ``--norm linf --eps 8`` (meant 8/255) is refused in one line; ``--norm l2 --eps 8/255``
+    """``--norm linf --eps 8`` (meant 8/255) is refused in one line; ``--norm l2 --eps 8/255``
     runs with a one-line warning; ordinary radii say nothing."""
     from conftest import run_cli
 

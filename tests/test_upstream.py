@@ -1,4 +1,4 @@
-"""Issue 26: the zoo rows reproduce their upstreams: each network's preprocessing is the upstream's own transform
+"""The zoo rows reproduce their upstreams: each network's preprocessing is the upstream's own transform
 (built here from the upstream code's objects or its source lines), the certificate's resize norm is the norm of
 the operator actually applied, R-CLIP's released vision-tower files load as fra31/perceptual-metrics loads them,
 DreamSim's untuned ensemble is the dreamsim package's model without adapters, and bench cards carry each paper's

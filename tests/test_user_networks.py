@@ -1,4 +1,4 @@
-"""Certificates of networks users build (issue 39 item 1): every construction is either certified soundly (its bound
+"""Certificates of networks users build: every construction is either certified soundly (its bound
 is at least the gain an ascent finds, and a strong attack inside the certified radius never flips the float32
 decision) or refused in one line naming the module."""
 

@@ -1,4 +1,4 @@
-"""Issue 15: the weights manager against a local HTTP server on 127.0.0.1 (no test touches the internet):
+"""The weights manager against a local HTTP server on 127.0.0.1 (no test touches the internet):
 fetch + verify + cache, wrong hashes and HTML bodies refused, a killed download resumed with a Range
 request and never loaded half-written, offline mode, ``add``; and the genuine metrics' loaders."""
 
@@ -69,7 +69,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data[start : start + cut] if cut is not None else data[start:])
 
     def _hostile(self, mode: str, data: bytes) -> None:
-        """Ways a server lies (issue 27): no length, an encoding, a resume from the wrong byte, a trickle, a
+        """Ways a server lies: no length, an encoding, a resume from the wrong byte, a trickle, a
         chunked body cut mid-way, a redirect loop."""
         import time
 
@@ -155,7 +155,7 @@ def test_a_good_file_is_fetched_verified_cached_and_then_used_offline(server, tm
     data = os.urandom(300_000)
     server.files["good.bin"] = data
     manifest_with(tmp_path, monkeypatch, rec("good.bin", data))
-    assert state(record("good.bin")) == "fetchable"
+    assert state(record("good.bin")) == "not downloaded"
     path = resolve("good.bin", progress=False)
     assert path.read_bytes() == data and path.parent == tmp_path / "weights"
     assert state(record("good.bin")) == "fetched"
@@ -181,8 +181,26 @@ def test_an_html_body_is_refused_with_its_reason(server, tmp_path, monkeypatch, 
     manifest_with(tmp_path, monkeypatch, rec("page.bin", data, pin="first-download"))
     code = run_cli(["weights", "fetch", "page.bin"])
     err = capsys.readouterr().err
-    assert code == 2 and "HTML page" in err and "robustsim weights add" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "HTML page" in err and "robustsim weights add page.bin FILE" in err
+    assert len(err.strip().splitlines()) == 1
     assert not any((tmp_path / "weights").glob("page.bin"))
+
+
+def test_every_failed_download_names_the_file_to_install_by_hand(server, tmp_path, monkeypatch, capsys):
+    """A 404, a cut body and an unreachable host each end in one line naming the file and the
+    command that installs a copy the user has (`robustsim weights add NAME FILE`)."""
+    data = os.urandom(5000)
+    server.cut["cut.bin"] = 1000
+    server.files["cut.bin"] = data
+    manifest_with(tmp_path, monkeypatch, rec("gone.bin", data), rec("cut.bin", data))
+    for name in ("gone.bin", "cut.bin"):
+        assert run_cli(["weights", "fetch", name]) == 2
+        err = capsys.readouterr().err.strip()  # a progress bar may come first
+        assert err.count("error:") == 1 and f"robustsim weights add {name} FILE" in err.splitlines()[-1], err
+    monkeypatch.setenv("ROBUSTSIM_WEIGHTS_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
+    assert run_cli(["weights", "fetch", "gone.bin"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "cannot connect" in err and "robustsim weights add gone.bin FILE" in err
 
 
 def test_a_killed_download_resumes_and_the_partial_file_is_never_loaded(server, tmp_path, monkeypatch):
@@ -249,7 +267,7 @@ def test_first_download_pins_are_recorded_and_enforced(server, tmp_path, monkeyp
 
 
 def test_the_hash_decides_a_genuine_file_is_kept_whatever_size_the_manifest_says(server, tmp_path, monkeypatch):
-    """Issue 26 item 1: the manifest said 4,966,400 bytes for torchvision's squeezenet1_1-b8a52dc0.pth (the file has
+    """The manifest said 4,966,400 bytes for torchvision's squeezenet1_1-b8a52dc0.pth (the file has
     4,958,839), and the size was checked before the hash, so the genuine file was deleted on every download."""
     from robustsim.weights import record, resolve, state
 
@@ -282,8 +300,8 @@ def test_torchvision_files_have_the_sizes_torchvision_publishes():
 
 
 def test_a_git_blob_pin_accepts_the_committed_bytes_and_nothing_else(server, tmp_path, monkeypatch):
-    """A file committed to a repository is pinned by the blob id its commit's tree names (R-LPIPS's heads,
-    issue 26 item 3); the id is computed here by git itself."""
+    """A file committed to a repository is pinned by the blob id its commit's tree names (R-LPIPS's heads); the id
+    is computed here by git itself."""
     import subprocess
 
     from robustsim.weights import record, resolve
@@ -305,7 +323,7 @@ def test_a_git_blob_pin_accepts_the_committed_bytes_and_nothing_else(server, tmp
 
 
 def test_fetching_a_metric_by_name_fetches_every_file_its_row_declares(server, tmp_path, monkeypatch, capsys):
-    """Issue 26 item 4, over every zoo row: ``robustsim weights fetch <metric>`` requests exactly the files the
+    """Over every zoo row: ``robustsim weights fetch <metric>`` requests exactly the files the
     row declares (the row is where the link lives; ``test_contracts`` checks the build opens only those)."""
     from robustsim.weights import manifest
     from robustsim.zoo import metric_entries
@@ -332,7 +350,7 @@ def test_fetching_a_metric_by_name_fetches_every_file_its_row_declares(server, t
 
 
 def test_a_hugging_face_file_is_fetched_again_at_the_commit_its_first_download_resolved(server, tmp_path, monkeypatch):
-    """Issue 26 item 7: ``resolve/main`` moves. Hugging Face names the commit a download resolved to
+    """``resolve/main`` moves. Hugging Face names the commit a download resolved to
     (``X-Repo-Commit``, huggingface_hub's ``file_download.py`` reads the same header); robustsim records it with the
     first-download pin and asks for that commit afterwards, so a later upstream push cannot break the pin."""
     from robustsim.weights import recorded_pins, resolve
@@ -359,7 +377,7 @@ def test_a_hugging_face_file_is_fetched_again_at_the_commit_its_first_download_r
 
 @pytest.mark.parametrize("mode", ["no-length", "gzip", "chunked-cut", "loop"])
 def test_a_body_that_is_not_one_complete_plain_file_is_never_pinned(server, tmp_path, monkeypatch, capsys, mode):
-    """Issue 27 item 1: with a first-download pin, whatever arrived used to be pinned for good (a body with no
+    """With a first-download pin, whatever arrived used to be pinned for good (a body with no
     length cut short, a gzip-encoded body, a chunked body cut mid-way). Each is refused in one line, nothing is
     installed and nothing pinned; the genuine file then installs."""
     from robustsim.weights import recorded_pins, resolve
@@ -494,6 +512,10 @@ def test_weights_list_and_metrics_show_every_metric_with_its_state(capsys):
         assert entry.state() in line
     assert all(len(ln) <= 100 for ln in out.splitlines())
     assert "lpips-alex" in out and "missing" in out  # offline in the test suite: nothing to fetch
+    assert (
+        "fetchable" not in out
+        and "not downloaded: downloaded (pinned, verified) on first use, which needs" in " ".join(out.split())
+    )
 
 
 # genuine metrics ---------------------------------------------------------------------------------
@@ -585,7 +607,7 @@ def _numpy1_pickle(path: Path) -> None:
 
 @pytest.mark.parametrize("numpy_names", ["numpy 2", "numpy 1"])
 def test_lipsim_training_checkpoints_load_their_model_and_nothing_else(tmp_path, numpy_names):
-    """Issue 26 item 2: LipSim's fine-tuned releases are training checkpoints (lipsim/core/trainer.py,
+    """LipSim's fine-tuned releases are training checkpoints (lipsim/core/trainer.py,
     ``_save_ckpt``: epoch, global_step, model_state_dict, optimizer_state_dict), and its ``interp`` schedule
     (lipsim/core/utils.py, ``TriangularLRScheduler.step``) sets the learning rate to ``np.interp(...)[0]``, a
     numpy float. Such a file loads (only the model is read); a file carrying any other global is refused."""
@@ -653,7 +675,7 @@ def test_dreamsim_equals_the_dreamsim_package_on_the_same_weights(tmp_path):
     with torch.no_grad():
         assert torch.allclose(ours.embed(x), reference.embed(x), atol=1e-5)
         assert torch.allclose(ours(x, y), reference(x, y).flatten(), atol=1e-5)
-    assert ours.name == "dreamsim-dino-vits16"  # the zoo's spelling (issue 26 item 7)
+    assert ours.name == "dreamsim-dino-vits16"  # the zoo's spelling
     # lora=False is dreamsim(pretrained=False): the package's model without adapters (dreamsim-base, item 5)
     with managed_downloads({"dino_vits16": backbone}):
         untuned = PerceptualModel(**config, device="cpu", load_dir=str(folder), normalize_embeds=True).eval()
@@ -705,7 +727,7 @@ def test_score_fetches_verifies_and_scores_in_one_command_then_runs_offline(serv
 
 
 def test_two_fetches_of_one_file_at_once_download_it_once(server, tmp_path, monkeypatch):
-    """Issue 27 item 1: two processes (here threads, each with its own lock descriptor) fetching the same file:
+    """Two processes (here threads, each with its own lock descriptor) fetching the same file:
     one downloads, the other waits on the per-file lock and finds it installed; neither fails."""
     import concurrent.futures
 

@@ -168,7 +168,7 @@ def _fit(net: LipSimNet, task: Task, cfg: RunConfig, env: DistEnv) -> dict[str, 
     if start == 0 and getattr(task, "select_from_init", False) and env.main:
         # the starting weights are a selection candidate: best/ is never worse than the init
         init_metrics, best = validate(0, 0)
-        save_checkpoint(out / "best", net, _meta(task, cfg, 0, steps_per_epoch, best, init_metrics))
+        save_checkpoint(out / "best", net, _named(_meta(task, cfg, 0, steps_per_epoch, best, init_metrics), "best"))
     barrier(env)
     rows = slice(env.rank, None, env.world)
     bar = tqdm(total=total, initial=start, desc=f"{task.name} {out.name}", disable=not (cfg.progress and env.main))
@@ -203,10 +203,10 @@ def _fit(net: LipSimNet, task: Task, cfg: RunConfig, env: DistEnv) -> dict[str, 
                     if score > best:
                         best = score
                         meta["training"]["best"] = best
-                        save_checkpoint(out / "best", net, meta)
+                        save_checkpoint(out / "best", net, _named(meta, "best"))
                 tensors, opt_meta = pack_state(opt)
                 meta["training"]["optimizer"] = opt_meta
-                save_checkpoint(out / "last", net, meta, extra_tensors=tensors)
+                save_checkpoint(out / "last", net, _named(meta, "last"), extra_tensors=tensors)
             barrier(env)
     bar.close()
     return {"steps": total, "seconds": time.perf_counter() - t0, "metrics": last_metrics, "best": best}
@@ -223,6 +223,12 @@ def _meta(task: Task, cfg: RunConfig, step: int, steps_per_epoch: int, best: flo
         "metrics": metrics,
         "training": {"global_step": step, "best": best if math.isfinite(best) else None, "config": asdict(cfg)},
     }
+
+
+def _named(meta: dict[str, Any], which: str) -> dict[str, Any]:
+    """``meta`` for the ``which`` checkpoint (best, last): it loads as the metric ``<run>-<which>``, so the two
+    checkpoints of one run are told apart in every report."""
+    return {**meta, "name": f"{meta['name']}-{which}"}
 
 
 def _truncate_log(path: Path, step: int) -> None:

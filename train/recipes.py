@@ -48,7 +48,7 @@ def summary(metric: LipSimMetric, eval_data: str, seconds: float) -> dict[str, A
 
 
 def summary_line(s: dict[str, Any]) -> str:
-    cert = ", ".join(f"{k.split('@')[1]}: {100 * v:.1f}" for k, v in s.items() if k.startswith("certified@"))
+    cert = ", ".join(f"{k.split('@', 1)[1]}: {100 * v:.1f}" for k, v in s.items() if k.startswith("certified@"))
     return f"{s['data']}: clean 2AFC {100 * s['clean']:.1f}, certified (l2) {cert}; {s['seconds']:.0f} s"
 
 
@@ -115,6 +115,8 @@ def _distill(
     if val_images == "auto":
         val_images = "mini:val" if images in ("mini", "mini:train") else None
     held_out = open_images(val_images, input_size) if val_images else None
+    if held_out is not None and limit is not None:  # a trial run's check costs what its training does
+        held_out = held_out.subset(limit)
     cache = Path(cache_dir) if cache_dir else _cache_dir()
     if not env.main:
         barrier(env)  # rank 0 fills the teacher cache first; the others then read it
@@ -128,14 +130,14 @@ def _distill(
     torch.manual_seed(cfg.seed)
     preset = student if layer == PRESETS[student].layer else replace(PRESETS[student], layer=layer)
     net = LipSimNet(preset, embed_dim=int(targets.shape[1]), input_size=input_size)
-    eval_set = open_triplets(eval_data, size=input_size) if eval_data else None
+    eval_set = open_triplets(eval_data, size=input_size, limit=limit) if eval_data else None  # per-epoch checks
     task = DistillTask(
         train_images,
         targets,
         held_out,
         val_targets,
         meta={"teacher": teacher, "data": images, "embed_dim": int(targets.shape[1]), "layer": layer},
-        evaluate_2afc=(lambda m: validation_figures(m, eval_set, [SUMMARY_EPS[0]])) if eval_set else None,
+        evaluate_2afc=(lambda m: validation_figures(m, eval_set, [SUMMARY_EPS[0]], refine=False)) if eval_set else None,
     )
     result = fit(net, task, cfg)
     return _finish(net, cfg, eval_data, result)
@@ -194,7 +196,7 @@ def _finetune(
     size = net.input_size
     task = FinetuneTask(
         train_set,
-        open_triplets(val, size=size),
+        open_triplets(val, size=size, limit=limit),  # a trial run's checks cost what its training does
         margin,
         select,
         select_eps,
@@ -205,7 +207,7 @@ def _finetune(
         lipschitz=input_lipschitz(LipSimMetric(net), (size, size))[0],
     )
     result = fit(net, task, cfg)
-    return _finish(net, cfg, eval_data or val, result)
+    return _finish(net, cfg, val if eval_data is None else eval_data, result)  # "": no final summary
 
 
 def _finish(net: LipSimNet, cfg: RunConfig, eval_data: str | None, result: dict[str, Any]) -> dict[str, Any]:

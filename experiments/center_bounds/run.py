@@ -116,11 +116,11 @@ def figure(rows: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from robustsim.plots import OKABE_ITO, save_figure
+    from robustsim.plots import PALETTE, save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for i, r in enumerate(rows):
-        c = OKABE_ITO[i]
+        c = PALETTE[i]
         ax.plot(EPS, [r["bound"][str(e)] for e in EPS], "o-", color=c, label=f"{r['metric']}: {r['kind']} bound")
         if r["kind"] != "Lipschitz":
             ax.plot(

@@ -206,14 +206,14 @@ def table(results: dict) -> str:
 def pareto(results: dict):
     import matplotlib.pyplot as plt
 
-    from robustsim.plots import OKABE_ITO
+    from robustsim.plots import PALETTE
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for i, layer in enumerate(LAYER_KINDS):
         for loss, marker in zip(LOSSES, ("o", "s"), strict=True):
             r = results["configs"][f"{layer}/{loss}"]
             ax.scatter(
-                100 * r["clean"], 100 * r["certified"][0], color=OKABE_ITO[i], marker=marker, label=f"{layer} {loss}"
+                100 * r["clean"], 100 * r["certified"][0], color=PALETTE[i], marker=marker, label=f"{layer} {loss}"
             )
     for j, (name, r) in enumerate(results["ship"].items()):
         ax.scatter(100 * r["clean"], 100 * r["certified"][0], color="black", marker="*^vD"[j % 4], s=80, label=name)

@@ -113,14 +113,14 @@ def figure(rows: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from robustsim.plots import OKABE_ITO, save_figure
+    from robustsim.plots import PALETTE, save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / len(EPS)
     for i, e in enumerate(EPS):
         xs = [j + (i - (len(EPS) - 1) / 2) * width for j in range(len(rows))]
         vals = [r["eps"][str(e)]["attack_over_typical"] for r in rows]
-        ax.bar(xs, vals, width, color=OKABE_ITO[i], label=f"attack, l2 eps {e:.3g}")
+        ax.bar(xs, vals, width, color=PALETTE[i], label=f"attack, l2 eps {e:.3g}")
         for x, r in zip(xs, rows, strict=True):
             b = r["eps"][str(e)].get("bound_over_typical")
             if b is not None:

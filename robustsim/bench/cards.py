@@ -4,6 +4,7 @@ metric, certified marked)."""
 
 from __future__ import annotations
 
+import base64
 import html
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,7 @@ class Row:
     seconds: float
     reported: dict[str, float] | None = None  # the paper's figures (%) by column title
     n: int | None = None  # triplets its cells used
+    certificate: str = "none"  # the kind of its certified cells: lipschitz, smoothing sigma=S, none
 
     def sort_key(self, title: str) -> float:
         v = self.values.get(title)
@@ -112,12 +114,13 @@ def make_card(
         "weights": {"fingerprint": fingerprint, "files": files},
         "parameters": sum(p.numel() for p in metric.parameters()),
         "protocol": protocol.to_json(),
-        "protocol_text": protocol.describe(),
+        "protocol_text": protocol.describe(len(data)),
         "data": {"spec": data_spec, "name": data.name, "n": len(data), "identity": data.identity},
         "clean": cell_value(cells, Cell("clean")),
         "robust": robust,
         "certified": {
             "method": first.get("method", "none"),
+            **{k: first[k] for k in ("n", "alpha", "abstain_rate") if first.get(k) is not None},
             **{format_eps(c.eps): cell_value(cells, c) for c in certified_cells if c.eps is not None},
             "center_bound": {
                 format_eps(c.eps): (cells.get(c.name) or {}).get("center_bound")
@@ -172,7 +175,8 @@ def card_row(name: str, card: dict, protocol: Protocol) -> Row:
     """A card's leaderboard row: its numbers by column, the paper's figures (numbers only), the triplets used."""
     values = {c.title: card_value(card, c) for c in columns(protocol, center=True)}
     reported = {k: v for k, v in (card.get("reported") or {}).items() if isinstance(v, (int, float))} or None
-    return Row(name, values, card["parameters"], card["seconds"], reported, (card.get("data") or {}).get("n"))
+    n, certificate = (card.get("data") or {}).get("n"), str((card.get("certified") or {}).get("method", "none"))
+    return Row(name, values, card["parameters"], card["seconds"], reported, n, certificate)
 
 
 def _pct(v) -> str:
@@ -185,8 +189,34 @@ def _shown(row: Row, column: Column) -> str:
     v = row.values[column.title]
     if column.cell.kind == "bound":
         return "-" if v is None else f"{v:.4g}"
+    if column.cell.kind == "certified" and v is not None and row.certificate.startswith("smoothing"):
+        return f"{_pct(v)} (smoothed)"  # a certificate of the smoothed metric, never beside a proof unmarked
     paper = (row.reported or {}).get(column.title)
     return _pct(v) if paper is None else f"{_pct(v)} (paper {paper:.1f})"
+
+
+SMOOTHED_NOTE = (
+    " (smoothed): a randomized-smoothing certificate of the SMOOTHED metric (Gaussian noise on the reference; sigma, "
+    "n, alpha and its abstain rate on the metric's card), sound with probability 1 - alpha; unmarked: a Lipschitz "
+    "proof for the metric itself."
+)
+SORT_NOTE = "Rows are sorted by robust accuracy at the first threat model's smallest radius (best first)."
+
+
+def notes(rows: list[Row], protocol: Protocol, center: bool) -> str:
+    """What the leaderboard's columns and marks mean: only the marks its rows use."""
+    text = (
+        "2AFC accuracy (%); robust = worst case over the protocol's attacks (reference perturbed); cert. = certified "
+        "('-' = no certificate)."
+    )
+    if any(r.certificate.startswith("smoothing") for r in rows):
+        text += SMOOTHED_NOTE
+    if any(r.reported for r in rows):
+        text += (
+            f" (paper X): the figure the metric's paper reports for this column ({reported_source(protocol)}): a run "
+            "on that data should reproduce it."
+        )
+    return text + (CENTER_NOTE if center else "") + " " + SORT_NOTE
 
 
 def _cells(row: Row, cols: list[Column]) -> list[str]:
@@ -211,10 +241,9 @@ def write_leaderboard(cards: dict, skipped: dict, protocol: Protocol, data_spec:
         "",
         protocol.describe(used_n(rows)) + ". n: the triplets each metric's cells used.",
         "",
-        "2AFC accuracy (%); robust = worst case over the protocol's attacks (reference perturbed); cert. = certified "
-        "(Lipschitz proof, or smoothing where asked; '-' = no certificate). (paper X): the figure the metric's "
-        f"paper reports for this column ({reported_source(protocol)}): a run on that data should reproduce it."
-        + (CENTER_NOTE if center else ""),
+        notes(rows, protocol, center),
+        "",
+        "![clean vs robust per metric](leaderboard.png)",
         "",
         "| " + " | ".join(heads) + " |",
         "|" + "---|" * len(heads),
@@ -222,17 +251,21 @@ def write_leaderboard(cards: dict, skipped: dict, protocol: Protocol, data_spec:
     md += ["| " + " | ".join(_cells(r, cols)) + " |" for r in rows]
     if skipped:
         md += ["", "Skipped:", ""] + [f"- {md_code(name)}: {md_code(why)}" for name, why in skipped.items()]
-    files = [atomic_write(out / "leaderboard.md", lambda p: p.write_text("\n".join(md) + "\n"), out)]
-    page = _html(heads, rows, cols, protocol, data_spec, skipped)
-    files.append(atomic_write(out / "leaderboard.html", lambda p: p.write_text(page), out))
     from robustsim.plots import save_figure
 
-    files.append(save_figure(_figure(rows, cols, protocol), out / "leaderboard.png", within=out))
+    files = [save_figure(_figure(rows, cols, protocol), out / "leaderboard.png", within=out)]
+    files.append(atomic_write(out / "leaderboard.md", lambda p: p.write_text("\n".join(md) + "\n"), out))
+    figure = base64.b64encode((out / "leaderboard.png").read_bytes()).decode()
+    page = _html(heads, rows, cols, protocol, data_spec, skipped, notes(rows, protocol, center), figure)
+    files.append(atomic_write(out / "leaderboard.html", lambda p: p.write_text(page), out))
     return files
 
 
-def _html(heads, rows: list[Row], cols: list[Column], protocol: Protocol, data_spec: str, skipped: dict) -> str:
-    """A self-contained page: one table; clicking a column header sorts by it (numbers as numbers)."""
+def _html(
+    heads, rows: list[Row], cols: list[Column], protocol: Protocol, data_spec: str, skipped: dict, note: str, png: str
+) -> str:
+    """A self-contained page: one table (clicking a column header sorts by it, numbers as numbers), what its columns
+    and marks mean, and the leaderboard's figure (embedded)."""
     body = []
     for r in rows:
         raw = [*(r.values[c.title] for c in cols), r.n, r.parameters, r.seconds]
@@ -257,11 +290,14 @@ td {{ white-space: nowrap; }}
 th.asc::after {{ content: " \\25B2"; }} th.desc::after {{ content: " \\25BC"; }}
 </style></head><body>
 <h1>robustsim leaderboard on <code>{html.escape(visible(data_spec))}</code></h1>
-<p>{html.escape(protocol.describe(used_n(rows)))}. 2AFC accuracy (%); n: triplets per cell. Click a column to sort.</p>
+<p>{html.escape(protocol.describe(used_n(rows)))}. n: triplets per cell.</p>
+<p>{html.escape(note)} Click a column to sort by it.</p>
 <table id="board"><thead><tr>{head}</tr></thead><tbody>
 {chr(10).join(body)}
 </tbody></table>
 {f"<p>Skipped:</p><ul>{skipped_html}</ul>" if skipped else ""}
+<figure><img src="data:image/png;base64,{png}" alt="clean vs robust per metric" style="max-width: 100%">
+<figcaption>Clean against robust 2AFC accuracy per metric (black edge: certified).</figcaption></figure>
 <script>
 document.querySelectorAll("#board th").forEach(function (th) {{
   th.addEventListener("click", function () {{
@@ -283,6 +319,11 @@ document.querySelectorAll("#board th").forEach(function (th) {{
 </script>
 </body></html>
 """
+
+
+def kind(row: Row) -> str:
+    """How a row's certified accuracy was certified, in a legend's words."""
+    return "certified, smoothed" if row.certificate.startswith("smoothing") else "certified"
 
 
 @plain_text
@@ -309,7 +350,7 @@ def _figure(rows: list[Row], cols: list[Column], protocol: Protocol):
             marker=marker,
             edgecolors="black" if cert else "none",
             linewidths=1.5,
-            label=figure_text(r.metric) + (" (certified)" if cert else ""),
+            label=figure_text(r.metric) + (f" ({kind(r)})" if cert else ""),
         )
     lim = [0, 100]
     ax.plot(lim, lim, ":", color="grey", lw=1)
@@ -322,14 +363,42 @@ def _figure(rows: list[Row], cols: list[Column], protocol: Protocol):
     return fig
 
 
+def certificate_text(card: dict) -> str:
+    """Which certificate the card's certified columns are (one line)."""
+    cert = card.get("certified") or {}
+    method = str(cert.get("method", "none"))
+    if method == "lipschitz":
+        return "Certified columns: a Lipschitz proof for the metric itself (sound l2 radii, the reference moving)."
+    if method.startswith("smoothing"):
+        rate = cert.get("abstain_rate")
+        abstained = "" if rate is None else f", abstained on {100 * rate:.1f} % of the triplets"
+        return (
+            f"Certified columns: randomized smoothing ({method.split(' ', 1)[1]}, n={cert.get('n')}, "
+            f"alpha={cert.get('alpha')}{abstained}): a certificate of the SMOOTHED metric, not of the metric itself."
+        )
+    return "No certificate: the metric has no Lipschitz bound (bench --smoothing certifies its smoothed version)."
+
+
 def card_markdown(name: str, card: dict, protocol: Protocol) -> str:
-    """A card as a person reads it: provenance, the protocol, every number (with the paper's where known)."""
+    """A card as a person reads it: provenance, the protocol, every number (with the paper's where known), the
+    certificate's kind, its weight files, a link back to the leaderboard."""
     row = card_row(name, card, protocol)
     cols = columns(protocol, has_center({name: card}))
+    files = card.get("weights", {}).get("files", {})
+    weights = [
+        "| weight file | pin | licence |",
+        "|---|---|---|",
+        *[f"| {md_cell(f)} | {md_cell(v.get('pin'))} | {md_cell(v.get('license'))} |" for f, v in files.items()],
+    ]
+    if not files:
+        fingerprint = card.get("weights", {}).get("fingerprint", "?")
+        weights = [f"Weight files: none to fetch (built in, or shipped in the package); fingerprint `{fingerprint}`."]
     lines = [
+        "[the leaderboard](../leaderboard.html)",
+        "",
         f"# {md_code(name)}",
         "",
-        f"{md_code(card.get('source', ''))}. Data: {md_code(card.get('data', {}).get('spec', ''))} "
+        f"{md_cell(card.get('source', ''))}. Data: {md_code(card.get('data', {}).get('spec', ''))} "
         f"({card.get('data', {}).get('n', '?')} triplets). {card.get('protocol_text', protocol.describe())}.",
         "",
         "| " + " | ".join(["metric", *[c.title for c in cols], "n", "params", "seconds"]) + " |",
@@ -338,19 +407,48 @@ def card_markdown(name: str, card: dict, protocol: Protocol) -> str:
         "",
         "2AFC accuracy (%). " + (f"(paper X): {card.get('reported_source', '')}." if row.reported else ""),
         "",
-        "| weight file | pin | licence |",
-        "|---|---|---|",
-        *[
-            f"| {md_cell(f)} | {md_cell(v.get('pin'))} | {md_cell(v.get('license'))} |"
-            for f, v in card.get("weights", {}).get("files", {}).items()
-        ],
+        certificate_text(card),
+        "",
+        *weights,
     ]
     return "\n".join(lines) + "\n"
 
 
-def write_card_page(name: str, card: dict, protocol: Protocol, path: Path, within: Path | None = None) -> Path:
-    """``cards/<name's file stem>.html``: the card as one offline page (its JSON in full below the tables)."""
-    from robustsim.html import report_page
+@plain_text
+def card_figure(name: str, card: dict, protocol: Protocol):
+    """Robust accuracy against epsilon for each threat model of the protocol, and the certified curve (l2)."""
+    import matplotlib.pyplot as plt
 
-    page = report_page(f"robustsim card: {visible(name)}", card_markdown(name, card, protocol), {}, card)
+    from robustsim.plots import Curve, draw_curves
+
+    models = [t for t in protocol.threat_models if t.eps]
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 3.8), squeeze=False)
+    for ax, threat in zip(axes[0], models, strict=True):
+        robust = card["robust"].get(threat.key(), {})
+        curves = [
+            Curve("clean", list(threat.eps), [card["clean"]] * len(threat.eps), "--"),
+            Curve("robust", list(threat.eps), [robust.get(threat.label(e)) for e in threat.eps]),
+        ]
+        if threat.norm == "l2" and card["certified"].get("method", "none") != "none":
+            eps = list(protocol.certified_eps)
+            kind = "certified (smoothed)" if str(card["certified"]["method"]).startswith("smoothing") else "certified"
+            curves.append(Curve(kind, eps, [card["certified"].get(format_eps(e)) for e in eps], ":"))
+        shown = [c for c in curves if None not in c.values]
+        draw_curves(ax, shown, threat.norm, f"{name}: {threat.norm}", "2AFC accuracy (%)")
+    fig.tight_layout()
+    return fig
+
+
+def write_card_page(name: str, card: dict, protocol: Protocol, path: Path, within: Path | None = None) -> Path:
+    """``cards/<name's file stem>.html``: the card as one offline page (its figure embedded, its JSON in full below
+    the tables, a link back to the leaderboard)."""
+    import tempfile
+
+    from robustsim.html import report_page
+    from robustsim.plots import save_figure
+
+    with tempfile.TemporaryDirectory() as tmp:
+        png = save_figure(card_figure(name, card, protocol), Path(tmp) / "card.png")
+        markdown = card_markdown(name, card, protocol)
+        page = report_page(f"robustsim card: {visible(name)}", markdown, {"accuracy.png": png}, card, up=1)
     return atomic_write(path, lambda p: p.write_text(page), within)

@@ -27,6 +27,7 @@ import torch
 from robustsim.bench.protocol import Protocol, get_protocol
 from robustsim.checks import count_arg
 from robustsim.data.triplets import TripletDataset
+from robustsim.defaults import CENTER_CANDIDATES, center_draws
 from robustsim.dist import DistEnv, broadcast_object, init_distributed
 from robustsim.errors import InputError, RobustsimError
 from robustsim.io import finite_json, parse_json, read_inside, write_json
@@ -74,7 +75,7 @@ def metric_fingerprint(metric: Metric) -> str:
 NUMBERS = ("score", "robust", "certified", "seconds", "images_per_s", "n", "center_bound")
 # center smoothing in certified cells of metrics without a Lipschitz bound (bench --smoothing), sized for a CPU:
 # the first `images` reference images, `n` certification draws, `n_center` draws per check of the centre
-CENTER = {"images": 10, "n": 500, "n_center": 1500, "candidates": 16, "delta": 0.1}
+CENTER = {"images": 10, "n": 500, "n_center": 1500, "candidates": CENTER_CANDIDATES, "delta": 0.1}
 
 
 def result_digest(result: object) -> str:
@@ -149,9 +150,9 @@ class CellStore:
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
-    def get(self, metric: str, cell: Cell, key: str) -> dict | None:
+    def get(self, metric: str, cell: Cell, key: str, warn: bool = True) -> dict | None:
         """The saved result when its key matches and it is intact (its checksum and schema hold); an invalid
-        cell is recomputed, with one warning line."""
+        cell is recomputed, with one warning line (``warn=False``: none, for a look that computes nothing)."""
         path = self._path(metric, cell)
         raw = read_inside(self.root, path)  # a planted link is refused, a FIFO never read
         if raw is None:
@@ -164,9 +165,14 @@ class CellStore:
             return None  # another protocol, data or weights: not this cell
         problem = cell_problem(data)
         if problem is not None:
-            print(f"warning: {path} {problem}; recomputing it", file=sys.stderr)
+            if warn:
+                print(f"warning: {path} {problem}; recomputing it", file=sys.stderr)
             return None
         return data["result"]
+
+    def saved(self, metric: str, fingerprint: str, cells: Sequence[Cell], extra: object = None) -> bool:
+        """True when every one of ``cells`` is saved under its key (:meth:`fill` would compute nothing)."""
+        return all(self.get(metric, c, self.key(fingerprint, c, extra), warn=False) is not None for c in cells)
 
     def put(self, metric: str, cell: Cell, key: str, result: dict) -> None:
         record = {"key": key, "cell": cell.name, "result": result, "sha256": result_digest(result)}
@@ -319,6 +325,10 @@ def certified_cells(
         for c in cells
         if c.eps is not None
     }
+    if method != "lipschitz":  # what a smoothing certificate is of: its samples, confidence and abstentions
+        for v in out.values():
+            v.update(n=protocol.smoothing["n"], alpha=protocol.smoothing["alpha"])
+            v["abstain_rate"] = res.details.get("abstain_rate")
     if method != "lipschitz":
         assert centre is not None
         for c, v in out.items():  # the median bound over the images that did not abstain; inf (more draws) -> None
@@ -369,6 +379,7 @@ def evaluate_metric(
         cell = clean_cell(m, data, batch_size, device, env)
         return None if cell is None else {clean[0]: cell}
 
+    robust_extra, certified_extra = cell_extras(precision, smoothing)
     found = store.fill(run.name, run.fingerprint, clean, announce("clean 2AFC", clean_compute))
     for cells in robust:
         threat = cells[0].threat
@@ -379,40 +390,72 @@ def evaluate_metric(
                 m, data, protocol, cells, batch_size, device, env, progress, precision, embedded
             ),
         )
-        # a mixed-precision attack is another cell (float32 cells keep their keys)
-        extra = None if precision == "fp32" else {"precision": precision}
-        found.update(store.fill(run.name, run.fingerprint, cells, compute, extra=extra))
+        found.update(store.fill(run.name, run.fingerprint, cells, compute, extra=robust_extra))
     compute = announce(
         "certificates", lambda: certified_cells(m, data, protocol, certified, smoothing, batch_size, device, env)
     )
-    extra = {"smoothing": smoothing} if smoothing is None else {"smoothing": smoothing, "center": CENTER}
-    found.update(store.fill(run.name, run.fingerprint, certified, compute, extra=extra))
+    found.update(store.fill(run.name, run.fingerprint, certified, compute, extra=certified_extra))
     run.cells = {c.name: v for c, v in found.items()}
     return run.cells if env.main else None
 
 
+def cell_extras(precision: str, smoothing: float | None) -> tuple[object, object]:
+    """What keys the robust and the certified cells besides protocol, data and weights: a mixed-precision attack
+    is another cell (float32 cells keep their keys); a smoothed certificate's sigma and center settings."""
+    robust = None if precision == "fp32" else {"precision": precision}
+    certified = {"smoothing": smoothing} if smoothing is None else {"smoothing": smoothing, "center": CENTER}
+    return robust, certified
+
+
 def metric_estimate(
-    metric: Metric, data: TripletDataset, protocol: Protocol, smoothing: float | None, batch_size: int, device
+    run: MetricRun, store: CellStore, smoothing: float | None, batch_size: int, device, precision: str = "fp32"
 ):
-    """What a metric's cells cost at most when none is saved yet (:mod:`robustsim.cost`): the clean pass, each
-    threat model's attacks, and the certificate (a Lipschitz proof, or smoothing and center smoothing)."""
+    """What a metric's cells not yet saved in ``store`` cost (:mod:`robustsim.cost`): the clean pass, each threat
+    model's attacks (a trial run on a few triplets, scaled), and the certificate (a Lipschitz proof, or smoothing
+    and center smoothing); None when every cell is saved (nothing to compute)."""
     from robustsim.attacks.registry import make_attack
     from robustsim.certify import has_certificate
-    from robustsim.cost import CALIBRATION, attack_passes, passes, time_images, time_triplets
+    from robustsim.cost import (
+        CALIBRATION,
+        TRIAL,
+        TRIAL_FROM,
+        Estimate,
+        attack_passes,
+        certificate_seconds,
+        time_images,
+        time_triplets,
+        trial_seconds,
+    )
 
+    metric, data, protocol = run.metric, store.data, store.protocol
+    clean, robust, certified = protocol_cells(protocol)
+    robust_extra, certified_extra = cell_extras(precision, smoothing)
+    missing = lambda cells, extra=None: not store.saved(run.name, run.fingerprint, cells, extra)  # noqa: E731
+    todo = [cells[0].threat for cells in robust if missing(cells, robust_extra)]
     n = len(data)
+    forwards, backwards, noisy, seconds = 0.0, 0.0, 0.0, 0.0
+    if not (missing(clean) or todo or missing(certified, certified_extra)):
+        return None
     times = time_triplets(metric, data, batch_size, device)  # one calibration for all the metric's cells
-    est = passes(n, 0, times, device)  # the clean cell: one forward per triplet
-    for tm in protocol.threat_models:
-        built = [make_attack(a, tm, steps=protocol.steps, restarts=protocol.restarts) for a in protocol.attacks]
-        est += passes(*attack_passes(n, tm.eps, built), times, device)
-    if has_certificate(metric):
-        est += passes(2 * n, 0, times, device)
-    elif smoothing is not None:
+    if missing(clean):
+        forwards, seconds = n, n * times[0]
+    built = [[make_attack(a, tm, steps=protocol.steps, restarts=protocol.restarts) for a in protocol.attacks]
+             for tm in todo]  # fmt: skip
+    for tm, attacks in zip(todo, built, strict=True):
+        f, b = attack_passes(n, tm.eps, attacks)
+        forwards, backwards = forwards + f, backwards + b
+    if todo:
+        seconds += trial_seconds(metric, data, todo, built, batch_size, device)
+    if missing(certified, certified_extra) and has_certificate(metric):
+        forwards, seconds = forwards + 2 * n, seconds + certificate_seconds(metric, data, batch_size, device)
+    elif missing(certified, certified_extra) and smoothing is not None:
         t = time_images(metric, data, 8 * CALIBRATION, device)
-        images = min(CENTER["images"], n) * (CENTER["candidates"] + 2 * CENTER["n_center"] + CENTER["n"])
-        est += passes(n * protocol.smoothing["n"] + images, 0, (t, t), device, ("noisy image",))
-    return est
+        images = min(CENTER["images"], n) * center_draws(CENTER["n"], CENTER["n_center"], CENTER["candidates"])
+        noisy = n * protocol.smoothing["n"] + images
+        seconds += noisy * t
+    units = ("triplet", "noisy image") if noisy else ("triplet",)
+    trial = (TRIAL, n) if todo and n >= TRIAL_FROM else None
+    return Estimate(forwards + noisy, backwards, seconds, str(device), units, trial)
 
 
 def _checked_metrics(metrics: object) -> list[str]:
@@ -477,12 +520,13 @@ def run(
             skipped[name] = str(err).splitlines()[0]
             say(f"{name}: skipped ({skipped[name]})")
             continue
-        est = metric_estimate(metric, triplets, proto, smoothing, batch_size, env.device)
-        say(f"{name}: {est.describe()}")
-        total = est if total is None else total + est
+        runner = MetricRun(name, metric, metric_fingerprint(metric))
+        est = metric_estimate(runner, store, smoothing, batch_size, env.device, precision)
+        say(f"{name}: {'every cell saved: nothing to compute' if est is None else est.describe()}")
+        if est is not None:
+            total = est if total is None else total + est
         if dry_run:
             continue
-        runner = MetricRun(name, metric, metric_fingerprint(metric))
         t0 = time.perf_counter()
         cells = evaluate_metric(runner, store, smoothing, batch_size, env.device, progress, say, precision, reuse)
         if env.main and cells is not None:

@@ -32,6 +32,7 @@ from robustsim.cli.options import (
     smoothing_option,
     threat_options,
 )
+from robustsim.defaults import ALPHA, AUDIT_SMOOTHING_N
 from robustsim.limits import MAX_EOT
 from robustsim.threat import ThreatModel
 
@@ -75,7 +76,7 @@ def _attack_names() -> list[str]:
 )
 @click.option(
     "--smoothing-n",
-    default=128,
+    default=AUDIT_SMOOTHING_N,
     show_default=True,
     type=click.IntRange(1, 10**7),
     help="Noise samples of each smoothed prediction.",
@@ -123,27 +124,23 @@ def audit_cmd(
     from robustsim.attacks import make_attack
     from robustsim.audit import run_audit
     from robustsim.certify import SmoothedMetric
-    from robustsim.cost import audit_estimate, certify_estimate
+    from robustsim.cost import audit_estimate
     from robustsim.io import OutputDir
     from robustsim.reports import write_report
 
     attacks = parse_names(attacks_text, "--attacks")
     built = [make_attack(a, threat, steps=steps, restarts=restarts, eot=eot) for a in attacks]  # bad names: now
-    if sigma is not None and threat.target != "ref":
-        raise click.BadParameter("--smoothing smooths the reference image; use --target ref", param_hint="--target")
+    if sigma is not None:
+        threat.require_reference("--smoothing")
     claim = OutputDir(out_dir, AUDIT_FILES, overwrite) if out_dir and is_main() and not dry_run else nullcontext(None)
     with claim as out:
         (m,) = load_metrics([metric], device, dtype)
         data = open_data(data_spec, limit, size=m.input_size, allow_outside=allow_outside)
         # with --out every finished batch is kept in <out>/.resume: Ctrl-C, then the same command, continues
         resume = Path(out_dir) / RESUME if out_dir else None
-        cost = audit_estimate(m, data, threat.eps, built, batch_size, device, threat.target)
-        if sigma is not None:  # each clean check and each radius's verdict is a smoothed prediction
-            n_pred = smoothing_n * (1 + len(threat.eps)) * len(built)
-            cost += certify_estimate(m, data, "smoothing", batch_size, device, samples=n_pred)
-        if say_cost(cost, dry_run):
+        attacked = m if sigma is None else SmoothedMetric(m, sigma, n=smoothing_n, alpha=ALPHA, seed=seed)
+        if say_cost(audit_estimate(attacked, data, threat, built, batch_size, device), dry_run):
             return
-        attacked = m if sigma is None else SmoothedMetric(m, sigma, n=smoothing_n, alpha=0.001, seed=seed)
         report = run_audit(
             attacked,
             data,

@@ -29,6 +29,7 @@ from robustsim.cli.options import (
     seed_option,
     threat_options,
 )
+from robustsim.defaults import ALPHA, CENTER_N, CENTER_N_CENTER, SMOOTHING_N, center_draws
 from robustsim.limits import MAX_SIGMA
 from robustsim.threat import ThreatModel
 
@@ -76,15 +77,15 @@ DEFAULT_CERT_EPS = {"l2": "36/255,72/255,108/255", "linf": "1/255,2/255,4/255"}
     "--n",
     "n_samples",
     type=click.IntRange(1, 10**7),
-    default=512,
+    default=SMOOTHING_N,
     show_default=True,
-    help="Smoothing: noise samples per triplet (center-smoothing: certification samples per image; 1000 is "
+    help=f"Smoothing: noise samples per triplet (center-smoothing: certification samples per image; {CENTER_N} is "
     "its default when --n is not given).",
 )
 @click.option(
     "--n-center",
     type=click.IntRange(1, 10**7),
-    default=2000,
+    default=CENTER_N_CENTER,
     show_default=True,
     help="Center smoothing: samples for each of the centre's two checks.",
 )
@@ -105,7 +106,7 @@ DEFAULT_CERT_EPS = {"l2": "36/255,72/255,108/255", "linf": "1/255,2/255,4/255"}
 @click.option(
     "--alpha",
     type=FiniteFloat(0, 1, min_open=True, max_open=True),
-    default=0.001,
+    default=ALPHA,
     show_default=True,
     help="Smoothing: failure probability of each certificate.",
 )
@@ -160,7 +161,7 @@ def certify_cmd(
     from contextlib import nullcontext
 
     from robustsim.certify import certify_2afc, certify_smoothed, has_certificate
-    from robustsim.certify.center import certify_center
+    from robustsim.certify.center import center_threat, certify_center
     from robustsim.certify.radius import Mode
     from robustsim.cost import certify_estimate
     from robustsim.io import OutputDir, write_json
@@ -173,17 +174,15 @@ def certify_cmd(
         (m,) = load_metrics([metric], device, dtype)
         if method == "auto":
             method = "lipschitz" if has_certificate(m) else "smoothing"
-        if method in ("smoothing", "center-smoothing") and threat.target != "ref":
-            raise click.BadParameter(
-                f"{method} certifies the reference image only; use --target ref", param_hint="--target"
-            )
-        if method == "center-smoothing" and threat.norm != "l2":
-            raise click.BadParameter("center smoothing certifies l2 balls; use --norm l2", param_hint="--norm")
+        if method == "center-smoothing":
+            center_threat(threat)
+        elif method == "smoothing":
+            threat.require_reference(method)
         data = open_data(data_spec, limit, allow_outside=allow_outside)
         source = click.get_current_context().get_parameter_source("n_samples")
         if method == "center-smoothing" and source == click.core.ParameterSource.DEFAULT:
-            n_samples = 1000
-        samples = {"lipschitz": 0, "smoothing": n_samples + n0, "center-smoothing": 16 + 2 * n_center + n_samples}
+            n_samples = CENTER_N
+        samples = {"lipschitz": 0, "smoothing": n_samples + n0, "center-smoothing": center_draws(n_samples, n_center)}
         if say_cost(certify_estimate(m, data, method, batch_size, device, samples[method]), dry_run):
             return
         if method == "lipschitz":

@@ -9,9 +9,10 @@ import click
 from robustsim.table import format_table
 
 STATES = (
-    "built-in: weights ship with robustsim or a dependency; fetched: downloaded and verified; fetchable: "
-    "downloaded (pinned, verified) on first use; missing: offline, or no download location (`robustsim weights "
-    "add`); needs X: pip install 'robustsim[zoo]' torch==2.13.0 torchvision==0.28.0"
+    "built-in: weights ship with robustsim or a dependency; fetched: downloaded and verified; not downloaded: "
+    "downloaded (pinned, verified) on first use, which needs the network (or `robustsim weights add` a copy); "
+    "missing: offline, or no download location (`robustsim weights add`); needs X: pip install 'robustsim[zoo]' "
+    "torch==2.13.0 torchvision==0.28.0"
 )
 
 
@@ -26,7 +27,7 @@ def _clip(text: str, width: int) -> str:
 def metrics_cmd(width: int | None) -> None:
     """List the metric zoo and the state of each metric here.
 
-    The metric zoo: each metric's state here (built-in, fetched, fetchable, missing, or the package it
+    The metric zoo: each metric's state here (built-in, fetched, not downloaded, missing, or the package it
     needs) and what it is. `robustsim weights list` shows the weight files behind it."""
     from robustsim.zoo import metric_entries
 

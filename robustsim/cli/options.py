@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -70,27 +69,18 @@ def registry_choice(module: str, name: str, first: Sequence[str] = ()) -> LazyCh
 
 
 def parse_floats(text: str, what: str = "value") -> list[float]:
-    """'36/255,72/255' or '0.5,1' -> finite floats >= 0 (fractions allowed); raises click.BadParameter."""
-    out = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        try:
-            value = float(Fraction(part))
-        except OverflowError:
-            raise click.BadParameter(f"{part!r} is not a finite number", param_hint=what) from None
-        except (ValueError, ZeroDivisionError):
-            raise click.BadParameter(
-                f"{part!r} is not a number; write e.g. 0.5,1 or 36/255,72/255", param_hint=what
-            ) from None
-        if not math.isfinite(value):
-            raise click.BadParameter(f"{part!r} is not a finite number", param_hint=what)
-        out.append(value)
-    if not out:
-        raise click.BadParameter("needs at least one number", param_hint=what)
-    if any(v < 0 for v in out):
-        raise click.BadParameter("epsilons must be >= 0", param_hint=what)
-    return out
+    """'36/255,72/255' or '0.5,1' -> radii, each read by :func:`robustsim.threat.parse_eps` (finite, >= 0,
+    fractions allowed); raises click.BadParameter with its reason."""
+    from robustsim.errors import InputError
+    from robustsim.threat import parse_eps
+
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise click.BadParameter("needs at least one number, e.g. 0.5,1 or 36/255,72/255", param_hint=what)
+    try:
+        return [parse_eps(p) for p in parts]
+    except InputError as err:
+        raise click.BadParameter(str(err), param_hint=what) from None
 
 
 class FiniteFloat(click.FloatRange):
@@ -135,35 +125,21 @@ def metric_option(*decls: str, many: bool = False, help: str, **kwargs: Any) -> 
 
 
 def resolve_device(device: str) -> torch.device:
-    """cpu, cuda, cuda:N or auto -> a usable torch.device (click.BadParameter otherwise)."""
-    import torch
+    """cpu, cuda, cuda:N or auto -> a usable torch.device (:func:`robustsim.checks.device_arg`; click.BadParameter
+    otherwise)."""
+    from robustsim.checks import device_arg
+    from robustsim.errors import InputError
 
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
+        return device_arg(device)
+    except InputError as err:
         raise click.BadParameter(
-            f"{device!r} is not a device; use cpu, cuda, cuda:1 or auto", param_hint="--device"
+            str(err).replace("use device cpu", "use --device cpu"), param_hint="--device"
         ) from None
-    if dev.type not in ("cpu", "cuda"):
-        raise click.BadParameter(f"{device!r} is not supported; use cpu, cuda, cuda:N or auto", param_hint="--device")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise click.BadParameter("CUDA is not available on this machine; use --device cpu", param_hint="--device")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise click.BadParameter(
-                f"{device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)", param_hint="--device"
-            )
-    return dev
 
 
 def _device_callback(ctx: click.Context, param: click.Parameter, value: str) -> torch.device:
     return resolve_device(value)
-
-
-def _eps_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float] | None:
-    return None if value is None else parse_floats(value, "--eps")
 
 
 def threat_options(
@@ -282,13 +258,6 @@ def limit_option(what: str = "triplets") -> Callable:
     )
 
 
-eps_option = click.option(
-    "--eps",
-    "eps",
-    default=None,
-    callback=_eps_callback,
-    help="Comma-separated radii; fractions allowed (36/255). Default depends on --norm.",
-)
 overwrite_option = click.option("--overwrite", is_flag=True, default=False, help="Replace a report already in --out.")
 
 

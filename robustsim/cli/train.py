@@ -23,7 +23,13 @@ def _run_options(epochs: int, batch_size: int, lr: float) -> Callable:
                     type=click.Path(file_okay=False),
                     help="Run folder (last/, best/, log.jsonl).",
                 ),
-                click.option("--epochs", default=epochs, show_default=True, type=click.IntRange(1)),
+                click.option(
+                    "--epochs",
+                    default=epochs,
+                    show_default=True,
+                    type=click.IntRange(1),
+                    help="Passes over the training data (--max-steps stops earlier).",
+                ),
                 click.option(
                     "--batch-size",
                     default=batch_size,
@@ -31,7 +37,13 @@ def _run_options(epochs: int, batch_size: int, lr: float) -> Callable:
                     type=click.IntRange(1),
                     help="Global batch (all processes).",
                 ),
-                click.option("--lr", default=lr, show_default=True, type=click.FloatRange(0, min_open=True)),
+                click.option(
+                    "--lr",
+                    default=lr,
+                    show_default=True,
+                    type=click.FloatRange(0, min_open=True),
+                    help="Peak learning rate (Adam; linear warm-up, then cosine decay to 0).",
+                ),
                 click.option(
                     "--warmup",
                     default=0.05,
@@ -39,7 +51,13 @@ def _run_options(epochs: int, batch_size: int, lr: float) -> Callable:
                     type=click.FloatRange(0, 1),
                     help="Warm-up fraction of all steps.",
                 ),
-                click.option("--seed", default=0, show_default=True, type=int),
+                click.option(
+                    "--seed",
+                    default=0,
+                    show_default=True,
+                    type=int,
+                    help="Seeds the initialisation, data order and augmentation (a rerun repeats the run).",
+                ),
                 click.option(
                     "--workers",
                     default=0,
@@ -70,7 +88,7 @@ def _run_options(epochs: int, batch_size: int, lr: float) -> Callable:
                     "--eval-data",
                     default="mini:val",
                     show_default=True,
-                    help="2AFC spec for the final summary and per-epoch checks.",
+                    help="2AFC spec for the final summary (and distill's per-epoch checks); '': none.",
                 ),
                 device_option,
             ]
@@ -121,7 +139,12 @@ def train_group() -> None:
 @click.option(
     "--input-size", default=64, show_default=True, type=click.IntRange(16), help="Student input size (multiple of 16)."
 )
-@click.option("--limit", type=click.IntRange(1), default=None, help="Train on the first N images only.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1),
+    default=None,
+    help="Train on the first N images and check on at most N held-out ones (a trial run).",
+)
 @click.option(
     "--layer",
     type=registry_choice("robustsim.nn", "LAYERS"),
@@ -169,7 +192,12 @@ def distill_cmd(**kw: Any) -> None:
 @click.option(
     "--radius-weight", default=1.0, show_default=True, type=click.FloatRange(0), help="Weight of the radius term."
 )
-@click.option("--limit", type=click.IntRange(1), default=None, help="Train on the first N triplets only.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1),
+    default=None,
+    help="Train on the first N triplets and select on at most N validation ones (a trial run).",
+)
 @_run_options(epochs=1, batch_size=32, lr=1e-3)
 def finetune_cmd(**kw: Any) -> None:
     """Fine-tune a checkpoint on 2AFC triplets; keeps last/ and the selected best/.

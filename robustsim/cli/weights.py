@@ -42,7 +42,7 @@ def short_licence(text: str) -> str:
 def list_cmd() -> None:
     """List every weight file: size, pin, state here and licence.
 
-    Every file: size, pin kind, state here (fetched, fetchable, missing, corrupt), licence (`no licence`: the
+    Every file: size, pin kind, state here (fetched, not downloaded, missing, corrupt), licence (`no licence`: the
     upstream repository has no licence file; ask its authors before redistributing), the metrics using it."""
     from robustsim.weights import manifest, recorded_pins, state
     from robustsim.zoo import metrics_using

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustsim.compat import import_optional
-from robustsim.errors import WeightsError
+from robustsim.errors import InputError, WeightsError
 from robustsim.metrics.base import EmbeddingMetric
 from robustsim.metrics.vit import IMAGENET_MEAN, IMAGENET_STD
 from robustsim.metrics.weights import load_state_dict, package_file
@@ -154,7 +154,7 @@ class DinoV2S14Metric(EmbeddingMetric):
         validate: bool = True,
     ) -> None:
         if input_size % PATCH:
-            raise ValueError(f"dinov2-s14 needs an input size that is a multiple of 14, got {input_size} (try 224)")
+            raise InputError(f"dinov2-s14 needs an input size that is a multiple of 14, got {input_size} (try 224)")
         timm = import_optional("timm")
         vit = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=input_size)
         if pretrained:

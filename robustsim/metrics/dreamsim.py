@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from robustsim.compat import import_optional
+from robustsim.errors import InputError
 from robustsim.metrics.base import EmbeddingMetric
 from robustsim.metrics.preprocess import Resize
 
@@ -68,7 +69,7 @@ class DreamSimMetric(EmbeddingMetric):
         from robustsim.weights.hub import managed_downloads
 
         if config is None and variant not in ARCHIVES:
-            raise ValueError(f"unknown DreamSim variant {variant!r}; choose one of {', '.join(ARCHIVES)}")
+            raise InputError(f"unknown DreamSim variant {variant!r}; choose one of {', '.join(ARCHIVES)}")
         cfg = dict(config or dreamsim_args["model_config"][variant])
         folder = Path(folder) if folder is not None else resolve(ARCHIVES[variant])
         types = cfg["model_type"].split(",")

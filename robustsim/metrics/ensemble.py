@@ -27,7 +27,10 @@ class EnsembleMetric(EmbeddingMetric):
         for i, m in enumerate(members):
             metric_arg(m, f"ensemble member {i}")
             if not isinstance(m, EmbeddingMetric):
-                raise ValueError(f"ensemble member {m.name!r} has no embed(); only embedding metrics combine")
+                raise InputError(
+                    f"ensemble member {m.name!r} has no embed(): only embedding metrics combine into an a+b ensemble; "
+                    'for a weighted sum of distances use robustsim.PerceptualLoss("0.5*l2+0.5*ssim")'
+                )
         super().__init__(nn.Identity(), name=name or "+".join(m.name for m in members), validate=validate)
         self.members = nn.ModuleList(members)
         for m in self.members:

@@ -13,7 +13,7 @@ import warnings
 import torch
 
 from robustsim.compat import import_optional
-from robustsim.errors import WeightsError
+from robustsim.errors import InputError, WeightsError
 from robustsim.metrics.base import Metric
 from robustsim.metrics.weights import load_state_dict, resolve_weights
 
@@ -60,7 +60,7 @@ class LPIPSMetric(Metric):
     ) -> None:
         super().__init__(validate=validate)
         if net not in BACKBONE_FILES:
-            raise ValueError(f"unknown LPIPS backbone {net!r}; choose one of {sorted(BACKBONE_FILES)}")
+            raise InputError(f"unknown LPIPS backbone {net!r}; choose one of {sorted(BACKBONE_FILES)}")
         lpips = import_optional("lpips")
         self.name = name or f"lpips-{net}"
         with warnings.catch_warnings():  # lpips builds its backbone with torchvision's deprecated pretrained=

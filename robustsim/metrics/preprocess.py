@@ -14,6 +14,8 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from robustsim.errors import InputError
+
 if TYPE_CHECKING:  # torch is imported where a resize runs: the declarations (the zoo's rows) load without it
     import torch
 
@@ -36,11 +38,11 @@ class Resize:
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+            raise InputError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
         if self.size is not None and (isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1):
-            raise ValueError(f"size must be a positive integer or None, got {self.size!r}")
+            raise InputError(f"size must be a positive integer or None, got {self.size!r}")
         if self.scale_size is not None and (not self.crop or self.size is None or self.scale_size < self.size):
-            raise ValueError(f"scale_size {self.scale_size} needs crop=True and a size <= it")
+            raise InputError(f"scale_size {self.scale_size} needs crop=True and a size <= it")
 
     def at(self, size: int | None) -> Resize:
         """The same preprocessing for a network of side ``size`` (a crop keeps its proportion: DINO's 256 / 224)."""

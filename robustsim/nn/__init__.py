@@ -9,6 +9,7 @@ MaxMin (``inner`` unused).
 
 from torch import nn
 
+from robustsim.errors import InputError
 from robustsim.nn.aol import AOLConv2d, AOLLinear
 from robustsim.nn.cpl import CPLConv2d, CPLLinear
 from robustsim.nn.layers import (
@@ -26,7 +27,7 @@ from robustsim.nn.sll import SLLConv2d, SLLLinear
 
 def _even(n: int, kind: str) -> int:
     if n % 2:
-        raise ValueError(f"{kind} layers end in MaxMin on channel pairs: {n} channels must be even")
+        raise InputError(f"{kind} layers end in MaxMin on channel pairs: {n} channels must be even")
     return n
 
 

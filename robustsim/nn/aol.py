@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustsim.errors import InputError
 from robustsim.nn.bounds import SAFE, spectral_norm
 from robustsim.nn.cache import Derived
 from robustsim.nn.rounding import Terms, affine_local, affine_terms, bias_norm, memo
@@ -81,7 +82,7 @@ class AOLConv2d(Derived):
     def __init__(self, channels: int, out: int | None = None, kernel_size: int = 3) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size must be odd to keep the spatial size, got {kernel_size}")
+            raise InputError(f"kernel_size must be odd to keep the spatial size, got {kernel_size}")
         out = out or channels
         self.padding = kernel_size // 2
         self.weight = nn.Parameter(torch.empty(out, channels, kernel_size, kernel_size))

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustsim.errors import InputError
 from robustsim.nn.bounds import SAFE, spectral_norm
 from robustsim.nn.cache import Derived
 from robustsim.nn.rounding import (
@@ -160,7 +161,7 @@ class CPLConv2d(_CPLBase):
     ) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size must be odd to keep the spatial size, got {kernel_size}")
+            raise InputError(f"kernel_size must be odd to keep the spatial size, got {kernel_size}")
         inner = inner or channels
         self.padding, self.spatial = kernel_size // 2, spatial
         self.weight = nn.Parameter(torch.empty(inner, channels, kernel_size, kernel_size))
@@ -219,6 +220,6 @@ class CPLConv2d(_CPLBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.spatial is not None and x.shape[-1] != self.spatial:
-            raise ValueError(f"CPLConv2d was sized for {self.spatial} px inputs, got {x.shape[-1]} px")
+            raise InputError(f"CPLConv2d was sized for {self.spatial} px inputs, got {x.shape[-1]} px")
         res = F.relu(F.conv2d(x, self.weight, self.bias, padding=self.padding))
         return x - self.scale() * F.conv_transpose2d(res, self.weight, padding=self.padding)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustsim.errors import InputError
 from robustsim.nn.bounds import SAFE, spectral_norm
 from robustsim.nn.cache import Derived
 from robustsim.nn.rounding import (
@@ -42,7 +43,7 @@ class PaddingChannels(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         extra = self.out_channels - x.shape[1]
         if extra < 0:
-            raise ValueError(f"PaddingChannels({self.out_channels}) got {x.shape[1]} channels; it only adds channels")
+            raise InputError(f"PaddingChannels({self.out_channels}) got {x.shape[1]} channels; it only adds channels")
         return F.pad(x, (0, 0, 0, 0, 0, extra))
 
 
@@ -71,7 +72,7 @@ class LipPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % self.k or x.shape[-2] % self.k:
-            raise ValueError(f"LipPool({self.k}) needs H and W divisible by {self.k}, got {tuple(x.shape[-2:])}")
+            raise InputError(f"LipPool({self.k}) needs H and W divisible by {self.k}, got {tuple(x.shape[-2:])}")
         return F.avg_pool2d(x, self.k, divisor_override=self.k)
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustsim.errors import InputError
 from robustsim.nn.bounds import SAFE, spectral_norm, tap_norm_sum
 from robustsim.nn.cache import Derived
 from robustsim.nn.rounding import (
@@ -166,7 +167,7 @@ class SLLConv2d(_SLLBase):
     def __init__(self, channels: int, inner: int | None = None, kernel_size: int = 3) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size must be odd to keep the spatial size, got {kernel_size}")
+            raise InputError(f"kernel_size must be odd to keep the spatial size, got {kernel_size}")
         inner = inner or channels
         self.padding = kernel_size // 2
         self.weight = nn.Parameter(torch.empty(inner, channels, kernel_size, kernel_size))

@@ -26,6 +26,7 @@ from robustsim.audit import AuditLawError
 from robustsim.certify.lipschitz import has_certificate
 from robustsim.data.retrieval import POSITIVE, RetrievalSet
 from robustsim.dist import local_env
+from robustsim.errors import InputError
 from robustsim.metrics.base import Metric
 from robustsim.retrieval import scores
 from robustsim.retrieval.index import Backend, EmbeddingGallery, Gallery, build_gallery
@@ -116,7 +117,7 @@ class _Run:
         self.ks, self.norm, self.eps = ks, norm, eps
         self.K = min(data.n_ranked, max(max(ks), AP_CUTOFF))
         if max(ks) > data.n_ranked:
-            raise ValueError(f"k={max(ks)} exceeds the {data.n_ranked} gallery items a query is ranked against")
+            raise InputError(f"k={max(ks)} exceeds the {data.n_ranked} gallery items a query is ranked against")
 
     def search(self, q: torch.Tensor, exc: torch.Tensor, k: int | None = None) -> torch.Tensor:
         return self.gallery.search(q, k or self.K, exc)[1]
@@ -168,9 +169,9 @@ def evaluate_retrieval(
     threat = threat if threat is not None else ThreatModel("l2", "ref", ())
     ks, eps = sorted({int(k) for k in ks}), list(threat.eps)
     if not ks or ks[0] < 1:
-        raise ValueError("k values must be >= 1")
+        raise InputError("k values must be >= 1")
     if eps and eps[0] <= 0:
-        raise ValueError("attack radii must be > 0 (an empty threat model scores the clean ranking only)")
+        raise InputError("attack radii must be > 0 (an empty threat model scores the clean ranking only)")
     norm = threat.norm
     metric = metric.to(device).eval()
     gallery = build_gallery(metric, data.gallery, device, backend, cache_dir, batch_size, progress)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from robustsim.data.imageset import ImageSet
-from robustsim.errors import RobustsimError
+from robustsim.errors import InputError, RobustsimError
 from robustsim.metrics.base import EmbeddingMetric, Metric
 
 Backend = Literal["auto", "exact", "faiss"]
@@ -84,7 +84,7 @@ class EmbeddingGallery(Gallery):
 
     def __init__(self, metric: EmbeddingMetric, phi: torch.Tensor, backend: Backend = "auto") -> None:
         if backend not in ("auto", "exact", "faiss"):
-            raise ValueError(f"backend must be auto, exact or faiss, got {backend!r}")
+            raise InputError(f"backend must be auto, exact or faiss, got {backend!r}")
         self.metric, self.phi, self.backend = metric, phi, backend
 
     def __len__(self) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from robustsim.data.retrieval import POSITIVE, UNANNOTATED
+from robustsim.errors import InputError
 
 
 def _relevant(ranking: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -31,7 +32,7 @@ def _per_query(values: torch.Tensor, n_pos: torch.Tensor) -> torch.Tensor:
 def recall_at_k(ranking: torch.Tensor, labels: torch.Tensor, n_pos: torch.Tensor, k: int) -> torch.Tensor:
     """(Q,) share of each query's positives found in its top ``k`` (NaN without positives)."""
     if k > ranking.shape[1]:
-        raise ValueError(f"k={k} exceeds the {ranking.shape[1]} ranked items")
+        raise InputError(f"k={k} exceeds the {ranking.shape[1]} ranked items")
     return _per_query(_relevant(ranking[:, :k], labels).sum(1), n_pos)
 
 

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -264,12 +265,13 @@ def verified(rec: WeightFile, path: Path) -> bool:
 
 
 def state(rec: WeightFile) -> str:
-    """``fetched`` (verified on disk), ``fetchable`` (missing, downloadable now), ``missing`` (offline or
-    no known location: ``robustsim weights add``), or ``corrupt`` (on disk, failing its pin)."""
+    """``fetched`` (verified on disk), ``not downloaded`` (not on disk; a download location is known, reachable or
+    not), ``missing`` (offline or no known location: ``robustsim weights add``), or ``corrupt`` (on disk, failing
+    its pin)."""
     path = on_disk(rec)
     if path is not None:
         return "fetched" if verified(rec, path) else "corrupt"
-    return "fetchable" if rec.urls and not offline() else "missing"
+    return "not downloaded" if rec.urls and not offline() else "missing"
 
 
 def resolve(name: str, fetch: bool = True, progress: bool = True) -> Path:
@@ -326,10 +328,19 @@ def fetch_file(rec: WeightFile, progress: bool = True) -> Path:
                 urls, dest, rec.size, progress=progress, label=rec.name, seen=seen, cap=rec.max_size or DEFAULT_CAP
             )
             return _install(rec, part, dest, source="download", revision=seen.get("revision"))
-    except WeightsError:
-        raise
+    except WeightsError as err:
+        raise WeightsError(_name_the_fix(str(err), rec.name)) from None
     except OSError as err:
         raise _unwritable(rec, dest.parent, err) from None
+
+
+def _name_the_fix(message: str, name: str) -> str:
+    """``message`` with every bare ``robustsim weights add`` naming the file to install, and the command
+    appended where the message names none."""
+    add = f"`robustsim weights add {name} FILE`"
+    if "weights add" not in message:
+        return f"{message} (or install a copy you have with {add})"
+    return re.sub(r"`robustsim weights add`", add, message)
 
 
 def _unwritable(rec: WeightFile, folder: Path, err: OSError) -> WeightsError:

@@ -70,8 +70,9 @@ class MetricEntry:
         return own and all(m._local() for m in self.members)
 
     def state(self) -> str:
-        """``built-in`` (nothing to fetch), ``fetched``, ``fetchable`` (fetched on first use), ``missing``
-        (offline or no download location: ``robustsim weights add``), ``corrupt``, or ``needs <package>``."""
+        """``built-in`` (nothing to fetch), ``fetched``, ``not downloaded`` (downloaded on first use, which needs
+        the network), ``missing`` (offline or no download location: ``robustsim weights add``), ``corrupt``, or
+        ``needs <package>``."""
         missing = self.missing_packages()
         if missing:
             return f"needs {missing[0]}"
@@ -79,7 +80,7 @@ class MetricEntry:
         if not files:
             return "built-in" if self._local() else "missing"
         states = {state(record(f)) for f in files}
-        for s in ("corrupt", "missing", "fetchable"):
+        for s in ("corrupt", "missing", "not downloaded"):
             if s in states:
                 return s
         return "fetched" if self._local() else "missing"

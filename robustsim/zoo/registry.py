@@ -157,20 +157,10 @@ def _checked_dtype(dtype: object) -> torch.dtype | None:
 
 
 def _checked_device(device: object) -> torch.device | None:
-    """None, or a usable torch.device (InputError naming the accepted forms otherwise)."""
-    if device is None:
-        return None
-    if not isinstance(device, (str, torch.device)):
-        raise InputError(f"device must be 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r}")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise InputError(f"device {device!r} is not a device; use 'cpu', 'cuda' or 'cuda:N'") from None
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise InputError(f"device {device!r} is not supported; use 'cpu', 'cuda' or 'cuda:N'")
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise InputError(f"device {device!r} is not available here ({torch.cuda.device_count()} CUDA devices)")
-    return dev
+    """None, or a usable torch.device (:func:`robustsim.checks.device_arg`)."""
+    from robustsim.checks import device_arg
+
+    return None if device is None else device_arg(device)
 
 
 def _load_path(path: Path) -> Metric:
