@@ -1,15 +1,16 @@
 """What a run will cost, said before it starts (``audit``, ``certify``, ``bench``; ``--dry-run`` stops there).
 
 Two figures. The passes a run makes at most, counted from its settings (every attack step of every radius of every
-triplet: early stopping only saves). And the time it is expected to take: work whose amount is fixed (a Lipschitz
-certificate, smoothing's draws) is its counted passes times the seconds of one pass, timed on one calibration batch
-of the run's own data on its device; attacks, whose work depends on how soon each triplet breaks, are run for real
-on a trial of TRIAL triplets spread over the data, and their time scaled to the whole. ``benchmarks/
-bench_estimates.py`` prints estimated against measured for the documented examples.
+triplet: early stopping only saves). And the time it is expected to take: smoothing's draws, whose number is fixed,
+are counted and timed on one calibration batch of the run's own data on its device; attacks, whose work depends on
+how soon each triplet breaks, and Lipschitz certificates, whose float64 refinement depends on the triplet, are run
+for real on a trial of a few triplets spread over the data (:func:`trial_size`), their time scaled to the whole.
+``benchmarks/bench_estimates.py`` prints estimated against measured for the documented examples.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -22,8 +23,14 @@ from robustsim.threat import Target
 
 HOUR = 3600.0
 CALIBRATION = 8  # triplets (or noisy images x 8) in the timed batch
-TRIAL = 8  # triplets an attack's trial run attacks (spread over the data)
-TRIAL_FROM = 4 * TRIAL  # smaller runs are estimated from counted passes: a trial would cost a quarter of the run
+TRIAL = 8  # triplets an attack's trial run attacks at most (spread over the data)
+TRIAL_FROM = 40  # smaller runs are estimated from counted passes
+
+
+def trial_size(n: int) -> int:
+    """Triplets a trial run of a run over ``n`` attacks: at most a tenth of them and at most TRIAL; 0 below
+    TRIAL_FROM (the counted passes then serve: a trial would be a large share of so short a run)."""
+    return 0 if n < TRIAL_FROM else min(TRIAL, n // 10)
 
 
 @dataclass(frozen=True)
@@ -168,6 +175,25 @@ def attack_passes(n: int, eps: Sequence[float], attacks: Sequence) -> tuple[int,
     return n * sum(2 + e for _ in attacks), n * e * sum(a.work() - 1 for a in attacks)
 
 
+@functools.cache
+def figure_seconds() -> float:
+    """Seconds this machine takes to draw and save a report figure (two panels of curves with legends, PNG at the
+    reports' 150 dpi): a bench draws one per metric card and one leaderboard, whatever the size of its data."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from robustsim.plots import Curve, draw_curves
+
+    t0 = time.perf_counter()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 3.8))
+    for ax in axes:
+        draw_curves(ax, [Curve(name, [0.25, 0.5, 1.0], [0.8, 0.5, 0.2]) for name in ("a", "b", "c")], "l2", "", "")
+    fig.savefig(io.BytesIO(), format="png", dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return time.perf_counter() - t0
+
+
 def spread(n: int, k: int) -> list[int]:
     """``min(n, k)`` indices spread evenly over ``range(n)`` (first and last included)."""
     if n <= k:
@@ -177,14 +203,14 @@ def spread(n: int, k: int) -> list[int]:
 
 def trial_seconds(metric, data, threats: Sequence, attacks: Sequence[Sequence], batch_size: int, device) -> float:
     """Seconds the ``attacks`` of each threat model (``attacks[i]`` for ``threats[i]``) take on all of ``data``:
-    each run for real, as a run does (the clean images embedded once and shared), on TRIAL triplets spread over
-    the data, scaled by how many more the run has; plus audit's examples (one attack per radius on N_EXAMPLES
-    triplets), whose number does not grow with the data."""
+    each run for real, as a run does (the clean images embedded once and shared), on :func:`trial_size` triplets
+    spread over the data, scaled by how many more the run has (counted passes below TRIAL_FROM); plus audit's
+    examples (one attack per radius on EXAMPLES triplets), whose number does not grow with the data."""
     from robustsim.attacks.twoafc import CleanEmbeddings
     from robustsim.certify import SmoothedMetric
     from robustsim.dist import local_env
 
-    if len(data) < TRIAL_FROM:  # counted passes (upper bounds) timed on one batch
+    if not trial_size(len(data)):  # counted passes (upper bounds) timed on one batch
         smoothed = isinstance(metric, SmoothedMetric)
         base = metric.metric if smoothed else metric
         times = time_triplets(base, data, batch_size, device, threats[0].target if threats else "ref")
@@ -196,7 +222,7 @@ def trial_seconds(metric, data, threats: Sequence, attacks: Sequence[Sequence], 
                 draws = metric.n * (1 + len(threat.eps)) * len(built) * len(data)
                 seconds += draws * time_images(base, data, min(metric.n, 8 * CALIBRATION), device)
         return seconds
-    sample = data.select(spread(len(data), TRIAL))
+    sample = data.select(spread(len(data), trial_size(len(data))))
     k = len(sample)
     if not k:
         return 0.0
@@ -231,7 +257,7 @@ def audit_estimate(metric, data, threat, attacks: Sequence, batch_size: int, dev
     seconds = trial_seconds(metric, data, [threat], [attacks], batch_size, device)
     seconds += certificate_seconds(base, data, batch_size, device) if certificate else 0.0
     units = ("triplet", "noisy image") if smoothed else ("triplet",)
-    trial = (TRIAL, len(data)) if len(data) >= TRIAL_FROM else None
+    trial = (trial_size(len(data)), len(data)) if trial_size(len(data)) else None
     return Estimate(forwards + certificate + noisy, backwards, seconds, str(device), units, trial)
 
 
@@ -251,7 +277,7 @@ def certificate_seconds(metric: Metric, data, batch_size: int, device) -> float:
         return len(sample), time.perf_counter() - t0
 
     env = local_env(torch.device(device))
-    if len(data) < TRIAL_FROM:  # two forwards per triplet, timed on one batch
+    if not trial_size(len(data)):  # two forwards per triplet, timed on one batch
         return 2 * len(data) * time_triplets(metric, data, batch_size, device)[0]
     timed(1)  # warm-up: the first call's allocations and caches
     (k1, t1), (k2, t2) = timed(2), timed(16)
@@ -267,7 +293,7 @@ def certify_estimate(metric: Metric, data, method: str, batch_size: int, device,
     ``samples`` noisy forwards per image."""
     if method == "lipschitz":
         seconds = certificate_seconds(metric, data, batch_size, device)
-        trial = (16, len(data)) if len(data) >= TRIAL_FROM else None
+        trial = (16, len(data)) if trial_size(len(data)) else None
         return Estimate(2 * len(data), 0, seconds, str(device), ("triplet",), trial)
     t = time_images(metric, data, min(samples, 8 * CALIBRATION), device)
     return passes(len(data) * samples, 0, (t, t), device, ("noisy image",))

@@ -22,7 +22,7 @@ def test_an_audit_counts_every_step_of_every_attack_radius_and_triplet():
     assert est.backwards == 12 * 2 * 2 * 10
     assert est.seconds > 0 and est.unit == "triplet" and est.trial is None  # 12 triplets: counted, no trial
     many = audit_estimate(metric, open_triplets("mini:test", limit=40), threat, attacks, 32, "cpu")
-    assert many.trial == (8, 40) and many.forwards == 40 * 2 * (2 + 2) + 2 * 40 and many.seconds > 0
+    assert many.trial == (4, 40) and many.forwards == 40 * 2 * (2 + 2) + 2 * 40 and many.seconds > 0
     eot = audit_estimate(metric, data, threat, [make_attack("pgd", threat, steps=10, eot=3)], 32, "cpu")
     assert eot.backwards == 12 * 2 * 30
     smooth = certify_estimate(load_metric("ssim"), data, "smoothing", 8, "cpu", samples=100)

@@ -47,8 +47,11 @@ def test_works_as_a_differentiable_loss(name):
     assert float(metric(y, y).abs().max()) < 1e-6
 
 
-@pytest.mark.portable  # the card's numbers were computed on another CPU
-@pytest.mark.parametrize("name", SHIPPED)
+# the card's numbers were computed on another CPU: the second kernel configuration reruns one shipped metric (its
+# 600 certificates with the float64 refinement take about a minute there each)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.portable) if n == "lipsim-nano-aoc" else n for n in SHIPPED]
+)
 def test_certified_accuracy_on_mini_matches_the_card_and_readme(name):
     metric, card_ = robustsim.load_metric(name), card(name)
     eps = [36 / 255, 72 / 255, 108 / 255]

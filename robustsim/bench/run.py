@@ -417,14 +417,14 @@ def metric_estimate(
     from robustsim.certify import has_certificate
     from robustsim.cost import (
         CALIBRATION,
-        TRIAL,
-        TRIAL_FROM,
         Estimate,
         attack_passes,
         certificate_seconds,
+        figure_seconds,
         time_images,
         time_triplets,
         trial_seconds,
+        trial_size,
     )
 
     metric, data, protocol = run.metric, store.data, store.protocol
@@ -453,8 +453,9 @@ def metric_estimate(
         images = min(CENTER["images"], n) * center_draws(CENTER["n"], CENTER["n_center"], CENTER["candidates"])
         noisy = n * protocol.smoothing["n"] + images
         seconds += noisy * t
+    seconds += figure_seconds()  # its card page's figure, drawn whether or not its cells were saved
     units = ("triplet", "noisy image") if noisy else ("triplet",)
-    trial = (TRIAL, n) if todo and n >= TRIAL_FROM else None
+    trial = (trial_size(n), n) if todo and trial_size(n) else None
     return Estimate(forwards + noisy, backwards, seconds, str(device), units, trial)
 
 
