@@ -201,26 +201,27 @@ def spread(n: int, k: int) -> list[int]:
     return [round(i * (n - 1) / (k - 1)) for i in range(k)] if k > 1 else [0]
 
 
-def trial_seconds(metric, data, threats: Sequence, attacks: Sequence[Sequence], batch_size: int, device) -> float:
+def trial_seconds(
+    metric, data, threats: Sequence, attacks: Sequence[Sequence], batch_size: int, device, times: tuple[float, float]
+) -> float:
     """Seconds the ``attacks`` of each threat model (``attacks[i]`` for ``threats[i]``) take on all of ``data``:
     each run for real, as a run does (the clean images embedded once and shared), on :func:`trial_size` triplets
-    spread over the data, scaled by how many more the run has (counted passes below TRIAL_FROM); plus audit's
-    examples (one attack per radius on EXAMPLES triplets), whose number does not grow with the data."""
+    spread over the data, scaled by how many more the run has; plus audit's examples (one attack per radius on
+    EXAMPLES triplets), whose number does not grow with the data. Below TRIAL_FROM triplets: the counted passes
+    times ``times`` (the caller's :func:`time_triplets`, which also warmed the metric up)."""
     from robustsim.attacks.twoafc import CleanEmbeddings
     from robustsim.certify import SmoothedMetric
     from robustsim.dist import local_env
 
     if not trial_size(len(data)):  # counted passes (upper bounds) timed on one batch
         smoothed = isinstance(metric, SmoothedMetric)
-        base = metric.metric if smoothed else metric
-        times = time_triplets(base, data, batch_size, device, threats[0].target if threats else "ref")
+        draw = time_images(metric.metric, data, min(metric.n, 8 * CALIBRATION), device) if smoothed else 0.0
         seconds = 0.0
         for threat, built in zip(threats, attacks, strict=True):
             f, b = attack_passes(len(data), threat.eps, built)
             seconds += f * times[0] + b * times[1]
             if smoothed:
-                draws = metric.n * (1 + len(threat.eps)) * len(built) * len(data)
-                seconds += draws * time_images(base, data, min(metric.n, 8 * CALIBRATION), device)
+                seconds += metric.n * (1 + len(threat.eps)) * len(built) * len(data) * draw
         return seconds
     sample = data.select(spread(len(data), trial_size(len(data))))
     k = len(sample)
@@ -253,18 +254,21 @@ def audit_estimate(metric, data, threat, attacks: Sequence, batch_size: int, dev
     certificate = 2 * len(data) if not smoothed and has_certificate(base) else 0
     # a smoothed audit's clean check and each radius's verdict are smoothed predictions of n noisy images each
     noisy = metric.n * (1 + len(threat.eps)) * len(attacks) * len(data) if smoothed else 0
-    time_triplets(base, data, batch_size, device, threat.target)  # the warm-up before the timed trial
-    seconds = trial_seconds(metric, data, [threat], [attacks], batch_size, device)
-    seconds += certificate_seconds(base, data, batch_size, device) if certificate else 0.0
+    times = time_triplets(base, data, batch_size, device, threat.target)  # also the warm-up before a trial
+    seconds = trial_seconds(metric, data, [threat], [attacks], batch_size, device, times)
+    seconds += certificate_seconds(base, data, batch_size, device, times) if certificate else 0.0
     units = ("triplet", "noisy image") if smoothed else ("triplet",)
     trial = (trial_size(len(data)), len(data)) if trial_size(len(data)) else None
     return Estimate(forwards + certificate + noisy, backwards, seconds, str(device), units, trial)
 
 
-def certificate_seconds(metric: Metric, data, batch_size: int, device) -> float:
+def certificate_seconds(
+    metric: Metric, data, batch_size: int, device, times: tuple[float, float] | None = None
+) -> float:
     """Seconds of a Lipschitz certificate of all of ``data``: :func:`~robustsim.certify.certify_2afc` run for real on
     2 and on 16 triplets spread over the data (the pass with its rounding bounds, the float64 refinement of the
-    triplets that need it, the constant's computation), a line through the two times extended to the whole."""
+    triplets that need it, the constant's computation), a line through the two times extended to the whole. Below
+    TRIAL_FROM triplets: two forwards per triplet at ``times`` (the caller's :func:`time_triplets`, else timed here)."""
     from robustsim.certify import certify_2afc
     from robustsim.dist import local_env
 
@@ -277,8 +281,9 @@ def certificate_seconds(metric: Metric, data, batch_size: int, device) -> float:
         return len(sample), time.perf_counter() - t0
 
     env = local_env(torch.device(device))
-    if not trial_size(len(data)):  # two forwards per triplet, timed on one batch
-        return 2 * len(data) * time_triplets(metric, data, batch_size, device)[0]
+    if not trial_size(len(data)):
+        times = times or time_triplets(metric, data, batch_size, device)
+        return 2 * len(data) * times[0]
     timed(1)  # warm-up: the first call's allocations and caches
     (k1, t1), (k2, t2) = timed(2), timed(16)
     if k2 <= k1:

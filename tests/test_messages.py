@@ -95,11 +95,15 @@ def test_an_audit_shows_the_score_robustsim_score_prints_and_says_how_its_accura
     metric = robustsim.load_metric("l2")
     threat = robustsim.ThreatModel("l2", "ref", (0.5,))
     report = run_audit(metric, data, threat, ["apgd-ce"], steps=2, progress=False)
-    assert report.score == evaluate_2afc(metric, data, progress=False).score
+    scored = evaluate_2afc(metric, data, progress=False)  # the same batches in this process: the same kernels
+    assert report.score == scored.score
+    assert f"counts a tie 1/2: {100 * scored.score:.1f} on these triplets" in report.table()
+    # the CLI is another run (its own thread count): it may decide a near-tie the other way, each moving the score
+    # by at most 1/60; a near-tie is a gap within float32 rounding of the distances
+    near = int(((scored.d0 - scored.d1).abs() <= 1e-5 * (scored.d0 + scored.d1)).sum())
     assert run_cli(["score", "--metric", "l2", "--data", "mini:test", "--limit", "60"]) == 0
     row = next(ln.split() for ln in capsys.readouterr().out.splitlines() if ln.startswith("l2 "))
-    table = report.table()
-    assert f"counts a tie 1/2: {row[1]} on these triplets" in table
+    assert abs(float(row[1]) - 100 * scored.score) <= 0.05 + 100 * near / 60
     decided = [
         c for c, p in zip(report.per_triplet["clean"], (data[i]["p"] for i in range(60)), strict=True) if p != 0.5
     ]

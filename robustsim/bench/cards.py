@@ -25,6 +25,12 @@ CENTER_NOTE = (
 )
 
 
+def smoothed(method: str) -> bool:
+    """Whether a certified cell's ``method`` (bench.run.certified_cells writes ``smoothing sigma=S``) certifies the
+    smoothed metric rather than the metric itself."""
+    return method.startswith("smoothing")
+
+
 @dataclass(frozen=True)
 class Column:
     """A leaderboard column: the cell it reads and its title."""
@@ -74,6 +80,10 @@ class Row:
     reported: dict[str, float] | None = None  # the paper's figures (%) by column title
     n: int | None = None  # triplets its cells used
     certificate: str = "none"  # the kind of its certified cells: lipschitz, smoothing sigma=S, none
+
+    @property
+    def smoothed(self) -> bool:
+        return smoothed(self.certificate)
 
     def sort_key(self, title: str) -> float:
         v = self.values.get(title)
@@ -189,7 +199,7 @@ def _shown(row: Row, column: Column) -> str:
     v = row.values[column.title]
     if column.cell.kind == "bound":
         return "-" if v is None else f"{v:.4g}"
-    if column.cell.kind == "certified" and v is not None and row.certificate.startswith("smoothing"):
+    if column.cell.kind == "certified" and v is not None and row.smoothed:
         return f"{_pct(v)} (smoothed)"  # a certificate of the smoothed metric, never beside a proof unmarked
     paper = (row.reported or {}).get(column.title)
     return _pct(v) if paper is None else f"{_pct(v)} (paper {paper:.1f})"
@@ -209,7 +219,7 @@ def notes(rows: list[Row], protocol: Protocol, center: bool) -> str:
         "2AFC accuracy (%); robust = worst case over the protocol's attacks (reference perturbed); cert. = certified "
         "('-' = no certificate)."
     )
-    if any(r.certificate.startswith("smoothing") for r in rows):
+    if any(r.smoothed for r in rows):
         text += SMOOTHED_NOTE
     if any(r.reported for r in rows):
         text += (
@@ -323,7 +333,7 @@ document.querySelectorAll("#board th").forEach(function (th) {{
 
 def kind(row: Row) -> str:
     """How a row's certified accuracy was certified, in a legend's words."""
-    return "certified, smoothed" if row.certificate.startswith("smoothing") else "certified"
+    return "certified, smoothed" if row.smoothed else "certified"
 
 
 @plain_text
@@ -369,7 +379,7 @@ def certificate_text(card: dict) -> str:
     method = str(cert.get("method", "none"))
     if method == "lipschitz":
         return "Certified columns: a Lipschitz proof for the metric itself (sound l2 radii, the reference moving)."
-    if method.startswith("smoothing"):
+    if smoothed(method):
         rate = cert.get("abstain_rate")
         abstained = "" if rate is None else f", abstained on {100 * rate:.1f} % of the triplets"
         return (
@@ -431,7 +441,7 @@ def card_figure(name: str, card: dict, protocol: Protocol):
         ]
         if threat.norm == "l2" and card["certified"].get("method", "none") != "none":
             eps = list(protocol.certified_eps)
-            kind = "certified (smoothed)" if str(card["certified"]["method"]).startswith("smoothing") else "certified"
+            kind = "certified (smoothed)" if smoothed(str(card["certified"]["method"])) else "certified"
             curves.append(Curve(kind, eps, [card["certified"].get(format_eps(e)) for e in eps], ":"))
         shown = [c for c in curves if None not in c.values]
         draw_curves(ax, shown, threat.norm, f"{name}: {threat.norm}", "2AFC accuracy (%)")

@@ -430,14 +430,15 @@ def metric_estimate(
     metric, data, protocol = run.metric, store.data, store.protocol
     clean, robust, certified = protocol_cells(protocol)
     robust_extra, certified_extra = cell_extras(precision, smoothing)
-    missing = lambda cells, extra=None: not store.saved(run.name, run.fingerprint, cells, extra)  # noqa: E731
-    todo = [cells[0].threat for cells in robust if missing(cells, robust_extra)]
+    saved = lambda cells, extra=None: store.saved(run.name, run.fingerprint, cells, extra)  # noqa: E731
+    todo = [cells[0].threat for cells in robust if not saved(cells, robust_extra)]
+    clean_todo, certified_todo = not saved(clean), not saved(certified, certified_extra)  # each cell file read once
     n = len(data)
     forwards, backwards, noisy, seconds = 0.0, 0.0, 0.0, 0.0
-    if not (missing(clean) or todo or missing(certified, certified_extra)):
+    if not (clean_todo or todo or certified_todo):
         return None
     times = time_triplets(metric, data, batch_size, device)  # one calibration for all the metric's cells
-    if missing(clean):
+    if clean_todo:
         forwards, seconds = n, n * times[0]
     built = [[make_attack(a, tm, steps=protocol.steps, restarts=protocol.restarts) for a in protocol.attacks]
              for tm in todo]  # fmt: skip
@@ -445,10 +446,10 @@ def metric_estimate(
         f, b = attack_passes(n, tm.eps, attacks)
         forwards, backwards = forwards + f, backwards + b
     if todo:
-        seconds += trial_seconds(metric, data, todo, built, batch_size, device)
-    if missing(certified, certified_extra) and has_certificate(metric):
-        forwards, seconds = forwards + 2 * n, seconds + certificate_seconds(metric, data, batch_size, device)
-    elif missing(certified, certified_extra) and smoothing is not None:
+        seconds += trial_seconds(metric, data, todo, built, batch_size, device, times)
+    if certified_todo and has_certificate(metric):
+        forwards, seconds = forwards + 2 * n, seconds + certificate_seconds(metric, data, batch_size, device, times)
+    elif certified_todo and smoothing is not None:
         t = time_images(metric, data, 8 * CALIBRATION, device)
         images = min(CENTER["images"], n) * center_draws(CENTER["n"], CENTER["n_center"], CENTER["candidates"])
         noisy = n * protocol.smoothing["n"] + images
