@@ -20,6 +20,8 @@ from robustsim.attacks.geometry import Norm, norms
 from robustsim.attacks.twoafc import margin
 from torch import nn
 
+from robustsim.ball import ball
+
 
 class AmbiguousQuery(RuntimeError):
     """A queried point cannot be attributed to one triplet with certainty."""
@@ -27,8 +29,7 @@ class AmbiguousQuery(RuntimeError):
 
 def _pairwise(a: torch.Tensor, b: torch.Tensor, norm: Norm) -> torch.Tensor:
     """(A, B) l2 or linf distances between rows, without an A x B x pixels intermediate."""
-    p = float("inf") if norm == "linf" else 2.0
-    return torch.cdist(a.flatten(1).double(), b.flatten(1).double(), p=p)
+    return torch.cdist(a.flatten(1).double(), b.flatten(1).double(), p=ball(norm).p)
 
 
 class RowMatcher(nn.Module):
@@ -123,7 +124,7 @@ class AutoAttack(Attack):
         kw = {"attacks": self.attacks} if self.version == "custom" else {}
         aa = _AA(
             model,
-            norm="L2" if self.norm == "l2" else "Linf",
+            norm=ball(self.norm).foolbox,
             eps=eps,
             version=self.version,
             seed=self.seed,

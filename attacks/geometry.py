@@ -1,13 +1,15 @@
-"""Threat-model geometry: l2 / linf balls intersected with the [0, 1] box, per-sample radii."""
+"""Attack geometry over :mod:`robustsim.ball` (per-sample radii), and per-row noise that makes a triplet's random
+starts independent of its batch, shard and process."""
 
 from __future__ import annotations
 
 import torch
 
-from robustsim.threat import NORMS, Norm
+from robustsim.ball import NORMS, Ball, Norm, ball
 
 __all__ = [
     "NORMS",
+    "Ball",
     "Norm",
     "RowNoise",
     "ascent_direction",
@@ -19,40 +21,24 @@ __all__ = [
 ]
 
 
-def _view(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return t.view(-1, *[1] * (like.dim() - 1))
+def norms(delta: torch.Tensor, norm: Norm | Ball) -> torch.Tensor:
+    """(B,) the norm of each row of ``delta``."""
+    return ball(norm).measure(delta)
 
 
-def norms(delta: torch.Tensor, norm: Norm) -> torch.Tensor:
-    flat = delta.flatten(1)
-    return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
-
-
-def in_threat_model(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: Norm) -> torch.Tensor:
+def in_threat_model(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: Norm | Ball) -> torch.Tensor:
     """(B,) True where ``x_adv`` lies in the eps ball around ``x`` (float slack 1e-5 relative) and in [0, 1]."""
-    dims = tuple(range(1, x.dim()))
-    inside = norms(x_adv - x, norm) <= eps * (1 + 1e-5) + 1e-7
-    return inside & (x_adv.amin(dim=dims) >= 0) & (x_adv.amax(dim=dims) <= 1)
+    return ball(norm).contains(x_adv, x, eps)
 
 
-def project(x_adv: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, norm: Norm) -> torch.Tensor:
-    """Project onto {||x' - x|| <= eps} and then the box [0, 1]. Since x is in the box, clamping only
-    shrinks each |delta_i|, so the result lies in both sets."""
-    delta = x_adv - x
-    if norm == "linf":
-        e = _view(eps, x)
-        delta = torch.maximum(torch.minimum(delta, e), -e)
-    else:
-        n = norms(delta, "l2").clamp_min(1e-12)
-        delta = delta * _view(torch.clamp(eps / n, max=1.0), x)
-    return (x + delta).clamp(0.0, 1.0)
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, norm: Norm | Ball) -> torch.Tensor:
+    """Project onto {||x' - x|| <= eps} and then the box [0, 1] (:meth:`Ball.project`)."""
+    return ball(norm).project(x_adv, x, eps)
 
 
-def ascent_direction(grad: torch.Tensor, norm: Norm) -> torch.Tensor:
+def ascent_direction(grad: torch.Tensor, norm: Norm | Ball) -> torch.Tensor:
     """Steepest-ascent direction of unit norm: sign for linf, normalised gradient for l2."""
-    if norm == "linf":
-        return grad.sign()
-    return grad / _view(norms(grad, "l2").clamp_min(1e-12), grad)
+    return ball(norm).ascent(grad)
 
 
 class RowNoise:
@@ -91,19 +77,15 @@ def rows_of(generator: torch.Generator | RowNoise | None, rows: torch.Tensor):
     return generator.rows(rows) if isinstance(generator, RowNoise) else generator
 
 
-def _rand(shape: tuple[int, ...], generator: torch.Generator | RowNoise, normal: bool, device) -> torch.Tensor:
-    if isinstance(generator, RowNoise):
-        return generator.randn(shape, device) if normal else generator.rand(shape, device)
-    return (torch.randn if normal else torch.rand)(shape, generator=generator, device=generator.device)
+def random_start(
+    x: torch.Tensor, eps: torch.Tensor, norm: Norm | Ball, generator: torch.Generator | RowNoise
+) -> torch.Tensor:
+    """A uniformly random point of the ball (linf: uniform cube; l2: uniform direction and volume), from
+    ``generator``'s stream (per-row :class:`RowNoise` or one shared generator)."""
 
+    def draw(shape: tuple[int, ...], normal: bool) -> torch.Tensor:
+        if isinstance(generator, RowNoise):
+            return generator.randn(shape, x.device) if normal else generator.rand(shape, x.device)
+        return (torch.randn if normal else torch.rand)(shape, generator=generator, device=generator.device)
 
-def random_start(x: torch.Tensor, eps: torch.Tensor, norm: Norm, generator: torch.Generator | RowNoise) -> torch.Tensor:
-    """A uniformly random point of the ball (linf: uniform cube; l2: uniform direction and volume)."""
-    if norm == "linf":
-        delta = (2 * _rand(tuple(x.shape), generator, False, x.device).to(x) - 1) * _view(eps, x)
-    else:
-        g = _rand(tuple(x.shape), generator, True, x.device).to(x)
-        g = g / _view(norms(g, "l2").clamp_min(1e-12), x)
-        r = _rand((x.shape[0],), generator, False, x.device).to(x) ** (1.0 / x[0].numel())
-        delta = g * _view(eps * r, x)
-    return project(x + delta, x, eps, norm)
+    return ball(norm).random_start(x, eps, draw)

@@ -28,8 +28,7 @@ def reference_apgd(metric: Metric, data: TripletDataset, threat: ThreatModel, st
     if not right.any():
         return robust.cpu()
     clf = TwoAFCClassifier(metric, ref[right], x0[right], x1[right])
-    norm = "L2" if threat.norm == "l2" else "Linf"
-    apgd = APGDAttack(clf, n_iter=steps, norm=norm, eps=threat.eps[0], seed=seed, loss="ce", device=dev)
+    apgd = APGDAttack(clf, n_iter=steps, norm=threat.ball.foolbox, eps=threat.eps[0], seed=seed, loss="ce", device=dev)
     adv = apgd.perturb(ref[right], y[right])
     with torch.no_grad():
         robust[right] = margin(clf(adv), y[right]) > 0

@@ -15,6 +15,7 @@ from robustsim.attacks.base import Attack
 from robustsim.attacks.geometry import Norm
 from robustsim.attacks.gradient import APGD, PGD
 
+from robustsim.ball import ball, ball_of_p
 from robustsim.defaults import STEP_SIZE
 from robustsim.errors import RobustsimError
 from robustsim.precision import Precision
@@ -48,7 +49,7 @@ def foolbox_attack(norm: Norm, *, steps: int, seed: int, cls_name: str | None = 
     step size that covers the ball."""
     import foolbox as fb
 
-    cls_name = cls_name or ("L2PGD" if norm == "l2" else "LinfPGD")
+    cls_name = cls_name or f"{ball(norm).foolbox}PGD"
     cls = getattr(fb.attacks, cls_name, None)
     usable = (
         inspect.isclass(cls)
@@ -70,8 +71,9 @@ def foolbox_attack(norm: Norm, *, steps: int, seed: int, cls_name: str | None = 
         except TypeError as err:
             raise RobustsimError(f"foolbox:{cls_name} cannot be built with defaults ({err})") from None
     p = getattr(attack.distance, "p", None)
-    if p not in ({"l2": 2, "linf": float("inf")}[norm], None):
-        other = "l2" if p == 2 else "linf" if p == float("inf") else f"l{p}"
+    if p is not None and ball_of_p(p) is not ball(norm):
+        measured = ball_of_p(p)
+        other = measured.name if measured is not None else f"l{p}"
         raise RobustsimError(f"foolbox:{cls_name} measures {other}, not {norm}; pass --norm {other}")
     return FoolboxAttack(attack, norm, seed=seed)
 

@@ -33,6 +33,7 @@ import torch
 from robustsim.certify.smoothing import check_count, check_smoothing, stream_seed
 from scipy.stats import norm
 
+from robustsim.ball import L2
 from robustsim.data.triplets import TripletDataset
 from robustsim.defaults import ALPHA, CENTER_CANDIDATES, CENTER_N, CENTER_N_CENTER
 from robustsim.dist import DistEnv
@@ -308,7 +309,7 @@ class CenterResult:
 def center_threat(threat: ThreatModel | Iterable[float]) -> ThreatModel:
     """``threat`` as center smoothing certifies it (InputError otherwise): l2 balls around the reference image."""
     threat = ThreatModel.of(threat)
-    if threat.norm != "l2":
+    if threat.ball is not L2:
         raise InputError("center smoothing certifies l2 balls; use norm l2 (--norm l2)")
     threat.require_reference("center smoothing")
     return threat

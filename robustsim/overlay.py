@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 from robustsim.errors import RobustsimError
 from robustsim.io import parse_json, read_regular
 from robustsim.plots import Curve, accuracy_figure, radius_histogram
-from robustsim.threat import MAX_L2
+from robustsim.threat import MAX_L2, NORMS
 
 Kind = Literal["certified", "robust", "radius"]
 KINDS = ("certified", "robust", "radius")
@@ -52,7 +52,7 @@ def _problem(report: dict) -> str | None:
     for key in ("metric", "data"):
         if not isinstance(report.get(key), str):
             return f"'{key}' is missing or not a string"
-    if report.get("norm", "l2") not in ("l2", "linf"):
+    if report.get("norm", "l2") not in NORMS:
         return f"'norm' is {report.get('norm')!r}, not l2 or linf"
     if kind == "certify":
         curve = report.get("curve")

@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from robustsim.ball import ball  # noqa: E402
 from robustsim.io import atomic_path  # noqa: E402
 from robustsim.threat import ThreatModel  # noqa: E402
 
@@ -50,11 +51,11 @@ class Curve:
 
 
 def eps_label(norm: str) -> str:
-    return "epsilon (l2)" if norm == "l2" else "epsilon (linf, x 1/255)"
+    return ball(norm).axis_label
 
 
 def _x(eps: Sequence[float], norm: str) -> list[float]:
-    return [e * 255 if norm == "linf" else e for e in eps]
+    return [ball(norm).axis_value(e) for e in eps]
 
 
 def save_figure(fig: plt.Figure, out: str | os.PathLike, within: str | os.PathLike | None = None) -> Path:

@@ -9,6 +9,7 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
+from robustsim.ball import L2
 from robustsim.bench.protocol import Protocol
 from robustsim.bench.run import Cell, protocol_cells
 from robustsim.data.triplets import TripletDataset
@@ -439,7 +440,7 @@ def card_figure(name: str, card: dict, protocol: Protocol):
             Curve("clean", list(threat.eps), [card["clean"]] * len(threat.eps), "--"),
             Curve("robust", list(threat.eps), [robust.get(threat.label(e)) for e in threat.eps]),
         ]
-        if threat.norm == "l2" and card["certified"].get("method", "none") != "none":
+        if threat.ball is L2 and card["certified"].get("method", "none") != "none":
             eps = list(protocol.certified_eps)
             kind = "certified (smoothed)" if smoothed(str(card["certified"]["method"])) else "certified"
             curves.append(Curve(kind, eps, [card["certified"].get(format_eps(e)) for e in eps], ":"))

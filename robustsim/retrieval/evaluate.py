@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from robustsim.attacks.geometry import in_threat_model
 from robustsim.attacks.registry import make_attack
 from robustsim.attacks.retrieval import PullIn, PushOut, attack_queries
 from robustsim.audit import AuditLawError
+from robustsim.ball import Ball
 from robustsim.certify.lipschitz import has_certificate
 from robustsim.data.retrieval import POSITIVE, RetrievalSet
 from robustsim.dist import local_env
@@ -112,9 +112,9 @@ def _rank_scores(rank: torch.Tensor, labels: torch.Tensor, n_pos: torch.Tensor, 
 class _Run:
     """The gallery and settings of one evaluation, with the ranking and ball checks every step uses."""
 
-    def __init__(self, metric: Metric, data: RetrievalSet, gallery: Gallery, ks, norm, eps) -> None:
+    def __init__(self, metric: Metric, data: RetrievalSet, gallery: Gallery, ks, ball: Ball, eps) -> None:
         self.metric, self.gallery = metric, gallery
-        self.ks, self.norm, self.eps = ks, norm, eps
+        self.ks, self.ball, self.eps = ks, ball, eps
         self.K = min(data.n_ranked, max(max(ks), AP_CUTOFF))
         if max(ks) > data.n_ranked:
             raise InputError(f"k={max(ks)} exceeds the {data.n_ranked} gallery items a query is ranked against")
@@ -124,7 +124,7 @@ class _Run:
 
     def verified(self, adv: torch.Tensor, q: torch.Tensor, e: float) -> torch.Tensor:
         """Points outside the ball or the box are replaced by the clean query (they do not count)."""
-        ok = in_threat_model(adv, q, e, self.norm)
+        ok = self.ball.contains(adv, q, e)
         return torch.where(ok.view(-1, 1, 1, 1), adv, q)
 
 
@@ -172,10 +172,9 @@ def evaluate_retrieval(
         raise InputError("k values must be >= 1")
     if eps and eps[0] <= 0:
         raise InputError("attack radii must be > 0 (an empty threat model scores the clean ranking only)")
-    norm = threat.norm
     metric = metric.to(device).eval()
     gallery = build_gallery(metric, data.gallery, device, backend, cache_dir, batch_size, progress)
-    run = _Run(metric, data, gallery, ks, norm, eps)
+    run = _Run(metric, data, gallery, ks, threat.ball, eps)
     certify = bool(eps) and has_certificate(metric) and isinstance(gallery, EmbeddingGallery)
     n_e = len(eps)
     auc = scores.StreamingAUC()
@@ -283,7 +282,7 @@ def _certify(run: _Run, q, rank, pos, n_pos, exc) -> tuple[dict[int, torch.Tenso
     assert isinstance(run.gallery, EmbeddingGallery)
     ks = sorted(set(run.ks) | {1})
     radii = retrieval_radii(run.metric, q, run.gallery.phi, rank[:, : max(ks)], ks, exc)
-    scale = math.sqrt(q[0].numel()) if run.norm == "linf" else 1.0
+    scale = run.ball.l2_radius(1.0, q[0].numel())  # linf: certified through the containing l2 ball
     out = {}
     for k in run.ks:
         hit = pos.gather(1, rank[:, :k])
