@@ -19,7 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import interleaved, load, ratio_line  # noqa: E402
-from robustsim.certify import certify2afc, float64_copy, input_lipschitz  # noqa: E402
+from robustsim.certify import float64_copy, input_lipschitz  # noqa: E402
+from robustsim.certify.radius import lipschitz_batch  # noqa: E402
 
 from robustsim.data import open_triplets  # noqa: E402
 from robustsim.zoo import load_metric  # noqa: E402
@@ -51,7 +52,7 @@ def main() -> None:
 
     def certify(exact) -> torch.Tensor:
         radii = [
-            certify2afc.lipschitz_batch(metric, ref, x0, x1, "ref", "sound", L, exact=exact)[0]
+            lipschitz_batch(metric, ref, x0, x1, "ref", "sound", L, exact=exact)[0]
             for ref, x0, x1 in batches
         ]
         return torch.cat(radii)
@@ -64,7 +65,7 @@ def main() -> None:
     print(f"certify with the float64 refinement / plain forward:  {ratio_line(times, 'refined', 'plain')}")
     r32, r_ref = certify(None), certify(lambda: twin)
     r64 = torch.cat(
-        [certify2afc.lipschitz_batch(twin, *(t.double() for t in b), "ref", "sound", L)[0] for b in batches]
+        [lipschitz_batch(twin, *(t.double() for t in b), "ref", "sound", L)[0] for b in batches]
     )
     for name, r in (("dtype only", r32), ("refined", r_ref), ("float64 deployment", r64)):
         print(

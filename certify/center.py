@@ -30,10 +30,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from robustsim.certify.smoothing import check_count, check_smoothing, stream_seed
+from robustsim.certify.smoothing import check_smoothing, stream_seed
 from scipy.stats import norm
 
 from robustsim.ball import L2
+from robustsim.checks import count_arg
 from robustsim.data.triplets import TripletDataset
 from robustsim.defaults import ALPHA, CENTER_CANDIDATES, CENTER_N, CENTER_N_CENTER
 from robustsim.dist import DistEnv
@@ -84,9 +85,9 @@ class CenterSmoothing:
         seed: int = 0,
     ) -> None:
         self.metric, self.sigma, self.alpha = check_smoothing(metric, sigma, alpha)
-        self.n, self.n_center = check_count("n", n, 1), check_count("n_center", n_center, 1)
-        self.candidates, self.batch = check_count("candidates", candidates, 1), check_count("batch", batch, 1)
-        self.seed = check_count("seed", seed, 0)
+        self.n, self.n_center = count_arg(n, "n"), count_arg(n_center, "n_center")
+        self.candidates, self.batch = count_arg(candidates, "candidates"), count_arg(batch, "batch")
+        self.seed = count_arg(seed, "seed", 0)
         if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 0.5:
             raise InputError(f"delta must be a number in (0, 0.5), got {delta!r}")
         smallest = math.sqrt(math.log(4 / self.alpha) / (2 * MAX_DRAWS))  # what the most draws can confirm

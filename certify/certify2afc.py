@@ -4,26 +4,25 @@ streaming in one pass, by a method: ``lipschitz`` (a proof, :mod:`robustsim.cert
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 from robustsim.certify.lipschitz import input_lipschitz, network_lipschitz
-from robustsim.certify.radius import Mode, certify_embeddings, radius_from_embeddings
-from robustsim.certify.rounding import Rounding, embed_with_error, float64_copy, unit_roundoff
+from robustsim.certify.radius import RADIUS_TOL, Mode, lipschitz_batch
+from robustsim.certify.rounding import float64_copy, unit_roundoff
 
 from robustsim.data.triplets import TripletDataset
 from robustsim.defaults import ALPHA, SMOOTHING_N
 from robustsim.dist import DistEnv, gather_objects, init_distributed
 from robustsim.metrics.base import EmbeddingMetric, Metric, evaluating
 from robustsim.runner import run_batches
-from robustsim.scoring import choice_score, two_afc_choice
+from robustsim.scoring import choice_score
 from robustsim.table import format_table, pct, percent
 from robustsim.text import md_code
 from robustsim.threads import runtime_info
-from robustsim.threat import Target, ThreatModel
+from robustsim.threat import ThreatModel
 
-RADIUS_TOL = 1e-2  # a reported radius is within 1 % of the most the method proves for its triplet (lipschitz_batch)
 ROUNDING_NOTE = (
     "radii hold for the decision the metric computes in its own dtype (unit roundoff {unit:.3g}): the rounding of "
     "its forward pass and of the cosine distance is bounded (robustsim.certify.rounding) and certified against"
@@ -164,47 +163,6 @@ class CertifyResult:
                 for r, c, p in zip(self.radius.tolist(), self.clean.tolist(), self.p.tolist(), strict=True)
             ],
         }
-
-
-@torch.no_grad()
-def lipschitz_batch(
-    metric: EmbeddingMetric,
-    ref: torch.Tensor,
-    x0: torch.Tensor,
-    x1: torch.Tensor,
-    target: Target,
-    mode: Mode,
-    lipschitz: float | None = None,
-    exact: Callable[[], EmbeddingMetric] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, float, tuple[str, ...]]:
-    """(radius, choice, L, modules bounded by the generic rounding rule) for one batch: the radius certifying the
-    decision the metric computes (its dtype's rounding included), from the metric's own forward pass; its choice
-    (1 = x1, 0 = x0, 0.5 tie).
-
-    The computed embeddings are the estimates (within their rounding bound). Where exact estimates could certify
-    more than ``1 + RADIUS_TOL`` times that radius, the triplet is certified again from float64 estimates of
-    ``exact()`` (:func:`~robustsim.certify.rounding.float64_copy`). So every radius is within RADIUS_TOL of the
-    most the method proves for that triplet, whatever radii a caller asks about: a property of the metric and the
-    triplet."""
-    L = lipschitz if lipschitz is not None else input_lipschitz(metric, tuple(ref.shape[-2:]))[0]
-    (e_ref, e0, e1), rounds, slack = certify_embeddings(metric, ref, x0, x1)
-    choice = two_afc_choice(metric.embedding_distance(e_ref, e0), metric.embedding_distance(e_ref, e1))
-    assumed = rounds[0].assumed
-    if mode == "lipsim":
-        return radius_from_embeddings(e_ref, e0, e1, L, mode, target), choice, L, assumed
-    est = [r.delta for r in rounds]
-    radius = radius_from_embeddings(e_ref, e0, e1, L, mode, target, est, rounds, slack)
-    if exact is not None:
-        best = radius_from_embeddings(e_ref, e0, e1, L, mode, target, (0.0, 0.0, 0.0), rounds, slack)
-        rows = (best > radius * (1 + RADIUS_TOL)).nonzero()[:, 0]
-        if rows.numel():
-            twin = exact()
-            _, e64, r64 = embed_with_error(twin, torch.cat([ref[rows], x0[rows], x1[rows]]))
-            parts, deltas = e64.split(rows.numel()), r64.delta.split(rows.numel())
-            sub = [Rounding(r.delta[rows], r.sensitivity, r.kappa, r.unit) for r in rounds]
-            refined = radius_from_embeddings(*parts, L, mode, target, deltas, sub, slack)
-            radius[rows] = torch.maximum(radius[rows], refined)
-    return radius, choice, L, assumed
 
 
 def _dim(data: TripletDataset) -> int:

@@ -31,18 +31,20 @@ A triplet whose computed decision is a tie, or differs from the exact one, fails
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
 from robustsim.certify.lipschitz import input_lipschitz, network_lipschitz
-from robustsim.certify.rounding import Rounding, cosine_slack, embed_with_error
+from robustsim.certify.rounding import Rounding, cosine_slack, embed_with_error, float64_copy
 
 from robustsim.metrics.base import EmbeddingMetric, Metric, evaluating
+from robustsim.scoring import two_afc_choice
 from robustsim.threat import TARGETS, Target
 
 Mode = Literal["sound", "lipsim"]
 MODES: tuple[str, ...] = ("sound", "lipsim")
+RADIUS_TOL = 1e-2  # a reported radius is within 1 % of the most the method proves for its triplet (lipschitz_batch)
 ANGLE_EPS = 1e-12  # float64 error of an angle computed as 2 asin(||phi(a) - phi(b)|| / 2)
 
 
@@ -163,6 +165,47 @@ def certify_embeddings(
     return e.split(n), rounding.split(n), cosine_slack(e.shape[1], rounding.unit)
 
 
+@torch.no_grad()
+def lipschitz_batch(
+    metric: EmbeddingMetric,
+    ref: torch.Tensor,
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    target: Target,
+    mode: Mode,
+    lipschitz: float | None = None,
+    exact: Callable[[], EmbeddingMetric] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, float, tuple[str, ...]]:
+    """(radius, choice, L, modules bounded by the generic rounding rule) for one batch: the radius certifying the
+    decision the metric computes (its dtype's rounding included), from the metric's own forward pass; its choice
+    (1 = x1, 0 = x0, 0.5 tie).
+
+    The computed embeddings are the estimates (within their rounding bound). Where exact estimates could certify
+    more than ``1 + RADIUS_TOL`` times that radius, the triplet is certified again from float64 estimates of
+    ``exact()`` (:func:`~robustsim.certify.rounding.float64_copy`). So every radius is within RADIUS_TOL of the
+    most the method proves for that triplet, whatever radii a caller asks about: a property of the metric and the
+    triplet."""
+    L = lipschitz if lipschitz is not None else input_lipschitz(metric, tuple(ref.shape[-2:]))[0]
+    (e_ref, e0, e1), rounds, slack = certify_embeddings(metric, ref, x0, x1)
+    choice = two_afc_choice(metric.embedding_distance(e_ref, e0), metric.embedding_distance(e_ref, e1))
+    assumed = rounds[0].assumed
+    if mode == "lipsim":
+        return radius_from_embeddings(e_ref, e0, e1, L, mode, target), choice, L, assumed
+    est = [r.delta for r in rounds]
+    radius = radius_from_embeddings(e_ref, e0, e1, L, mode, target, est, rounds, slack)
+    if exact is not None:
+        best = radius_from_embeddings(e_ref, e0, e1, L, mode, target, (0.0, 0.0, 0.0), rounds, slack)
+        rows = (best > radius * (1 + RADIUS_TOL)).nonzero()[:, 0]
+        if rows.numel():
+            twin = exact()
+            _, e64, r64 = embed_with_error(twin, torch.cat([ref[rows], x0[rows], x1[rows]]))
+            parts, deltas = e64.split(rows.numel()), r64.delta.split(rows.numel())
+            sub = [Rounding(r.delta[rows], r.sensitivity, r.kappa, r.unit) for r in rounds]
+            refined = radius_from_embeddings(*parts, L, mode, target, deltas, sub, slack)
+            radius[rows] = torch.maximum(radius[rows], refined)
+    return radius, choice, L, assumed
+
+
 def certified_radius(
     metric: Metric,
     ref: torch.Tensor,
@@ -174,8 +217,6 @@ def certified_radius(
     """(B,) float64 l2 radius, in the caller's pixels, within which the metric's 2AFC choice, as the metric
     computes it in its own dtype, cannot change when ``target`` moves (``all``: each image by at most the radius).
     Triplets whose computed decision is a tie or disagrees with exact arithmetic get 0."""
-    from robustsim.certify.certify2afc import lipschitz_batch
-    from robustsim.certify.rounding import float64_copy
 
     network_lipschitz(metric)
     assert isinstance(metric, EmbeddingMetric)

@@ -25,11 +25,11 @@ import math
 import torch
 from scipy.stats import beta, binomtest, norm
 
-from robustsim.checks import metric_arg
+from robustsim.checks import count_arg
 from robustsim.defaults import ALPHA, SMOOTHING_N
 from robustsim.errors import InputError
 from robustsim.limits import MAX_SIGMA
-from robustsim.metrics.base import EmbeddingMetric, Metric
+from robustsim.metrics.base import EmbeddingMetric, Metric, metric_arg
 
 ABSTAIN = -1
 
@@ -39,12 +39,6 @@ def clopper_pearson_lower(k: torch.Tensor, n: int, alpha: float) -> torch.Tensor
     ks = k.double().cpu().numpy()
     out = beta.ppf(alpha, ks, n - ks + 1)
     return torch.from_numpy(out).nan_to_num(0.0).where(k.cpu() > 0, torch.zeros(1, dtype=torch.float64))
-
-
-def check_count(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
 
 
 def check_smoothing(metric: Metric, sigma: object, alpha: object) -> tuple[Metric, float, float]:
@@ -84,8 +78,8 @@ class SmoothedMetric:
         seed: int = 0,
     ) -> None:
         self.metric, self.sigma, self.alpha = check_smoothing(metric, sigma, alpha)
-        self.n, self.n0 = check_count("n", n, 1), check_count("n0", n0, 0)
-        self.batch, self.seed = check_count("batch", batch, 1), check_count("seed", seed, 0)
+        self.n, self.n0 = count_arg(n, "n"), count_arg(n0, "n0", 0)
+        self.batch, self.seed = count_arg(batch, "batch"), count_arg(seed, "seed", 0)
 
     @torch.no_grad()
     def counts(

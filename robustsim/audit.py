@@ -3,7 +3,6 @@ certified accuracy when the metric has a Lipschitz certificate, check the laws, 
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import math
 import sys
 import time
@@ -23,6 +22,7 @@ from robustsim.errors import RobustsimError
 from robustsim.evaluate import evaluate_2afc
 from robustsim.metrics.base import Metric, evaluating
 from robustsim.precision import resolve_precision
+from robustsim.provenance import metric_fingerprint, package_versions
 from robustsim.table import format_table, pct, percent
 from robustsim.text import md_code
 from robustsim.threads import runtime_info
@@ -33,17 +33,6 @@ SCHEMA_VERSION = 2
 
 class AuditLawError(RobustsimError, RuntimeError):
     """certified <= robust <= clean (per epsilon) or monotonicity in epsilon does not hold."""
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages an attack report depends on ("not installed" where absent)."""
-    out = {}
-    for pkg in ("robustsim", "torch", "pyautoattack", "foolbox", "numpy"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
 
 
 @dataclass
@@ -247,7 +236,6 @@ def run_audit(
     env = env or init_distributed(torch.device(device))
     store = None
     if resume is not None:
-        from robustsim.bench.run import metric_fingerprint
         from robustsim.resume import BatchStore
 
         context = {

@@ -11,16 +11,6 @@ import torch
 from robustsim.errors import InputError
 
 
-def metric_arg(value: object, what: str = "metric"):
-    """A robustsim Metric (a zoo name is pointed at ``load_metric``)."""
-    from robustsim.metrics.base import Metric
-
-    if isinstance(value, Metric):
-        return value
-    hint = f"robustsim.load_metric({value!r})" if isinstance(value, str) else "robustsim.load_metric('l2')"
-    raise InputError(f"{what} must be a robustsim Metric, got {type(value).__name__}; build one with {hint}")
-
-
 def count_arg(value: object, what: str, minimum: int = 1, allow_none: bool = False) -> int | None:
     """An integer >= ``minimum`` (not a bool; None when ``allow_none``)."""
     if value is None and allow_none:

@@ -172,7 +172,7 @@ def test_a_radius_is_a_property_of_the_triplet_not_of_the_radii_asked():
     """The float64 refinement was spent only around the asked radii, so 143 of 600 radii changed
     with --eps. Every triplet is now refined to within RADIUS_TOL of the most the method proves for it, so asking
     other radii gives the same radius for every triplet (the same computation: the same bits)."""
-    from robustsim.certify.certify2afc import RADIUS_TOL
+    from robustsim.certify.radius import RADIUS_TOL
 
     metric, data = robustsim.load_metric("lipsim-nano-aoc"), open_triplets("mini:test", limit=96)
     a = certify_2afc(metric, data, [36 / 255], progress=False)

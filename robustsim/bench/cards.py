@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from robustsim.ball import L2
-from robustsim.bench.protocol import Protocol
-from robustsim.bench.run import Cell, protocol_cells
+from robustsim.bench.protocol import Cell, Protocol, protocol_cells
 from robustsim.data.triplets import TripletDataset
 from robustsim.io import atomic_write
 from robustsim.metrics.base import Metric
@@ -102,7 +101,7 @@ def make_card(
     seconds: float,
 ) -> dict:
     """The card of one metric: provenance, protocol, every number with its timing, published figures."""
-    from robustsim.audit import package_versions
+    from robustsim.provenance import package_versions
     from robustsim.threads import runtime_info
     from robustsim.weights import expected_sha, record
     from robustsim.zoo import list_metrics, metric_entry

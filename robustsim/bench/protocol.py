@@ -91,3 +91,28 @@ def get_protocol(name: str) -> Protocol:
     if name not in PROTOCOLS:
         raise RobustsimError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
     return PROTOCOLS[name]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell: ``kind`` clean, robust (at ``threat``'s norm and target, radius ``eps``) or certified (l2)."""
+
+    kind: str
+    eps: float | None = None
+    threat: ThreatModel | None = None
+
+    @property
+    def name(self) -> str:
+        """The cell's file name (stable across versions: saved cells keep matching)."""
+        if self.kind == "clean":
+            return "clean"
+        if self.kind == "robust":
+            assert self.threat is not None
+            return f"robust-{self.threat.key()}-{self.eps:.6g}"
+        return f"certified-l2-{self.eps:.6g}"
+
+
+def protocol_cells(protocol: Protocol) -> tuple[list[Cell], list[list[Cell]], list[Cell]]:
+    """(clean, robust per threat model, certified) cells of a protocol."""
+    robust = [[Cell("robust", e, tm) for e in tm.eps] for tm in protocol.threat_models]
+    return [Cell("clean")], robust, [Cell("certified", e) for e in protocol.certified_eps]

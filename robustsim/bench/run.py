@@ -24,7 +24,7 @@ from typing import cast
 
 import torch
 
-from robustsim.bench.protocol import Protocol, get_protocol
+from robustsim.bench.protocol import Cell, Protocol, get_protocol, protocol_cells
 from robustsim.checks import count_arg
 from robustsim.data.triplets import TripletDataset
 from robustsim.defaults import CENTER_CANDIDATES, center_draws
@@ -33,44 +33,10 @@ from robustsim.errors import InputError, RobustsimError
 from robustsim.io import finite_json, parse_json, read_inside, write_json
 from robustsim.metrics.base import Metric
 from robustsim.precision import Precision, resolve_precision
+from robustsim.provenance import metric_fingerprint
 from robustsim.text import file_stem
 from robustsim.threads import follow_machine
 from robustsim.threat import ThreatModel
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One cell: ``kind`` clean, robust (at ``threat``'s norm and target, radius ``eps``) or certified (l2)."""
-
-    kind: str
-    eps: float | None = None
-    threat: ThreatModel | None = None
-
-    @property
-    def name(self) -> str:
-        """The cell's file name (stable across versions: saved cells keep matching)."""
-        if self.kind == "clean":
-            return "clean"
-        if self.kind == "robust":
-            assert self.threat is not None
-            return f"robust-{self.threat.key()}-{self.eps:.6g}"
-        return f"certified-l2-{self.eps:.6g}"
-
-
-def protocol_cells(protocol: Protocol) -> tuple[list[Cell], list[list[Cell]], list[Cell]]:
-    """(clean, robust per threat model, certified) cells of a protocol."""
-    robust = [[Cell("robust", e, tm) for e in tm.eps] for tm in protocol.threat_models]
-    return [Cell("clean")], robust, [Cell("certified", e) for e in protocol.certified_eps]
-
-
-def metric_fingerprint(metric: Metric) -> str:
-    """A hash of the metric's name, class and every byte of its weights and buffers."""
-    h = hashlib.sha256(f"{metric.name}|{type(metric).__qualname__}|{metric.dtype}".encode())
-    for name, t in metric.state_dict().items():
-        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:20]
-
 
 NUMBERS = ("score", "robust", "certified", "seconds", "images_per_s", "n", "center_bound")
 # center smoothing in certified cells of metrics without a Lipschitz bound (bench --smoothing), sized for a CPU:

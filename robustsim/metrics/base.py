@@ -231,3 +231,11 @@ class EmbeddingMetric(Metric):
         else:
             ex, ey = self._embed(x), self._embed(y)
         return self.embedding_distance(ex, ey)
+
+
+def metric_arg(value: object, what: str = "metric") -> Metric:
+    """A robustsim Metric (a zoo name is pointed at ``load_metric``)."""
+    if isinstance(value, Metric):
+        return value
+    hint = f"robustsim.load_metric({value!r})" if isinstance(value, str) else "robustsim.load_metric('l2')"
+    raise InputError(f"{what} must be a robustsim Metric, got {type(value).__name__}; build one with {hint}")

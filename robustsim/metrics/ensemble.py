@@ -20,7 +20,7 @@ class EnsembleMetric(EmbeddingMetric):
     """
 
     def __init__(self, members: Sequence[Metric], name: str | None = None, validate: bool = True) -> None:
-        from robustsim.checks import metric_arg
+        from robustsim.metrics.base import metric_arg
 
         if isinstance(members, (str, bytes)) or not isinstance(members, Sequence) or not members:
             raise InputError(f"an ensemble needs a non-empty list of embedding metrics, got {members!r}")

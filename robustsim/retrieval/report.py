@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from robustsim.audit import package_versions
+from robustsim.provenance import package_versions
 from robustsim.retrieval.evaluate import RetrievalResult
 from robustsim.table import format_table, pct
 from robustsim.text import md_code
