@@ -21,6 +21,7 @@ from robustsim.attacks.twoafc import margin
 from torch import nn
 
 from robustsim.ball import ball
+from robustsim.precision import Precision
 
 
 class AmbiguousQuery(RuntimeError):
@@ -107,8 +108,9 @@ class AutoAttack(Attack):
         version: str = "standard",
         attacks: list[str] | None = None,
         n_queries: int | None = None,
+        precision: Precision = "fp32",
     ) -> None:
-        super().__init__(norm, seed)
+        super().__init__(norm, seed, precision)
         self.version, self.attacks, self.n_iter = version, attacks, steps
         self.n_queries = n_queries if n_queries is not None else 5000 if version == "standard" else max(steps, 100)
         self.restarts = restarts
@@ -169,8 +171,8 @@ class FoolboxAttack(Attack):
     """Any foolbox 3 attack (e.g. ``foolbox.attacks.L2PGD()``): every epsilon in one foolbox call (foolbox
     itself re-runs the attack per epsilon)."""
 
-    def __init__(self, attack, norm: Norm = "l2", *, seed: int = 0) -> None:
-        super().__init__(norm, seed)
+    def __init__(self, attack, norm: Norm = "l2", *, seed: int = 0, precision: Precision = "fp32") -> None:
+        super().__init__(norm, seed, precision)
         self.fb_attack = attack
         self.name = f"foolbox-{type(attack).__name__}"
 

@@ -10,6 +10,7 @@ from robustsim.attacks.pgd import apgd, classifier_objective, pgd
 from robustsim.defaults import STEP_SIZE
 from robustsim.errors import InputError
 from robustsim.limits import MAX_EOT
+from robustsim.precision import Precision
 
 
 def check_eot(eot: object) -> int:
@@ -34,8 +35,9 @@ class PGD(Attack):
         schedule: str = "constant",
         loss: str = "margin",
         eot: int = 1,
+        precision: Precision = "fp32",
     ) -> None:
-        super().__init__(norm, seed)
+        super().__init__(norm, seed, precision)
         self.steps, self.restarts, self.step_size, self.schedule, self.loss = steps, restarts, step_size, schedule, loss
         self.eot = check_eot(eot)
 
@@ -66,8 +68,9 @@ class APGD(Attack):
         seed: int = 0,
         loss: str = "ce",
         eot: int = 1,
+        precision: Precision = "fp32",
     ) -> None:
-        super().__init__(norm, seed)
+        super().__init__(norm, seed, precision)
         self.loss, self.steps, self.restarts, self.eot = loss, steps, restarts, check_eot(eot)
         self.name = f"apgd-{loss}"
 

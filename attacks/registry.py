@@ -18,10 +18,10 @@ from robustsim.attacks.gradient import APGD, PGD
 from robustsim.ball import ball, ball_of_p
 from robustsim.defaults import STEP_SIZE
 from robustsim.errors import RobustsimError
-from robustsim.precision import Precision
+from robustsim.precision import Precision, check_precision
 from robustsim.threat import ThreatModel
 
-SETTINGS = ("steps", "restarts", "seed")
+SETTINGS = ("steps", "restarts", "seed", "precision")
 EOT = (*SETTINGS, "eot")  # the attacks that average their gradient over the metric's randomness
 
 
@@ -36,15 +36,21 @@ class AttackSpec:
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     settings: tuple[str, ...] = SETTINGS
 
-    def make(self, norm: Norm, steps: int, restarts: int, seed: int, eot: int = 1) -> Attack:
+    def make(
+        self, norm: Norm, steps: int, restarts: int, seed: int, eot: int = 1, precision: Precision = "fp32"
+    ) -> Attack:
         if eot != 1 and "eot" not in self.settings:
             takes = ", ".join(n for n, a in ATTACKS.items() if "eot" in a.settings)
             raise RobustsimError(f"{self.name} has no EoT (gradient draws per step); --eot works with {takes}")
-        given = {"steps": steps, "restarts": restarts, "seed": seed, "eot": eot}
+        if precision != "fp32" and "precision" not in self.settings:
+            raise RobustsimError(f"{self.name} runs in float32 only; use --precision fp32")
+        given = {"steps": steps, "restarts": restarts, "seed": seed, "eot": eot, "precision": precision}
         return self.build(norm, **{k: given[k] for k in self.settings}, **self.options)
 
 
-def foolbox_attack(norm: Norm, *, steps: int, seed: int, cls_name: str | None = None) -> Attack:
+def foolbox_attack(
+    norm: Norm, *, steps: int, seed: int, precision: Precision = "fp32", cls_name: str | None = None
+) -> Attack:
     """A foolbox 3 attack class by name (default L2PGD / LinfPGD for ``norm``), built with ``steps`` and a
     step size that covers the ball."""
     import foolbox as fb
@@ -75,7 +81,7 @@ def foolbox_attack(norm: Norm, *, steps: int, seed: int, cls_name: str | None = 
         measured = ball_of_p(p)
         other = measured.name if measured is not None else f"l{p}"
         raise RobustsimError(f"foolbox:{cls_name} measures {other}, not {norm}; pass --norm {other}")
-    return FoolboxAttack(attack, norm, seed=seed)
+    return FoolboxAttack(attack, norm, seed=seed, precision=precision)
 
 
 ATTACKS: dict[str, AttackSpec] = {}
@@ -110,7 +116,7 @@ register_attack(
     "autoattack",
     AutoAttack,
     "pyautoattack standard ensemble (apgd-ce, apgd-t, fab-t, square) on 2 classes",
-    settings=("steps", "seed"),
+    settings=("steps", "seed", "precision"),
 )
 register_attack(
     "aa-apgd-ce", AutoAttack, "pyautoattack's APGD-CE alone", options={"version": "custom", "attacks": ["apgd-ce"]}
@@ -120,10 +126,10 @@ register_attack(
     AutoAttack,
     "pyautoattack Square (black-box; max(steps, 100) queries)",
     options={"version": "custom", "attacks": ["square"]},
-    settings=("steps", "seed"),
+    settings=("steps", "seed", "precision"),
 )
 register_attack("fab", AutoAttack, "pyautoattack FAB (minimum norm)", options={"version": "custom", "attacks": ["fab"]})
-register_attack("foolbox-pgd", foolbox_attack, "foolbox L2PGD / LinfPGD", settings=("steps", "seed"))
+register_attack("foolbox-pgd", foolbox_attack, "foolbox L2PGD / LinfPGD", settings=("steps", "seed", "precision"))
 
 
 def list_attacks() -> list[str]:
@@ -143,19 +149,13 @@ def make_attack(
     """Build an attack by name (see :func:`list_attacks`) for ``threat``'s norm (a ThreatModel or "l2" / "linf");
     ``foolbox:L2CarliniWagnerAttack`` etc. also work. ``eot`` > 1: the gradient attacks average each step's
     gradient over that many draws of a randomised metric (Expectation over Transformation). ``precision``: the
-    steps' autocast (bf16 / fp16 steps are followed by a float32 finish: :meth:`Attack._finish`)."""
-    attack = _built(name, ThreatModel.of(threat).norm, steps, restarts, seed, eot)
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise RobustsimError(f"precision must be fp32, bf16 or fp16 (resolve auto first), got {precision!r}")
-    attack.precision = precision
-    return attack
-
-
-def _built(name: str, norm: Norm, steps: int, restarts: int, seed: int, eot: int) -> Attack:
+    steps' autocast (bf16 / fp16 steps are followed by a float32 finish: :meth:`.sweep.Sweep.finish`)."""
+    norm, precision = ThreatModel.of(threat).norm, check_precision(precision)
     if name.startswith("foolbox:") and eot != 1:
         raise RobustsimError(f"{name} has no EoT (gradient draws per step); use pgd or apgd-ce with eot")
     if name.startswith("foolbox:"):
-        return foolbox_attack(norm, steps=steps, seed=seed, cls_name=name.split(":", 1)[1])
+        cls_name = name.split(":", 1)[1]
+        return foolbox_attack(norm, steps=steps, seed=seed, precision=precision, cls_name=cls_name)
     if name not in ATTACKS:
         raise RobustsimError(f"unknown attack {name!r}; choose from {', '.join(list_attacks())}")
-    return ATTACKS[name].make(norm, steps, restarts, seed, eot)
+    return ATTACKS[name].make(norm, steps, restarts, seed, eot, precision)

@@ -27,6 +27,13 @@ def resolve_precision(precision: str, device: torch.device | str) -> Precision:
     return cast(Precision, precision)
 
 
+def check_precision(precision: object) -> Precision:
+    """A resolved precision (fp32, bf16 or fp16; InputError otherwise: resolve ``auto`` with the device first)."""
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise InputError(f"precision must be fp32, bf16 or fp16 (resolve auto first), got {precision!r}")
+    return cast(Precision, precision)
+
+
 def autocast(precision: Precision, device: torch.device | str) -> AbstractContextManager:
     """The context the attack steps run in: autocast to ``precision`` (nothing for fp32)."""
     if precision == "fp32":

@@ -356,20 +356,20 @@ def test_the_survivors_of_every_batch_are_attacked_together_at_each_larger_radiu
     """At larger radii few triplets survive, and each batch's two or three ran alone. Each radius
     after the first is one pass over the triplets still robust (of every batch, in full batches), and every
     per-triplet result equals a run whose one batch holds them all (nothing to regather)."""
-    import robustsim.attacks.base as base
+    import robustsim.attacks.sweep as sweep
     from robustsim.attacks import make_attack
 
     from robustsim.data import open_triplets
     from robustsim.zoo import load_metric
 
     passes: list[tuple[str, list[int]]] = []
-    real = base.run_batches
+    real = sweep.run_batches
 
     def recorded(data, step, **kw):
         passes.append((kw["desc"], [int(data[i]["index"]) for i in range(len(data))]))
         return real(data, step, **kw)
 
-    monkeypatch.setattr(base, "run_batches", recorded)
+    monkeypatch.setattr(sweep, "run_batches", recorded)
     data = open_triplets("mini:test", size=16, limit=40)
     metric = load_metric("l2")
     eps = (0.25, 1.0, 2.0)
