@@ -22,7 +22,6 @@ from torch.utils.data import DataLoader, Dataset
 from robustsim.attacks.registry import make_attack
 from robustsim.attacks.retrieval import PullIn, PushOut, attack_queries
 from robustsim.audit import AuditLawError
-from robustsim.ball import Ball
 from robustsim.certify.lipschitz import has_certificate
 from robustsim.data.retrieval import POSITIVE, RetrievalSet
 from robustsim.dist import local_env
@@ -37,9 +36,19 @@ AP_CUTOFF = 1000  # AP is computed over the top min(G, AP_CUTOFF) items (exact f
 
 
 @dataclass
+class Ranking:
+    """Recall@k per k and average precision of each query: (Q,) clean, (n_eps, Q) under attack or certified (a
+    certificate bounds recall only: ``ap`` None); NaN marks queries without an annotated positive."""
+
+    recall: dict[int, torch.Tensor]
+    ap: torch.Tensor | None = None
+
+
+@dataclass
 class RetrievalResult:
-    """Per-query outcomes. Recalls are (Q,) clean or (n_eps, Q) under attack / certified; NaN marks
-    queries without an annotated positive."""
+    """Per-query outcomes of one metric on one retrieval set: the ``clean`` ranking, the worst ``attacked`` one
+    found (None without radii), the ``certified`` one (None without a Lipschitz certificate), the targeted attacks'
+    success (n_eps, n_targeted) and each query's certified l2 radius of its clean top-1."""
 
     metric: str
     data: str
@@ -47,19 +56,38 @@ class RetrievalResult:
     n_gallery: int
     ks: list[int]
     threat: ThreatModel
-    clean_recall: dict[int, torch.Tensor]
-    clean_ap: torch.Tensor
+    clean: Ranking
     roc_auc: float
     unannotated: dict[int, int]
-    attacked_recall: dict[int, torch.Tensor] | None = None
-    attacked_ap: torch.Tensor | None = None
-    certified_recall: dict[int, torch.Tensor] | None = None
+    attacked: Ranking | None = None
+    certified: Ranking | None = None
     targeted_success: torch.Tensor | None = None  # (n_eps, n_targeted) bool
     top1_radius: torch.Tensor | None = None  # (Q,) certified l2 radius of the clean top-1
     attacks: list[str] = field(default_factory=list)
     steps: int = 0
     seconds: float = 0.0
     examples: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def clean_recall(self) -> dict[int, torch.Tensor]:
+        return self.clean.recall
+
+    @property
+    def clean_ap(self) -> torch.Tensor:
+        assert self.clean.ap is not None
+        return self.clean.ap
+
+    @property
+    def attacked_recall(self) -> dict[int, torch.Tensor] | None:
+        return None if self.attacked is None else self.attacked.recall
+
+    @property
+    def attacked_ap(self) -> torch.Tensor | None:
+        return None if self.attacked is None else self.attacked.ap
+
+    @property
+    def certified_recall(self) -> dict[int, torch.Tensor] | None:
+        return None if self.certified is None else self.certified.recall
 
     @property
     def norm(self) -> str:
@@ -110,14 +138,21 @@ def _rank_scores(rank: torch.Tensor, labels: torch.Tensor, n_pos: torch.Tensor, 
 
 
 class _Run:
-    """The gallery and settings of one evaluation, with the ranking and ball checks every step uses."""
+    """One evaluation: the gallery, the radii and the attacks, with the ranking and ball checks every batch uses,
+    and what it gathers beyond the per-query rows (the ROC-AUC stream, unannotated counts, examples)."""
 
-    def __init__(self, metric: Metric, data: RetrievalSet, gallery: Gallery, ks, ball: Ball, eps) -> None:
-        self.metric, self.gallery = metric, gallery
-        self.ks, self.ball, self.eps = ks, ball, eps
+    def __init__(
+        self, metric: Metric, data: RetrievalSet, gallery: Gallery, ks: list[int], threat: ThreatModel, attacks: list
+    ) -> None:
+        self.metric, self.data, self.gallery, self.attacks = metric, data, gallery, attacks
+        self.ks, self.ball, self.eps = ks, threat.ball, list(threat.eps)
         self.K = min(data.n_ranked, max(max(ks), AP_CUTOFF))
         if max(ks) > data.n_ranked:
             raise InputError(f"k={max(ks)} exceeds the {data.n_ranked} gallery items a query is ranked against")
+        self.certify = bool(self.eps) and has_certificate(metric) and isinstance(gallery, EmbeddingGallery)
+        self.auc = scores.StreamingAUC()
+        self.unannotated = dict.fromkeys(ks, 0)
+        self.examples: dict[str, list[torch.Tensor]] = {}
 
     def search(self, q: torch.Tensor, exc: torch.Tensor, k: int | None = None) -> torch.Tensor:
         return self.gallery.search(q, k or self.K, exc)[1]
@@ -126,6 +161,89 @@ class _Run:
         """Points outside the ball or the box are replaced by the clean query (they do not count)."""
         ok = self.ball.contains(adv, q, e)
         return torch.where(ok.view(-1, 1, 1, 1), adv, q)
+
+    def along_eps(self) -> tuple[str, ...]:
+        """The row fields with a radius axis first."""
+        kinds = (f"{kind}_recall@{k}" for kind in ("attacked", "certified") for k in self.ks)
+        return ("attacked_ap", "targeted", *kinds)
+
+    def clean_rows(self, q, lab, exc, pos, n_pos, rank) -> dict[str, torch.Tensor]:
+        """The clean ranking's scores of one batch (and the ROC-AUC and unannotated counts it feeds)."""
+        rec, ap = _rank_scores(rank, lab, n_pos, self.ks)
+        out = {f"clean_recall@{k}": rec[k] for k in self.ks}
+        out["clean_ap"] = ap
+        for k in self.ks:
+            self.unannotated[k] += scores.unannotated_in_top_k(rank, lab, k)
+        with torch.no_grad():
+            sim = self.gallery.exact(q)
+        labelled = (lab >= 0) & ~exc
+        self.auc.add(sim[labelled], lab[labelled] == POSITIVE)
+        if self.certify:
+            radii, top1 = _certify(self, q, rank, pos, n_pos, exc)
+            out.update({f"certified_recall@{k}": v for k, v in radii.items()}, top1_radius=top1)
+        return out
+
+    def attacked_rows(self, q, lab, exc, pos, n_pos, clean: Ranking, gen) -> tuple[Ranking, torch.Tensor]:
+        """(the worst ranking any attack found per radius, the point shown per radius: the lowest summed recall)."""
+        ks, eps, n_e = self.ks, self.eps, len(self.eps)
+        best_rec = {k: clean.recall[k].expand(n_e, -1).clone() for k in ks}
+        assert clean.ap is not None
+        best_ap = clean.ap.expand(n_e, -1).clone()
+        adv_show = q.expand(n_e, *q.shape).clone()
+        show_score = sum(best_rec[k] for k in ks)
+        for attack in self.attacks:
+            # largest k first: pushing every positive out of the top k also clears every smaller top-k,
+            # so a smaller k only re-attacks the queries whose positives survived there
+            alive = n_pos > 0
+            for k in sorted(ks, reverse=True):
+                rows = (alive & (best_rec[k] > 0).any(0)).nonzero()[:, 0]
+                if rows.numel() == 0:
+                    continue
+                goal = PushOut(self.gallery.similarity, pos[rows], exc[rows], k)
+                adv = attack_queries(attack, goal, q[rows], eps, gen)
+                for i, e in enumerate(eps):
+                    xa = self.verified(adv[i], q[rows], e)
+                    r2, ap2 = _rank_scores(self.search(xa, exc[rows]), lab[rows], n_pos[rows], ks)
+                    total = sum(r2[kk] for kk in ks)
+                    worse = total < show_score[i, rows]
+                    adv_show[i, rows[worse]] = xa[worse]
+                    show_score[i, rows[worse]] = total[worse]
+                    for kk in ks:
+                        best_rec[kk][i, rows] = torch.minimum(best_rec[kk][i, rows], r2[kk])
+                    best_ap[i, rows] = torch.minimum(best_ap[i, rows], ap2)
+        return Ranking(best_rec, best_ap), adv_show
+
+    def result(self, rows: dict, threat: ThreatModel, attacks: list[str], steps: int, seconds: float):
+        """The run's :class:`RetrievalResult` from its gathered per-query rows."""
+        ks = self.ks
+        nan = lambda t: t.double().where(torch.isfinite(t.double()), torch.nan)  # noqa: E731
+
+        def ranking(kind: str, ap: bool) -> Ranking | None:
+            if f"{kind}_recall@{ks[0]}" not in rows:
+                return None
+            return Ranking({k: nan(rows[f"{kind}_recall@{k}"]) for k in ks}, nan(rows[f"{kind}_ap"]) if ap else None)
+
+        clean = ranking("clean", True)
+        assert clean is not None
+        return RetrievalResult(
+            metric=self.metric.name,
+            data=self.data.name,
+            note=self.data.note,
+            n_gallery=len(self.gallery),
+            ks=ks,
+            threat=threat,
+            clean=clean,
+            roc_auc=self.auc.value()[0],
+            unannotated=self.unannotated,
+            attacked=ranking("attacked", True),
+            certified=ranking("certified", False),
+            targeted_success=rows.get("targeted"),
+            top1_radius=rows["top1_radius"].double() if "top1_radius" in rows else None,
+            attacks=attacks,
+            steps=steps,
+            seconds=seconds,
+            examples={k: torch.cat(v) for k, v in self.examples.items()},
+        )
 
 
 class QueryItems(Dataset):
@@ -142,6 +260,8 @@ class QueryItems(Dataset):
 
 
 def _query_loader(items: QueryItems, batch_size: int, workers: int | None = None) -> DataLoader:
+    """The queries in order, in this process (``workers``, the runner's argument, is not used: the queries are
+    already tensors in memory)."""
     return DataLoader(items, batch_size=batch_size, shuffle=False, num_workers=0)
 
 
@@ -174,14 +294,9 @@ def evaluate_retrieval(
         raise InputError("attack radii must be > 0 (an empty threat model scores the clean ranking only)")
     metric = metric.to(device).eval()
     gallery = build_gallery(metric, data.gallery, device, backend, cache_dir, batch_size, progress)
-    run = _Run(metric, data, gallery, ks, threat.ball, eps)
-    certify = bool(eps) and has_certificate(metric) and isinstance(gallery, EmbeddingGallery)
-    n_e = len(eps)
-    auc = scores.StreamingAUC()
-    unannotated = dict.fromkeys(ks, 0)
-    examples: dict[str, list[torch.Tensor]] = {}
-    gen = torch.Generator().manual_seed(seed)
     built = [make_attack(a, threat, steps=steps, restarts=restarts, seed=seed) for a in attacks] if eps else []
+    run = _Run(metric, data, gallery, ks, threat, built)
+    gen = torch.Generator().manual_seed(seed)
 
     def step(batch: dict, tick) -> dict[str, torch.Tensor]:
         idx, q = batch["index"], batch["query"]
@@ -189,88 +304,24 @@ def evaluate_retrieval(
         pos = (lab == POSITIVE) & ~exc
         n_pos = pos.sum(1)
         rank = run.search(q, exc)
-        rec, ap = _rank_scores(rank, lab, n_pos, ks)
-        out = {f"clean_recall@{k}": rec[k] for k in ks}
-        out["clean_ap"] = ap
-        for k in ks:
-            unannotated[k] += scores.unannotated_in_top_k(rank, lab, k)
-        with torch.no_grad():
-            sim = gallery.exact(q)
-        labelled = (lab >= 0) & ~exc
-        auc.add(sim[labelled], lab[labelled] == POSITIVE)
-        if certify:
-            radii, top1 = _certify(run, q, rank, pos, n_pos, exc)
-            out.update({f"certified_recall@{k}": v for k, v in radii.items()}, top1_radius=top1)
-        best_rec = {k: rec[k].expand(n_e, -1).clone() for k in ks}
-        best_ap = ap.expand(n_e, -1).clone()
-        adv_show = q.expand(n_e, *q.shape).clone()  # per epsilon, the point with the lowest summed recall
-        show_score = sum(best_rec[k] for k in ks)
-        for attack in built:
-            # largest k first: pushing every positive out of the top k also clears every smaller top-k,
-            # so a smaller k only re-attacks the queries whose positives survived there
-            alive = n_pos > 0
-            for k in sorted(ks, reverse=True):
-                rows = (alive & (best_rec[k] > 0).any(0)).nonzero()[:, 0]
-                if rows.numel() == 0:
-                    continue
-                goal = PushOut(gallery.similarity, pos[rows], exc[rows], k)
-                adv = attack_queries(attack, goal, q[rows], eps, gen)
-                for i, e in enumerate(eps):
-                    xa = run.verified(adv[i], q[rows], e)
-                    r2, ap2 = _rank_scores(run.search(xa, exc[rows]), lab[rows], n_pos[rows], ks)
-                    total = sum(r2[kk] for kk in ks)
-                    worse = total < show_score[i, rows]
-                    adv_show[i, rows[worse]] = xa[worse]
-                    show_score[i, rows[worse]] = total[worse]
-                    for kk in ks:
-                        best_rec[kk][i, rows] = torch.minimum(best_rec[kk][i, rows], r2[kk])
-                    best_ap[i, rows] = torch.minimum(best_ap[i, rows], ap2)
+        out = run.clean_rows(q, lab, exc, pos, n_pos, rank)
+        adv_show = q.expand(len(eps), *q.shape)
         if eps:  # nested balls: a point found at a smaller epsilon counts at every larger one
-            out.update({f"attacked_recall@{k}": best_rec[k].cummin(0).values for k in ks})
-            out["attacked_ap"] = best_ap.cummin(0).values
+            worst, adv_show = run.attacked_rows(q, lab, exc, pos, n_pos, Ranking(
+                {k: out[f"clean_recall@{k}"] for k in ks}, out["clean_ap"]), gen)  # fmt: skip
+            out.update({f"attacked_recall@{k}": worst.recall[k].cummin(0).values for k in ks})
+            assert worst.ap is not None
+            out["attacked_ap"] = worst.ap.cummin(0).values
         if targeted and eps:
             out["targeted"] = _targeted(run, built, q, lab, exc, rank, gen)
-        _keep_examples(examples, n_examples, q, rank, lab, adv_show, run, exc, data)
+        _keep_examples(run.examples, n_examples, q, rank, lab, adv_show, run, exc, data)
         return out
 
-    along_eps = ("attacked_ap", "targeted", *(f"{kind}_recall@{k}" for kind in ("attacked", "certified") for k in ks))
-    rows = run_batches(
-        QueryItems(data),
-        step,
-        desc=f"retrieval {metric.name}",
-        batch_size=batch_size,
-        device=device,
-        metric=metric,
-        progress=progress,
-        env=local_env(device),
-        dims=dict.fromkeys(along_eps, 1),
-        images=("query",),
-        loader=_query_loader,
-    )
+    rows = run_batches(QueryItems(data), step, desc=f"retrieval {metric.name}", batch_size=batch_size, device=device,
+                       metric=metric, progress=progress, env=local_env(device), dims=dict.fromkeys(run.along_eps(), 1),
+                       images=("query",), loader=_query_loader)  # fmt: skip
     assert rows is not None
-    nan = lambda t: t.double().where(torch.isfinite(t.double()), torch.nan)  # noqa: E731
-    per_k = lambda kind: {k: nan(rows[f"{kind}_recall@{k}"]) for k in ks} if f"{kind}_recall@{ks[0]}" in rows else None  # noqa: E731
-    result = RetrievalResult(
-        metric.name,
-        data.name,
-        data.note,
-        len(gallery),
-        ks,
-        threat,
-        {k: nan(rows[f"clean_recall@{k}"]) for k in ks},
-        nan(rows["clean_ap"]),
-        auc.value()[0],
-        unannotated,
-        per_k("attacked"),
-        nan(rows["attacked_ap"]) if "attacked_ap" in rows else None,
-        per_k("certified"),
-        rows.get("targeted"),
-        rows["top1_radius"].double() if "top1_radius" in rows else None,
-        list(attacks) if eps else [],
-        steps,
-        time.perf_counter() - t0,
-        {k: torch.cat(v) for k, v in examples.items()},
-    )
+    result = run.result(rows, threat, list(attacks) if eps else [], steps, time.perf_counter() - t0)
     check_laws(result)
     return result
 
