@@ -7,10 +7,10 @@ from robustsim.attacks.base import Attack
 from robustsim.attacks.geometry import Norm
 from robustsim.attacks.pgd import apgd, classifier_objective, pgd
 
-from robustsim.defaults import STEP_SIZE
 from robustsim.errors import InputError
 from robustsim.limits import MAX_EOT
 from robustsim.precision import Precision
+from robustsim.settings import STEP_SIZE
 
 
 def check_eot(eot: object) -> int:

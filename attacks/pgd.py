@@ -18,7 +18,7 @@ from robustsim.attacks.geometry import Norm, RowNoise, ascent_direction, project
 from robustsim.attacks.losses import LOSSES
 from robustsim.attacks.twoafc import margin
 
-from robustsim.defaults import STEP_SIZE
+from robustsim.settings import STEP_SIZE
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Objective = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]

@@ -16,9 +16,9 @@ from robustsim.attacks.geometry import Norm
 from robustsim.attacks.gradient import APGD, PGD
 
 from robustsim.ball import ball, ball_of_p
-from robustsim.defaults import STEP_SIZE
 from robustsim.errors import RobustsimError
 from robustsim.precision import Precision, check_precision
+from robustsim.settings import STEP_SIZE, AttackSettings
 from robustsim.threat import ThreatModel
 
 SETTINGS = ("steps", "restarts", "seed", "precision")
@@ -140,10 +140,10 @@ def make_attack(
     name: str,
     threat: ThreatModel | str = "l2",
     *,
-    steps: int = 50,
-    restarts: int = 1,
-    seed: int = 0,
-    eot: int = 1,
+    steps: int = AttackSettings.steps,
+    restarts: int = AttackSettings.restarts,
+    seed: int = AttackSettings.seed,
+    eot: int = AttackSettings.eot,
     precision: Precision = "fp32",
 ) -> Attack:
     """Build an attack by name (see :func:`list_attacks`) for ``threat``'s norm (a ThreatModel or "l2" / "linf");

@@ -30,17 +30,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from robustsim.certify.smoothing import check_smoothing, stream_seed
+from robustsim.certify.smoothing import stream_seed
 from scipy.stats import norm
 
 from robustsim.ball import L2
 from robustsim.checks import count_arg
 from robustsim.data.triplets import TripletDataset
-from robustsim.defaults import ALPHA, CENTER_CANDIDATES, CENTER_N, CENTER_N_CENTER
 from robustsim.dist import DistEnv
 from robustsim.errors import InputError
-from robustsim.metrics.base import EmbeddingMetric, Metric
+from robustsim.metrics.base import EmbeddingMetric, Metric, metric_arg
 from robustsim.runner import run_batches
+from robustsim.settings import CenterSettings
 from robustsim.table import format_table
 from robustsim.text import md_code
 from robustsim.threat import ThreatModel, format_eps
@@ -76,20 +76,19 @@ class CenterSmoothing:
         self,
         metric: Metric,
         sigma: float,
-        n: int = CENTER_N,
-        n_center: int = CENTER_N_CENTER,
-        candidates: int = CENTER_CANDIDATES,
-        alpha: float = ALPHA,
-        delta: float = 0.1,
+        n: int = CenterSettings.n,
+        n_center: int = CenterSettings.n_center,
+        candidates: int = CenterSettings.candidates,
+        alpha: float = CenterSettings.alpha,
+        delta: float = CenterSettings.delta,
         batch: int = 256,
         seed: int = 0,
     ) -> None:
-        self.metric, self.sigma, self.alpha = check_smoothing(metric, sigma, alpha)
-        self.n, self.n_center = count_arg(n, "n"), count_arg(n_center, "n_center")
-        self.candidates, self.batch = count_arg(candidates, "candidates"), count_arg(batch, "batch")
-        self.seed = count_arg(seed, "seed", 0)
-        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 0.5:
-            raise InputError(f"delta must be a number in (0, 0.5), got {delta!r}")
+        self.metric = metric_arg(metric).eval()
+        self.settings = CenterSettings(sigma, n, n_center, candidates, delta, alpha)  # checked there
+        self.sigma, self.alpha = self.settings.sigma, self.settings.alpha
+        self.n, self.n_center, self.candidates = n, n_center, candidates
+        self.batch, self.seed = count_arg(batch, "batch"), count_arg(seed, "seed", 0)
         smallest = math.sqrt(math.log(4 / self.alpha) / (2 * MAX_DRAWS))  # what the most draws can confirm
         if delta < smallest:
             raise InputError(
@@ -322,11 +321,11 @@ def certify_center(
     data: TripletDataset,
     threat: ThreatModel | Iterable[float],
     sigma: float,
-    n: int = CENTER_N,
-    n_center: int = CENTER_N_CENTER,
-    candidates: int = CENTER_CANDIDATES,
-    alpha: float = ALPHA,
-    delta: float = 0.1,
+    n: int = CenterSettings.n,
+    n_center: int = CenterSettings.n_center,
+    candidates: int = CenterSettings.candidates,
+    alpha: float = CenterSettings.alpha,
+    delta: float = CenterSettings.delta,
     batch_size: int = 8,
     noise_batch: int = 256,
     seed: int = 0,

@@ -13,11 +13,11 @@ from robustsim.certify.radius import RADIUS_TOL, Mode, lipschitz_batch
 from robustsim.certify.rounding import float64_copy, unit_roundoff
 
 from robustsim.data.triplets import TripletDataset
-from robustsim.defaults import ALPHA, SMOOTHING_N
 from robustsim.dist import DistEnv, gather_objects, init_distributed
 from robustsim.metrics.base import EmbeddingMetric, Metric, evaluating
 from robustsim.runner import run_batches
 from robustsim.scoring import choice_score
+from robustsim.settings import SmoothingSettings
 from robustsim.table import format_table, pct, percent
 from robustsim.text import md_code
 from robustsim.threads import runtime_info
@@ -261,9 +261,9 @@ def certify_smoothed(
     data: TripletDataset,
     threat: ThreatModel | Iterable[float],
     sigma: float,
-    n: int = SMOOTHING_N,
-    n0: int = 0,
-    alpha: float = ALPHA,
+    n: int = SmoothingSettings.n,
+    n0: int = SmoothingSettings.n0,
+    alpha: float = SmoothingSettings.alpha,
     batch_size: int = 8,
     noise_batch: int = 256,
     seed: int = 0,

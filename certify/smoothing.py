@@ -26,10 +26,8 @@ import torch
 from scipy.stats import beta, binomtest, norm
 
 from robustsim.checks import count_arg
-from robustsim.defaults import ALPHA, SMOOTHING_N
-from robustsim.errors import InputError
-from robustsim.limits import MAX_SIGMA
 from robustsim.metrics.base import EmbeddingMetric, Metric, metric_arg
+from robustsim.settings import SmoothingSettings
 
 ABSTAIN = -1
 
@@ -39,18 +37,6 @@ def clopper_pearson_lower(k: torch.Tensor, n: int, alpha: float) -> torch.Tensor
     ks = k.double().cpu().numpy()
     out = beta.ppf(alpha, ks, n - ks + 1)
     return torch.from_numpy(out).nan_to_num(0.0).where(k.cpu() > 0, torch.zeros(1, dtype=torch.float64))
-
-
-def check_smoothing(metric: Metric, sigma: object, alpha: object) -> tuple[Metric, float, float]:
-    """(metric in eval mode, sigma, alpha) once each is valid; else a one-line :class:`InputError`."""
-    metric_arg(metric)
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma):
-        raise InputError(f"sigma must be a finite number, got {sigma!r}")
-    if not 0 < sigma <= MAX_SIGMA:
-        raise InputError(f"sigma must be in (0, {MAX_SIGMA:g}] (noise std in [0, 1] pixel units), got {sigma!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
-        raise InputError(f"alpha must be a number in (0, 1), got {alpha!r}")
-    return metric.eval(), float(sigma), float(alpha)
 
 
 def stream_seed(seed: int, triplet: int, stream: int) -> int:
@@ -71,14 +57,15 @@ class SmoothedMetric:
         self,
         metric: Metric,
         sigma: float,
-        n: int = SMOOTHING_N,
-        n0: int = 0,
-        alpha: float = ALPHA,
+        n: int = SmoothingSettings.n,
+        n0: int = SmoothingSettings.n0,
+        alpha: float = SmoothingSettings.alpha,
         batch: int = 256,
         seed: int = 0,
     ) -> None:
-        self.metric, self.sigma, self.alpha = check_smoothing(metric, sigma, alpha)
-        self.n, self.n0 = count_arg(n, "n"), count_arg(n0, "n0", 0)
+        self.metric = metric_arg(metric).eval()
+        self.settings = SmoothingSettings(sigma, n, n0, alpha)  # checked there
+        self.sigma, self.n, self.n0, self.alpha = self.settings.sigma, n, n0, self.settings.alpha
         self.batch, self.seed = count_arg(batch, "batch"), count_arg(seed, "seed", 0)
 
     @torch.no_grad()

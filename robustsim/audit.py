@@ -23,6 +23,7 @@ from robustsim.evaluate import evaluate_2afc
 from robustsim.metrics.base import Metric, evaluating
 from robustsim.precision import resolve_precision
 from robustsim.provenance import metric_fingerprint, package_versions
+from robustsim.settings import AttackSettings
 from robustsim.table import format_table, pct, percent
 from robustsim.text import md_code
 from robustsim.threads import runtime_info
@@ -196,11 +197,11 @@ def run_audit(
     threat: ThreatModel,
     attacks: Sequence[str],
     *,
-    steps: int = 50,
-    restarts: int = 1,
-    seed: int = 0,
-    eot: int = 1,
-    precision: str = "fp32",
+    steps: int = AttackSettings.steps,
+    restarts: int = AttackSettings.restarts,
+    seed: int = AttackSettings.seed,
+    eot: int = AttackSettings.eot,
+    precision: str = AttackSettings.precision,
     clean: CleanEmbeddings | None = None,
     batch_size: int = 32,
     device: str | torch.device = "cpu",

@@ -9,9 +9,9 @@ from typing import Literal, cast
 import torch
 
 from robustsim.errors import InputError
+from robustsim.settings import PRECISIONS
 
 Precision = Literal["fp32", "bf16", "fp16"]
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -280,8 +280,8 @@ def test_every_cli_choice_list_is_its_registry_and_accepts_every_registered_name
     from robustsim.bench.protocol import PROTOCOLS
     from robustsim.nn import LAYERS
     from robustsim.overlay import KINDS
-    from robustsim.precision import PRECISIONS
     from robustsim.retrieval.index import BACKENDS
+    from robustsim.settings import PRECISIONS
     from robustsim.threat import NORMS, TARGETS
     from robustsim.zoo.registry import DTYPES
 

@@ -19,8 +19,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
-from robustsim.defaults import ALPHA
 from robustsim.errors import RobustsimError
+from robustsim.settings import BENCH_SMOOTHING
 from robustsim.threat import ThreatModel, format_eps
 
 VERSION = 1
@@ -35,7 +35,7 @@ class Protocol:
     restarts: int
     threat_models: tuple[ThreatModel, ...]
     certified_eps: tuple[float, ...] = (36 / 255, 72 / 255, 108 / 255)
-    smoothing: dict = field(default_factory=lambda: {"n": 256, "alpha": ALPHA})
+    smoothing: dict = field(default_factory=lambda: {"n": BENCH_SMOOTHING.n, "alpha": BENCH_SMOOTHING.alpha})
     version: int = VERSION
 
     def to_json(self) -> dict:

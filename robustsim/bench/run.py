@@ -27,21 +27,22 @@ import torch
 from robustsim.bench.protocol import Cell, Protocol, get_protocol, protocol_cells
 from robustsim.checks import count_arg
 from robustsim.data.triplets import TripletDataset
-from robustsim.defaults import CENTER_CANDIDATES, center_draws
 from robustsim.dist import DistEnv, broadcast_object, init_distributed
 from robustsim.errors import InputError, RobustsimError
 from robustsim.io import finite_json, parse_json, read_inside, write_json
 from robustsim.metrics.base import Metric
 from robustsim.precision import Precision, resolve_precision
 from robustsim.provenance import metric_fingerprint
+from robustsim.settings import BENCH_CENTER, BENCH_CENTER_IMAGES
 from robustsim.text import file_stem
 from robustsim.threads import follow_machine
 from robustsim.threat import ThreatModel
 
 NUMBERS = ("score", "robust", "certified", "seconds", "images_per_s", "n", "center_bound")
+SET_BY_RUN = ("sigma", "alpha")  # a bench's center smoothing takes --smoothing's sigma and the protocol's alpha
 # center smoothing in certified cells of metrics without a Lipschitz bound (bench --smoothing), sized for a CPU:
 # the first `images` reference images, `n` certification draws, `n_center` draws per check of the centre
-CENTER = {"images": 10, "n": 500, "n_center": 1500, "candidates": CENTER_CANDIDATES, "delta": 0.1}
+CENTER = {"images": BENCH_CENTER_IMAGES, **{k: v for k, v in BENCH_CENTER.to_json().items() if k not in SET_BY_RUN}}
 
 
 def result_digest(result: object) -> str:
@@ -278,7 +279,7 @@ def certified_cells(
         method = f"smoothing sigma={smoothing:g}"
         n, alpha = protocol.smoothing["n"], protocol.smoothing["alpha"]
         res = certify_smoothed(metric, data, eps, smoothing, n=n, alpha=alpha, device=device, progress=False, env=env)
-        first = data.select(list(range(min(CENTER["images"], len(data)))))
+        first = data.select(list(range(min(BENCH_CENTER_IMAGES, len(data)))))
         settings = {k: v for k, v in CENTER.items() if k != "images"}
         centre = certify_center(
             metric, first, eps, smoothing, alpha=alpha, device=device, progress=False, env=env, **settings
@@ -417,7 +418,7 @@ def metric_estimate(
         forwards, seconds = forwards + 2 * n, seconds + certificate_seconds(metric, data, batch_size, device, times)
     elif certified_todo and smoothing is not None:
         t = time_images(metric, data, 8 * CALIBRATION, device)
-        images = min(CENTER["images"], n) * center_draws(CENTER["n"], CENTER["n_center"], CENTER["candidates"])
+        images = min(BENCH_CENTER_IMAGES, n) * BENCH_CENTER.passes()
         noisy = n * protocol.smoothing["n"] + images
         seconds += noisy * t
     seconds += figure_seconds()  # its card page's figure, drawn whether or not its cells were saved

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,10 +31,11 @@ from robustsim.cli.options import (
     say_cost,
     seed_option,
     smoothing_option,
+    steps_option,
     threat_options,
 )
-from robustsim.defaults import ALPHA, AUDIT_SMOOTHING_N
 from robustsim.limits import MAX_EOT
+from robustsim.settings import AUDIT_SMOOTHING, AttackSettings
 from robustsim.threat import ThreatModel
 
 if TYPE_CHECKING:
@@ -61,7 +63,7 @@ def _attack_names() -> list[str]:
     cls=LazyHelp,
     help_text=lambda: f"Comma-separated: {', '.join(_attack_names())}.",
 )
-@click.option("--steps", default=50, show_default=True, type=click.IntRange(1, 100_000), help="Iterations per attack.")
+@steps_option(AttackSettings.steps)
 @click.option(
     "--eot",
     default=1,
@@ -76,7 +78,7 @@ def _attack_names() -> list[str]:
 )
 @click.option(
     "--smoothing-n",
-    default=AUDIT_SMOOTHING_N,
+    default=AUDIT_SMOOTHING.n,
     show_default=True,
     type=click.IntRange(1, 10**7),
     help="Noise samples of each smoothed prediction.",
@@ -138,7 +140,8 @@ def audit_cmd(
         data = open_data(data_spec, limit, size=m.input_size, allow_outside=allow_outside)
         # with --out every finished batch is kept in <out>/.resume: Ctrl-C, then the same command, continues
         resume = Path(out_dir) / RESUME if out_dir else None
-        attacked = m if sigma is None else SmoothedMetric(m, sigma, n=smoothing_n, alpha=ALPHA, seed=seed)
+        smoothing = None if sigma is None else replace(AUDIT_SMOOTHING, sigma=sigma, n=smoothing_n)
+        attacked = m if smoothing is None else SmoothedMetric(m, **smoothing.to_json(), seed=seed)
         if say_cost(audit_estimate(attacked, data, threat, built, batch_size, device), dry_run):
             return
         report = run_audit(

@@ -29,12 +29,14 @@ from robustsim.cli.options import (
     seed_option,
     threat_options,
 )
-from robustsim.defaults import ALPHA, CENTER_N, CENTER_N_CENTER, SMOOTHING_N, center_draws
 from robustsim.limits import MAX_SIGMA
+from robustsim.settings import CenterSettings, SmoothingSettings
 from robustsim.threat import ThreatModel
 
 if TYPE_CHECKING:
     import torch
+
+    from robustsim.certify.radius import Mode
 
 CERTIFY_FILES = ("report.json", "report.md", "report.html", "certified.png", "bound.png")
 DEFAULT_CERT_EPS = {"l2": "36/255,72/255,108/255", "linf": "1/255,2/255,4/255"}
@@ -69,7 +71,7 @@ DEFAULT_CERT_EPS = {"l2": "36/255,72/255,108/255", "linf": "1/255,2/255,4/255"}
 @click.option(
     "--sigma",
     type=FiniteFloat(0, MAX_SIGMA, min_open=True),
-    default=0.25,
+    default=SmoothingSettings.sigma,
     show_default=True,
     help="Smoothing: noise std in [0, 1] pixel units.",
 )
@@ -77,36 +79,37 @@ DEFAULT_CERT_EPS = {"l2": "36/255,72/255,108/255", "linf": "1/255,2/255,4/255"}
     "--n",
     "n_samples",
     type=click.IntRange(1, 10**7),
-    default=SMOOTHING_N,
+    default=SmoothingSettings.n,
     show_default=True,
-    help=f"Smoothing: noise samples per triplet (center-smoothing: certification samples per image; {CENTER_N} is "
+    help="Smoothing: noise samples per triplet (center-smoothing: certification samples per image; "
+    f"{CenterSettings.n} is "
     "its default when --n is not given).",
 )
 @click.option(
     "--n-center",
     type=click.IntRange(1, 10**7),
-    default=CENTER_N_CENTER,
+    default=CenterSettings.n_center,
     show_default=True,
     help="Center smoothing: samples for each of the centre's two checks.",
 )
 @click.option(
     "--delta",
     type=FiniteFloat(0, 0.5, min_open=True, max_open=True),
-    default=0.1,
+    default=CenterSettings.delta,
     show_default=True,
     help="Center smoothing: the margin Delta over half the mass that a centre must hold.",
 )
 @click.option(
     "--n0",
     type=click.IntRange(0, 10**7),
-    default=0,
+    default=SmoothingSettings.n0,
     show_default=True,
     help="Smoothing: selection samples (0: both classes bounded at alpha/2 from the n samples).",
 )
 @click.option(
     "--alpha",
     type=FiniteFloat(0, 1, min_open=True, max_open=True),
-    default=ALPHA,
+    default=SmoothingSettings.alpha,
     show_default=True,
     help="Smoothing: failure probability of each certificate.",
 )
@@ -160,71 +163,77 @@ def certify_cmd(
     """
     from contextlib import nullcontext
 
-    from robustsim.certify import certify_2afc, certify_smoothed, has_certificate
-    from robustsim.certify.center import center_threat, certify_center
-    from robustsim.certify.radius import Mode
     from robustsim.cost import certify_estimate
-    from robustsim.io import OutputDir, write_json
-    from robustsim.plots import save_figure
-    from robustsim.reports import write_report
+    from robustsim.io import OutputDir
 
     check_file_outputs(json=json, plot=plot)
     claim = OutputDir(out_dir, CERTIFY_FILES, overwrite) if out_dir and is_main() and not dry_run else nullcontext(None)
     with claim as out:
         (m,) = load_metrics([metric], device, dtype)
-        if method == "auto":
-            method = "lipschitz" if has_certificate(m) else "smoothing"
-        if method == "center-smoothing":
-            center_threat(threat)
-        elif method == "smoothing":
-            threat.require_reference(method)
+        method = _method(m, method, threat)
         data = open_data(data_spec, limit, allow_outside=allow_outside)
-        source = click.get_current_context().get_parameter_source("n_samples")
-        if method == "center-smoothing" and source == click.core.ParameterSource.DEFAULT:
-            n_samples = CENTER_N
-        samples = {"lipschitz": 0, "smoothing": n_samples + n0, "center-smoothing": center_draws(n_samples, n_center)}
-        if say_cost(certify_estimate(m, data, method, batch_size, device, samples[method]), dry_run):
+        n_given = click.get_current_context().get_parameter_source("n_samples") != click.core.ParameterSource.DEFAULT
+        settings = _settings(method, sigma, n_samples if n_given else None, n_center, delta, n0, alpha)
+        passes = 0 if settings is None else settings.passes()
+        if say_cost(certify_estimate(m, data, method, batch_size, device, passes), dry_run):
             return
-        if method == "lipschitz":
-            res = certify_2afc(m, data, threat, mode=cast(Mode, mode), batch_size=batch_size, device=device)
-        elif method == "center-smoothing":
-            res = certify_center(
-                m,
-                data,
-                threat,
-                sigma,
-                n=n_samples,
-                n_center=n_center,
-                alpha=alpha,
-                delta=delta,
-                batch_size=min(batch_size, 16),
-                seed=seed,
-                device=device,
-            )
-        else:
-            res = certify_smoothed(
-                m,
-                data,
-                threat,
-                sigma,
-                n=n_samples,
-                n0=n0,
-                alpha=alpha,
-                batch_size=min(batch_size, 16),
-                seed=seed,
-                device=device,
-            )
+        res = _certify(m, data, threat, cast("Mode", mode), settings, batch_size, seed, device)
         if res is None:  # a torchrun rank other than 0
             return
         what = "center-smoothing bounds" if method == "center-smoothing" else "certified 2AFC (%)"
         click.echo(f"{what} of {m.name} on {data.name}: {res.describe()}")
         click.echo(res.table())
-        if out is not None:
-            for f in write_report(res, out):
-                click.echo(f"wrote {f}")
-        if json:
-            write_json(json, res.to_json())
-            click.echo(f"wrote {json}")
-        if plot:
-            save_figure(res.figure(), plot)
-            click.echo(f"wrote {plot}")
+        _write(res, out, json, plot)
+
+
+def _method(metric, method: str, threat: ThreatModel) -> str:
+    """The method ``auto`` stands for (lipschitz where the metric has a bound, else smoothing), once ``threat``
+    suits it (InputError otherwise)."""
+    from robustsim.certify import has_certificate
+    from robustsim.certify.center import center_threat
+
+    if method == "auto":
+        method = "lipschitz" if has_certificate(metric) else "smoothing"
+    if method == "center-smoothing":
+        center_threat(threat)
+    elif method == "smoothing":
+        threat.require_reference(method)
+    return method
+
+
+def _settings(method: str, sigma: float, n: int | None, n_center: int, delta: float, n0: int, alpha: float):
+    """The method's settings (None for a Lipschitz proof); ``n`` None: the method's own default."""
+    if method == "center-smoothing":
+        n = CenterSettings.n if n is None else n
+        return CenterSettings(sigma, n, n_center, CenterSettings.candidates, delta, alpha)
+    if method == "smoothing":
+        return SmoothingSettings(sigma, SmoothingSettings.n if n is None else n, n0, alpha)
+    return None
+
+
+def _certify(metric, data, threat: ThreatModel, mode: Mode, settings, batch_size: int, seed: int, device):
+    """The certificate of ``settings``' method (a Lipschitz proof when None); None on torchrun ranks but 0."""
+    from robustsim.certify import certify_2afc, certify_smoothed
+    from robustsim.certify.center import certify_center
+
+    if settings is None:
+        return certify_2afc(metric, data, threat, mode=mode, batch_size=batch_size, device=device)
+    run = certify_center if isinstance(settings, CenterSettings) else certify_smoothed
+    return run(metric, data, threat, **settings.to_json(), batch_size=min(batch_size, 16), seed=seed, device=device)
+
+
+def _write(res, out, json: Path | None, plot: Path | None) -> None:
+    """The report folder (``out``), the JSON and the figure, each only when asked for."""
+    from robustsim.io import write_json
+    from robustsim.plots import save_figure
+    from robustsim.reports import write_report
+
+    if out is not None:
+        for f in write_report(res, out):
+            click.echo(f"wrote {f}")
+    if json:
+        write_json(json, res.to_json())
+        click.echo(f"wrote {json}")
+    if plot:
+        save_figure(res.figure(), plot)
+        click.echo(f"wrote {plot}")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 import click
 
 from robustsim.limits import MAX_BATCH, MAX_SIGMA, AutoBatch
+from robustsim.settings import AttackSettings
 from robustsim.threat import NORMS, TARGETS, Norm, Target, ThreatModel
 
 if TYPE_CHECKING:
@@ -247,8 +248,19 @@ allow_outside_option = click.option(
 )
 seed_option = click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random choice.")
 restarts_option = click.option(
-    "--restarts", default=1, show_default=True, type=click.IntRange(1, 1000), help="Random restarts per attack."
+    "--restarts",
+    default=AttackSettings.restarts,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="Random restarts per attack.",
 )
+
+
+def steps_option(default: int) -> Callable:
+    """``--steps N``: iterations per attack (each entry point's default from :mod:`robustsim.settings`)."""
+    return click.option(
+        "--steps", default=default, show_default=True, type=click.IntRange(1, 100_000), help="Iterations per attack."
+    )
 
 
 def limit_option(what: str = "triplets") -> Callable:
@@ -332,7 +344,7 @@ def say_cost(estimate, dry_run: bool) -> bool:
 
 precision_option = click.option(
     "--precision",
-    type=registry_choice("robustsim.precision", "PRECISIONS"),
+    type=registry_choice("robustsim.settings", "PRECISIONS"),
     default="auto",
     show_default=True,
     help="The attack steps' autocast: auto is bf16 on a CUDA device that has it, else fp32. Clean decisions, the "

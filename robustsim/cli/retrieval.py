@@ -18,8 +18,10 @@ from robustsim.cli.options import (
     registry_choice,
     restarts_option,
     seed_option,
+    steps_option,
     threat_options,
 )
+from robustsim.settings import RETRIEVAL_ATTACK
 from robustsim.threat import ThreatModel
 
 if TYPE_CHECKING:
@@ -64,7 +66,7 @@ def parse_ks(text: str) -> list[int]:
     show_default=True,
     help="Comma-separated attack names (see `robustsim audit --help`); worst case per query.",
 )
-@click.option("--steps", default=20, show_default=True, type=click.IntRange(1, 100_000), help="Iterations per attack.")
+@steps_option(RETRIEVAL_ATTACK.steps)
 @restarts_option
 @click.option(
     "--targeted", is_flag=True, default=False, help="Also try to pull a random non-positive item into the top-1."

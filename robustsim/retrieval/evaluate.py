@@ -30,6 +30,7 @@ from robustsim.metrics.base import Metric
 from robustsim.retrieval import scores
 from robustsim.retrieval.index import Backend, EmbeddingGallery, Gallery, build_gallery
 from robustsim.runner import run_batches
+from robustsim.settings import RETRIEVAL_ATTACK
 from robustsim.threat import ThreatModel
 
 AP_CUTOFF = 1000  # AP is computed over the top min(G, AP_CUTOFF) items (exact for smaller galleries)
@@ -271,8 +272,8 @@ def evaluate_retrieval(
     ks: Sequence[int] = (1, 5, 10),
     threat: ThreatModel | None = None,
     attacks: Sequence[str] = ("apgd-ce",),
-    steps: int = 20,
-    restarts: int = 1,
+    steps: int = RETRIEVAL_ATTACK.steps,
+    restarts: int = RETRIEVAL_ATTACK.restarts,
     targeted: bool = False,
     seed: int = 0,
     batch_size: int = 32,
