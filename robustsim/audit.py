@@ -228,8 +228,9 @@ def run_audit(
         raise RobustsimError(f"threat must be a ThreatModel, got {threat!r}; e.g. ThreatModel('l2', 'ref', (0.5,))")
     t0 = time.perf_counter()
     steps_in = resolve_precision(precision, device)
-    made = dict(steps=steps, restarts=restarts, seed=seed, eot=eot, precision=steps_in)
-    built = [make_attack(a, threat, **made) for a in attacks]
+    settings = AttackSettings(steps, restarts, seed, eot, steps_in)  # checked there
+    built = [make_attack(a, threat, steps=steps, restarts=restarts, seed=seed, eot=eot, precision=steps_in)
+             for a in attacks]  # fmt: skip
     clean = CleanEmbeddings() if clean is None else clean
     smoothed = metric if isinstance(metric, SmoothedMetric) else None
     base = smoothed.metric if smoothed is not None else metric
@@ -237,31 +238,10 @@ def run_audit(
     env = env or init_distributed(torch.device(device))
     store = None
     if resume is not None:
-        from robustsim.resume import BatchStore
-
-        context = {
-            "metric": metric_fingerprint(base),
-            "smoothing": None if smoothed is None else repr(smoothed),
-            "data": getattr(data, "identity", getattr(data, "name", "")),
-            "threat": threat.to_json(),
-            "settings": [steps, restarts, seed, batch_size, list(attacks), eot, steps_in],
-            "rank": [env.rank, env.world],
-        }
-        store = BatchStore(Path(resume) / f"rank{env.rank}", context, root=Path(resume).parent)
-    results: list[AttackResult | None] = [
-        att(
-            metric,
-            data,
-            threat,
-            batch_size=batch_size,
-            device=device,
-            progress=progress and env.main,
-            env=env,
-            store=store,
-            clean=clean,
-        )
-        for att in built
-    ]
+        key = [steps, restarts, seed, batch_size, list(attacks), eot, steps_in]
+        store = _batch_store(Path(resume), base, smoothed, data, threat, key, env)
+    run = dict(batch_size=batch_size, device=device, progress=progress and env.main, env=env, store=store, clean=clean)
+    results = [att(metric, data, threat, **run) for att in built]
     if store is not None and store.restored:
         print(f"audit: {store.restored} of {store.total} batches restored from an interrupted run", file=sys.stderr)
     cert = None if smoothed is not None else certified_per_triplet(base, data, threat, batch_size, device, env)
@@ -269,27 +249,61 @@ def run_audit(
     if not env.main:
         return None
     done = [r for r in results if r is not None]
-    first = done[0]
-    keep = first.keep
-    worst = torch.stack([r.robust for r in done]).all(dim=0)  # robust iff no attack broke it
+    shown = picked_examples(built[0], metric, data, threat, _worst(done), done[0], device)
+    facts = {**settings.to_json(), "batch_size": batch_size}  # in the order reports have always listed them
+    facts = {k: facts[k] for k in ("steps", "restarts", "seed", "batch_size", "eot", "precision")}
+    if smoothed is not None:
+        facts["smoothing"] = _smoothing_facts(smoothed, done[0])
+    extra = {"examples": example_info(base, shown, threat, device), "score": None if scored is None else scored.score}
+    extra.update(runtime=runtime_info(device), seconds=time.perf_counter() - t0)
+    report = _report(base, data, threat, dict(zip(attacks, done, strict=True)), cert, facts, extra)
+    check_laws(report)
+    return report
+
+
+def _batch_store(resume: Path, base: Metric, smoothed, data, threat: ThreatModel, key: list, env: DistEnv):
+    """The resume folder's store of this rank's finished batches, keyed by everything that decides them."""
+    from robustsim.resume import BatchStore
+
+    context = {
+        "metric": metric_fingerprint(base),
+        "smoothing": None if smoothed is None else repr(smoothed),
+        "data": getattr(data, "identity", getattr(data, "name", "")),
+        "threat": threat.to_json(),
+        "settings": key,
+        "rank": [env.rank, env.world],
+    }
+    return BatchStore(resume / f"rank{env.rank}", context, root=resume.parent)
+
+
+def _worst(done: list[AttackResult]) -> torch.Tensor:
+    """(n_eps, N) robust under every attack (robust iff no attack broke it)."""
+    return torch.stack([r.robust for r in done]).all(dim=0)
+
+
+def _smoothing_facts(smoothed: SmoothedMetric, first: AttackResult) -> dict:
+    """The smoothed prediction's settings and how often it abstained (a warning when it always did)."""
+    rate = first.abstain_rate
+    if rate == 1.0:
+        print(
+            f"warning: every smoothed clean prediction abstained ({smoothed.n} noise samples cannot pass the "
+            f"binomial test at alpha {smoothed.alpha:g}); raise --smoothing-n (e.g. 128)",
+            file=sys.stderr,
+        )
+    return {"sigma": smoothed.sigma, "n": smoothed.n, "alpha": smoothed.alpha, "abstain_rate": rate}
+
+
+def _report(base: Metric, data, threat: ThreatModel, results: dict, cert, settings: dict, extra: dict) -> AuditReport:
+    """The audit report of the attacks' ``results`` (by name), the certified triplets ``cert`` and the ``extra``
+    fields (examples, score, runtime, seconds)."""
+    first = next(iter(results.values()))
+    keep, worst = first.keep, _worst(list(results.values()))
     if cert is not None:  # exact-arithmetic correctness can differ from the float32 decision at a near-tie
         cert &= first.clean[None, :]
     acc = lambda t: float(t[keep].double().mean()) if keep.any() else math.nan  # noqa: E731
-    shown = picked_examples(built[0], metric, data, threat, worst, first, device)
-    settings = {"steps": steps, "restarts": restarts, "seed": seed, "batch_size": batch_size, "eot": eot}
-    settings["precision"] = steps_in
-    if smoothed is not None:
-        rate = first.abstain_rate
-        settings["smoothing"] = {"sigma": smoothed.sigma, "n": smoothed.n, "alpha": smoothed.alpha}
-        settings["smoothing"]["abstain_rate"] = rate
-        if rate == 1.0:
-            print(
-                f"warning: every smoothed clean prediction abstained ({smoothed.n} noise samples cannot pass the "
-                f"binomial test at alpha {smoothed.alpha:g}); raise --smoothing-n (e.g. 128)",
-                file=sys.stderr,
-            )
-    report = AuditReport(
-        metric=base.name if smoothed is None else f"{base.name} (smoothed, sigma={smoothed.sigma:g})",
+    smoothed = settings.get("smoothing")
+    return AuditReport(
+        metric=base.name if smoothed is None else f"{base.name} (smoothed, sigma={smoothed['sigma']:g})",
         data=getattr(data, "name", "data"),
         threat=threat,
         n=int(keep.sum()),
@@ -297,20 +311,15 @@ def run_audit(
         clean=first.clean_accuracy,
         robust=[acc(worst[i]) for i in range(len(threat.eps))],
         certified=[acc(cert[i]) for i in range(len(threat.eps))] if cert is not None else None,
-        attacks={a: AttackSummary(r.robust_accuracy(), r.seconds, r.calls) for a, r in zip(attacks, done, strict=True)},
+        attacks={a: AttackSummary(r.robust_accuracy(), r.seconds, r.calls) for a, r in results.items()},
         settings=settings,
         per_triplet={
             "clean": first.clean.int().tolist(),
             "robust": worst.int().tolist(),
             "certified": cert.int().tolist() if cert is not None else None,
         },
-        seconds=time.perf_counter() - t0,
-        runtime=runtime_info(device),
-        examples=example_info(base, shown, threat, device),
-        score=None if scored is None else scored.score,
+        **extra,
     )
-    check_laws(report)
-    return report
 
 
 N_EXAMPLES = 4  # triplets shown in examples.png
