@@ -169,6 +169,36 @@ def _dim(data: TripletDataset) -> int:
     return int(data[0]["ref"].numel()) if len(data) else 0
 
 
+class _LipschitzRun:
+    """The batches of one Lipschitz certification: the constant once per caller image size, the float64 twin made
+    only if a triplet needs it, and the constants and generically bounded modules every batch used."""
+
+    def __init__(self, metric: EmbeddingMetric, threat: ThreatModel, mode: Mode, refine: bool) -> None:
+        self.metric, self.threat, self.mode = metric, threat, mode
+        self.constants: set[float] = set()
+        self.generic: set[str] = set()  # modules whose rounding only the generic rule bounds
+        self.by_size: dict[tuple[int, int], float] = {}
+        self.twin: list[EmbeddingMetric] = []
+        self.refine_with = self.exact if refine and metric.dtype != torch.float64 else None  # float64: exact
+
+    def exact(self) -> EmbeddingMetric:
+        if not self.twin:
+            self.twin.append(float64_copy(self.metric))
+        return self.twin[0]
+
+    def step(self, batch: dict, tick) -> dict[str, torch.Tensor]:
+        hw = (int(batch["ref"].shape[-2]), int(batch["ref"].shape[-1]))
+        if hw not in self.by_size:
+            self.by_size[hw] = input_lipschitz(self.metric, hw)[0]
+        radius, choice, L, assumed = lipschitz_batch(self.metric, batch["ref"], batch["x0"], batch["x1"],
+                                                     self.threat.target, self.mode, self.by_size[hw],
+                                                     exact=self.refine_with)  # fmt: skip
+        self.constants.add(round(float(L), 12))
+        self.generic.update(assumed)
+        p = batch["p"].to(torch.float64)
+        return {"radius": radius.double(), "clean": choice_score(choice.cpu(), p), "p": p}
+
+
 @torch.no_grad()
 def certify_2afc(
     metric: Metric,
@@ -194,34 +224,11 @@ def certify_2afc(
     _, source = network_lipschitz(metric)  # refuses metrics without a bound before any work
     assert isinstance(metric, EmbeddingMetric)
     env = env or init_distributed(torch.device(device))
-    constants: set[float] = set()
-    generic: set[str] = set()  # modules whose rounding only the generic rule bounds
-    by_size: dict[tuple[int, int], float] = {}  # the constant, once per caller image size
-    twin: list[EmbeddingMetric] = []  # the float64 copy, made only if a triplet needs it
-
-    def exact() -> EmbeddingMetric:
-        if not twin:
-            twin.append(float64_copy(metric))
-        return twin[0]
-
-    refine_with = exact if refine and metric.dtype != torch.float64 else None  # float64 estimates are that
-
-    def step(batch: dict, tick) -> dict[str, torch.Tensor]:
-        hw = (int(batch["ref"].shape[-2]), int(batch["ref"].shape[-1]))
-        if hw not in by_size:
-            by_size[hw] = input_lipschitz(metric, hw)[0]
-        radius, choice, L, assumed = lipschitz_batch(
-            metric, batch["ref"], batch["x0"], batch["x1"], threat.target, mode, by_size[hw], exact=refine_with
-        )
-        constants.add(round(float(L), 12))
-        generic.update(assumed)
-        p = batch["p"].to(torch.float64)
-        return {"radius": radius.double(), "clean": choice_score(choice.cpu(), p), "p": p}
-
+    run = _LipschitzRun(metric, threat, mode, refine)
     with evaluating(metric):  # the caller's training flags come back after
         rows = run_batches(
             data,
-            step,
+            run.step,
             desc=f"certify {metric.name}",
             batch_size=batch_size,
             device=device,
@@ -230,7 +237,7 @@ def certify_2afc(
             progress=progress,
             env=env,
         )
-    gathered = gather_objects(sorted(constants), env)
+    gathered = gather_objects(sorted(run.constants), env)
     if rows is None:
         return None
     constant = max((c for part in gathered or [] for c in part), default=0.0)
@@ -248,7 +255,7 @@ def certify_2afc(
         details={
             "lipschitz_source": source,
             "rounding": ROUNDING_NOTE.format(unit=unit_roundoff(metric)),
-            "rounding_assumed": sorted(generic),
+            "rounding_assumed": sorted(run.generic),
             "dtype": str(metric.dtype).removeprefix("torch."),
             "radius_tolerance": RADIUS_TOL,
         },

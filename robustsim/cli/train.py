@@ -12,88 +12,32 @@ from robustsim.cli.options import device_option, metric_option, parse_floats, re
 
 def _run_options(epochs: int, batch_size: int, lr: float) -> Callable:
     """Options every training command shares (defaults differ per stage)."""
+    count = click.IntRange(0)
+    shared: list[tuple[str, dict[str, Any]]] = [
+        ("--out", {"required": True, "default": None, "show_default": False, "type": click.Path(file_okay=False),
+                   "help": "Run folder (last/, best/, log.jsonl)."}),
+        ("--epochs", {"default": epochs, "type": click.IntRange(1),
+                      "help": "Passes over the training data (--max-steps stops earlier)."}),
+        ("--batch-size", {"default": batch_size, "type": click.IntRange(1), "help": "Global batch (all processes)."}),
+        ("--lr", {"default": lr, "type": click.FloatRange(0, min_open=True),
+                  "help": "Peak learning rate (Adam; linear warm-up, then cosine decay to 0)."}),
+        ("--warmup", {"default": 0.05, "type": click.FloatRange(0, 1), "help": "Warm-up fraction of all steps."}),
+        ("--seed", {"default": 0, "type": int,
+                    "help": "Seeds the initialisation, data order and augmentation (a rerun repeats the run)."}),
+        ("--workers", {"default": 0, "type": count, "help": "DataLoader worker processes."}),
+        ("--save-every", {"default": 0, "type": count, "help": "Also save last/ every N steps (0: each epoch)."}),
+        ("--max-steps", {"type": click.IntRange(1), "default": None, "show_default": False, "help":
+                         "Stop after N optimiser steps (validated and saved there); try training in a minute."}),
+        ("--resume", {"is_flag": True, "default": False, "show_default": False,
+                      "help": "Continue the run in --out exactly where its last/ checkpoint stopped."}),
+        ("--eval-data", {"default": "mini:val",
+                         "help": "2AFC spec for the final summary (and distill's per-epoch checks); '': none."}),
+    ]  # fmt: skip
 
     def wrap(f: Callable) -> Callable:
-        for opt in reversed(
-            [
-                click.option(
-                    "--out",
-                    required=True,
-                    default=None,
-                    type=click.Path(file_okay=False),
-                    help="Run folder (last/, best/, log.jsonl).",
-                ),
-                click.option(
-                    "--epochs",
-                    default=epochs,
-                    show_default=True,
-                    type=click.IntRange(1),
-                    help="Passes over the training data (--max-steps stops earlier).",
-                ),
-                click.option(
-                    "--batch-size",
-                    default=batch_size,
-                    show_default=True,
-                    type=click.IntRange(1),
-                    help="Global batch (all processes).",
-                ),
-                click.option(
-                    "--lr",
-                    default=lr,
-                    show_default=True,
-                    type=click.FloatRange(0, min_open=True),
-                    help="Peak learning rate (Adam; linear warm-up, then cosine decay to 0).",
-                ),
-                click.option(
-                    "--warmup",
-                    default=0.05,
-                    show_default=True,
-                    type=click.FloatRange(0, 1),
-                    help="Warm-up fraction of all steps.",
-                ),
-                click.option(
-                    "--seed",
-                    default=0,
-                    show_default=True,
-                    type=int,
-                    help="Seeds the initialisation, data order and augmentation (a rerun repeats the run).",
-                ),
-                click.option(
-                    "--workers",
-                    default=0,
-                    show_default=True,
-                    type=click.IntRange(0),
-                    help="DataLoader worker processes.",
-                ),
-                click.option(
-                    "--save-every",
-                    default=0,
-                    show_default=True,
-                    type=click.IntRange(0),
-                    help="Also save last/ every N steps (0: each epoch).",
-                ),
-                click.option(
-                    "--max-steps",
-                    type=click.IntRange(1),
-                    default=None,
-                    help="Stop after N optimiser steps (validated and saved there); try training in a minute.",
-                ),
-                click.option(
-                    "--resume",
-                    is_flag=True,
-                    default=False,
-                    help="Continue the run in --out exactly where its last/ checkpoint stopped.",
-                ),
-                click.option(
-                    "--eval-data",
-                    default="mini:val",
-                    show_default=True,
-                    help="2AFC spec for the final summary (and distill's per-epoch checks); '': none.",
-                ),
-                device_option,
-            ]
-        ):
-            f = opt(f)
+        f = device_option(f)
+        for name, kw in reversed(shared):
+            f = click.option(name, **{"show_default": "default" in kw, **kw})(f)
         return f
 
     return wrap

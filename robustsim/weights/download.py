@@ -74,23 +74,40 @@ def _fetch(url: str, part: Path, size: int | None, progress: bool, label: str, c
     """Append the rest of ``url``'s body to ``part``; refuse anything that is not one complete, plain body:
     HTML, a content encoding, a resume that does not start where ``part`` ends, a body with neither a declared
     length nor a known size, more than ``cap`` bytes, a transfer that stalls (less than MIN_RATE bytes/s over
-    one read timeout)."""
+    one read timeout). Returns the upstream revision the server names (None when it names none)."""
     if not url.lower().startswith(("http://", "https://")):
         raise WeightsError(f"{url}: only http(s) URLs are fetched")
     have = part.stat().st_size if part.exists() else 0
     if size is not None and have > size:
         part.unlink()
         have = 0
+    response = _open(url, have, size)
+    if response is None:
+        return None  # the partial file is already complete
+    with response:
+        revision = response.headers.get("X-Repo-Commit")
+        have, total = _body_size(url, response, part, have, size, cap)
+        bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=label, disable=not progress, leave=False)
+        try:
+            got = _copy(url, response, part, have, total, bar)
+        finally:
+            bar.close()
+    if got != total:
+        raise WeightsError(f"{url}: the body is truncated ({got} of {total} bytes); run the command again to resume")
+    return revision if revision and re.fullmatch(r"[0-9a-f]{40}", revision) else None
+
+
+def _open(url: str, have: int, size: int | None):
+    """The response for the bytes from ``have`` on (None: a partial file the server says is complete already)."""
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if have:
         headers["Range"] = f"bytes={have}-"
     request = urllib.request.Request(url, headers=headers)
-    wait = timeout()
     try:
-        response = urllib.request.urlopen(request, timeout=wait)  # noqa: S310 - http(s) only, checked above
+        return urllib.request.urlopen(request, timeout=timeout())  # noqa: S310 - http(s) only, checked by _fetch
     except urllib.error.HTTPError as err:
         if err.code == 416 and have and (size is None or have == size):
-            return None  # the partial file is already complete
+            return None
         reason = "a redirect loop" if err.code in (301, 302, 303, 307, 308) else f"HTTP {err.code} {err.reason}"
         raise WeightsError(f"{url}: the server answered {reason}") from None
     except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as err:
@@ -98,76 +115,75 @@ def _fetch(url: str, part: Path, size: int | None, progress: bool, label: str, c
         raise WeightsError(
             f"{url}: cannot connect ({reason}); check the network or use `robustsim weights add`"
         ) from None
-    with response:
-        revision = response.headers.get("X-Repo-Commit")
-        ctype = response.headers.get("Content-Type", "")
-        if "text/html" in ctype.lower():
-            raise WeightsError(
-                f"{url}: the server sent an HTML page, not the file (a login or confirmation page?); download it "
-                "in a browser and install it with `robustsim weights add`"
-            )
-        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding not in ("", "identity"):
-            raise WeightsError(
-                f"{url}: the server sent the file {encoding}-encoded; robustsim installs plain bytes only"
-            )
-        resumed = response.status == 206
-        if resumed and _content_range_start(response.headers.get("Content-Range")) != have:
-            part.unlink(missing_ok=True)
-            raise WeightsError(
-                f"{url}: the server resumed at {response.headers.get('Content-Range')!r}, not at byte {have}; the "
-                "partial file was deleted: run the command again"
-            )
-        if have and not resumed:
-            have = 0  # the server ignored the range: start over
-        length = response.headers.get("Content-Length")
-        if length is not None and not length.strip().isdigit():
-            raise WeightsError(f"{url}: the server sent Content-Length {length!r}")
-        total = (have + int(length)) if length is not None else size
-        if total is None:
-            raise WeightsError(
-                f"{url}: the server declares no length and the manifest knows no size, so a cut body could not be "
-                "told from the file; download it another way and use `robustsim weights add`"
-            )
-        if total > cap:
-            raise WeightsError(f"{url}: the server offers {total} bytes, more than the {cap} this file may have")
-        mode = "ab" if resumed else "wb"
-        bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=label, disable=not progress, leave=False)
-        got = have
-        window_start, window_bytes = time.monotonic(), 0
-        try:
-            with open(part, mode) as f:
-                while True:
-                    try:
-                        chunk = response.read1(CHUNK)
-                    except (TimeoutError, OSError, http.client.HTTPException) as err:
-                        raise WeightsError(
-                            f"{url}: the transfer stopped after {got} bytes ({type(err).__name__}); run the command "
-                            "again to resume"
-                        ) from None
-                    if not chunk:
-                        break
-                    if got == 0 and chunk.lstrip()[:15].lower().startswith((b"<!doctype html", b"<html")):
-                        raise WeightsError(
-                            f"{url}: the server sent an HTML page, not the file; download it in a browser and "
-                            "install it with `robustsim weights add`"
-                        )
-                    if got + len(chunk) > total:
-                        raise WeightsError(f"{url}: the server sent more than the {total} bytes it declared")
-                    f.write(chunk)
-                    got += len(chunk)
-                    bar.update(len(chunk))
-                    window_bytes += len(chunk)
-                    now = time.monotonic()
-                    if now - window_start >= wait:
-                        if window_bytes < MIN_RATE * (now - window_start):
-                            raise WeightsError(
-                                f"{url}: {_host(url)} sent {window_bytes} bytes in {now - window_start:.0f} s, too "
-                                "slow to finish; run the command again to resume"
-                            )
-                        window_start, window_bytes = now, 0
-        finally:
-            bar.close()
-    if got != total:
-        raise WeightsError(f"{url}: the body is truncated ({got} of {total} bytes); run the command again to resume")
-    return revision if revision and re.fullmatch(r"[0-9a-f]{40}", revision) else None
+
+
+def _body_size(url: str, response, part: Path, have: int, size: int | None, cap: int) -> tuple[int, int]:
+    """(bytes already in ``part`` the body continues, the file's total size) once the headers promise one plain,
+    complete body of at most ``cap`` bytes (WeightsError otherwise; a resume at the wrong byte deletes ``part``)."""
+    ctype = response.headers.get("Content-Type", "")
+    if "text/html" in ctype.lower():
+        raise WeightsError(
+            f"{url}: the server sent an HTML page, not the file (a login or confirmation page?); download it "
+            "in a browser and install it with `robustsim weights add`"
+        )
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise WeightsError(f"{url}: the server sent the file {encoding}-encoded; robustsim installs plain bytes only")
+    resumed = response.status == 206
+    if resumed and _content_range_start(response.headers.get("Content-Range")) != have:
+        part.unlink(missing_ok=True)
+        raise WeightsError(
+            f"{url}: the server resumed at {response.headers.get('Content-Range')!r}, not at byte {have}; the "
+            "partial file was deleted: run the command again"
+        )
+    if have and not resumed:
+        have = 0  # the server ignored the range: start over
+    length = response.headers.get("Content-Length")
+    if length is not None and not length.strip().isdigit():
+        raise WeightsError(f"{url}: the server sent Content-Length {length!r}")
+    total = (have + int(length)) if length is not None else size
+    if total is None:
+        raise WeightsError(
+            f"{url}: the server declares no length and the manifest knows no size, so a cut body could not be "
+            "told from the file; download it another way and use `robustsim weights add`"
+        )
+    if total > cap:
+        raise WeightsError(f"{url}: the server offers {total} bytes, more than the {cap} this file may have")
+    return have, total
+
+
+def _copy(url: str, response, part: Path, have: int, total: int, bar) -> int:
+    """Write the body after byte ``have`` of ``part`` (a fresh file when ``have`` is 0); the bytes ``part`` holds
+    at the end. Refuses an HTML body, more than ``total`` bytes and a stalled transfer."""
+    got, wait = have, timeout()
+    window_start, window_bytes = time.monotonic(), 0
+    with open(part, "ab" if have else "wb") as f:
+        while True:
+            try:
+                chunk = response.read1(CHUNK)
+            except (TimeoutError, OSError, http.client.HTTPException) as err:
+                raise WeightsError(
+                    f"{url}: the transfer stopped after {got} bytes ({type(err).__name__}); run the command "
+                    "again to resume"
+                ) from None
+            if not chunk:
+                return got
+            if got == 0 and chunk.lstrip()[:15].lower().startswith((b"<!doctype html", b"<html")):
+                raise WeightsError(
+                    f"{url}: the server sent an HTML page, not the file; download it in a browser and "
+                    "install it with `robustsim weights add`"
+                )
+            if got + len(chunk) > total:
+                raise WeightsError(f"{url}: the server sent more than the {total} bytes it declared")
+            f.write(chunk)
+            got += len(chunk)
+            bar.update(len(chunk))
+            window_bytes += len(chunk)
+            now = time.monotonic()
+            if now - window_start >= wait:
+                if window_bytes < MIN_RATE * (now - window_start):
+                    raise WeightsError(
+                        f"{url}: {_host(url)} sent {window_bytes} bytes in {now - window_start:.0f} s, too "
+                        "slow to finish; run the command again to resume"
+                    )
+                window_start, window_bytes = now, 0
