@@ -585,7 +585,7 @@ def test_lipsim_release_converter_equals_the_papers_formula(tmp_path):
     path = tmp_path / "lipsim.pth"
     full = _lipsim_reference_state(depth=1, channels=10, inner=4, linears=1, width=32, size=224)
     torch.save(full, path)
-    metric = load_lipsim_release("lipsim-margin0.5.pth", name="lipsim-small-m0.5", path=path)
+    metric = load_lipsim_release(path, name="lipsim-small-m0.5")
     assert float(metric.mean.abs().max()) == 0.0 and metric.input_size == 224  # LipSim feeds [0, 1] as is
     with pytest.raises(WeightsError, match="not a LipSim checkpoint"):
         convert_lipsim_state({"model_state_dict": {"x": torch.zeros(1)}})
@@ -630,14 +630,14 @@ def test_lipsim_training_checkpoints_load_their_model_and_nothing_else(tmp_path,
     torch.save(ckpt, path)
     if numpy_names == "numpy 1":
         _numpy1_pickle(path)
-    metric = load_lipsim_release("lipsim-margin0.5.pth", name="lipsim-small-m0.5", path=path)
+    metric = load_lipsim_release(path, name="lipsim-small-m0.5")
     x = torch.rand(2, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(metric.net(x), convert_lipsim_state(state)(x))
     hostile = tmp_path / "hostile.pth"
     torch.save({**ckpt, "config": argparse.Namespace(lr=0.1)}, hostile)  # any other class: refused, not built
     with pytest.raises(WeightsError, match="Namespace") as info:
-        load_lipsim_release("lipsim-margin0.5.pth", path=hostile)
+        load_lipsim_release(hostile)
     assert "\n" not in str(info.value)
 
 
@@ -693,12 +693,13 @@ def test_score_fetches_verifies_and_scores_in_one_command_then_runs_offline(serv
     import io
 
     from robustsim.compat import import_optional
-    from robustsim.metrics.lpips_metric import BACKBONE_FILES, LPIPSMetric
+    from robustsim.metrics.lpips_metric import LPIPSMetric
+    from robustsim.zoo import files_of
 
     torch.manual_seed(0)
     buf = io.BytesIO()
     torch.save(import_optional("torchvision").models.squeezenet1_1().state_dict(), buf)
-    name, data = BACKBONE_FILES["squeeze"], buf.getvalue()
+    (name,), data = files_of("lpips-squeeze"), buf.getvalue()
     # the two runs are compared bit for bit: they must not pick different thread counts from the machine's load
     # (oneDNN's convolutions round differently across them)
     monkeypatch.setenv("ROBUSTSIM_THREADS", "1")

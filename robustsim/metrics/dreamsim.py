@@ -21,16 +21,11 @@ import torch
 from torch import nn
 
 from robustsim.compat import import_optional
-from robustsim.errors import InputError
+from robustsim.errors import InputError, WeightsError
 from robustsim.metrics.base import EmbeddingMetric
 from robustsim.metrics.preprocess import Resize
 
-ARCHIVES = {
-    "ensemble": "dreamsim_ensemble_checkpoint.zip",
-    "dino_vitb16": "dreamsim_dino_vitb16_checkpoint.zip",
-    "clip_vitb32": "dreamsim_clip_vitb32_checkpoint.zip",
-    "open_clip_vitb32": "dreamsim_open_clip_vitb32_checkpoint.zip",
-}
+VARIANTS = ("ensemble", "dino_vitb16", "clip_vitb32", "open_clip_vitb32")
 DREAMSIM_RESIZE = Resize(224, "bicubic", antialias=True)
 LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "bias", "target_modules")
 
@@ -65,17 +60,17 @@ class DreamSimMetric(EmbeddingMetric):
         from dreamsim.model import PerceptualModel
         from peft import LoraConfig, PeftModel, get_peft_model
 
-        from robustsim.weights import resolve
         from robustsim.weights.hub import managed_downloads
 
-        if config is None and variant not in ARCHIVES:
-            raise InputError(f"unknown DreamSim variant {variant!r}; choose one of {', '.join(ARCHIVES)}")
+        if config is None and variant not in VARIANTS:
+            raise InputError(f"unknown DreamSim variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        if folder is None:
+            what = "dreamsim" if variant == "ensemble" else f"dreamsim-{variant.replace('_', '-')}"
+            raise WeightsError(f"no release folder given; pass folder=PATH, or build it with load_metric({what!r})")
         cfg = dict(config or dreamsim_args["model_config"][variant])
-        folder = Path(folder) if folder is not None else resolve(ARCHIVES[variant])
+        folder = Path(folder)
         types = cfg["model_type"].split(",")
-        if backbones is None:
-            backbones = {"dino_vitb16": resolve("dino-vitb16.pth")} if "dino_vitb16" in types else {}
-        with managed_downloads({k: Path(v) for k, v in backbones.items()}):
+        with managed_downloads({k: Path(v) for k, v in (backbones or {}).items()}):
             model = PerceptualModel(**cfg, device="cpu", load_dir=str(folder), normalize_embeds=True)
         if lora:
             tag = "ensemble_" if len(types) > 1 else f"{types[0]}_single_"

@@ -1,8 +1,8 @@
 """LPIPS (Zhang et al. 2018) through the ``lpips`` package, with its backbone from the weights manager.
 
 The learned 1x1 heads ship in the lpips wheel; the AlexNet / VGG16 / SqueezeNet backbone is torchvision's
-ImageNet file, resolved (fetched on first use, pinned, verified) by :mod:`robustsim.weights`, or ``weights=``.
-R-LPIPS (Ghazanfari et al. 2023) is the same AlexNet LPIPS with adversarially trained heads (``heads=``).
+ImageNet file (``weights=``: the zoo rows hand over the file the weights manager resolved). R-LPIPS (Ghazanfari
+et al. 2023) is the same AlexNet LPIPS with adversarially trained heads (``heads=``).
 """
 
 from __future__ import annotations
@@ -17,12 +17,7 @@ from robustsim.errors import InputError, WeightsError
 from robustsim.metrics.base import Metric
 from robustsim.metrics.weights import load_state_dict, resolve_weights
 
-BACKBONE_FILES = {
-    "alex": "alexnet-owt-7be5be79.pth",
-    "vgg": "vgg16-397923af.pth",
-    "squeeze": "squeezenet1_1-b8a52dc0.pth",
-}
-RLPIPS_FILE = "r-lpips-alex-linf-x0.pth"
+BACKBONES = ("alex", "vgg", "squeeze")
 
 
 def lpips_backbone_state(
@@ -45,8 +40,9 @@ def lpips_backbone_state(
 class LPIPSMetric(Metric):
     """LPIPS distance on [0, 1] images (mapped to [-1, 1] internally), backbone ``alex|vgg|squeeze``.
 
-    ``weights=`` a backbone file (default: the manager's torchvision file); ``heads=`` an LPIPS state dict
-    replacing the wheel's heads (R-LPIPS); ``pretrained=False`` keeps a random backbone (tests only).
+    ``weights=`` the backbone's torchvision file (``robustsim.load_metric("lpips-alex")`` passes the one the
+    weights manager resolved); ``heads=`` an LPIPS state dict replacing the wheel's heads (R-LPIPS);
+    ``pretrained=False`` keeps a random backbone (tests only).
     """
 
     def __init__(
@@ -59,23 +55,22 @@ class LPIPSMetric(Metric):
         validate: bool = True,
     ) -> None:
         super().__init__(validate=validate)
-        if net not in BACKBONE_FILES:
-            raise InputError(f"unknown LPIPS backbone {net!r}; choose one of {sorted(BACKBONE_FILES)}")
+        if net not in BACKBONES:
+            raise InputError(f"unknown LPIPS backbone {net!r}; choose one of {sorted(BACKBONES)}")
         lpips = import_optional("lpips")
         self.name = name or f"lpips-{net}"
         with warnings.catch_warnings():  # lpips builds its backbone with torchvision's deprecated pretrained=
             warnings.simplefilter("ignore", UserWarning)
             self.lp = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
         if pretrained:
-            from robustsim.weights import resolve
-
-            path = resolve(BACKBONE_FILES[net]) if weights is None else resolve_weights(self.name, weights, [], "")
+            hint = f"pass weights=PATH, or build it with robustsim.load_metric({self.name!r})"
+            path = resolve_weights(self.name, weights, [], f"no backbone weights given; {hint}")
             sd = lpips_backbone_state(net, load_state_dict(path), self.lp)
             missing = [k for k in self.lp.net.state_dict() if "net." + k not in sd]
             if missing:
                 raise WeightsError(
                     f"{self.name}: {path} lacks backbone tensors such as {missing[0]}; pass torchvision's "
-                    f"{BACKBONE_FILES[net]}"
+                    f"ImageNet {net} weights"
                 )
             self.lp.load_state_dict(sd, strict=False)
         if heads is not None:
@@ -90,10 +85,3 @@ class LPIPSMetric(Metric):
 
     def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.lp(x, y, normalize=True).flatten()
-
-
-def r_lpips(validate: bool = True) -> LPIPSMetric:
-    """R-LPIPS: AlexNet LPIPS with the adversarially trained heads of Ghazanfari et al. (2023)."""
-    from robustsim.weights import resolve
-
-    return LPIPSMetric("alex", heads=resolve(RLPIPS_FILE), name="r-lpips", validate=validate)

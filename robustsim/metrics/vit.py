@@ -1,6 +1,6 @@
 """ViT embedding metrics: CLIP / OpenCLIP (open_clip) and DINO (timm), built as their authors built them
-(OpenAI CLIP with QuickGELU, OpenCLIP with GELU, DINO's CLS token), with their official weights resolved
-by the weights manager (``weights_file``) or read from ``weights=``. ``arch=`` swaps the architecture
+(OpenAI CLIP with QuickGELU, OpenCLIP with GELU, DINO's CLS token), their official weights read from
+``weights=`` (the zoo rows hand over the file the weights manager resolved). ``arch=`` swaps the architecture
 (e.g. a tiny config for tests or another ViT of the same family).
 """
 
@@ -24,15 +24,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def local_weights(weights_file: str | None, weights: str | os.PathLike | None) -> dict[str, torch.Tensor]:
-    """The state dict of ``weights=`` if given, else of the manager's ``weights_file``."""
-    from robustsim.weights import resolve
-
-    if weights is not None:
-        return load_state_dict(resolve_weights(str(weights), weights, [], "pass an existing file with weights="))
-    if weights_file is None:
-        raise WeightsError("no weights given; pass weights=PATH")
-    return load_state_dict(resolve(weights_file))
+def local_weights(name: str, weights: str | os.PathLike | None) -> dict[str, torch.Tensor]:
+    """The state dict of ``weights=`` (WeightsError naming both ways to give one when it is None)."""
+    hint = f"no weights given; pass weights=PATH, or build it with robustsim.load_metric({name!r})"
+    return load_state_dict(resolve_weights(name, weights, [], hint))
 
 
 class _OpenClipVisual(nn.Module):
@@ -49,7 +44,7 @@ class OpenClipMetric(EmbeddingMetric):
 
     ``visual_only``: the weight file is a state dict of ``model.visual`` alone, as R-CLIP's releases are
     (fra31/perceptual-metrics ``utils_perceptual_models.py``: ``model.visual.load_state_dict(ckpt, strict=True)``).
-    ``lora_file`` (a manifest file) or ``lora`` (a folder): a peft LoRA adapter of the vision tower, merged in
+    ``lora`` (a folder): a peft LoRA adapter of the vision tower, merged in
     (:mod:`robustsim.metrics.lora`; R-CLIP's NIGHTS-tuned ConvNeXt, ``utils_lora.load_lora_models``).
     """
 
@@ -60,16 +55,14 @@ class OpenClipMetric(EmbeddingMetric):
         weights: str | os.PathLike | None = None,
         pretrained: bool = True,
         input_size: int = 224,
-        weights_file: str | None = "clip-vitb16-openai.safetensors",
         quick_gelu: bool = True,
         resizing: Resize | None = None,
         visual_only: bool = False,
-        lora_file: str | None = None,
         lora: str | os.PathLike | None = None,
         validate: bool = True,
     ) -> None:
         open_clip = import_optional("open_clip")
-        sd = local_weights(weights_file, weights) if pretrained else None
+        sd = local_weights(name, weights) if pretrained else None
         model = open_clip.create_model(arch, pretrained=None, quick_gelu=quick_gelu)
         if sd is not None:
             target = model.visual if visual_only else model
@@ -80,11 +73,10 @@ class OpenClipMetric(EmbeddingMetric):
                 raise WeightsError(
                     f"{name}: the weights do not fit {what} of {arch} ({str(err).splitlines()[1].strip()})"
                 ) from None
-        if lora is not None or (lora_file is not None and pretrained):
+        if lora is not None:
             from robustsim.metrics.lora import merge_lora
-            from robustsim.weights import resolve
 
-            merge_lora(model.visual, Path(lora) if lora is not None else resolve(lora_file))
+            merge_lora(model.visual, Path(lora))
         super().__init__(
             _OpenClipVisual(model.visual),
             input_size=None if resizing is not None else input_size,
@@ -107,14 +99,13 @@ class TimmViTMetric(EmbeddingMetric):
         weights: str | os.PathLike | None = None,
         pretrained: bool = True,
         input_size: int = 224,
-        weights_file: str | None = "dino-vitb16.pth",
         resizing: Resize | None = None,
         validate: bool = True,
     ) -> None:
         timm = import_optional("timm")
         net = timm.create_model(arch, pretrained=False, num_classes=0, img_size=input_size)
         if pretrained:
-            sd = {k: v for k, v in local_weights(weights_file, weights).items() if not k.startswith("head.")}
+            sd = {k: v for k, v in local_weights(name, weights).items() if not k.startswith("head.")}
             net.load_state_dict(sd)
         super().__init__(
             net,

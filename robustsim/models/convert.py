@@ -82,22 +82,20 @@ LIPSIM_RESIZE = Resize(224, "bicubic", antialias=True)  # lipsim/core/utils.py g
 
 
 def load_lipsim_release(
-    file: str,
+    path: str | os.PathLike,
     name: str = "lipsim",
-    path: str | os.PathLike | None = None,
     validate: bool = True,
     resizing: Resize | None = LIPSIM_RESIZE,
 ) -> LipSimMetric:
-    """A released LipSim checkpoint (manifest file ``file``, or ``path``) as a certifiable metric.
+    """A released LipSim checkpoint at ``path`` (the zoo rows hand over the file the weights manager resolved) as a
+    certifiable metric.
 
     The fine-tuned releases are LipSim's training checkpoints (``lipsim/core/trainer.py``: ``epoch``,
     ``global_step``, ``model_state_dict``, ``optimizer_state_dict``, whose learning rate is the numpy float of
     ``TriangularLRScheduler``); only ``model_state_dict`` is read, and no code is unpickled."""
     from robustsim.metrics.weights import read_checkpoint
-    from robustsim.weights import resolve
 
-    source = Path(path) if path is not None else resolve(file)
-    state = read_checkpoint(source)  # a training checkpoint: model + optimizer state, numpy scalars allowed
+    state = read_checkpoint(Path(path))  # a training checkpoint: model + optimizer state, numpy scalars allowed
     net = convert_lipsim_state(state)
     metric = LipSimMetric(net, name=name, mean=0.0, validate=validate, resizing=resizing)
     return metric.eval().requires_grad_(False)

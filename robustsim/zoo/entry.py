@@ -1,8 +1,12 @@
-"""One zoo entry as a declared row (timm's ``PretrainedCfg``, pyiqa's metric configs): name, builder (a
-callable, or ``"module:attribute"`` imported only when the metric is built), the builder's options, the manifest
-weight files its build opens, the optional packages it imports, its preprocessing, the figures its papers
-report, and for an ensemble its member rows. "Can it run here" (:meth:`MetricEntry.state`) and "which files
-does it need" (:meth:`MetricEntry.all_files`) derive from the row."""
+"""One zoo entry as a declared row (timm's ``PretrainedCfg`` and ``build_model_with_cfg``, pyiqa's metric
+configs): name, builder (a callable, or ``"module:attribute"`` imported only when the metric is built), the
+builder's options, its weight files, the optional packages it imports, its preprocessing, the figures its papers
+report, and for an ensemble its member rows. A row names each weight file once: ``weights`` maps a builder
+keyword to a manifest file (or to a {key: file} mapping), which :meth:`MetricEntry.make` resolves through the
+weights manager and hands to the builder as a path, so a builder never names a file; ``hub_files`` are the files
+an upstream package fetches itself (routed through the manager by :mod:`robustsim.weights.hub`). "Can it run
+here" (:meth:`MetricEntry.state`) and "which files does it need" (:meth:`MetricEntry.all_files`) derive from the
+row."""
 
 from __future__ import annotations
 
@@ -30,6 +34,15 @@ def _resolve(ref: Callable | str) -> Callable:
     return getattr(importlib.import_module(module), attr)
 
 
+def _resolved(spec: str | Mapping[str, str]):
+    """The verified path of manifest file ``spec`` (fetched first when missing), or of each file of a mapping."""
+    from robustsim import weights
+
+    if isinstance(spec, Mapping):
+        return {key: weights.resolve(name) for key, name in spec.items()}
+    return weights.resolve(spec)
+
+
 @dataclass(frozen=True)
 class MetricEntry:
     """One zoo entry (module docstring). ``local`` checks weights that are not manifest files (package data
@@ -39,7 +52,8 @@ class MetricEntry:
     build: Callable[..., Metric] | str
     description: str
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    files: tuple[str, ...] = ()
+    weights: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    hub_files: tuple[str, ...] = ()
     packages: tuple[str, ...] = ()
     local: Callable[[], bool] | str | None = None
     resizing: Resize | None = None
@@ -49,9 +63,16 @@ class MetricEntry:
     def builder(self) -> Callable[..., Metric]:
         return _resolve(self.build)
 
+    def files(self) -> tuple[str, ...]:
+        """The row's own weight files (``weights`` and ``hub_files``), each once."""
+        out: list[str] = []
+        for spec in self.weights.values():
+            out += list(spec.values()) if isinstance(spec, Mapping) else [spec]
+        return tuple(dict.fromkeys([*out, *self.hub_files]))
+
     def all_files(self) -> tuple[str, ...]:
         """Its own files and every member's, each once."""
-        out = list(self.files)
+        out = list(self.files())
         for m in self.members:
             out += m.all_files()
         return tuple(dict.fromkeys(out))
@@ -107,6 +128,15 @@ class MetricEntry:
                 raise RobustsimError(
                     f"metric {self.name!r} has no option {unknown[0]!r}; its options: {', '.join(allowed) or 'none'}"
                 )
+        missing = self.missing_packages()
+        if missing:  # before any weight file is fetched: the one line naming the pip extra
+            from robustsim.compat import import_optional
+
+            import_optional(missing[0])
+        if merged.get("pretrained", True):  # the row's weight files, as paths (a caller's own path wins)
+            for key, spec in self.weights.items():
+                if merged.get(key) is None:
+                    merged[key] = _resolved(spec)
         if self.members and "members" not in merged:
             merged["members"] = [m.make({k: v for k, v in options.items() if k != "validate"}) for m in self.members]
         metric = build(**merged)

@@ -1,8 +1,9 @@
 """The built-in metric zoo as data: one :class:`~robustsim.zoo.entry.MetricEntry` row per metric.
 
 Builders are named as ``"module:attribute"`` and imported only when a metric is built, so listing the zoo
-imports none of them. ``files`` are the manifest weight files the build opens (a contract test checks it
-opens exactly those), ``packages`` the optional modules it imports, ``reported`` the figures its papers
+imports none of them. ``weights`` name each manifest weight file once, by the builder keyword its path is
+handed to (``hub_files``: files the upstream package fetches itself; a contract test checks a build opens only
+the files its row declares), ``packages`` the optional modules it imports, ``reported`` the figures its papers
 publish (NIGHTS / BAPPS, not ``mini``) keyed by bench protocol and leaderboard column (``"*"``: any protocol),
 shown on bench cards beside ours (:data:`REPORTED_SOURCES` says where each comes from). The metrics that ship inside
 robustsim (``robustsim/zoo/<name>/``) are added from their folders.
@@ -49,8 +50,21 @@ _LPIPS_BACKBONES = {
     "squeeze": "squeezenet1_1-b8a52dc0.pth",
 }
 
+DINO_B16 = "dino-vitb16.pth"  # DINO's ViT-B/16 (its own row, and DreamSim's DINO branch)
+
+
+def _dreamsim(variant: str) -> dict:
+    """A DreamSim row's files: the release archive (unpacked: ``folder``) and, where its model holds DINO
+    ViT-B/16, DINO's weights (``backbones``, which DreamSim's torch.hub call receives)."""
+    files: dict = {"folder": f"dreamsim_{variant}_checkpoint.zip"}
+    if variant in ("ensemble", "dino_vitb16"):
+        files["backbones"] = {"dino_vitb16": DINO_B16}
+    return files
+
+
 # R-CLIP's two backbones: row suffix, open_clip architecture, file prefix, title, preprocessing
 _CONVNEXT = ("convnext", "convnext_base_w", "convnext_base_w", "ConvNeXt-B", DINO_RESIZE)
+_R_CLIP = {"quick_gelu": False, "visual_only": True}  # R-CLIP releases hold model.visual alone, GELU towers
 _VIT_B16 = ("vitb16", "ViT-B-16", "vit-b-16", "ViT-B/16", OPEN_CLIP_RESIZE)
 
 _SINGLE: tuple[MetricEntry, ...] = (
@@ -64,16 +78,17 @@ _SINGLE: tuple[MetricEntry, ...] = (
             "robustsim.metrics.lpips_metric:LPIPSMetric",
             f"LPIPS v0.1, {net} backbone (lpips package)",
             {"net": net},
-            files=(file,),
+            weights={"weights": file},
             packages=(*TV, "lpips"),
         )
         for net, file in _LPIPS_BACKBONES.items()
     ),
     _row(
         "r-lpips",
-        "robustsim.metrics.lpips_metric:r_lpips",
+        "robustsim.metrics.lpips_metric:LPIPSMetric",
         "R-LPIPS: AlexNet LPIPS, adversarially trained heads",
-        files=(_LPIPS_BACKBONES["alex"], "r-lpips-alex-linf-x0.pth"),
+        {"net": "alex", "name": "r-lpips"},
+        weights={"weights": _LPIPS_BACKBONES["alex"], "heads": "r-lpips-alex-linf-x0.pth"},
         packages=(*TV, "lpips"),
         reported=_croce(71.6, 16.2, 26.9),
     ),
@@ -81,7 +96,7 @@ _SINGLE: tuple[MetricEntry, ...] = (
         "dists",
         "robustsim.metrics.dists:DISTSMetric",
         "DISTS (Ding et al. 2020) through piq",
-        files=("vgg16-397923af.pth", "dists_weights.pt"),
+        hub_files=(_LPIPS_BACKBONES["vgg"], "dists_weights.pt"),  # piq fetches both (torch.hub)
         packages=(*TV, "piq"),
     ),
     _row(
@@ -89,7 +104,7 @@ _SINGLE: tuple[MetricEntry, ...] = (
         "robustsim.metrics.vit:OpenClipMetric",
         "OpenAI CLIP ViT-B/16 image embedding (open_clip, QuickGELU)",
         {"name": "clip-vitb16", "arch": "ViT-B-16"},
-        files=("clip-vitb16-openai.safetensors",),
+        weights={"weights": "clip-vitb16-openai.safetensors"},
         resizing=OPEN_CLIP_RESIZE,
         packages=(*TV, "open_clip"),
         reported=_clean(93.6),
@@ -98,13 +113,8 @@ _SINGLE: tuple[MetricEntry, ...] = (
         "openclip-vitb16",
         "robustsim.metrics.vit:OpenClipMetric",
         "OpenCLIP ViT-B/16 LAION-2B image embedding (open_clip)",
-        {
-            "name": "openclip-vitb16",
-            "arch": "ViT-B-16",
-            "weights_file": "openclip-vitb16-laion2b.safetensors",
-            "quick_gelu": False,
-        },
-        files=("openclip-vitb16-laion2b.safetensors",),
+        {"name": "openclip-vitb16", "arch": "ViT-B-16", "quick_gelu": False},
+        weights={"weights": "openclip-vitb16-laion2b.safetensors"},
         resizing=OPEN_CLIP_RESIZE,
         packages=(*TV, "open_clip"),
         reported=_clean(95.3),
@@ -114,14 +124,8 @@ _SINGLE: tuple[MetricEntry, ...] = (
             f"r-clip-{m[0]}-{short}",
             "robustsim.metrics.vit:OpenClipMetric",
             f"R-CLIP_{m[0].upper()} ({m}, linf 4/255) {title} vision tower, zero-shot",
-            {
-                "name": f"r-clip-{m[0]}-{short}",
-                "arch": arch,
-                "weights_file": f"{file}-{m}-eps4.pt",
-                "quick_gelu": False,
-                "visual_only": True,
-            },
-            files=(f"{file}-{m}-eps4.pt",),
+            {"name": f"r-clip-{m[0]}-{short}", "arch": arch, **_R_CLIP},
+            weights={"weights": f"{file}-{m}-eps4.pt"},
             packages=(*TV, "open_clip", *(("timm",) if "convnext" in arch else ())),
             resizing=resize,
             reported=figures,
@@ -138,15 +142,8 @@ _SINGLE: tuple[MetricEntry, ...] = (
             f"r-clip-{m[0]}-convnext-lora",
             "robustsim.metrics.vit:OpenClipMetric",
             f"R-CLIP_{m[0].upper()} ConvNeXt-B + NIGHTS LoRA ({m})",
-            {
-                "name": f"r-clip-{m[0]}-convnext-lora",
-                "arch": "convnext_base_w",
-                "weights_file": f"convnext_base_w-{m}-eps4.pt",
-                "quick_gelu": False,
-                "visual_only": True,
-                "lora_file": f"lora-convnext_base_w-{m}.zip",
-            },
-            files=(f"convnext_base_w-{m}-eps4.pt", f"lora-convnext_base_w-{m}.zip"),
+            {"name": f"r-clip-{m[0]}-convnext-lora", "arch": "convnext_base_w", **_R_CLIP},
+            weights={"weights": f"convnext_base_w-{m}-eps4.pt", "lora": f"lora-convnext_base_w-{m}.zip"},
             packages=(*TV, "open_clip", "timm"),
             resizing=SQUASH_BICUBIC,  # "DreamSim doesn't use OpenCLIP preprocessing" (get_model_and_transforms)
             reported=figures,
@@ -158,7 +155,7 @@ _SINGLE: tuple[MetricEntry, ...] = (
         "robustsim.metrics.vit:TimmViTMetric",
         "DINO ViT-B/16 CLS embedding (timm)",
         {"name": "dino-vitb16", "arch": "vit_base_patch16_224"},
-        files=("dino-vitb16.pth",),
+        weights={"weights": DINO_B16},
         packages=(*TV, "timm"),
         resizing=DINO_RESIZE,
         reported=_clean(94.8),
@@ -168,7 +165,7 @@ _SINGLE: tuple[MetricEntry, ...] = (
         "robustsim.metrics.dreamsim:DreamSimMetric",
         "DreamSim (dreamsim pkg, NIGHTS LoRA): DINO+CLIP+OpenCLIP B/16",
         {"variant": "ensemble"},
-        files=("dreamsim_ensemble_checkpoint.zip", "dino-vitb16.pth"),
+        weights=_dreamsim("ensemble"),
         packages=(*TV, "dreamsim", "peft", "open_clip", "timm"),
         resizing=SQUASH_BICUBIC,
         reported=_croce(96.2, 0.5, 0.9),
@@ -179,7 +176,7 @@ _SINGLE: tuple[MetricEntry, ...] = (
             "robustsim.metrics.dreamsim:DreamSimMetric",
             f"DreamSim (dreamsim pkg, NIGHTS LoRA): {variant} alone",
             {"variant": variant},
-            files=(f"dreamsim_{variant}_checkpoint.zip", *(("dino-vitb16.pth",) if variant == "dino_vitb16" else ())),
+            weights=_dreamsim(variant),
             packages=(*TV, "dreamsim", "peft", "open_clip", "timm"),
             resizing=SQUASH_BICUBIC,
         )
@@ -189,8 +186,8 @@ _SINGLE: tuple[MetricEntry, ...] = (
         "lipsim-small-pretrained",
         "robustsim.models.convert:load_lipsim_release",
         "LipSim small as released, distilled (no fine-tuning)",
-        {"file": "lipsim-pretrained.pth", "name": "lipsim-small-pretrained"},
-        files=("lipsim-pretrained.pth",),
+        {"name": "lipsim-small-pretrained"},
+        weights={"path": "lipsim-pretrained.pth"},
         resizing=SQUASH_BICUBIC,
         reported=_croce(86.6, 8.6, 26.5),
     ),
@@ -198,8 +195,8 @@ _SINGLE: tuple[MetricEntry, ...] = (
         "lipsim-small-m0.2",
         "robustsim.models.convert:load_lipsim_release",
         "LipSim small as released, NIGHTS margin 0.2",
-        {"file": "lipsim-margin0.2.pth", "name": "lipsim-small-m0.2"},
-        files=("lipsim-margin0.2.pth",),
+        {"name": "lipsim-small-m0.2"},
+        weights={"path": "lipsim-margin0.2.pth"},
         resizing=SQUASH_BICUBIC,
         reported=_croce(88.5, 23.1, 46.6),
     ),
@@ -207,8 +204,8 @@ _SINGLE: tuple[MetricEntry, ...] = (
         "lipsim-small-m0.5",
         "robustsim.models.convert:load_lipsim_release",
         "LipSim small as released, NIGHTS margin 0.5 (the paper's)",
-        {"file": "lipsim-margin0.5.pth", "name": "lipsim-small-m0.5"},
-        files=("lipsim-margin0.5.pth",),
+        {"name": "lipsim-small-m0.5"},
+        weights={"path": "lipsim-margin0.5.pth"},
         resizing=SQUASH_BICUBIC,
         reported={
             **_croce(85.1, 32.8, 53.1),
@@ -250,7 +247,7 @@ BUILTIN: tuple[MetricEntry, ...] = (
         "robustsim.metrics.dreamsim:DreamSimMetric",
         "DreamSim's untuned ensemble (dreamsim pkg, no LoRA)",
         {"variant": "ensemble", "lora": False},
-        files=("dreamsim_ensemble_checkpoint.zip", "dino-vitb16.pth"),
+        weights=_dreamsim("ensemble"),
         packages=DREAMSIM_PACKAGES,
         resizing=SQUASH_BICUBIC,
         reported=_clean(90.8),
