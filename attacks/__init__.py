@@ -6,7 +6,7 @@ from robustsim.attacks.base import Attack, AttackResult
 from robustsim.attacks.embedding import embedding_attack, smoothed_output_attack
 from robustsim.attacks.geometry import norms, project
 from robustsim.attacks.gradient import APGD, PGD
-from robustsim.attacks.pgd import apgd, classifier_objective, pgd
+from robustsim.attacks.optim import apgd, classifier_objective, pgd
 from robustsim.attacks.registry import list_attacks, make_attack
 from robustsim.attacks.retrieval import PullIn, PushOut, attack_queries
 from robustsim.attacks.twoafc import TwoAFCClassifier, labels_from_p, margin

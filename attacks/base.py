@@ -15,7 +15,7 @@ from typing import final
 import torch
 from robustsim.attacks.decision import Decision
 from robustsim.attacks.geometry import Norm, rows_of
-from robustsim.attacks.pgd import restrict
+from robustsim.attacks.optim import restrict
 from robustsim.attacks.sweep import AttackResult, Sweep
 from robustsim.attacks.twoafc import CleanEmbeddings
 from robustsim.certify.smoothing import SmoothedMetric

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 from robustsim.attacks.geometry import Norm
-from robustsim.attacks.pgd import apgd
+from robustsim.attacks.optim import apgd
 from robustsim.certify.center import CenterSmoothing
 
 from robustsim.metrics.base import EmbeddingMetric, Metric

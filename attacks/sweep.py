@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from robustsim.attacks.decision import Decision, Judge
 from robustsim.attacks.geometry import RowNoise, rows_of
-from robustsim.attacks.pgd import apgd, classifier_objective, restrict
+from robustsim.attacks.optim import apgd, classifier_objective, restrict
 from robustsim.attacks.twoafc import CleanEmbeddings, TwoAFCClassifier, labels_from_p
 
 from robustsim.data.triplets import TripletDataset

@@ -22,7 +22,7 @@ from _measure import interleaved, load, ratio_line  # noqa: E402
 
 from robustsim.audit import run_audit  # noqa: E402
 from robustsim.data import open_triplets  # noqa: E402
-from robustsim.evaluate import evaluate_2afc  # noqa: E402
+from robustsim.score2afc import evaluate_2afc  # noqa: E402
 from robustsim.threads import configure_threads, usable_cpus  # noqa: E402
 from robustsim.threat import ThreatModel  # noqa: E402
 from robustsim.zoo import load_metric  # noqa: E402

@@ -35,7 +35,7 @@ from robustsim.errors import RobustsimError
 from robustsim.metrics.base import EmbeddingMetric
 from robustsim.metrics.preprocess import Resize, axis_matrices
 from robustsim.nn.bounds import observer
-from robustsim.nn.cache import FROZEN, Derived
+from robustsim.nn.derived import FROZEN, Derived
 from robustsim.nn.rounding import affine_terms, gamma, memo, module_local, module_terms
 
 U64 = 2.0**-53

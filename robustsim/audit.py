@@ -19,10 +19,10 @@ from robustsim.certify.smoothing import SmoothedMetric
 from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv, init_distributed
 from robustsim.errors import RobustsimError
-from robustsim.evaluate import evaluate_2afc
 from robustsim.metrics.base import Metric, evaluating
 from robustsim.precision import resolve_precision
 from robustsim.provenance import metric_fingerprint, package_versions
+from robustsim.score2afc import evaluate_2afc
 from robustsim.settings import AttackSettings
 from robustsim.table import format_table, pct, percent
 from robustsim.text import md_code

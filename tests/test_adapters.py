@@ -17,7 +17,7 @@ from robustsim.attacks import (
     make_attack,
 )
 from robustsim.attacks.adapters import _pairwise
-from robustsim.attacks.pgd import check_schedule
+from robustsim.attacks.optim import check_schedule
 from robustsim.attacks.twoafc import TwoAFCClassifier, labels_from_p, margin
 
 import robustsim

@@ -331,7 +331,7 @@ class _HostSyncs(torch.overrides.TorchFunctionMode):
 def test_an_attack_step_synchronises_with_the_host_at_most_once(attack):
     """Masks stay on the device (torch.where, index_copy_); the one sync of a step is the
     nonzero that finds the rows still standing."""
-    from robustsim.attacks.pgd import apgd, pgd
+    from robustsim.attacks.optim import apgd, pgd
 
     w = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     x = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))

@@ -243,7 +243,7 @@ def test_a_command_run_through_ctx_invoke_gets_the_values_its_options_would_give
     outer.main([], standalone_mode=False)
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
     from robustsim.data import open_triplets
-    from robustsim.evaluate import evaluate_2afc
+    from robustsim.score2afc import evaluate_2afc
     from robustsim.table import pct
     from robustsim.zoo import load_metric
 

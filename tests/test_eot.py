@@ -1,4 +1,4 @@
-"""EoT attacks (attacks/pgd.py ``eot``) and audits of a SmoothedMetric: the attack averages its gradient over the
+"""EoT attacks (attacks/optim.py ``eot``) and audits of a SmoothedMetric: the attack averages its gradient over the
 metric's randomness, and a break counts only when the smoothed prediction (not one noise draw) says so."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import small_embedding_metric
 from robustsim.attacks import make_attack
-from robustsim.attacks.pgd import apgd
+from robustsim.attacks.optim import apgd
 from robustsim.certify import SmoothedMetric
 
 from robustsim.audit import run_audit
@@ -126,7 +126,7 @@ def test_eot_keeps_attacking_until_the_decision_that_judges_the_point_is_wrong()
     rejected that point and the triplet counted robust. A randomised objective whose draws say done at a score of 1
     while the judging decision (its ``confirm``) needs 3: every point reported broken passes the judge, and the
     attack reaches it."""
-    from robustsim.attacks.pgd import pgd
+    from robustsim.attacks.optim import pgd
 
     w = torch.randn(6, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     x = torch.rand(6, 3, 4, 4, generator=torch.Generator().manual_seed(1))

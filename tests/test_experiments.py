@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT
 
 from robustsim.data import open_triplets
-from robustsim.evaluate import evaluate_2afc
+from robustsim.score2afc import evaluate_2afc
 from robustsim.zoo import load_metric
 
 sys.path.insert(0, str(ROOT / "experiments"))

@@ -81,7 +81,7 @@ def test_a_symlinked_output_is_written_through_and_stays_a_link(csv_set, tmp_pat
 
 
 def test_unwritable_or_file_parent_fails_before_any_work(csv_set, tmp_path, capsys, monkeypatch):
-    import robustsim.evaluate as evaluate
+    import robustsim.score2afc as evaluate
 
     calls = []
     real = evaluate.evaluate_2afc

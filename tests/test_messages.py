@@ -89,7 +89,7 @@ def test_an_audit_shows_the_score_robustsim_score_prints_and_says_how_its_accura
     """One l2 on mini read 72.3 in `audit` and 72.4 in `score`; the audit now prints the score's
     number beside its accuracy and says why the two may differ (exact ties, soft labels)."""
     from robustsim.audit import run_audit
-    from robustsim.evaluate import evaluate_2afc
+    from robustsim.score2afc import evaluate_2afc
 
     data = robustsim.data.open_triplets("mini:test", limit=60)
     metric = robustsim.load_metric("l2")

@@ -1,4 +1,4 @@
-"""The embedding cache (robustsim.metrics.cache): verified by stamps, an empty or broken file recomputed."""
+"""The embedding cache (robustsim.metrics.embedding_cache): verified by stamps, an empty or broken file recomputed."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 
 def test_an_empty_embedding_cache_file_is_recomputed(tmp_path):
     from robustsim.data.imageset import ArrayImages
-    from robustsim.metrics.cache import cached_embeddings
+    from robustsim.metrics.embedding_cache import cached_embeddings
     from robustsim.zoo import load_metric
 
     metric = load_metric("lipsim-nano")

@@ -16,7 +16,7 @@ import torch
 from robustsim.data.imageset import ImageSet
 from robustsim.errors import RobustsimError
 from robustsim.metrics.base import EmbeddingMetric
-from robustsim.metrics.cache import cached_embeddings
+from robustsim.metrics.embedding_cache import cached_embeddings
 from robustsim.metrics.ensemble import EnsembleMetric
 from robustsim.zoo import load_metric
 

@@ -68,7 +68,7 @@ def write_proxy(root: Path) -> Path:
 def category_scores(metrics: list[str], root: Path, split: str, batch_size: int = 50) -> dict[str, dict[str, float]]:
     """{row: {category: 2AFC score in [0, 1]}} for the human row and every metric."""
     from robustsim.data import open_triplets
-    from robustsim.evaluate import evaluate_2afc
+    from robustsim.score2afc import evaluate_2afc
     from robustsim.zoo import load_metric
 
     data = open_triplets(f"bapps:{root}:{split}")

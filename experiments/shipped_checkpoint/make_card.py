@@ -23,10 +23,10 @@ from robustsim.certify import certify_2afc, estimate_lipschitz, float64_copy
 
 import robustsim
 from robustsim.data import open_triplets
-from robustsim.evaluate import evaluate_2afc
 from robustsim.io import write_json
 from robustsim.models import load_net, save_checkpoint
 from robustsim.nn.bounds import round_up
+from robustsim.score2afc import evaluate_2afc
 
 EPS = [36 / 255, 72 / 255, 108 / 255]
 RECIPES = {

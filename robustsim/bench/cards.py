@@ -158,7 +158,7 @@ def reported_for(reported, protocol: Protocol) -> dict[str, float]:
 
 
 def reported_source(protocol: Protocol) -> str:
-    from robustsim.zoo.table import REPORTED_SOURCES
+    from robustsim.zoo.rows import REPORTED_SOURCES
 
     return REPORTED_SOURCES.get(protocol.name, REPORTED_SOURCES["*"])
 

@@ -170,7 +170,7 @@ class CellStore:
 
 
 def clean_cell(metric: Metric, data: TripletDataset, batch_size: int, device, env: DistEnv) -> dict | None:
-    from robustsim.evaluate import evaluate_2afc
+    from robustsim.score2afc import evaluate_2afc
 
     t0 = time.perf_counter()
     res = evaluate_2afc(metric, data, batch_size=batch_size, device=device, progress=False, env=env)

@@ -58,8 +58,8 @@ def score_cmd(
     dtype: str,
 ) -> None:
     """Clean 2AFC score of one or more metrics on a triplet set."""
-    from robustsim.evaluate import evaluate_2afc
     from robustsim.io import write_json
+    from robustsim.score2afc import evaluate_2afc
     from robustsim.threads import runtime_info
 
     check_file_outputs(json=json)

@@ -24,7 +24,7 @@ from robustsim.metrics.base import EmbeddingMetric
 from robustsim.metrics.preprocess import Resize
 from robustsim.nn import LipPool, PaddingChannels, Projection, Truncate
 from robustsim.nn.bounds import lipschitz_bound
-from robustsim.nn.cache import Derived, freeze, is_frozen, thaw
+from robustsim.nn.derived import Derived, freeze, is_frozen, thaw
 
 
 @dataclass(frozen=True)

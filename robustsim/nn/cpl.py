@@ -19,7 +19,7 @@ from torch import nn
 
 from robustsim.errors import InputError
 from robustsim.nn.bounds import SAFE, spectral_norm
-from robustsim.nn.cache import Derived
+from robustsim.nn.derived import Derived
 from robustsim.nn.rounding import (
     Terms,
     absolute,

@@ -12,7 +12,7 @@ from torch import nn
 
 from robustsim.errors import InputError
 from robustsim.nn.bounds import SAFE, spectral_norm
-from robustsim.nn.cache import Derived
+from robustsim.nn.derived import Derived
 from robustsim.nn.rounding import (
     EXACT,
     Terms,
@@ -219,7 +219,7 @@ class Projection(Derived):
     the map is wide): orthonormal columns (isometry) or rows (co-isometry) up to float rounding
     (~1e-6), with an O(n k^2) forward and backward, where a Householder parametrization of a
     2560 x 256 map costs ~100x more per training step. The matrix is the applied tensor (memoised in
-    eval mode, stored when frozen: :class:`~robustsim.nn.cache.Derived`).
+    eval mode, stored when frozen: :class:`~robustsim.nn.derived.Derived`).
     """
 
     def lipschitz_bound(self) -> float:

@@ -5,7 +5,7 @@ For convolutions W^T W is the kernel's self-correlation summed over spatial offs
 uses the folded weight K = -2 W T^{-1} (the rescaling and the minus sign live in the kernel), so a
 forward is h(x) = x + K relu(W^T x + b): one transposed convolution (or one ``addmm``) after the
 activation, with nothing elementwise in between. K depends on the weights only: it is the layer's
-:meth:`~robustsim.nn.cache.Derived.applied` tensor (memoised in eval mode, stored when frozen).
+:meth:`~robustsim.nn.derived.Derived.applied` tensor (memoised in eval mode, stored when frozen).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import nn
 
 from robustsim.errors import InputError
 from robustsim.nn.bounds import SAFE, spectral_norm, tap_norm_sum
-from robustsim.nn.cache import Derived
+from robustsim.nn.derived import Derived
 from robustsim.nn.rounding import (
     Terms,
     absolute,

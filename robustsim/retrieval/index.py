@@ -1,7 +1,7 @@
 """The gallery side of retrieval: similarities of queries to every gallery item, and top-k search.
 
 Similarity is ``-d(query, item)`` for every metric, so higher is closer. An embedding metric's
-gallery is its cached unit-norm embeddings (:func:`robustsim.metrics.cache.cached_embeddings`);
+gallery is its cached unit-norm embeddings (:func:`robustsim.metrics.embedding_cache.cached_embeddings`);
 then ``-d = cos - 1`` is one matrix product, and top-k search runs either exactly, by chunked
 matrix products, or with a ``faiss`` inner-product index (``IndexFlatIP``, also exact). Any other
 metric keeps the gallery images and evaluates ``metric.pairwise`` (d on every pair); the l2 metric keeps
@@ -171,7 +171,7 @@ def build_gallery(
 ) -> Gallery:
     """The gallery for ``metric``: cached embeddings for an embedding metric, else the images."""
     if isinstance(metric, EmbeddingMetric):
-        from robustsim.metrics.cache import cached_embeddings
+        from robustsim.metrics.embedding_cache import cached_embeddings
 
         if cache_dir is None:
             from robustsim.cache import cache_root as default_cache

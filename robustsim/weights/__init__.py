@@ -359,7 +359,7 @@ def _file_lock(dest: Path):
             import fcntl
 
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        except ImportError:  # not POSIX: no lock, as before
+        except ImportError:  # not POSIX: no advisory lock (concurrent fetches of one file may both download it)
             pass
         yield
 

@@ -1,4 +1,4 @@
-"""The metric zoo: every named metric as a row (:mod:`robustsim.zoo.table`), ``load_metric`` /
+"""The metric zoo: every named metric as a row (:mod:`robustsim.zoo.rows`), ``load_metric`` /
 ``list_metrics`` / ``register_metric`` (:mod:`robustsim.zoo.registry`), and the checkpoints that ship inside
 the package, one folder per metric (config.json, model.safetensors, card.json).
 

@@ -20,7 +20,7 @@ def shipped_checkpoints() -> list[Path]:
 def builtin_names() -> list[str]:
     """The names of the built-in rows and shipped folders (what ``load_metric`` knows before any
     ``register_metric``)."""
-    from robustsim.zoo.table import BUILTIN
+    from robustsim.zoo.rows import BUILTIN
 
     return sorted({e.name for e in BUILTIN} | {p.name for p in shipped_checkpoints()})
 

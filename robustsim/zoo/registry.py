@@ -1,7 +1,7 @@
 """The metric zoo's machinery: ``load_metric``, ``list_metrics``, ``register_metric``.
 
 Every zoo entry is one declared row (:class:`~robustsim.zoo.entry.MetricEntry`); the built-in rows are the table
-in :mod:`robustsim.zoo.table`, and the metrics that ship with robustsim are the folders beside them
+in :mod:`robustsim.zoo.rows`, and the metrics that ship with robustsim are the folders beside them
 (``robustsim/zoo/<name>/``). Every reader derives from the rows: "can it run here" (``entry.state()``), "which
 files does it need" (:func:`files_of`: what ``robustsim weights fetch <metric>`` fetches, what ``robustsim weights
 list`` shows), the figures bench cards show beside ours.
@@ -22,7 +22,7 @@ from robustsim.metrics.base import Metric
 from robustsim.models.checkpoint import load_checkpoint_metric
 from robustsim.zoo.entry import MetricEntry
 from robustsim.zoo.names import shipped_checkpoints, unknown_metric
-from robustsim.zoo.table import BUILTIN
+from robustsim.zoo.rows import BUILTIN
 
 _REGISTRY: dict[str, MetricEntry] = {}
 _CHECKPOINT_LOADERS: list[Callable[[Path], Metric | None]] = []
