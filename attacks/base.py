@@ -27,6 +27,7 @@ from robustsim.errors import InputError
 from robustsim.metrics.base import Metric
 from robustsim.precision import Precision, check_precision
 from robustsim.resume import BatchStore
+from robustsim.settings import AttackSettings
 from robustsim.threat import ThreatModel
 
 __all__ = ["Attack", "AttackResult"]
@@ -58,9 +59,9 @@ class Attack:
     def work(self) -> int:
         """Model calls one epsilon of one batch costs at most (roughly): what a progress bar counts (with the float32
         finish of a lower precision)."""
-        eot = int(getattr(self, "eot", 1))
-        steps = int(getattr(self, "steps", 1)) * eot
-        return steps * int(getattr(self, "restarts", 1) or 1) + 1  # the float32 finish comes out of the same budget
+        budget = AttackSettings(int(getattr(self, "steps", 1)), int(getattr(self, "restarts", 1) or 1),
+                                eot=int(getattr(self, "eot", 1)))  # fmt: skip
+        return budget.passes()  # the float32 finish comes out of the same budget
 
     def run(
         self, forward, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, generator: torch.Generator

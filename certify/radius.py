@@ -38,6 +38,7 @@ import torch
 from robustsim.certify.lipschitz import input_lipschitz, network_lipschitz
 from robustsim.certify.rounding import Rounding, cosine_slack, embed_with_error, float64_copy
 
+from robustsim.errors import InputError
 from robustsim.metrics.base import EmbeddingMetric, Metric, evaluating
 from robustsim.scoring import two_afc_choice
 from robustsim.threat import TARGETS, Target
@@ -73,11 +74,11 @@ def radius_from_embeddings(
     each image) and ``slack`` (its cosine rounding), the radius covers the deployed metric's decision; without
     them, the exact-arithmetic decision."""
     if mode not in ("sound", "lipsim"):
-        raise ValueError(f"mode must be 'sound' or 'lipsim', got {mode!r}")
+        raise InputError(f"mode must be 'sound' or 'lipsim', got {mode!r}")
     if target not in TARGETS:
-        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        raise InputError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     if mode == "lipsim" and target != "ref":
-        raise ValueError("the published (lipsim) formula exists for the reference only; use mode='sound'")
+        raise InputError("the published (lipsim) formula exists for the reference only; use mode='sound'")
     est = [e.double() for e in (e_ref, e0, e1)]
     n, dev = est[0].shape[0], est[0].device
     err = [_as_batch(d, n, dev) for d in delta]

@@ -103,10 +103,9 @@ def _distill(
 ) -> dict[str, Any]:
     from dataclasses import replace
 
-    from robustsim.nn import LAYERS
+    from robustsim.nn import layer_kind
 
-    if layer not in LAYERS:
-        raise RobustsimError(f"unknown --layer {layer!r}; choose one of {', '.join(LAYERS)}")
+    layer_kind(layer)
     env = init_distributed(torch.device(cfg.device))
     device = env.device
     train_images = open_images(images, input_size)

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from robustsim.errors import InputError
 from robustsim.metrics.base import EmbeddingMetric
 from robustsim.metrics.preprocess import Resize
 from robustsim.nn import LipPool, PaddingChannels, Projection, Truncate
@@ -72,18 +73,16 @@ def _checked_layers(layers: object) -> LipSimPreset:
     if not isinstance(layers, dict) or not set(REQUIRED_FIELDS) <= set(layers) <= set(
         LipSimPreset.__dataclass_fields__
     ):
-        raise ValueError(f"layers must give {', '.join(REQUIRED_FIELDS)} (and optionally the other preset fields)")
+        raise InputError(f"layers must give {', '.join(REQUIRED_FIELDS)} (and optionally the other preset fields)")
     values: dict = {}
     for k, v in layers.items():
         if k == "layer":
-            from robustsim.nn import LAYERS
+            from robustsim.nn import layer_kind
 
-            if v not in LAYERS:
-                raise ValueError(f"layer must be one of {', '.join(LAYERS)}, got {v!r}")
-            values[k] = v
+            values[k] = layer_kind(v)
         elif k == "head":
             if v not in HEADS:
-                raise ValueError(f"head must be one of {', '.join(HEADS)}, got {v!r}")
+                raise InputError(f"head must be one of {', '.join(HEADS)}, got {v!r}")
             values[k] = v
         else:
             values[k] = _bounded(k, v)
@@ -93,7 +92,7 @@ def _checked_layers(layers: object) -> LipSimPreset:
 def _bounded(key: str, value: object) -> int:
     lo, hi = CONFIG_LIMITS[key]
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"{key} must be an integer in [{lo}, {hi}], got {value!r}")
+        raise InputError(f"{key} must be an integer in [{lo}, {hi}], got {value!r}")
     return value
 
 
@@ -125,12 +124,12 @@ class LipSimNet(nn.Module):
         super().__init__()
         if isinstance(preset, str):
             if preset not in PRESETS:
-                raise ValueError(f"unknown LipSim preset {preset!r}; choose one of {', '.join(PRESETS)}")
+                raise InputError(f"unknown LipSim preset {preset!r}; choose one of {', '.join(PRESETS)}")
             self.preset_name, preset = preset, PRESETS[preset]
         else:
             self.preset_name = "custom"
         if input_size % 16:
-            raise ValueError(f"input_size must be divisible by 16 (two 4x4 poolings), got {input_size}")
+            raise InputError(f"input_size must be divisible by 16 (two 4x4 poolings), got {input_size}")
         from robustsim.nn import LAYERS
 
         self.preset, self.embed_dim, self.input_size = preset, embed_dim, input_size
@@ -149,7 +148,7 @@ class LipSimNet(nn.Module):
         flat = c * (input_size // 16) ** 2
         if preset.head == "truncate":
             if embed_dim > flat:
-                raise ValueError(f"a truncating head keeps {embed_dim} of {flat} coordinates; lower embed_dim")
+                raise InputError(f"a truncating head keeps {embed_dim} of {flat} coordinates; lower embed_dim")
             self.head = nn.Sequential(*[linear(flat, preset.width) for _ in range(preset.linears)], Truncate(embed_dim))
         else:
             self.head = nn.Sequential(
@@ -212,11 +211,11 @@ class LipSimNet(nn.Module):
         elif isinstance(cfg.get("preset"), str) and cfg["preset"] in PRESETS:
             preset = cfg["preset"]
         else:
-            raise ValueError("the model config needs layers or a preset name")
+            raise InputError("the model config needs layers or a preset name")
         embed_dim, input_size = _bounded("embed_dim", cfg["embed_dim"]), _bounded("input_size", cfg["input_size"])
         frozen = cfg.get("frozen", False)
         if not isinstance(frozen, bool):
-            raise ValueError(f"frozen must be true or false, got {frozen!r}")
+            raise InputError(f"frozen must be true or false, got {frozen!r}")
         net = cls(preset, embed_dim=embed_dim, input_size=input_size)
         if frozen:  # empty buffers of the stored tensors' shapes; load_state_dict fills them
             for m in net.modules():

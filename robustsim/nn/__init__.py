@@ -44,8 +44,18 @@ LAYERS = {
     ),
 }
 
+
+
+def layer_kind(value: object) -> str:
+    """A layer kind of :data:`LAYERS` (InputError naming them otherwise): the one check of this rule."""
+    if not isinstance(value, str) or value not in LAYERS:
+        raise InputError(f"layer must be one of {', '.join(LAYERS)}, got {value!r}")
+    return value
+
+
 __all__ = [
     "LAYERS",
+    "layer_kind",
     "AOLConv2d",
     "AOLLinear",
     "CPLConv2d",
