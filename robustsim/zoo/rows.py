@@ -182,35 +182,24 @@ _SINGLE: tuple[MetricEntry, ...] = (
         )
         for variant in ("dino_vitb16", "clip_vitb32", "open_clip_vitb32")
     ),
-    _row(
-        "lipsim-small-pretrained",
-        "robustsim.models.convert:load_lipsim_release",
-        "LipSim small as released, distilled (no fine-tuning)",
-        {"name": "lipsim-small-pretrained"},
-        weights={"path": "lipsim-pretrained.pth"},
-        resizing=SQUASH_BICUBIC,
-        reported=_croce(86.6, 8.6, 26.5),
-    ),
-    _row(
-        "lipsim-small-m0.2",
-        "robustsim.models.convert:load_lipsim_release",
-        "LipSim small as released, NIGHTS margin 0.2",
-        {"name": "lipsim-small-m0.2"},
-        weights={"path": "lipsim-margin0.2.pth"},
-        resizing=SQUASH_BICUBIC,
-        reported=_croce(88.5, 23.1, 46.6),
-    ),
-    _row(
-        "lipsim-small-m0.5",
-        "robustsim.models.convert:load_lipsim_release",
-        "LipSim small as released, NIGHTS margin 0.5 (the paper's)",
-        {"name": "lipsim-small-m0.5"},
-        weights={"path": "lipsim-margin0.5.pth"},
-        resizing=SQUASH_BICUBIC,
-        reported={
-            **_croce(85.1, 32.8, 53.1),
-            "lipsim": {"clean": 74.3, "cert. 36/255": 31.2, "cert. 72/255": 15.1, "cert. 108/255": 6.8},
-        },
+    *(
+        _row(
+            f"lipsim-small-{tag}",
+            "robustsim.models.convert:load_lipsim_release",
+            f"LipSim small as released, {what}",
+            {"name": f"lipsim-small-{tag}"},
+            weights={"path": file},
+            resizing=SQUASH_BICUBIC,
+            reported=figures,
+        )
+        for tag, file, what, figures in (
+            ("pretrained", "lipsim-pretrained.pth", "distilled (no fine-tuning)", _croce(86.6, 8.6, 26.5)),
+            ("m0.2", "lipsim-margin0.2.pth", "NIGHTS margin 0.2", _croce(88.5, 23.1, 46.6)),
+            ("m0.5", "lipsim-margin0.5.pth", "NIGHTS margin 0.5 (the paper's)", {
+                **_croce(85.1, 32.8, 53.1),
+                "lipsim": {"clean": 74.3, "cert. 36/255": 31.2, "cert. 72/255": 15.1, "cert. 108/255": 6.8},
+            }),
+        )  # fmt: skip
     ),
     _row(
         "dinov2-s14",
