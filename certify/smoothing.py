@@ -20,8 +20,6 @@ clipped (the base metric sees values outside [0, 1]; Cohen et al. do the same).
 
 from __future__ import annotations
 
-import math
-
 import torch
 from scipy.stats import beta, binomtest, norm
 
@@ -142,14 +140,3 @@ class SmoothedMetric:
     def __repr__(self) -> str:
         return f"SmoothedMetric({self.metric.name!r}, {self.extra_repr()})"
 
-
-def exact_radius(p: float, sigma: float) -> float:
-    """sigma Phi^-1(p): the radius the smoothed decision has when the top class has probability ``p``."""
-    return sigma * float(norm.ppf(p)) if p > 0.5 else -1.0
-
-
-def samples_for(radius: float, sigma: float, alpha: float) -> int:
-    """Noise samples needed (all landing in the top class) to certify ``radius`` at level alpha:
-    the smallest n with alpha^(1/n) >= Phi(radius / sigma)."""
-    p = float(norm.cdf(radius / sigma))
-    return max(1, math.ceil(math.log(alpha) / math.log(p)))
