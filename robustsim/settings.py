@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from robustsim.errors import InputError
 from robustsim.limits import MAX_EOT, MAX_SIGMA
 
+SIGMA = 0.25  # smoothing noise std in [0, 1] pixel units (Cohen et al.'s middle level), smoothing and center smoothing
 ALPHA = 0.001  # failure probability of a smoothing or center-smoothing certificate (Cohen et al.'s choice)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # the attack steps' autocast (robustsim.precision)
 STEP_SIZE = 2.5  # PGD steps of STEP_SIZE * eps / steps cover the ball's diameter with room to spare
@@ -77,7 +78,7 @@ class SmoothingSettings:
     pixel units) on the reference, ``n`` samples (``n0`` more to select the class; 0: both classes bounded from
     the n samples), each certificate failing with probability at most ``alpha``."""
 
-    sigma: float = 0.25
+    sigma: float = SIGMA
     n: int = 512
     n0: int = 0
     alpha: float = ALPHA
@@ -102,7 +103,7 @@ class CenterSettings:
     is chosen from, ``n_center`` draws for each of the centre's two checks, ``n`` certification draws, the margin
     ``delta`` over half the mass a centre must hold (the paper's Delta), failure probability ``alpha``."""
 
-    sigma: float = 0.25
+    sigma: float = SIGMA
     n: int = 1000
     n_center: int = 2000
     candidates: int = 16
