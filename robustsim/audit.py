@@ -229,8 +229,7 @@ def run_audit(
     t0 = time.perf_counter()
     steps_in = resolve_precision(precision, device)
     settings = AttackSettings(steps, restarts, seed, eot, steps_in)  # checked there
-    built = [make_attack(a, threat, steps=steps, restarts=restarts, seed=seed, eot=eot, precision=steps_in)
-             for a in attacks]  # fmt: skip
+    built = [make_attack(a, threat, **settings.to_json()) for a in attacks]
     clean = CleanEmbeddings() if clean is None else clean
     smoothed = metric if isinstance(metric, SmoothedMetric) else None
     base = smoothed.metric if smoothed is not None else metric
@@ -250,8 +249,8 @@ def run_audit(
         return None
     done = [r for r in results if r is not None]
     shown = picked_examples(built[0], metric, data, threat, _worst(done), done[0], device)
-    facts = {**settings.to_json(), "batch_size": batch_size}  # in the order reports have always listed them
-    facts = {k: facts[k] for k in ("steps", "restarts", "seed", "batch_size", "eot", "precision")}
+    facts = {"steps": steps, "restarts": restarts, "seed": seed, "batch_size": batch_size, "eot": eot}
+    facts["precision"] = steps_in
     if smoothed is not None:
         facts["smoothing"] = _smoothing_facts(smoothed, done[0])
     extra = {"examples": example_info(base, shown, threat, device), "score": None if scored is None else scored.score}

@@ -1,14 +1,18 @@
 """The public boundary's argument checks: each raises :class:`~robustsim.errors.InputError` with one line that
 names the argument, what it got and what it accepts. Public functions call these on entry, so a bad argument
-never travels into the internals to fail there with a traceback (or, worse, to give a wrong answer)."""
+never travels into the internals to fail there with a traceback (or, worse, to give a wrong answer). Importing
+this module does not import torch (the CLI checks its options, and :mod:`robustsim.settings` its values, without
+it)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import torch
+from typing import TYPE_CHECKING
 
 from robustsim.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def count_arg(value: object, what: str, minimum: int = 1, allow_none: bool = False) -> int | None:
@@ -29,6 +33,8 @@ def spec_arg(value: object, what: str = "spec", example: str = "mini") -> str:
 
 def numbers_arg(value: object, what: str) -> torch.Tensor:
     """A 1-D float tensor from a tensor or a sequence of finite numbers."""
+    import torch
+
     if isinstance(value, torch.Tensor):
         t = value.detach().reshape(-1).to(torch.float64)
     elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
@@ -57,6 +63,8 @@ DEVICES = "cpu, cuda, cuda:N or auto"
 def device_arg(value: object) -> torch.device:
     """A usable torch.device from ``cpu``, ``cuda``, ``cuda:N``, ``auto`` (a GPU when there is one) or a
     torch.device: the one device rule of the library and the CLI (``--device``)."""
+    import torch
+
     if value == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not isinstance(value, (str, torch.device)):

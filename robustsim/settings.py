@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from robustsim.checks import count_arg
 from robustsim.errors import InputError
 from robustsim.limits import MAX_EOT, MAX_SIGMA
 
@@ -20,12 +21,6 @@ SIGMA = 0.25  # smoothing noise std in [0, 1] pixel units (Cohen et al.'s middle
 ALPHA = 0.001  # failure probability of a smoothing or center-smoothing certificate (Cohen et al.'s choice)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # the attack steps' autocast (robustsim.precision)
 STEP_SIZE = 2.5  # PGD steps of STEP_SIZE * eps / steps cover the ball's diameter with room to spare
-
-
-def _count(value: object, what: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"{what} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def _sigma(value: object) -> float:
@@ -55,10 +50,10 @@ class AttackSettings:
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        _count(self.steps, "steps")
-        _count(self.restarts, "restarts")
-        _count(self.seed, "seed", 0)
-        if _count(self.eot, "eot") > MAX_EOT:
+        count_arg(self.steps, "steps")
+        count_arg(self.restarts, "restarts")
+        count_arg(self.seed, "seed", 0)
+        if count_arg(self.eot, "eot") > MAX_EOT:
             raise InputError(f"eot must be at most {MAX_EOT}, got {self.eot}")
         if self.precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
@@ -86,8 +81,8 @@ class SmoothingSettings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sigma", _sigma(self.sigma))
         object.__setattr__(self, "alpha", _alpha(self.alpha))
-        _count(self.n, "n")
-        _count(self.n0, "n0", 0)
+        count_arg(self.n, "n")
+        count_arg(self.n0, "n0", 0)
 
     def passes(self) -> int:
         """Noisy forwards per triplet."""
@@ -113,9 +108,9 @@ class CenterSettings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sigma", _sigma(self.sigma))
         object.__setattr__(self, "alpha", _alpha(self.alpha))
-        _count(self.n, "n")
-        _count(self.n_center, "n_center")
-        _count(self.candidates, "candidates")
+        count_arg(self.n, "n")
+        count_arg(self.n_center, "n_center")
+        count_arg(self.candidates, "candidates")
         delta = self.delta
         if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 0.5:
             raise InputError(f"delta must be a number in (0, 0.5), got {delta!r}")

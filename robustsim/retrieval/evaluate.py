@@ -168,8 +168,9 @@ class _Run:
         kinds = (f"{kind}_recall@{k}" for kind in ("attacked", "certified") for k in self.ks)
         return ("attacked_ap", "targeted", *kinds)
 
-    def clean_rows(self, q, lab, exc, pos, n_pos, rank) -> dict[str, torch.Tensor]:
-        """The clean ranking's scores of one batch (and the ROC-AUC and unannotated counts it feeds)."""
+    def clean_rows(self, q, lab, exc, pos, n_pos, rank) -> tuple[dict[str, torch.Tensor], Ranking]:
+        """(the batch's clean rows, with its certified ones where there is a certificate; its clean ranking), feeding
+        the ROC-AUC and unannotated counts."""
         rec, ap = _rank_scores(rank, lab, n_pos, self.ks)
         out = {f"clean_recall@{k}": rec[k] for k in self.ks}
         out["clean_ap"] = ap
@@ -182,7 +183,7 @@ class _Run:
         if self.certify:
             radii, top1 = _certify(self, q, rank, pos, n_pos, exc)
             out.update({f"certified_recall@{k}": v for k, v in radii.items()}, top1_radius=top1)
-        return out
+        return out, Ranking(rec, ap)
 
     def attacked_rows(self, q, lab, exc, pos, n_pos, clean: Ranking, gen) -> tuple[Ranking, torch.Tensor]:
         """(the worst ranking any attack found per radius, the point shown per radius: the lowest summed recall)."""
@@ -305,11 +306,10 @@ def evaluate_retrieval(
         pos = (lab == POSITIVE) & ~exc
         n_pos = pos.sum(1)
         rank = run.search(q, exc)
-        out = run.clean_rows(q, lab, exc, pos, n_pos, rank)
+        out, clean = run.clean_rows(q, lab, exc, pos, n_pos, rank)
         adv_show = q.expand(len(eps), *q.shape)
         if eps:  # nested balls: a point found at a smaller epsilon counts at every larger one
-            worst, adv_show = run.attacked_rows(q, lab, exc, pos, n_pos, Ranking(
-                {k: out[f"clean_recall@{k}"] for k in ks}, out["clean_ap"]), gen)  # fmt: skip
+            worst, adv_show = run.attacked_rows(q, lab, exc, pos, n_pos, clean, gen)
             out.update({f"attacked_recall@{k}": worst.recall[k].cummin(0).values for k in ks})
             assert worst.ap is not None
             out["attacked_ap"] = worst.ap.cummin(0).values
