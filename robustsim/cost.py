@@ -207,9 +207,11 @@ def trial_seconds(
     """Seconds the ``attacks`` of each threat model (``attacks[i]`` for ``threats[i]``) take on all of ``data``:
     each run for real, as a run does (the clean images embedded once and shared), on :func:`trial_size` triplets
     spread over the data, scaled by how many more the run has; plus audit's examples (one attack per radius on
-    EXAMPLES triplets), whose number does not grow with the data. Below TRIAL_FROM triplets: the counted passes
-    times ``times`` (the caller's :func:`time_triplets`, which also warmed the metric up)."""
+    :data:`~robustsim.audit.N_EXAMPLES` triplets), whose number does not grow with the data. Below TRIAL_FROM
+    triplets: the counted passes times ``times`` (the caller's :func:`time_triplets`, which also warmed the metric
+    up)."""
     from robustsim.attacks.twoafc import CleanEmbeddings
+    from robustsim.audit import N_EXAMPLES
     from robustsim.certify import SmoothedMetric
     from robustsim.dist import local_env
 
@@ -236,10 +238,7 @@ def trial_seconds(
             att(metric, sample, threat, batch_size=batch_size, device=device, progress=False, env=env, clean=clean)
             first = time.perf_counter() - t1 if first is None else first
     _sync(device)
-    return (time.perf_counter() - t0) * len(data) / k + (first or 0.0) * min(EXAMPLES, k) / k
-
-
-EXAMPLES = 4  # the triplets an audit's examples.png attacks again, one radius at a time
+    return (time.perf_counter() - t0) * len(data) / k + (first or 0.0) * min(N_EXAMPLES, k) / k
 
 
 def audit_estimate(metric, data, threat, attacks: Sequence, batch_size: int, device) -> Estimate:

@@ -18,7 +18,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import cast
 
@@ -280,10 +280,8 @@ def certified_cells(
         n, alpha = protocol.smoothing["n"], protocol.smoothing["alpha"]
         res = certify_smoothed(metric, data, eps, smoothing, n=n, alpha=alpha, device=device, progress=False, env=env)
         first = data.select(list(range(min(BENCH_CENTER_IMAGES, len(data)))))
-        settings = {k: v for k, v in CENTER.items() if k != "images"}
-        centre = certify_center(
-            metric, first, eps, smoothing, alpha=alpha, device=device, progress=False, env=env, **settings
-        )
+        settings = replace(BENCH_CENTER, sigma=smoothing, alpha=alpha).to_json()
+        centre = certify_center(metric, first, eps, **settings, device=device, progress=False, env=env)
     if res is None or (centre is None and method != "lipschitz"):
         return None
     secs = time.perf_counter() - t0
@@ -292,13 +290,11 @@ def certified_cells(
         for c in cells
         if c.eps is not None
     }
-    if method != "lipschitz":  # what a smoothing certificate is of: its samples, confidence and abstentions
-        for v in out.values():
+    if method != "lipschitz":  # what a smoothing certificate is of (its samples, confidence and abstentions), and
+        assert centre is not None  # the median center bound over the images that did not abstain (inf -> None)
+        for c, v in out.items():
             v.update(n=protocol.smoothing["n"], alpha=protocol.smoothing["alpha"])
             v["abstain_rate"] = res.details.get("abstain_rate")
-    if method != "lipschitz":
-        assert centre is not None
-        for c, v in out.items():  # the median bound over the images that did not abstain; inf (more draws) -> None
             b = centre.median_bound(c.eps)
             v.update(center_bound=b if math.isfinite(b) else None, center_images=len(centre.abstain))
             v["center_abstain_rate"] = centre.abstain_rate
