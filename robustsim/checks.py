@@ -76,7 +76,7 @@ def device_arg(value: object) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise InputError(f"device {str(value)!r} is not supported; use {DEVICES}")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("CUDA is not available on this machine; use device cpu")
+        raise InputError("CUDA is not available on this machine; use device 'cpu' (--device cpu)")
     if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
         raise InputError(f"{str(value)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev

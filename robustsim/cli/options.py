@@ -134,9 +134,7 @@ def resolve_device(device: str) -> torch.device:
     try:
         return device_arg(device)
     except InputError as err:
-        raise click.BadParameter(
-            str(err).replace("use device cpu", "use --device cpu"), param_hint="--device"
-        ) from None
+        raise click.BadParameter(str(err), param_hint="--device") from None
 
 
 def _device_callback(ctx: click.Context, param: click.Parameter, value: str) -> torch.device:
