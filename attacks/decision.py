@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import torch
 from robustsim.attacks.twoafc import NoisyReference, TwoAFCClassifier, margin
+from robustsim.certify.adaptive import is_adaptive
 from robustsim.certify.smoothing import ABSTAIN, SmoothedMetric, stream_seed
 from torch import nn
 
@@ -19,7 +20,8 @@ Judge = Callable[[torch.Tensor], torch.Tensor]  # points (R, ...) -> (R,) bool: 
 
 
 class Decision:
-    """The metric's own decision: the attack queries the metric, a break holds where the float32 margin is <= 0."""
+    """The metric's own decision: the attack queries the metric, a break holds where the margin of the decision
+    the deployed metric takes is <= 0 (an adaptive metric's: its exact decision, robustsim.certify.adaptive)."""
 
     smoothed: SmoothedMetric | None = None
 
@@ -45,12 +47,13 @@ class Decision:
     @torch.no_grad()
     def clean(self, clf: TwoAFCClassifier, batch: dict, y: torch.Tensor, keep: torch.Tensor):
         """(correct, abstained) clean decisions of the batch's counted triplets."""
-        return (margin(clf.clean_logits(), y) > 0) & keep, torch.zeros_like(keep)
+        logits = clf.decide(clf.clean_input(), phase="clean") if is_adaptive(self.metric) else clf.clean_logits()
+        return (margin(logits, y) > 0) & keep, torch.zeros_like(keep)
 
     def wrong(self, clf: TwoAFCClassifier, batch: dict, rows: torch.Tensor, y: torch.Tensor) -> Judge:
         """Whether the decision at attacked points of ``rows`` is not correct."""
         yr = y[rows]
-        return lambda a: margin(clf(a, rows), yr) <= 0
+        return lambda a: margin(clf.decide(a, rows), yr) <= 0
 
     def holds(self, claimed: torch.Tensor, verified: torch.Tensor) -> torch.Tensor:
         """Breaks that count: the attack's claims that pass the re-check."""

@@ -8,6 +8,7 @@ Embedding metrics embed the fixed images once, so each attack step costs one pas
 from __future__ import annotations
 
 import torch
+from robustsim.certify.adaptive import adaptive_distances, is_adaptive
 from torch import nn
 
 from robustsim.metrics.base import EmbeddingMetric, Metric
@@ -105,6 +106,23 @@ class TwoAFCClassifier(nn.Module):
         if self.target == "all":
             return torch.cat([self.ref, self.x0, self.x1], dim=1)
         return getattr(self, self.target)
+
+    @torch.no_grad()
+    def decide(self, x: torch.Tensor, rows: torch.Tensor | None = None, phase: str = "attack") -> torch.Tensor:
+        """The logits that judge the decision at ``x``: :meth:`forward`'s, or for an adaptive metric
+        (:mod:`robustsim.certify.adaptive`) its float64 distances, whose comparison is its exact decision."""
+        m = self.metric
+        if not is_adaptive(m):
+            return self(x, rows)
+        assert isinstance(m, EmbeddingMetric)
+        moved = dict(zip(IMAGES, x.split(3, dim=1), strict=True)) if self.target == "all" else {self.target: x}
+
+        def image(k: str) -> torch.Tensor:
+            fixed = getattr(self, k)
+            return m.as_input(moved[k] if k in moved else fixed if rows is None else fixed[rows])
+
+        d0, d1 = adaptive_distances(m, image("ref"), image("x0"), image("x1"), phase)
+        return torch.stack([d1, d0], dim=1)
 
     def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for the perturbed input ``x``; ``rows`` selects which triplets ``x`` belongs to."""

@@ -8,9 +8,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
+from robustsim.certify.adaptive import adaptive_batch, decision_label, describe, tally
 from robustsim.certify.lipschitz import input_lipschitz, network_lipschitz
 from robustsim.certify.radius import RADIUS_TOL, Mode, lipschitz_batch
-from robustsim.certify.rounding import float64_copy, unit_roundoff
+from robustsim.certify.rounding import float64_copy, is_adaptive, unit_roundoff
 
 from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv, gather_objects, init_distributed
@@ -101,7 +102,11 @@ class CertifyResult:
         if self.method == "lipschitz":
             source = self.details.get("lipschitz_source")
             how = f"method=lipschitz ({source} bound), mode={self.mode}, L={self.lipschitz:g}"
-            how += f", deployed in {self.details.get('dtype', 'float32')}"
+            if self.details.get("dtype") == "adaptive":
+                how += f", {describe({'procedure': 'adaptive', **self.details.get('decisions', {})})}, radii of the "
+                how += "float64 deployment"
+            else:
+                how += f", deployed in {self.details.get('dtype', 'float32')}"
             if self.details.get("rounding_assumed"):
                 how += f" (rounding of {', '.join(self.details['rounding_assumed'])} bounded by the generic rule)"
         else:
@@ -190,9 +195,16 @@ class _LipschitzRun:
         hw = (int(batch["ref"].shape[-2]), int(batch["ref"].shape[-1]))
         if hw not in self.by_size:
             self.by_size[hw] = input_lipschitz(self.metric, hw)[0]
-        radius, choice, L, assumed = lipschitz_batch(self.metric, batch["ref"], batch["x0"], batch["x1"],
-                                                     self.threat.target, self.mode, self.by_size[hw],
-                                                     exact=self.refine_with)  # fmt: skip
+        if self.mode == "sound" and is_adaptive(self.metric):
+            dim = int(batch["ref"][0].numel())
+            thresholds = [self.threat.l2_radius(e, dim) for e in self.threat.eps]
+            L = self.by_size[hw]
+            radius, choice, assumed = adaptive_batch(self.metric, batch["ref"], batch["x0"], batch["x1"],
+                                                     self.threat.target, L, thresholds)  # fmt: skip
+        else:
+            radius, choice, L, assumed = lipschitz_batch(self.metric, batch["ref"], batch["x0"], batch["x1"],
+                                                         self.threat.target, self.mode, self.by_size[hw],
+                                                         exact=self.refine_with)  # fmt: skip
         self.constants.add(round(float(L), 12))
         self.generic.update(assumed)
         p = batch["p"].to(torch.float64)
@@ -256,7 +268,8 @@ def certify_2afc(
             "lipschitz_source": source,
             "rounding": ROUNDING_NOTE.format(unit=unit_roundoff(metric)),
             "rounding_assumed": sorted(run.generic),
-            "dtype": str(metric.dtype).removeprefix("torch."),
+            "dtype": decision_label(metric),
+            **({"decisions": tally(metric).to_json()} if is_adaptive(metric) else {}),
             "radius_tolerance": RADIUS_TOL,
         },
     )

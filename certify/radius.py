@@ -126,7 +126,9 @@ def _ref_radius(est, err, deployed, lipschitz: float, c: float) -> torch.Tensor:
     return torch.where(good, r, torch.zeros_like(r))
 
 
-def _angle_radius(est, err, deployed, moving, lipschitz: float, c: float, steps: int = 60) -> torch.Tensor:
+def _angle_test(est, err, deployed, moving, lipschitz: float, c: float):
+    """(holds, norms): holds(r) says, per triplet, whether the decision holds with the moving images within r
+    (module docstring, the angle bound)."""
     norms = [e.norm(dim=1).clamp_min(1e-300) for e in est]
     phi = [e / n[:, None] for e, n in zip(est, norms, strict=True)]
     alpha0, alpha1 = _angle(phi[0], phi[1]), _angle(phi[0], phi[2])
@@ -144,7 +146,12 @@ def _angle_radius(est, err, deployed, moving, lipschitz: float, c: float, steps:
         lo = (a_lose - theta[0] - t_lose - 2 * ANGLE_EPS).clamp(min=0.0)
         return (torch.cos(hi) - torch.cos(lo) > c) & (alpha0 != alpha1)
 
-    zero = torch.zeros_like(alpha0)
+    return holds, norms
+
+
+def _angle_radius(est, err, deployed, moving, lipschitz: float, c: float, steps: int = 60) -> torch.Tensor:
+    holds, norms = _angle_test(est, err, deployed, moving, lipschitz, c)
+    zero = torch.zeros_like(norms[0])
     ok0 = holds(zero)
     # beyond the smallest moving image's norm / L its ball holds 0: no angle is bounded there
     top = torch.stack([norms[i] for i in range(3) if moving[i]]).amin(0) / lipschitz
@@ -154,6 +161,17 @@ def _angle_radius(est, err, deployed, moving, lipschitz: float, c: float, steps:
         good = holds(mid)
         lo, hi = torch.where(good, mid, lo), torch.where(good, hi, mid)
     return torch.where(ok0, lo, zero)
+
+
+def decided(est: Sequence[torch.Tensor], err: Sequence[torch.Tensor], slack: float) -> torch.Tensor:
+    """(B,) bool: every embedding within ``err`` of the estimates (ref, x0, x1; (B, D) each) makes the decision the
+    estimates make, and no computed distance of them (cosine rounding ``slack``) ties it: the angle bound or the
+    reference bound of the module docstring at r = 0, with nothing deployed on top."""
+    est = [e.double() for e in est]
+    zero = Rounding(torch.zeros_like(est[0][:, 0]), 0.0, 0.0, 0.0)
+    holds, _ = _angle_test(est, err, (zero,) * 3, (False,) * 3, 1.0, 2 * slack)
+    by_angle = holds(torch.zeros_like(est[0][:, 0]))
+    return by_angle | (_ref_radius(est, err, (zero,) * 3, 1.0, 2 * slack) > 0)
 
 
 def certify_embeddings(

@@ -17,8 +17,9 @@ import math
 from collections.abc import Sequence
 
 import torch
+from robustsim.certify.adaptive import adaptive_rounding
 from robustsim.certify.lipschitz import input_lipschitz
-from robustsim.certify.rounding import Rounding, cosine_slack, embed_with_error
+from robustsim.certify.rounding import U64, Rounding, cosine_slack, embed_with_error, is_adaptive
 
 from robustsim.metrics.base import EmbeddingMetric, Metric
 
@@ -98,5 +99,8 @@ def retrieval_radii(
     the gallery's stored directions ``phi`` (what the search ranks with), for the ranking the search computes."""
     L, _ = input_lipschitz(metric, tuple(q.shape[-2:]))
     assert isinstance(metric, EmbeddingMetric)
+    if is_adaptive(metric):  # its ranking: the exact one or the float64 twin's (robustsim.certify.adaptive)
+        f, deployed, est = adaptive_rounding(metric, q)
+        return top_k_radii(f, phi, top, L, ks, exclude, deployed, cosine_slack(phi.shape[1], U64), est)
     _, f, rounding = embed_with_error(metric, q)
     return top_k_radii(f, phi, top, L, ks, exclude, rounding, cosine_slack(phi.shape[1], rounding.unit))

@@ -78,6 +78,20 @@ class Rounding:
         grow = (1 + s) / (1 - s) if s < 1 else math.inf
         return self.delta * grow + self.kappa * r
 
+    def in_unit(self, unit: float) -> Rounding:
+        """The bound of the same network evaluated with unit roundoff ``unit`` <= this one's (the float64 twin
+        of a float32 metric), for the same image, from this bound alone.
+
+        Every term of the bound is linear in the unit (gamma_n(v) <= (v / u) gamma_n(u) for v <= u) and, in the
+        activations, Lipschitz with the constants summed in S. With k = v / u, the other evaluation's activations
+        lie within delta + delta' of this one's, so delta' <= k (delta + S (delta + delta')), i.e.
+        delta' <= k delta (1 + S) / (1 - k S); S and kappa scale by k the same way."""
+        k, s = unit / self.unit, self.sensitivity
+        if k > 1 or k * s >= 1:
+            raise ValueError(f"unit {unit:g} is not below this bound's {self.unit:g}")
+        shrink = (1 - s) / (1 - k * s) if s < 1 else math.inf
+        return Rounding(k * self.delta * (1 + s) / (1 - k * s), k * s, k * self.kappa * shrink, unit, self.assumed)
+
     def split(self, n: int) -> tuple[Rounding, ...]:
         return tuple(Rounding(d, self.sensitivity, self.kappa, self.unit, self.assumed) for d in self.delta.split(n))
 
@@ -136,8 +150,9 @@ def _norms(t: torch.Tensor, unit: float) -> torch.Tensor:
 class _Tape:
     """Forward hooks adding up each unit's a ||in|| + c ||out|| + d per sample (norms in float64)."""
 
-    def __init__(self, metric: EmbeddingMetric, unit: float) -> None:
+    def __init__(self, metric: EmbeddingMetric, unit: float, componentwise: bool = True) -> None:
         self.unit, self.total, self.assumed = unit, None, []
+        self.componentwise = componentwise and unit > U64  # a float64 norm bound is already ~1e-13
         self.sensitivity = 0.0  # sum over units of (a + c)
         self.growth_terms = 0.0  # sum over units of (a + c L)
         self.growth, self.declared = 1.0, float(metric.__dict__.get("lipschitz") or 1.0)
@@ -160,8 +175,7 @@ class _Tape:
         if a == c == d == 0.0:
             return
         term = a * _norms(x, self.unit) + d
-        # componentwise where it matters: a float64 network's norm bound is already ~1e-13 of its activations
-        local = module_local(module, x, out, self.unit) if self.unit > U64 else None
+        local = module_local(module, x, out, self.unit) if self.componentwise else None
         if local is not None:  # componentwise on the recorded input: as Lipschitz in it as the term it replaces
             term = torch.minimum(term, local.to(term))
         term = term + c * _norms(out, self.unit)
@@ -191,9 +205,12 @@ def _preprocess_coefficients(
     return coef, norm_coef
 
 
-def embed_with_error(metric: EmbeddingMetric, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Rounding]:
+def embed_with_error(
+    metric: EmbeddingMetric, x: torch.Tensor, componentwise: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, Rounding]:
     """(computed embeddings in the metric's dtype (B, D), the same as float64, their :class:`Rounding`) for a
-    validated [0, 1] batch, from one forward pass of the metric as it runs (module docstring)."""
+    validated [0, 1] batch, from one forward pass of the metric as it runs (module docstring). ``componentwise``
+    False keeps every layer's norm bound (no second pass over the layers' absolute values: cheaper, looser)."""
     unit = unit_roundoff(metric)
     hw = (int(x.shape[-2]), int(x.shape[-1]))
     resize_coef, norm_coef = _preprocess_terms(metric, hw, unit)
@@ -201,7 +218,7 @@ def embed_with_error(metric: EmbeddingMetric, x: torch.Tensor) -> tuple[torch.Te
     with torch.no_grad():
         xin = metric.as_input(x)
         pre = metric.preprocess(xin)
-        tape = _Tape(metric, unit)
+        tape = _Tape(metric, unit, componentwise)
         try:
             e = metric.net(pre).flatten(1)
         finally:
@@ -228,3 +245,24 @@ def float64_copy(metric: EmbeddingMetric) -> EmbeddingMetric:
                 theirs._buffers.pop(FROZEN, None)
                 theirs.register_buffer(FROZEN, mine.applied().detach().clone(memory_format=torch.contiguous_format))
     return twin.double().eval()
+
+
+def twin(metric: EmbeddingMetric) -> EmbeddingMetric:
+    """The metric's float64 twin, made once while its tensors are unchanged."""
+    key = tuple((t.data_ptr(), t._version) for t in [*metric.parameters(), *metric.buffers()])
+    kept = metric.__dict__.get("_float64_twin")
+    if kept is None or kept[0] != key:
+        metric.__dict__.pop("_float64_twin", None)  # not copied into the twin itself
+        kept = (key, float64_copy(metric))
+        metric.__dict__["_float64_twin"] = kept
+    return kept[1]
+
+
+def is_adaptive(metric: object) -> bool:
+    """Whether ``metric`` decides adaptively: an embedding metric marked ``decisions = "adaptive"`` that computes
+    in a dtype below float64 (a float64 metric is its own twin)."""
+    return (
+        isinstance(metric, EmbeddingMetric)
+        and getattr(metric, "decisions", "plain") == "adaptive"
+        and metric.dtype != torch.float64
+    )

@@ -15,6 +15,7 @@ import torch
 from robustsim.attacks.base import AttackResult
 from robustsim.attacks.registry import make_attack
 from robustsim.attacks.twoafc import CleanEmbeddings
+from robustsim.certify.adaptive import describe
 from robustsim.certify.smoothing import SmoothedMetric
 from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv, init_distributed
@@ -22,7 +23,7 @@ from robustsim.errors import RobustsimError
 from robustsim.metrics.base import Metric, evaluating
 from robustsim.precision import resolve_precision
 from robustsim.provenance import metric_fingerprint, package_versions
-from robustsim.score2afc import evaluate_2afc
+from robustsim.score2afc import decisions, evaluate_2afc
 from robustsim.settings import AttackSettings
 from robustsim.table import format_table, pct, percent
 from robustsim.text import md_code
@@ -143,6 +144,9 @@ class AuditReport:
                 f"\n(smoothed metric, sigma={smoothing['sigma']:g}, n={smoothing['n']}: its clean prediction abstained "
                 f"on {100 * smoothing['abstain_rate']:.1f} % of the triplets, each counted wrong)"
             )
+        how = describe(self.settings.get("decisions") or {})
+        if how:
+            footer += f"\n({how})"
         return format_table(headers, rows, markdown=markdown) + ("\n\n" if markdown else "\n") + footer
 
     def markdown(self) -> str:
@@ -253,6 +257,7 @@ def run_audit(
     facts["precision"] = steps_in
     if smoothed is not None:
         facts["smoothing"] = _smoothing_facts(smoothed, done[0])
+    facts["decisions"] = decisions(base)
     extra = {"examples": example_info(base, shown, threat, device), "score": None if scored is None else scored.score}
     extra.update(runtime=runtime_info(device), seconds=time.perf_counter() - t0)
     report = _report(base, data, threat, dict(zip(attacks, done, strict=True)), cert, facts, extra)

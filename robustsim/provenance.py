@@ -25,8 +25,11 @@ def package_versions() -> dict[str, str]:
 
 
 def metric_fingerprint(metric: Metric) -> str:
-    """A hash of the metric's name, class, dtype and every byte of its weights and buffers."""
-    h = hashlib.sha256(f"{metric.name}|{type(metric).__qualname__}|{metric.dtype}".encode())
+    """A hash of the metric's name, class, dtype, decision procedure (adaptive decisions add a mark; plain ones keep
+    the hash they had) and every byte of its weights and buffers."""
+    adaptive = getattr(metric, "decisions", "plain") == "adaptive" and metric.dtype != torch.float64
+    mark = "|adaptive" if adaptive else ""
+    h = hashlib.sha256(f"{metric.name}|{type(metric).__qualname__}|{metric.dtype}{mark}".encode())
     for name, t in metric.state_dict().items():
         h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

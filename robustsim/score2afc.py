@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from robustsim.certify.adaptive import adaptive_distances, is_adaptive, tally
 from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv
 from robustsim.errors import RobustsimError
@@ -44,14 +45,26 @@ class TwoAFCResult:
 def triplet_distances(
     metric: Metric, ref: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(d(ref, x0), d(ref, x1)); embedding metrics embed each image once (3 passes, not 4)."""
+    """(d(ref, x0), d(ref, x1)); embedding metrics embed each image once (3 passes, not 4); an adaptive metric's
+    (:mod:`robustsim.certify.adaptive`) in float64, their comparison its exact decision."""
     if isinstance(metric, EmbeddingMetric) and ref.shape == x0.shape == x1.shape:
         if metric.validate:
             for name, t in (("ref", ref), ("x0", x0), ("x1", x1)):
                 validate_images(t, name)
+        if is_adaptive(metric):
+            return adaptive_distances(metric, *(metric.as_input(t) for t in (ref, x0, x1)))
         e_ref, e0, e1 = metric._embed(metric.as_input(torch.cat([ref, x0, x1]))).split(ref.shape[0])
         return metric.embedding_distance(e_ref, e0), metric.embedding_distance(e_ref, e1)
     return metric(ref, x0), metric(ref, x1)
+
+
+def decisions(metric: Metric) -> dict:
+    """How the metric took its 2AFC decisions, for reports: {"procedure": "adaptive" (with its fallback counts per
+    phase, robustsim.certify.adaptive) or its dtype}."""
+    if not is_adaptive(metric):
+        return {"procedure": str(metric.dtype).removeprefix("torch.")}
+    assert isinstance(metric, EmbeddingMetric)
+    return {"procedure": "adaptive", **tally(metric).to_json()}
 
 
 def check_finite_distances(name: str, *distances: torch.Tensor) -> None:
@@ -80,7 +93,8 @@ def evaluate_2afc(
 
     def step(batch: dict, tick) -> dict[str, torch.Tensor]:
         d0, d1 = triplet_distances(metric, batch["ref"], batch["x0"], batch["x1"])
-        return {"d0": d0.float(), "d1": d1.float(), "p": batch["p"]}
+        wide = torch.promote_types(d0.dtype, torch.float32)  # an adaptive metric's float64 distances stay float64
+        return {"d0": d0.to(wide), "d1": d1.to(wide), "p": batch["p"]}
 
     rows = run_batches(
         data,

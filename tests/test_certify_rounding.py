@@ -174,10 +174,16 @@ def test_a_radius_is_a_property_of_the_triplet_not_of_the_radii_asked():
     other radii gives the same radius for every triplet (the same computation: the same bits)."""
     from robustsim.certify.radius import RADIUS_TOL
 
-    metric, data = robustsim.load_metric("lipsim-nano-aoc"), open_triplets("mini:test", limit=96)
+    metric, data = robustsim.load_metric("lipsim-nano-aoc", dtype="float32"), open_triplets("mini:test", limit=96)
     a = certify_2afc(metric, data, [36 / 255], progress=False)
     b = certify_2afc(metric, data, [0.05, 0.3, 1.0], progress=False)
     assert a is not None and b is not None and torch.equal(a.radius, b.radius)
+    # the adaptive deployment refines only around the asked radii: its certified accuracy at a radius is the same
+    # whichever other radii are asked (each triplet's radius stays a sound lower bound)
+    adaptive = robustsim.load_metric("lipsim-nano-aoc")
+    c = certify_2afc(adaptive, data, [36 / 255], progress=False)
+    d = certify_2afc(adaptive, data, [0.05, 36 / 255, 1.0], progress=False)
+    assert c is not None and d is not None and c.certified_at(36 / 255) == d.certified_at(36 / 255)
     assert 0 < RADIUS_TOL <= 0.01 and a.details["radius_tolerance"] == RADIUS_TOL
 
 
@@ -197,5 +203,5 @@ def test_a_metric_deployed_in_float64_applies_the_same_tensors_and_certifies_mor
     some = slice(0, 24)  # float64 attack steps cost ~8 float32 ones on a CPU
     broken = per_image_pgd(m64, *(t[some].double() for t in (ref, x0, x1)), "ref", 0.999 * r64[some], steps=25)
     assert not (broken & (r64[some] > 0)).any()
-    with pytest.raises(robustsim.InputError, match="float32 or float64"):
+    with pytest.raises(robustsim.InputError, match="float32, float64 or adaptive"):
         robustsim.load_metric("l2", dtype="float16")

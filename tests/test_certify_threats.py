@@ -87,7 +87,7 @@ def test_rounding_bound_dominates_the_float32_error_of_the_shipped_network():
 def test_ref_only_equals_the_previous_certificate_for_a_float64_metric_and_never_exceeds_it_in_float32():
     """The sound radius |<f, u>| / (L ||u||): a float64 deployment of the metric certifies it (its rounding is
     ~1e-13 of it); the float32 deployment certifies less, never more (its rounding bound is subtracted)."""
-    metric = robustsim.load_metric("lipsim-nano")
+    metric = robustsim.load_metric("lipsim-nano", dtype="float32")
     data = open_triplets("mini", limit=64)
     res32 = certify_2afc(metric, data, [36 / 255], progress=False)
     res64 = certify_2afc(float64_copy(metric), data, [36 / 255], progress=False)

@@ -53,16 +53,30 @@ def test_works_as_a_differentiable_loss(name):
     "name", [pytest.param(n, marks=pytest.mark.portable) if n == "lipsim-nano-aoc" else n for n in SHIPPED]
 )
 def test_certified_accuracy_on_mini_matches_the_card_and_readme(name):
+    """The default deployment (adaptive) certifies what the card says, and what the float64 deployment does."""
     metric, card_ = robustsim.load_metric(name), card(name)
+    assert metric.decisions == "adaptive"
     eps = [36 / 255, 72 / 255, 108 / 255]
     res = certify_2afc(metric, open_triplets("mini:test"), eps, progress=False)
     assert res.clean_score == pytest.approx(card_["clean"], abs=0.005)
     for e, key in zip(eps, ("36/255", "72/255", "108/255"), strict=True):
-        assert res.certified_at(e) == pytest.approx(card_["certified"][key], abs=0.005)
+        assert res.certified_at(e) == pytest.approx(card_["certified_adaptive"][key], abs=0.005)
+        assert card_["certified_adaptive"][key] == pytest.approx(card_["certified_float64"][key], abs=0.01)
     row = next((line for line in (ROOT / "README.md").read_text().splitlines() if f"**{name}**" in line), "")
     assert row, f"README has no card row for {name}"
-    for value in (card_["clean"], *card_["certified"].values()):
+    for value in (card_["clean"], *card_["certified_adaptive"].values()):
         assert f"{100 * value:.1f}" in row
+
+
+def test_the_float32_deployment_still_matches_its_card():
+    """dtype="float32" keeps the plain float32 deployment and its card numbers (its rounding subtracted)."""
+    name = "lipsim-nano-aoc"
+    metric, card_ = robustsim.load_metric(name, dtype="float32"), card(name)
+    assert metric.decisions == "plain"
+    eps = [36 / 255, 72 / 255, 108 / 255]
+    res = certify_2afc(metric, open_triplets("mini:test"), eps, progress=False)
+    for e, key in zip(eps, ("36/255", "72/255", "108/255"), strict=True):
+        assert res.certified_at(e) == pytest.approx(card_["certified"][key], abs=0.005)
 
 
 FRESH = """

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from robustsim.certify import certify_2afc, estimate_lipschitz, float64_copy
+from robustsim.certify import certify_2afc, estimate_lipschitz
 
 import robustsim
 from robustsim.data import open_triplets
@@ -52,31 +52,72 @@ RECIPES = {
 }
 
 
-def ms_per_image(metric, x) -> dict[str, float]:
-    """Milliseconds per image of one forward pass in float32 and in float64 (one thread, median of 7)."""
+def ms_per_image(metric, test) -> dict[str, float]:
+    """Milliseconds per image, one thread, median of 7: float32 and float64, one forward pass of 64 images;
+    adaptive, the 2AFC decisions of the first 192 triplets of ``test`` in batches of 64 (a float32 forward with its
+    rounding bound, the float64 twin for the triplets float32 leaves open), per image decided."""
     import statistics
     import time
 
     import torch
+    from robustsim.certify.rounding import twin
 
+    from robustsim.score2afc import triplet_distances
+
+    x = torch.stack([test[i]["ref"] for i in range(64)])
+    keys = ("ref", "x0", "x1")
+    triplets = [[torch.stack([test[i][k] for i in range(s, s + 64)]) for k in keys] for s in (0, 64, 128)]
+    sides = {
+        "float32": (lambda: metric.embed(x), x.shape[0]),
+        "adaptive": (lambda: [triplet_distances(metric, *t) for t in triplets], 3 * 192),
+        "float64": (lambda: twin(metric).embed(x.double()), x.shape[0]),
+    }
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     out = {}
     try:
-        for name, dtype in (("float32", torch.float32), ("float64", torch.float64)):
-            m = metric.to(dtype)
+        for name, (run, images) in sides.items():
+            metric.decisions = "adaptive" if name == "adaptive" else "plain"
             with torch.no_grad():
-                m.embed(x.to(dtype))
+                run()
                 times = []
                 for _ in range(7):
                     t0 = time.process_time()
-                    m.embed(x.to(dtype))
+                    run()
                     times.append(time.process_time() - t0)
-            out[name] = round(1000 * statistics.median(times) / x.shape[0], 3)
+            out[name] = round(1000 * statistics.median(times) / images, 3)
     finally:
-        metric.to(torch.float32)
+        metric.decisions = "adaptive"
         torch.set_num_threads(threads)
     return out
+
+
+def deployments(metric, test) -> dict:
+    """The card's fields of each deployment: certified accuracy in float32, adaptive (the default) and float64, and
+    the cost of each."""
+    from robustsim.certify.rounding import twin
+
+    metric.decisions = "plain"
+    res = certify_2afc(metric, test, EPS, progress=False)  # the decision as float32 arithmetic takes it
+    metric.decisions = "adaptive"
+    res_a = certify_2afc(metric, test, EPS, progress=False)  # float32, the exact decision where float32 is unsure
+    res64 = certify_2afc(twin(metric), test, EPS, progress=False)  # the same network run in float64
+    at = lambda r: {f"{round(e * 255)}/255": r.certified_at(e) for e in EPS}  # noqa: E731
+    return {
+        "clean": res.clean_score,
+        "certified": at(res),
+        "certified_adaptive": at(res_a),
+        "certified_float64": at(res64),
+        "certified_note": "certified = sound l2 radius of the decision the metric computes in float32 (its rounding "
+        "bounded; load_metric(name, dtype='float32')); certified_adaptive = the default deployment (float32, the "
+        "exact decision from the float64 twin where float32 cannot resolve it: robustsim.certify.adaptive; "
+        f"fallback on {100 * res_a.details['decisions']['clean']['fallback_rate']:.1f} % of the clean triplets); "
+        "certified_float64 = the same network deployed in float64 (load_metric(name, dtype='float64'))",
+        "ms_per_image": ms_per_image(metric, test),
+        "ms_per_image_note": "float32 and float64: one forward pass per image, batches of 64; adaptive: its 2AFC "
+        "decisions per image of 192 mini:test triplets, batches of 64 triplets; one CPU thread "
+        "(benchmarks/bench_decide.py compares them side by side)",
+    }
 
 
 def main(src: Path, name: str, teacher: str | None = None) -> None:
@@ -93,12 +134,10 @@ def main(src: Path, name: str, teacher: str | None = None) -> None:
     assert metric.net.frozen
     metric.net.stated_bound = round_up(metric.lipschitz)  # as load_shipped will: the card's number
     test = open_triplets("mini:test")
-    res = certify_2afc(metric, test, EPS, progress=False)  # the decision as deployed: float32 arithmetic
-    res64 = certify_2afc(float64_copy(metric), test, EPS, progress=False)  # the same network run in float64
+    fields = deployments(metric, test)
     import torch
 
     x = torch.stack([test[i]["ref"] for i in range(8)])
-    speed = ms_per_image(metric, torch.stack([test[i]["ref"] for i in range(64)]))
     baselines = {}
     for base in ("l2", "ssim", "ms-ssim", "effnet-ensemble"):
         baselines[base] = evaluate_2afc(robustsim.load_metric(base), open_triplets("mini:test"), progress=False).score
@@ -113,13 +152,7 @@ def main(src: Path, name: str, teacher: str | None = None) -> None:
         "lipschitz_bound": metric.lipschitz,  # rounded up: the number every CPU uses
         "lipschitz_estimate": estimate_lipschitz(metric.net, x - 0.5, power_steps=30, ascent_steps=30),
         "eval": "mini:test (600 synthetic triplets, not human judgements)",
-        "clean": res.clean_score,
-        "certified": {f"{round(e * 255)}/255": res.certified_at(e) for e in EPS},
-        "certified_float64": {f"{round(e * 255)}/255": res64.certified_at(e) for e in EPS},
-        "certified_note": "certified = sound l2 radius of the decision the metric computes in float32 (its rounding "
-        "bounded); certified_float64 = the same network deployed in float64 (load_metric(name, dtype='float64'))",
-        "ms_per_image": speed,
-        "ms_per_image_note": "one forward pass per image, batches of 64, one CPU thread (benchmarks/bench_dtype.py)",
+        **fields,
         "baselines_clean": baselines,
     }
     write_json(tmp / "card.json", card)
@@ -129,7 +162,13 @@ def main(src: Path, name: str, teacher: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--refresh"]:
+    if sys.argv[1:2] == ["--deployments"]:  # recompute only the deployments' fields of a shipped card
+        shipped = Path(robustsim.__file__).parent / "zoo" / sys.argv[2]
+        card = json.loads((shipped / "card.json").read_text())
+        card.update(deployments(robustsim.load_metric(sys.argv[2]), open_triplets("mini:test")))
+        write_json(shipped / "card.json", card)
+        print(json.dumps(card, indent=1))
+    elif sys.argv[1:2] == ["--refresh"]:
         shipped = Path(robustsim.__file__).parent / "zoo" / sys.argv[2]
         old = json.loads((shipped / "card.json").read_text())
         copy = Path(tempfile.mkdtemp()) / sys.argv[2]

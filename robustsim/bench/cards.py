@@ -11,6 +11,7 @@ from pathlib import Path
 
 from robustsim.ball import L2
 from robustsim.bench.protocol import Cell, Protocol, protocol_cells
+from robustsim.certify.adaptive import describe
 from robustsim.data.triplets import TripletDataset
 from robustsim.io import atomic_write
 from robustsim.metrics.base import Metric
@@ -102,6 +103,7 @@ def make_card(
 ) -> dict:
     """The card of one metric: provenance, protocol, every number with its timing, published figures."""
     from robustsim.provenance import package_versions
+    from robustsim.score2afc import decisions
     from robustsim.threads import runtime_info
     from robustsim.weights import expected_sha, record
     from robustsim.zoo import list_metrics, metric_entry
@@ -142,6 +144,7 @@ def make_card(
             cell: {k: v for k, v in (c or {}).items() if k in ("seconds", "images_per_s")} for cell, c in cells.items()
         },
         "seconds": seconds,
+        "decisions": {"procedure": decisions(metric)["procedure"]},  # its counts depend on what a resume reused
         "reported": reported_for(entry.reported if entry else {}, protocol),
         "reported_source": reported_source(protocol),
         "versions": package_versions(),
@@ -378,7 +381,9 @@ def certificate_text(card: dict) -> str:
     cert = card.get("certified") or {}
     method = str(cert.get("method", "none"))
     if method == "lipschitz":
-        return "Certified columns: a Lipschitz proof for the metric itself (sound l2 radii, the reference moving)."
+        text = "Certified columns: a Lipschitz proof for the metric itself (sound l2 radii, the reference moving)."
+        how = describe(card.get("decisions") or {})
+        return f"{text} {how[0].upper()}{how[1:]}: certified as the float64 deployment." if how else text
     if smoothed(method):
         rate = cert.get("abstain_rate")
         abstained = "" if rate is None else f", abstained on {100 * rate:.1f} % of the triplets"

@@ -445,14 +445,14 @@ def run(
     dry_run: bool = False,
     precision: str = "fp32",
     reuse: bool = True,
-    dtype: str = "float32",
+    dtype: str | None = None,
 ) -> dict | None:
     """Benchmark ``metrics`` (zoo names, checkpoint paths; ``["all"]`` = every metric that can run here) on the
     2AFC spec ``data``; write cards, leaderboard and figure into ``out``. Returns {metric: card, "_skipped":
     {metric: reason}} on rank 0 (None on other ranks). Each metric's estimated cost is logged before its cells;
     ``dry_run`` stops there (nothing written; the result holds "_estimate"). ``precision`` (fp32, bf16, fp16 or
     auto: bf16 on a CUDA device that has it): the attack steps' autocast; every decision stays in the metric's
-    ``dtype`` (float32, or float64: the metric deployed in double precision)."""
+    ``dtype`` (None: each metric's own deployment; float32, float64 or adaptive: robustsim.load_metric's)."""
     from robustsim.bench.cards import make_card, write_card_page, write_leaderboard
     from robustsim.data import open_triplets
     from robustsim.zoo import load_metric, metric_entries

@@ -112,7 +112,7 @@ def audit_cmd(
     limit: int | None,
     allow_outside: bool,
     precision: str,
-    dtype: str,
+    dtype: str | None,
     dry_run: bool,
 ) -> None:
     """Attack a metric on 2AFC triplets; report clean, robust (worst case) and certified accuracy.

@@ -65,7 +65,7 @@ def bench_cmd(
     device: torch.device,
     limit: int | None,
     precision: str,
-    dtype: str,
+    dtype: str | None,
     dry_run: bool,
 ) -> None:
     """Benchmark metrics under a standard protocol: cards, a leaderboard and its figure.

@@ -145,7 +145,7 @@ def certify_cmd(
     device: torch.device,
     limit: int | None,
     allow_outside: bool,
-    dtype: str,
+    dtype: str | None,
     dry_run: bool,
 ) -> None:
     """Certified 2AFC accuracy at each epsilon: a Lipschitz proof, smoothing, or center smoothing.

@@ -297,7 +297,7 @@ def open_data(spec: str, limit: int | None, size: int | None = None, allow_outsi
     return open_triplets(spec, size=size, limit=limit, allow_outside=allow_outside)
 
 
-def load_metrics(names: list[str], device: torch.device, dtype: str = "float32") -> list[Any]:
+def load_metrics(names: list[str], device: torch.device, dtype: str | None = None) -> list[Any]:
     """Load every metric before any work, so a bad name fails first."""
     from robustsim.zoo import load_metric
 
@@ -307,10 +307,12 @@ def load_metrics(names: list[str], device: torch.device, dtype: str = "float32")
 dtype_option = click.option(
     "--dtype",
     type=registry_choice("robustsim.zoo.registry", "DTYPES"),
-    default="float32",
-    show_default=True,
-    help="The dtype the metric computes in. float64 deploys it in double precision: its certificates lose almost "
-    "nothing to rounding (decisions that must hold), at several times a float32 forward's cost on a CPU.",
+    default=None,
+    help="How the metric is deployed (default: its own; the shipped certified metrics decide adaptively, the rest "
+    "in float32). float64 computes in double precision: its certificates lose almost nothing to rounding, at "
+    "several times a float32 forward's cost on a CPU. adaptive computes in float32 and takes every 2AFC decision "
+    "float32 cannot resolve from the float64 twin: the exact decisions, certified as float64's, at about "
+    "float32's cost. float32: plain float32 decisions.",
 )
 
 

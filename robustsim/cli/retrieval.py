@@ -102,7 +102,7 @@ def retrieval_cmd(
     batch_size: int,
     device: torch.device,
     limit: int | None,
-    dtype: str,
+    dtype: str | None,
 ) -> None:
     """Retrieval under attack: recall@k, mAP and ROC-AUC, attacked and certified.
 

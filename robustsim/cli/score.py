@@ -55,11 +55,12 @@ def score_cmd(
     limit: int | None,
     allow_outside: bool,
     groups: bool,
-    dtype: str,
+    dtype: str | None,
 ) -> None:
     """Clean 2AFC score of one or more metrics on a triplet set."""
+    from robustsim.certify.adaptive import describe
     from robustsim.io import write_json
-    from robustsim.score2afc import evaluate_2afc
+    from robustsim.score2afc import decisions, evaluate_2afc
     from robustsim.threads import runtime_info
 
     check_file_outputs(json=json)
@@ -88,11 +89,15 @@ def score_cmd(
                 "groups": res.group_scores(),
                 "d0": res.d0.tolist(),
                 "d1": res.d1.tolist(),
+                "decisions": decisions(metric),
             }
         )
         click.echo(line(name, pct(res.score), len(res.p), f"{secs:.1f}"))
     if not is_main():
         return
+    for r in results:
+        if describe(r["decisions"]):
+            click.echo(f"({r['metric']}: {describe(r['decisions'])})")
     if groups:
         cats = sorted({g for r in results for g in r["groups"]})
         if cats:

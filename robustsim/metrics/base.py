@@ -165,7 +165,13 @@ class EmbeddingMetric(Metric):
     bilinear squash to ``input_size``) and normalised by ``mean`` / ``std`` before ``net``. ``lipschitz``
     declares a guaranteed l2 Lipschitz constant of ``net`` alone, on its (preprocessed) input: the certifier
     multiplies it by the exact norm of the resize and by 1 / min(std) for the caller's image size.
+
+    ``decisions`` says how its 2AFC decisions are taken: "plain" (compare the distances it computes) or
+    "adaptive" (float32, and the float64 twin where float32 cannot resolve the exact decision:
+    :mod:`robustsim.certify.adaptive`; ``robustsim.load_metric(name, dtype="adaptive")``).
     """
+
+    decisions: str = "plain"
 
     def __init__(
         self,

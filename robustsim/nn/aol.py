@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustsim.errors import InputError
+from robustsim.nn import conv64
 from robustsim.nn.bounds import SAFE, spectral_norm
 from robustsim.nn.derived import Derived
 from robustsim.nn.rounding import Terms, affine_local, affine_terms, bias_norm, memo
@@ -113,4 +114,4 @@ class AOLConv2d(Derived):
         return self.weight * d[None, :, None, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.rescaled(), self.bias, padding=self.padding)
+        return conv64.conv2d(x, self.rescaled(), self.bias, self.padding)

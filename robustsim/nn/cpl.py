@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustsim.errors import InputError
+from robustsim.nn import conv64
 from robustsim.nn.bounds import SAFE, spectral_norm
 from robustsim.nn.derived import Derived
 from robustsim.nn.rounding import (
@@ -210,10 +211,10 @@ class CPLConv2d(_CPLBase):
         return memo(self, (in_shape, out_shape), unit, compute)
 
     def _pre(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-        return F.conv2d(x, w, b, padding=self.padding)
+        return conv64.conv2d(x, w, b, self.padding)
 
     def _post(self, r: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return F.conv_transpose2d(r, w, padding=self.padding)
+        return conv64.conv_transpose2d(r, w, self.padding)
 
     def _weight_norm(self, in_shape: tuple[int, ...]) -> float:
         return memo(self, (in_shape, "norm"), 0.0, lambda: (conv_norm(self.weight, in_shape[-2:]),))[0]

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustsim.errors import InputError
+from robustsim.nn import conv64
 from robustsim.nn.bounds import SAFE, spectral_norm
 from robustsim.nn.derived import Derived
 from robustsim.nn.rounding import (
@@ -209,7 +210,7 @@ class OrthoConvBlock(Derived):
         w = self.kernel().to(x.dtype)
         b = None if self.conv.bias is None else self.conv.bias.to(x.dtype)
         p = w.shape[-1] // 2
-        return self.act(F.conv2d(F.pad(x, (p, p, p, p), mode="circular"), w, b))
+        return self.act(conv64.conv2d(x, w, b, p, "circular"))
 
 
 class Projection(Derived):

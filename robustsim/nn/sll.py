@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustsim.errors import InputError
+from robustsim.nn import conv64
 from robustsim.nn.bounds import SAFE, spectral_norm, tap_norm_sum
 from robustsim.nn.derived import Derived
 from robustsim.nn.rounding import (
@@ -204,11 +205,11 @@ class SLLConv2d(_SLLBase):
         return memo(self, (in_shape, out_shape), unit, compute)
 
     def _pre(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-        return F.conv2d(x, w, b, padding=self.padding)
+        return conv64.conv2d(x, w, b, self.padding)
 
     def _post(self, r: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        return F.conv_transpose2d(r, k, padding=self.padding)
+        return conv64.conv_transpose2d(r, k, self.padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        res = F.relu(F.conv2d(x, self.weight, self.bias, padding=self.padding))
-        return x + F.conv_transpose2d(res, self.folded(), padding=self.padding)
+        res = F.relu(conv64.conv2d(x, self.weight, self.bias, self.padding))
+        return x + conv64.conv_transpose2d(res, self.folded(), self.padding)

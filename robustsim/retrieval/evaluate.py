@@ -30,6 +30,7 @@ from robustsim.metrics.base import Metric
 from robustsim.retrieval import scores
 from robustsim.retrieval.index import Backend, EmbeddingGallery, Gallery, build_gallery
 from robustsim.runner import run_batches
+from robustsim.score2afc import decisions
 from robustsim.settings import RETRIEVAL_ATTACK
 from robustsim.threat import ThreatModel
 
@@ -68,6 +69,7 @@ class RetrievalResult:
     steps: int = 0
     seconds: float = 0.0
     examples: dict[str, torch.Tensor] = field(default_factory=dict)
+    decisions: dict = field(default_factory=dict)  # how the rankings were taken (robustsim.certify.adaptive)
 
     @property
     def clean_recall(self) -> dict[int, torch.Tensor]:
@@ -245,6 +247,7 @@ class _Run:
             steps=steps,
             seconds=seconds,
             examples={k: torch.cat(v) for k, v in self.examples.items()},
+            decisions=decisions(self.metric),
         )
 
 

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from robustsim.certify.adaptive import adaptive_search
+from robustsim.certify.rounding import is_adaptive
 from robustsim.data.imageset import ImageSet
 from robustsim.errors import InputError, RobustsimError
 from robustsim.metrics.base import EmbeddingMetric, Metric
@@ -94,14 +96,20 @@ class EmbeddingGallery(Gallery):
         return F.normalize(self.metric._embed(q), dim=1, eps=1e-12)
 
     def similarity(self, q: torch.Tensor) -> torch.Tensor:
-        return self.query_phi(q) @ self.phi.T - 1.0
+        qp = self.query_phi(q)
+        return qp @ self.phi.to(qp.dtype).T - 1.0  # a float64 metric ranks the stored directions in float64
 
     def search(self, q: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``k`` as the deployed metric ranks them: an adaptive metric's exact ranking
+        (:func:`~robustsim.certify.adaptive.adaptive_search`), else its own float32 search."""
+        if is_adaptive(self.metric):
+            s, i = adaptive_search(self.metric, self.metric.as_input(q), self.phi, k, exclude)
+            return s.to(self.phi.dtype) - 1.0, i
         with torch.no_grad():
             qp = self.query_phi(q)
         extra = int(exclude.sum(1).max()) if exclude is not None and exclude.numel() else 0
         use_faiss = self.backend == "faiss" or (self.backend == "auto" and len(self) >= FAISS_FROM and _has_faiss())
-        s, i = (faiss_search if use_faiss else exact_search)(qp, self.phi, k + extra)
+        s, i = (faiss_search if use_faiss else exact_search)(qp, self.phi.to(qp.dtype), k + extra)
         if extra:
             s = s.masked_fill(exclude.gather(1, i), -torch.inf)  # type: ignore[union-attr]
             s, pos = s.topk(min(k, s.shape[1]), dim=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from robustsim.certify.adaptive import describe
 from robustsim.provenance import package_versions
 from robustsim.retrieval.evaluate import RetrievalResult
 from robustsim.table import format_table, pct
@@ -37,6 +38,8 @@ def retrieval_table(res: RetrievalResult) -> str:
         lines.append(f"median certified top-1 radius (l2): {s['median_top1_radius']:.4f}")
     kmax = max(res.ks)
     lines.append(f"unannotated items in the clean top-{kmax}: {res.unannotated[kmax]} of {res.n_queries * kmax}")
+    if describe(res.decisions):
+        lines.append(describe(res.decisions))
     return "\n".join(lines)
 
 
@@ -64,6 +67,7 @@ def report_json(res: RetrievalResult) -> dict:
         "seconds": res.seconds,
         "summary": res.summary(),
         "unannotated_in_top_k": {str(k): v for k, v in res.unannotated.items()},
+        "decisions": res.decisions,
         "recall_definition": "|annotated positives in top k| / |annotated positives|, mean over queries with positives",
         "per_query": {
             "clean_recall": {str(k): lst(v[None])[0] for k, v in res.clean_recall.items()},

@@ -117,8 +117,11 @@ def load_metric(
     The metric is returned in eval mode on ``device`` (default CPU), computing in ``dtype`` (default float32;
     ``torch.float64`` or ``"float64"`` deploys it in double precision: a frozen network then applies exactly the
     tensors its float32 twin applies, the same exact function, and its certificates lose almost nothing to
-    rounding). Raises RobustsimError for an unknown name, an unsupported option, a bad device or dtype, or
-    missing local weights.
+    rounding; ``"adaptive"`` computes in float32 and takes each 2AFC decision float32 cannot resolve from the
+    float64 twin: the exact decisions, certified as the float64 deployment, at about float32's cost. The shipped
+    certified metrics deploy adaptively by default; ``dtype="float32"`` gives plain float32 decisions).
+    Raises RobustsimError for an unknown name, an unsupported option, a bad device or dtype, or missing local
+    weights.
     """
     _ensure_builtins()
     dtype = _checked_dtype(dtype)
@@ -140,20 +143,29 @@ def load_metric(
         raise unknown_metric(key, _REGISTRY)
     metric.eval()
     if dtype is not None:
-        metric = metric.to(dtype)
+        metric = deploy(metric.to(torch.float32 if dtype == "adaptive" else dtype), dtype)
     return metric.to(device) if device is not None else metric
 
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: how a metric can be deployed: its arithmetic, and "adaptive" (float32, with the exact decision from its
+#: float64 twin where float32 cannot resolve it: robustsim.certify.adaptive)
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "adaptive": "adaptive"}
 
 
-def _checked_dtype(dtype: object) -> torch.dtype | None:
-    """None, torch.float32 or torch.float64 (InputError naming the accepted forms otherwise)."""
+def deploy(metric: Metric, dtype: torch.dtype | str) -> Metric:
+    """``metric`` (already cast) marked with how it decides: adaptively for "adaptive", plainly otherwise."""
+    if hasattr(metric, "decisions"):
+        metric.decisions = "adaptive" if dtype == "adaptive" else "plain"
+    return metric
+
+
+def _checked_dtype(dtype: object) -> torch.dtype | str | None:
+    """None, torch.float32, torch.float64 or "adaptive" (InputError naming the accepted forms otherwise)."""
     if dtype is None or dtype in DTYPES.values():
         return dtype  # type: ignore[return-value]
     if isinstance(dtype, str) and dtype in DTYPES:
         return DTYPES[dtype]
-    raise InputError(f"dtype must be float32 or float64 (a string or a torch dtype), got {dtype!r}")
+    raise InputError(f"dtype must be float32, float64 or adaptive (a string or a torch dtype), got {dtype!r}")
 
 
 def _checked_device(device: object) -> torch.device | None:
@@ -188,6 +200,7 @@ def load_shipped(folder: str, validate: bool = True) -> Metric:
     metric.name, metric.validate = Path(folder).name, validate
     card = json.loads((Path(folder) / "card.json").read_text())
     metric.net.stated_bound = float(card["lipschitz_bound"])
+    metric.decisions = "adaptive"  # certified: float32 decisions, exact ones (float64) where float32 is unsure
     return metric
 
 
