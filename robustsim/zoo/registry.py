@@ -63,10 +63,10 @@ def register_metric(
             name,
             build,
             str(description),
-            MappingProxyType(dict(options or {})),
-            tuple(files),
-            tuple(packages),
-            weights_available,
+            options=MappingProxyType(dict(options or {})),
+            hub_files=tuple(files),  # files the build opens itself (not handed to it as paths)
+            packages=tuple(packages),
+            local=weights_available,
             reported=MappingProxyType(dict(reported or {})),
         )
     )
