@@ -101,18 +101,40 @@ def adaptive_distances(
     return metric.embedding_distance(est[0], est[1]), metric.embedding_distance(est[0], est[2])
 
 
+def _turn(rho: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """The largest angle between a vector of norm ``norm`` and any vector within ``rho`` of it (pi past it)."""
+    return torch.where(rho < norm, torch.arcsin((rho / norm).clamp(max=1.0)), math.pi)
+
+
 def _upper_radius(est, near: list[torch.Tensor], lipschitz: float) -> torch.Tensor:
     """(B,) an upper bound on the reference radius that float64 estimates within ``near`` of the float32 ones
-    (ref, x0, x1) can prove: r <= margin' / (||u'|| L) (:func:`~robustsim.certify.radius._ref_radius` without its
-    subtracted terms), with margin' <= margin + near_ref (||u|| + e_u) + ||e_ref|| e_u and ||u'|| >= ||u|| - e_u,
-    e_u the chords of near_0 and near_1."""
+    (ref, x0, x1) can prove: r <= |<e_ref, u>| / (||u|| L) (:func:`~robustsim.certify.radius._ref_radius` without
+    its subtracted terms), bounded two ways and the smaller kept:
+
+    - by vectors: |<e_ref', u'>| <= margin + near_ref (||u|| + e_u) + ||e_ref|| e_u and ||u'|| >= ||u|| - e_u, e_u
+      the chords of near_0 and near_1;
+    - by angles: each estimate turns by at most theta_i = arcsin(near_i / ||e_i||), so the angles alpha_i between
+      ref and x_i move by at most theta_ref + theta_i and the angle beta between x0 and x1 by theta_0 + theta_1:
+      |<e_ref', u'>| <= (||e_ref|| + near_ref) max |cos alpha_1' - cos alpha_0'| and ||u'|| >= 2 sin(beta' / 2)."""
     a, f0, f1 = (t.double() for t in est)
     norms = [t.norm(dim=1).clamp_min(1e-300) for t in (a, f0, f1)]
-    u = f1 / norms[2][:, None] - f0 / norms[1][:, None]
+    phi = [t / n[:, None] for t, n in zip((a, f0, f1), norms, strict=True)]
+    u = phi[2] - phi[1]
     u_norm, margin = u.norm(dim=1), (a * u).sum(1).abs()
     e_u = chord(near[1], norms[1]) + chord(near[2], norms[2])
     top = margin + near[0] * (u_norm + e_u) + norms[0] * e_u
-    return torch.where(u_norm > e_u, top / ((u_norm - e_u).clamp_min(1e-300) * lipschitz), math.inf)
+    by_vectors = torch.where(u_norm > e_u, top / ((u_norm - e_u).clamp_min(1e-300) * lipschitz), math.inf)
+    theta = [_turn(d, n) for d, n in zip(near, norms, strict=True)]
+    angle = lambda p, q: 2 * torch.arcsin(((p - q).norm(dim=1) / 2).clamp(max=1.0))  # noqa: E731
+    alpha0, alpha1, beta = angle(phi[0], phi[1]), angle(phi[0], phi[2]), angle(phi[1], phi[2])
+    t0, t1 = theta[0] + theta[1], theta[0] + theta[2]
+    lo = lambda x, t: (x - t).clamp(min=0.0)  # noqa: E731
+    hi = lambda x, t: (x + t).clamp(max=math.pi)  # noqa: E731
+    swing = torch.maximum(torch.cos(lo(alpha1, t1)) - torch.cos(hi(alpha0, t0)),
+                          torch.cos(lo(alpha0, t0)) - torch.cos(hi(alpha1, t1)))  # fmt: skip
+    spread = 2 * torch.sin(lo(beta, theta[1] + theta[2]) / 2)
+    by_angles = torch.where(spread > 0, (norms[0] + near[0]) * swing / (spread.clamp_min(1e-300) * lipschitz), math.inf)
+    return torch.minimum(by_vectors, by_angles)
 
 
 @torch.no_grad()
