@@ -53,3 +53,26 @@ def ratio_line(times: dict[str, list[float]], ours: str, base: str) -> str:
 
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
+
+
+def triplet_args(description: str):
+    """The options the certified-metric benchmarks share (--metric, --n, --batch, --repeats), parsed."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--metric", default="lipsim-nano-aoc")
+    ap.add_argument("--n", type=int, default=600)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=5)
+    return ap.parse_args()
+
+
+def triplet_batches(data, batch: int) -> list:
+    """[ref, x0, x1] tensors of ``data``'s triplets in consecutive batches of ``batch``."""
+    import torch
+
+    out = []
+    for s in range(0, len(data), batch):
+        rows = range(s, min(s + batch, len(data)))
+        out.append([torch.stack([data[i][k] for i in rows]) for k in ("ref", "x0", "x1")])
+    return out

@@ -13,14 +13,13 @@ Run: .venv/bin/python benchmarks/bench_certify.py [--metric lipsim-nano-aoc] [--
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import interleaved, load, ratio_line  # noqa: E402
+from _measure import interleaved, load, ratio_line, triplet_args, triplet_batches  # noqa: E402
 from robustsim.certify import float64_copy, input_lipschitz  # noqa: E402
 from robustsim.certify.adaptive import adaptive_batch  # noqa: E402
 from robustsim.certify.radius import lipschitz_batch  # noqa: E402
@@ -32,19 +31,11 @@ EPS = [36 / 255, 72 / 255, 108 / 255]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--metric", default="lipsim-nano-aoc")
-    ap.add_argument("--n", type=int, default=600)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=5)
-    args = ap.parse_args()
+    args = triplet_args(__doc__.splitlines()[0])
     torch.set_num_threads(1)
     metric = load_metric(args.metric, dtype="adaptive")
     data = open_triplets("mini:test", limit=args.n)
-    batches = []
-    for s in range(0, len(data), args.batch):
-        rows = range(s, min(s + args.batch, len(data)))
-        batches.append([torch.stack([data[i][k] for i in rows]) for k in ("ref", "x0", "x1")])
+    batches = triplet_batches(data, args.batch)
     L = input_lipschitz(metric, tuple(batches[0][0].shape[-2:]))[0]
     twin = float64_copy(metric)
 

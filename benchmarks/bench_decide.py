@@ -11,14 +11,13 @@ Run: .venv/bin/python benchmarks/bench_decide.py [--metric lipsim-nano-aoc] [--n
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import interleaved, load, median, ratio_line  # noqa: E402
+from _measure import interleaved, load, median, ratio_line, triplet_args, triplet_batches  # noqa: E402
 from robustsim.attacks import make_attack  # noqa: E402
 from robustsim.certify.adaptive import tally  # noqa: E402
 from robustsim.certify.rounding import twin  # noqa: E402
@@ -31,21 +30,13 @@ from robustsim.zoo import load_metric  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--metric", default="lipsim-nano-aoc")
-    ap.add_argument("--n", type=int, default=600)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=5)
-    args = ap.parse_args()
+    args = triplet_args(__doc__.splitlines()[0])
     torch.set_num_threads(1)
     adaptive = load_metric(args.metric, dtype="adaptive")
     plain = load_metric(args.metric, dtype="float32")
     double = twin(adaptive)
     data = open_triplets("mini:test", limit=args.n)
-    batches = []
-    for s in range(0, len(data), args.batch):
-        rows = range(s, min(s + args.batch, len(data)))
-        batches.append([torch.stack([data[i][k] for i in rows]) for k in ("ref", "x0", "x1")])
+    batches = triplet_batches(data, args.batch)
 
     @torch.no_grad()
     def decide(metric, cast=lambda t: t) -> torch.Tensor:
