@@ -25,7 +25,7 @@ import torch
 from robustsim.certify.radius import RADIUS_TOL, _angle_radius, chord, decided, radius_from_embeddings
 from robustsim.certify.rounding import U64, Rounding, cosine_slack, embed_with_error, is_adaptive, twin
 
-from robustsim.metrics.base import EmbeddingMetric
+from robustsim.metrics.base import EmbeddingMetric, Metric
 from robustsim.scoring import two_afc_choice
 from robustsim.threat import Target
 
@@ -50,7 +50,7 @@ class Tally:
                 sorted(self.counts.items())}  # fmt: skip
 
 
-def tally(metric: EmbeddingMetric) -> Tally:
+def tally(metric: Metric) -> Tally:
     """The running count of the metric's adaptive decisions (kept on the metric)."""
     return metric.__dict__.setdefault("_adaptive_tally", Tally())
 
@@ -59,7 +59,7 @@ PHASES = {"clean": "of the clean decisions", "attack": "of the attacked points",
 
 
 def describe(decisions: dict) -> str:
-    """The one line reports print for a :func:`robustsim.score2afc.decisions` record: "" unless adaptive, else
+    """The one line reports print for a :func:`decisions` record: "" unless adaptive, else
     "decisions: adaptive (float32; the exact float64 decision where float32 is unsure: fallback on 8.2 % of the
     clean decisions, ...)"."""
     if decisions.get("procedure") != "adaptive":
@@ -69,9 +69,12 @@ def describe(decisions: dict) -> str:
     return f"decisions: adaptive (float32; the exact float64 decision where float32 is unsure{fallback})"
 
 
-def decision_label(metric: EmbeddingMetric) -> str:
-    """How the metric decides, for reports: "adaptive" or its dtype ("float32", "float64")."""
-    return "adaptive" if is_adaptive(metric) else str(metric.dtype).removeprefix("torch.")
+def decisions(metric: Metric) -> dict:
+    """How the metric takes its 2AFC decisions, for reports: {"procedure": "adaptive", with its fallback counts
+    per phase} or {"procedure": its dtype ("float32", "float64", ...)}."""
+    if not is_adaptive(metric):
+        return {"procedure": str(metric.dtype).removeprefix("torch.")}
+    return {"procedure": "adaptive", **tally(metric).to_json()}
 
 
 def _float32_pass(metric: EmbeddingMetric, ref, x0, x1):

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
-from robustsim.certify.adaptive import adaptive_batch, decision_label, describe, tally
+from robustsim.certify.adaptive import adaptive_batch, decisions, describe
 from robustsim.certify.lipschitz import input_lipschitz, network_lipschitz
 from robustsim.certify.radius import RADIUS_TOL, Mode, lipschitz_batch
 from robustsim.certify.rounding import float64_copy, is_adaptive, unit_roundoff
@@ -103,7 +103,7 @@ class CertifyResult:
             source = self.details.get("lipschitz_source")
             how = f"method=lipschitz ({source} bound), mode={self.mode}, L={self.lipschitz:g}"
             if self.details.get("dtype") == "adaptive":
-                how += f", {describe({'procedure': 'adaptive', **self.details.get('decisions', {})})}, radii of the "
+                how += f", {describe(self.details.get('decisions', {'procedure': 'adaptive'}))}, radii of the "
                 how += "float64 deployment"
             else:
                 how += f", deployed in {self.details.get('dtype', 'float32')}"
@@ -268,8 +268,8 @@ def certify_2afc(
             "lipschitz_source": source,
             "rounding": ROUNDING_NOTE.format(unit=unit_roundoff(metric)),
             "rounding_assumed": sorted(run.generic),
-            "dtype": decision_label(metric),
-            **({"decisions": tally(metric).to_json()} if is_adaptive(metric) else {}),
+            "dtype": decisions(metric)["procedure"],
+            **({"decisions": decisions(metric)} if is_adaptive(metric) else {}),
             "radius_tolerance": RADIUS_TOL,
         },
     )

@@ -15,7 +15,7 @@ import torch
 from robustsim.attacks.base import AttackResult
 from robustsim.attacks.registry import make_attack
 from robustsim.attacks.twoafc import CleanEmbeddings
-from robustsim.certify.adaptive import describe
+from robustsim.certify.adaptive import decisions, describe
 from robustsim.certify.smoothing import SmoothedMetric
 from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv, init_distributed
@@ -23,7 +23,7 @@ from robustsim.errors import RobustsimError
 from robustsim.metrics.base import Metric, evaluating
 from robustsim.precision import resolve_precision
 from robustsim.provenance import metric_fingerprint, package_versions
-from robustsim.score2afc import decisions, evaluate_2afc
+from robustsim.score2afc import evaluate_2afc
 from robustsim.settings import AttackSettings
 from robustsim.table import format_table, pct, percent
 from robustsim.text import md_code

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from robustsim.certify.adaptive import adaptive_distances, is_adaptive, tally
+from robustsim.certify.adaptive import adaptive_distances, is_adaptive
 from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv
 from robustsim.errors import RobustsimError
@@ -56,15 +56,6 @@ def triplet_distances(
         e_ref, e0, e1 = metric._embed(metric.as_input(torch.cat([ref, x0, x1]))).split(ref.shape[0])
         return metric.embedding_distance(e_ref, e0), metric.embedding_distance(e_ref, e1)
     return metric(ref, x0), metric(ref, x1)
-
-
-def decisions(metric: Metric) -> dict:
-    """How the metric took its 2AFC decisions, for reports: {"procedure": "adaptive" (with its fallback counts per
-    phase, robustsim.certify.adaptive) or its dtype}."""
-    if not is_adaptive(metric):
-        return {"procedure": str(metric.dtype).removeprefix("torch.")}
-    assert isinstance(metric, EmbeddingMetric)
-    return {"procedure": "adaptive", **tally(metric).to_json()}
 
 
 def check_finite_distances(name: str, *distances: torch.Tensor) -> None:

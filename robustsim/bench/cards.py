@@ -11,7 +11,7 @@ from pathlib import Path
 
 from robustsim.ball import L2
 from robustsim.bench.protocol import Cell, Protocol, protocol_cells
-from robustsim.certify.adaptive import describe
+from robustsim.certify.adaptive import decisions, describe
 from robustsim.data.triplets import TripletDataset
 from robustsim.io import atomic_write
 from robustsim.metrics.base import Metric
@@ -103,7 +103,6 @@ def make_card(
 ) -> dict:
     """The card of one metric: provenance, protocol, every number with its timing, published figures."""
     from robustsim.provenance import package_versions
-    from robustsim.score2afc import decisions
     from robustsim.threads import runtime_info
     from robustsim.weights import expected_sha, record
     from robustsim.zoo import list_metrics, metric_entry

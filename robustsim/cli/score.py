@@ -58,9 +58,9 @@ def score_cmd(
     dtype: str | None,
 ) -> None:
     """Clean 2AFC score of one or more metrics on a triplet set."""
-    from robustsim.certify.adaptive import describe
+    from robustsim.certify.adaptive import decisions, describe
     from robustsim.io import write_json
-    from robustsim.score2afc import decisions, evaluate_2afc
+    from robustsim.score2afc import evaluate_2afc
     from robustsim.threads import runtime_info
 
     check_file_outputs(json=json)

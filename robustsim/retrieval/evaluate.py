@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from robustsim.attacks.registry import make_attack
 from robustsim.attacks.retrieval import PullIn, PushOut, attack_queries
 from robustsim.audit import AuditLawError
+from robustsim.certify.adaptive import decisions
 from robustsim.certify.lipschitz import has_certificate
 from robustsim.data.retrieval import POSITIVE, RetrievalSet
 from robustsim.dist import local_env
@@ -30,7 +31,6 @@ from robustsim.metrics.base import Metric
 from robustsim.retrieval import scores
 from robustsim.retrieval.index import Backend, EmbeddingGallery, Gallery, build_gallery
 from robustsim.runner import run_batches
-from robustsim.score2afc import decisions
 from robustsim.settings import RETRIEVAL_ATTACK
 from robustsim.threat import ThreatModel
 
