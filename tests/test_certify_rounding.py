@@ -183,7 +183,9 @@ def test_a_radius_is_a_property_of_the_triplet_not_of_the_radii_asked():
     adaptive = robustsim.load_metric("lipsim-nano-aoc")
     c = certify_2afc(adaptive, data, [36 / 255], progress=False)
     d = certify_2afc(adaptive, data, [0.05, 36 / 255, 1.0], progress=False)
-    assert c is not None and d is not None and c.certified_at(36 / 255) == d.certified_at(36 / 255)
+    assert c is not None and d is not None
+    near = int(((c.radius - 36 / 255).abs() <= 1e-9 * 36 / 255).sum())  # within float64 noise of the radius asked
+    assert abs(c.certified_at(36 / 255) - d.certified_at(36 / 255)) * len(data) <= near + 1e-9
     assert 0 < RADIUS_TOL <= 0.01 and a.details["radius_tolerance"] == RADIUS_TOL
 
 
