@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/pip install -q $(PIN) -e ".[zoo,test]"
+	$(BIN)/pip install -q $(PIN) -e ".[zoo,lipschitz,test]"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -1,16 +1,21 @@
-"""Lipschitz constants: the bound a model's structure guarantees (:func:`robustsim.nn.bounds.lipschitz_bound`,
-re-exported here), the exact norm of a metric's preprocessing (resize, normalisation) for the caller's image
-size, and an empirical lower estimate."""
+"""Lipschitz constants: the bound the function that runs proves (on the graph :mod:`robustsim.nn.graph` records;
+:func:`robustsim.nn.compose.lipschitz_bound` re-exported here), the exact norm of a metric's preprocessing (resize,
+normalisation) for the caller's image size, and an empirical lower estimate."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
-from robustsim.errors import RobustsimError
+from robustsim.errors import InputError, RobustsimError
 from robustsim.metrics.base import EmbeddingMetric, Metric
-from robustsim.metrics.preprocess import resize_norm
-from robustsim.nn.bounds import lipschitz_bound, mode_dependent
+from robustsim.metrics.preprocess import Resize, resize_norm
+from robustsim.nn.bounds import mode_dependent
+from robustsim.nn.compose import graph_lipschitz, lipschitz_bound, probe, unit_for  # noqa: F401 (re-exported)
+from robustsim.nn.graph import module_hooks, record
+from robustsim.nn.rules import NoRule
 
 
 def estimate_lipschitz(
@@ -70,61 +75,122 @@ def has_certificate(metric: Metric) -> bool:
     return True
 
 
-def _no_certificate(metric: Metric, why: str) -> RobustsimError:
-    return RobustsimError(
+def _no_certificate(metric: Metric, why: str) -> InputError:
+    return InputError(
         f"metric {metric.name!r} {why}, so no Lipschitz certificate exists; certify its smoothed version instead "
         "(robustsim.certify.certify_smoothed, or certify --method smoothing) or attack it (robustsim.audit.run_audit, "
         "or robustsim audit)"
     )
 
 
-def blocking_module(net: nn.Module) -> str | None:
-    """``net.<path> (Type)`` of the first module (in forward order) with no Lipschitz guarantee, None when none
-    blocks alone (the failure then lies in how modules compose)."""
-    for name, module in net.named_modules():
-        if type(module) is nn.Sequential:
-            continue
-        try:
-            lipschitz_bound(module)
-        except RobustsimError:
-            return f"net.{name} ({type(module).__name__})" if name else f"net ({type(module).__name__})"
-    return None
+_PIPELINE = ("embed", "_embed", "preprocess", "as_input", "distance", "embedding_distance", "forward")
 
 
-def network_lipschitz(metric: Metric) -> tuple[float, str]:
-    """(L, source) for the network of an embedding metric: the bound its structure proves
-    (:func:`lipschitz_bound`, source ``"structure"``), else the constant the user declared with
-    ``EmbeddingMetric(..., lipschitz=L)`` (source ``"declared"``). RobustsimError when neither exists, and for
-    metrics whose embedding is not ``net(preprocess(x))`` with the base class's resize and normalisation (an
-    ensemble, a custom preprocessing): the constant would not cover their pipeline."""
+def _check_pipeline(metric: Metric) -> EmbeddingMetric:
+    """The metric computes ``net(preprocess(as_input(x)))`` with the base class's code: the part of the function the
+    graph of :mod:`robustsim.nn.graph` does not record is then the cast, resize and normalisation proven here."""
     if not isinstance(metric, EmbeddingMetric):
         raise _no_certificate(metric, "is not an embedding metric")
-    pipeline = ("embed", "_embed", "preprocess", "distance", "embedding_distance")
-    custom = [m for m in pipeline if getattr(type(metric), m) is not getattr(EmbeddingMetric, m)]
+    custom = [m for m in _PIPELINE[:-1] if getattr(type(metric), m) is not getattr(EmbeddingMetric, m)]
     if custom:  # the bound below covers net(resize-and-normalise(x)) only, not a pipeline of its own
         raise _no_certificate(
             metric,
             f"computes its embedding with its own {' and '.join(custom)} (not the network behind a resize and "
             "normalisation)",
         )
+    replaced = [m for m in _PIPELINE if m in metric.__dict__]
+    if replaced or type(metric.resizing) is not Resize:
+        own = type(metric.resizing).__name__
+        what = f"instance-level {replaced[0]}" if replaced else f"a resize of its own ({own})"
+        raise _no_certificate(metric, f"runs an {what}, not the code whose bound is proven")
     moving = [(f"net.{name}" if name else "net", m) for name, m in metric.net.named_modules() if mode_dependent(m)]
     if moving:
         path, module = moving[0]
-        raise RobustsimError(
+        raise InputError(
             f"metric {metric.name!r} has {type(module).__name__} ({path}) in training mode, where its output is not "
             "the function any bound covers (random, batch statistics or moving estimates); call metric.eval() "
             "before certifying"
         )
+    return metric
+
+
+#: caller sizes tried, in order, for a metric that keeps the caller's size when no size is asked
+SIZES = (64, 32, 16, 8, 4, 224)
+
+
+def _probe_pre(metric: EmbeddingMetric, image_hw: tuple[int, int] | None) -> tuple[tuple[int, int], torch.Tensor]:
+    """(caller size, the preprocessed probe image) for ``image_hw``; with None the metric's own input size, or for
+    a metric that keeps the caller's size the first of :data:`SIZES` its network accepts."""
+    if image_hw is not None or metric.resizing.size is not None:
+        hw = tuple(image_hw) if image_hw is not None else (metric.resizing.size, metric.resizing.size)
+        hw = (int(hw[0]), int(hw[1]))
+        return hw, metric.preprocess(probe((1, 3, *hw), metric.dtype, metric.device))
+    for side in SIZES:
+        pre = metric.preprocess(probe((1, 3, side, side), metric.dtype, metric.device))
+        try:
+            with torch.no_grad():
+                metric.net(pre)
+        except RuntimeError:  # a shape the network does not take
+            continue
+        return (side, side), pre
+    raise InputError(
+        f"metric {metric.name!r} keeps the caller's image size and its network takes none of {SIZES}; pass the "
+        "image size (network_lipschitz(metric, (H, W)))"
+    )
+
+
+def _state_key(metric: EmbeddingMetric, hw: tuple[int, int] | None) -> tuple:
+    modules = list(metric.net.modules())
+    return (
+        None if hw is None else (int(hw[0]), int(hw[1])),
+        metric.dtype,
+        str(metric.device),
+        tuple((t.data_ptr(), t._version) for t in [*metric.parameters(), *metric.buffers()]),
+        tuple(
+            (m.training, "forward" in m.__dict__, len(m._forward_hooks), len(m._forward_pre_hooks)) for m in modules
+        ),
+        tuple(module_hooks()),
+        getattr(metric.net, "stated_bound", None),
+        metric.__dict__.get("lipschitz"),
+    )
+
+
+def network_lipschitz(metric: Metric, image_hw: tuple[int, int] | None = None) -> tuple[float, str]:
+    """(L, source) for the network of an embedding metric, on the preprocessed input of caller images of
+    ``image_hw``: the bound of the function that runs (:func:`robustsim.nn.compose.graph_lipschitz` on the graph
+    :func:`robustsim.nn.graph.record` records, source ``"structure"``), else the constant the user declared with
+    ``EmbeddingMetric(..., lipschitz=L)`` (source ``"declared"``) when a call has no rule. InputError when neither
+    exists, and for metrics whose embedding is not ``net(preprocess(x))`` with the base class's code."""
+    metric = _check_pipeline(metric)
+    key = _state_key(metric, image_hw)
+    kept = metric.__dict__.get("_lipschitz_memo", {})
+    if key in kept:
+        return kept[key]
+    _, pre = _probe_pre(metric, image_hw)
     try:
-        return lipschitz_bound(metric.net), "structure"
-    except RobustsimError as err:
-        reason, declared = str(err), getattr(metric, "lipschitz", None)
-    if declared is None:
-        where = blocking_module(metric.net)
-        raise _no_certificate(metric, f"has no Lipschitz guarantee ({where + ': ' if where else ''}{reason})")
-    if not declared > 0:
-        raise RobustsimError(f"metric {metric.name!r} declares Lipschitz constant {declared}; it must be > 0")
-    return float(declared), "declared"
+        bound, source = graph_lipschitz(record(metric.net, pre, unit_for)), "structure"
+    except NoRule as err:
+        declared = metric.__dict__.get("lipschitz")
+        if declared is None:
+            raise _no_certificate(metric, f"has no Lipschitz guarantee ({err})") from None
+        if not declared > 0 or not math.isfinite(declared):
+            raise InputError(f"metric {metric.name!r} declares Lipschitz constant {declared}; it must be > 0") from None
+        graph_lipschitz(record(metric.net, pre, unit_for, declared=float(declared)))
+        bound, source = float(declared), "declared"
+    stated = getattr(metric.net, "stated_bound", None)
+    if stated is not None:  # a card's number, rounded up: the max of a proven bound and any number is a bound
+        bound = max(bound, float(stated))
+    if len(kept) > 16:
+        kept = {}
+    kept[key] = (bound, source)
+    metric.__dict__["_lipschitz_memo"] = kept
+    return bound, source
+
+
+def declared_constant(metric: EmbeddingMetric) -> float | None:
+    """The declared constant the certificate uses (None when the structure proves one)."""
+    bound, source = network_lipschitz(metric)
+    return bound if source == "declared" else None
 
 
 def preprocess_lipschitz(metric: EmbeddingMetric, image_hw: tuple[int, int]) -> float:
@@ -148,6 +214,6 @@ def input_lipschitz(metric: Metric, image_hw: tuple[int, int]) -> tuple[float, s
     """(L, source): the l2 Lipschitz constant of ``metric.embed`` with respect to the caller's
     [0, 1] image of size ``image_hw``: network bound times preprocessing bound. Every certificate
     uses this one function."""
-    l_net, source = network_lipschitz(metric)
+    l_net, source = network_lipschitz(metric, tuple(image_hw))
     assert isinstance(metric, EmbeddingMetric)
     return l_net * preprocess_lipschitz(metric, tuple(image_hw)), source

@@ -8,10 +8,14 @@ Every evaluation of the metric (any batch, any summation order) computes F(x) wi
 - the preprocessing: an interpolation of T taps errs by gamma_T || |A| || ||x|| (A holds the weights the metric
   computes, read off in its dtype: they are part of the exact function, and of the certificate's constant);
   (x - mean) / std adds u (1 + max std / min std) ||pre||;
-- each layer adds at most a ||in|| + c ||out|| + d (:mod:`robustsim.nn.rounding`: the standard model, unit
-  roundoff u of the dtype, evaluated on the computed activations measured by forward hooks, in float64);
-- an error made before a layer grows by at most that layer's Lipschitz bound: the sum is multiplied by
-  G = prod max(1, L_l) (the network is a composition).
+- the cast of the caller's image to the metric's dtype, when it narrows: u ||x|| in the image, times the
+  preprocessing's constant;
+- each call of the recorded forward (:mod:`robustsim.nn.graph`: what runs, hooks and casts included) adds at most
+  a ||in|| + c ||out|| + d (:mod:`robustsim.nn.rules`, :mod:`robustsim.nn.rounding`: the standard model, unit
+  roundoff u of the dtype the call computes in, evaluated on the recorded activations, norms in float64 for half
+  precision);
+- an error made before a call grows by at most that call's constant: the sum is multiplied by
+  G = prod max(1, s_n) (:mod:`robustsim.nn.compose`).
 
 Over a ball, delta(x') <= delta(x) (1 + S) / (1 - S) + kappa ||x' - x||, where S and kappa depend on the weights
 only (:class:`Rounding`): the bound moves with the activations' norms, and those move at most as fast as the
@@ -28,29 +32,23 @@ import math
 from dataclasses import dataclass
 
 import torch
-from robustsim.certify.lipschitz import lipschitz_bound, preprocess_lipschitz
-from torch import nn
+from robustsim.certify.lipschitz import declared_constant, network_lipschitz, preprocess_lipschitz
 
-from robustsim.errors import RobustsimError
+from robustsim.errors import InputError
 from robustsim.metrics.base import EmbeddingMetric
 from robustsim.metrics.preprocess import Resize, axis_matrices
-from robustsim.nn.bounds import observer
+from robustsim.nn.compose import graph_rounding, norms, unit_for
 from robustsim.nn.derived import FROZEN, Derived
-from robustsim.nn.rounding import affine_terms, gamma, memo, module_local, module_terms
+from robustsim.nn.graph import record
+from robustsim.nn.rounding import UNITS, gamma, unit_of
 
 U64 = 2.0**-53
 U32 = 2.0**-24
-UNITS = {torch.float64: U64, torch.float32: U32, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
-TF32 = 2.0**-11
 
 
 def unit_roundoff(metric: EmbeddingMetric) -> float:
     """The unit roundoff of the arithmetic the metric's forward runs in (module docstring)."""
-    u = UNITS.get(metric.dtype, U32)
-    if metric.dtype == torch.float32 and metric.device.type == "cuda":
-        if torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32:
-            u = TF32
-    return u
+    return unit_of(metric.dtype, metric.device)
 
 
 def cosine_slack(dim: int, unit: float) -> float:
@@ -96,96 +94,6 @@ class Rounding:
         return tuple(Rounding(d, self.sensitivity, self.kappa, self.unit, self.assumed) for d in self.delta.split(n))
 
 
-def _units(net: nn.Module) -> list[nn.Module]:
-    """The modules whose rounding is bounded one by one: those with a rule (their insides are theirs), else
-    the children of containers, else unknown leaves (bounded generically, see :func:`_generic_terms`)."""
-    out: list[nn.Module] = []
-
-    def visit(m: nn.Module) -> None:
-        parts = [c for name, c in m.named_children() if name != "parametrizations"]  # a parametrization: its weight
-        if callable(getattr(m, "rounding_terms", None)) or not parts:
-            out.append(m)
-        else:
-            for child in parts:
-                visit(child)
-
-    visit(net)
-    return out
-
-
-def _generic_terms(module: nn.Module, out_shape: tuple[int, ...], unit: float) -> tuple[float, float, float]:
-    """A module robustsim has no rule for: each matrix (>= 2-D tensor) it owns is taken as one inner-product map
-    of its fan-in, plus 2u of elementwise work on its input and output (an assumption, stated in reports)."""
-    mats = [t for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)] if t.dim() >= 2]
-    a, c = 2 * unit, 2 * unit
-    for w in mats:
-        m = w.detach().double().flatten(1).abs()
-        ta, _, _ = affine_terms(m.shape[1], float(torch.linalg.matrix_norm(m, ord=2)), 0.0, unit)
-        a += ta
-    return a, c, 0.0
-
-
-def _unit_bound(module: nn.Module, declared: float) -> float:
-    """The unit's Lipschitz bound (memoised while its weights are unchanged); a declared-only network's declared
-    constant where the unit proves none."""
-
-    def compute() -> tuple[float, float, float]:
-        try:
-            return lipschitz_bound(module), 0.0, 0.0
-        except RobustsimError:
-            return max(1.0, declared), 0.0, 0.0
-
-    return memo(module, ("lipschitz",), 0.0, compute)[0]
-
-
-def _norms(t: torch.Tensor, unit: float) -> torch.Tensor:
-    """(B,) float64 upper bounds on the l2 norms of the rows of ``t``, computed in its own dtype: a sum of n
-    squares errs by gamma_n relative, its square root by u more."""
-    flat = t.detach().flatten(1)
-    n = flat.shape[1]
-    norm = torch.linalg.vector_norm(flat, dim=1).double()
-    return norm * (1 + gamma(n + 2, UNITS.get(flat.dtype, unit)))
-
-
-class _Tape:
-    """Forward hooks adding up each unit's a ||in|| + c ||out|| + d per sample (norms in float64)."""
-
-    def __init__(self, metric: EmbeddingMetric, unit: float, componentwise: bool = True) -> None:
-        self.unit, self.total, self.assumed = unit, None, []
-        self.componentwise = componentwise and unit > U64  # a float64 norm bound is already ~1e-13
-        self.sensitivity = 0.0  # sum over units of (a + c)
-        self.growth_terms = 0.0  # sum over units of (a + c L)
-        self.growth, self.declared = 1.0, float(metric.__dict__.get("lipschitz") or 1.0)
-        hook = observer(lambda module, args, out: self._hook(module, args, out))
-        self.handles = [m.register_forward_hook(hook) for m in _units(metric.net)]
-
-    def _hook(self, module: nn.Module, args: tuple, out: object) -> None:
-        x = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        if x is None or not isinstance(out, torch.Tensor) or x.shape[0] != out.shape[0]:
-            return
-        terms = module_terms(module, tuple(x.shape[1:]), tuple(out.shape[1:]), self.unit)
-        if terms is None:
-            terms = _generic_terms(module, tuple(out.shape[1:]), self.unit)
-            self.assumed.append(type(module).__name__)
-        a, c, d = terms
-        lip = _unit_bound(module, self.declared)
-        self.growth *= max(1.0, lip)
-        self.sensitivity += a + c
-        self.growth_terms += a + c * lip
-        if a == c == d == 0.0:
-            return
-        term = a * _norms(x, self.unit) + d
-        local = module_local(module, x, out, self.unit) if self.componentwise else None
-        if local is not None:  # componentwise on the recorded input: as Lipschitz in it as the term it replaces
-            term = torch.minimum(term, local.to(term))
-        term = term + c * _norms(out, self.unit)
-        self.total = term if self.total is None else self.total + term
-
-    def close(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
 def _preprocess_terms(metric: EmbeddingMetric, hw: tuple[int, int], unit: float) -> tuple[float, float]:
     """(resize coefficient r: the resize errs by at most r ||x||; normalisation coefficient on ||pre||)."""
     std = metric.std.detach().double().abs().flatten()
@@ -205,33 +113,67 @@ def _preprocess_coefficients(
     return coef, norm_coef
 
 
+def _cast_unit(metric: EmbeddingMetric, x: torch.Tensor) -> float:
+    """The unit of the cast of the caller's image to the metric's dtype (0 when it is exact: a widening or none)."""
+    if x.dtype == metric.dtype or not x.is_floating_point():
+        return 0.0
+    mine, theirs = UNITS.get(metric.dtype, U32), UNITS.get(x.dtype, U32)
+    return mine if mine > theirs else 0.0
+
+
 def embed_with_error(
     metric: EmbeddingMetric, x: torch.Tensor, componentwise: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, Rounding]:
     """(computed embeddings in the metric's dtype (B, D), the same as float64, their :class:`Rounding`) for a
-    validated [0, 1] batch, from one forward pass of the metric as it runs (module docstring). ``componentwise``
-    False keeps every layer's norm bound (no second pass over the layers' absolute values: cheaper, looser)."""
+    validated [0, 1] batch of the caller's images (any float dtype), from one recorded forward pass of the metric
+    as it runs (module docstring; the graph of :mod:`robustsim.nn.graph`). ``componentwise`` False keeps every
+    node's norm bound (no second pass over the layers' absolute values: cheaper, looser). InputError when the bound
+    is not finite (half precision sums too long for its unit) or when the metric's own forward disagrees with the
+    recorded one by more than rounding explains."""
     unit = unit_roundoff(metric)
     hw = (int(x.shape[-2]), int(x.shape[-1]))
+    _, source = network_lipschitz(metric, hw)  # refuses what has no bound, with its reason
+    declared = declared_constant(metric) if source == "declared" else None
     resize_coef, norm_coef = _preprocess_terms(metric, hw, unit)
+    cast = _cast_unit(metric, x)
     min_std = float(metric.std.detach().double().abs().min())
     with torch.no_grad():
         xin = metric.as_input(x)
         pre = metric.preprocess(xin)
-        tape = _Tape(metric, unit, componentwise)
-        try:
-            e = metric.net(pre).flatten(1)
-        finally:
-            tape.close()
-        n_x, n_pre = _norms(xin, unit), _norms(pre, unit)
-    start = resize_coef / min_std * n_x + norm_coef * n_pre
-    local = tape.total if tape.total is not None else torch.zeros_like(start)
-    g, l_pre = tape.growth, preprocess_lipschitz(metric, hw)
-    s = g * (tape.sensitivity + norm_coef)
-    kappa = g * (resize_coef / min_std + norm_coef * l_pre + l_pre * g * tape.growth_terms)
+        graph = record(metric.net, pre, unit_for, declared=declared)
+        e = graph.nodes[graph.output].out.flatten(1)
+        sums = graph_rounding(graph, componentwise)
+        n_raw = norms(x) if cast else 0.0
+        n_x, n_pre = norms(xin), norms(pre)
+    l_pre = preprocess_lipschitz(metric, hw)
+    start = resize_coef / min_std * n_x + norm_coef * n_pre + cast * l_pre * n_raw
+    g = sums.growth
+    s = g * (sums.sensitivity + norm_coef)
+    kappa = g * (resize_coef / min_std + norm_coef * l_pre + cast * l_pre + l_pre * g * sums.growth_terms)
     kappa = kappa / (1 - s) if s < 1 else math.inf
-    delta = g * (start + local)
-    return e, e.double(), Rounding(delta, s, kappa, unit, tuple(dict.fromkeys(tape.assumed)))
+    delta = g * (start + sums.total)
+    if not bool(torch.isfinite(delta).all()):
+        raise InputError(
+            f"metric {metric.name!r} computes in {str(metric.dtype).replace('torch.', '')}, whose unit roundoff "
+            f"{unit:g} gives no finite rounding bound for its sums (n u >= 1); certify it in float32 or float64 "
+            "(metric.float(), robustsim certify --dtype float32)"
+        )
+    _check_same_function(metric, pre, e, delta)
+    return e, e.double(), Rounding(delta, s, kappa, min(unit, sums.unit), sums.assumed)
+
+
+def _check_same_function(metric: EmbeddingMetric, pre: torch.Tensor, e: torch.Tensor, delta: torch.Tensor) -> None:
+    """The net under the proof: the metric's own forward (no recorder) on the first image is within 2 delta of the
+    recorded one (both are evaluations within delta of the exact function)."""
+    with torch.no_grad():
+        own = metric.net(pre[:1]).flatten(1).double()
+    gap = float(torch.linalg.vector_norm(own - e[:1].double()))
+    if not gap <= 2 * float(delta[0]) * (1 + 1e-6) + 1e-300:
+        raise InputError(
+            f"metric {metric.name!r}'s own forward differs from the function robustsim analysed by {gap:.3g} "
+            f"(rounding explains {2 * float(delta[0]):.3g}): it depends on the batch, on state or on how it is called; "
+            "certify a network whose output depends on its own image only"
+        )
 
 
 def float64_copy(metric: EmbeddingMetric) -> EmbeddingMetric:

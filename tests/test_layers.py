@@ -83,7 +83,7 @@ def test_lipsimnet_builds_with_every_layer_kind_and_saves_it(layer, tmp_path):
     torch.manual_seed(0)
     net = LipSimNet(LipSimPreset(2, 8, 1, 32, layer=layer), embed_dim=16, input_size=32).eval()
     x = torch.rand(3, 3, 32, 32) - 0.5
-    assert net.lipschitz_bound() <= 1 + 1e-5
+    assert net.certified_bound() <= 1 + 1e-5
     assert estimate_lipschitz(net, x, power_steps=10, ascent_steps=10) <= 1 + 1e-4
     path = save_checkpoint(tmp_path / "ckpt", net)
     loaded, cfg = load_net(path)

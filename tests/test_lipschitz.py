@@ -131,24 +131,30 @@ def test_every_preset_is_1_lipschitz_before_and_after_training(preset):
     layers = sum(1 for _ in net.modules())
     full = SLOW or preset in CHEAP
     # derived from the applied tensors: 1 up to their float32 rounding (~1e-7 a layer)
-    assert not full or 1.0 <= lipschitz_bound(net.eval()) <= 1 + 1e-6 * layers
+    assert not full or 1.0 <= net.eval().certified_bound() <= 1 + 1e-6 * layers
     x = torch.rand(2, 3, size, size) - 0.5
     search = 15 if full else 2  # each step of a wide preset recomputes its 2048-wide SLL rescalings
     assert estimate_lipschitz(net, x, power_steps=search, ascent_steps=search) <= 1 + TOL
     steps = 50 if SLOW else (20 if full else 1)
     train_steps(net, torch.rand(4, 3, size, size) - 0.5, steps=steps, lr=0.01)
     assert estimate_lipschitz(net, x, power_steps=search, ascent_steps=search) <= 1 + TOL
-    assert not full or 1.0 <= lipschitz_bound(net.eval()) <= 1 + 1e-6 * layers
+    assert not full or 1.0 <= net.eval().certified_bound() <= 1 + 1e-6 * layers
 
 
-def test_lipschitz_bound_refuses_unknown_modules():
-    with pytest.raises(RobustsimError, match="GELU has no Lipschitz guarantee"):
-        lipschitz_bound(nn.Sequential(nn.Flatten(), nn.GELU()))
+def test_lipschitz_bound_refuses_calls_without_a_rule():
+    with pytest.raises(RobustsimError, match=r"F.normalize has no Lipschitz rule"):
+        lipschitz_bound(_Normalize(), (3,))
+    assert lipschitz_bound(nn.Sequential(nn.Flatten(), nn.GELU()), (3,)) == pytest.approx(1.1290)
     linear = nn.Linear(3, 3)
-    assert lipschitz_bound(nn.Sequential(nn.Flatten(), linear)) == pytest.approx(
+    assert lipschitz_bound(nn.Sequential(nn.Flatten(), linear), (3,)) == pytest.approx(
         float(torch.linalg.matrix_norm(linear.weight.detach().double(), ord=2)), rel=1e-8
     )
-    assert 1.0 <= lipschitz_bound(nn.Sequential(nn.ReLU(), SLLLinear(3).eval(), nn.Flatten())) <= 1 + 1e-6
+    assert 1.0 <= lipschitz_bound(nn.Sequential(nn.ReLU(), SLLLinear(3).eval(), nn.Flatten()), (3,)) <= 1 + 1e-6
+
+
+class _Normalize(nn.Module):
+    def forward(self, x):
+        return torch.nn.functional.normalize(x, dim=1)
 
 
 def test_sll_cache_never_goes_stale():

@@ -580,7 +580,7 @@ def test_lipsim_release_converter_equals_the_papers_formula(tmp_path):
     x = torch.rand(5, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(net(x), _paper_forward(state, x, 8), atol=1e-5)
-    assert net.config()["layers"]["head"] == "truncate" and 1.0 <= net.lipschitz_bound() <= 1 + 1e-5
+    assert net.config()["layers"]["head"] == "truncate" and 1.0 <= net.certified_bound() <= 1 + 1e-5
     assert estimate_lipschitz(net, x, power_steps=10, ascent_steps=10) <= 1 + 1e-4
     path = tmp_path / "lipsim.pth"
     full = _lipsim_reference_state(depth=1, channels=10, inner=4, linears=1, width=32, size=224)

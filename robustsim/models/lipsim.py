@@ -5,7 +5,7 @@ other convs -> LipPool(4) -> flatten -> semi-orthogonal projection to ``width`` 
 semi-orthogonal projection to ``embed_dim``. LipSim's own layout (``split=convs``, ``head="truncate"``): all
 convs before the two poolings, M linear layers at the flattened width (inner width ``width``), then the
 first ``embed_dim`` coordinates. Conv and linear layers are of kind ``layer`` (SLL by default; inner conv
-width ``conv_inner``). Every stage is 1-Lipschitz, so the net is; ``lipschitz_bound()`` derives that from
+width ``conv_inner``). Every stage is 1-Lipschitz, so the net is; ``certified_bound()`` derives that from
 the layers. Presets are rows of a table; the input size is a parameter (divisible by 16).
 
 A net is *frozen* (:meth:`LipSimNet.freeze`) when every weight-derived tensor it applies is stored: then it is
@@ -24,7 +24,7 @@ from robustsim.errors import InputError
 from robustsim.metrics.base import EmbeddingMetric
 from robustsim.metrics.preprocess import Resize
 from robustsim.nn import LipPool, PaddingChannels, Projection, Truncate
-from robustsim.nn.bounds import lipschitz_bound
+from robustsim.nn.compose import lipschitz_bound
 from robustsim.nn.derived import Derived, freeze, is_frozen, thaw
 
 
@@ -112,12 +112,12 @@ class LipSimNet(nn.Module):
     #: a bound stated for this exact network (a shipped card's, rounded up): used when the derived one is below it
     stated_bound: float | None = None
 
-    def lipschitz_bound(self) -> float:
-        """The product of the bounds its stages prove (``features`` then ``head``), derived from the layers, or the
+    def certified_bound(self) -> float:
+        """The bound of the function it runs at its input size (:func:`robustsim.nn.compose.lipschitz_bound`), or the
         :attr:`stated_bound` when that is larger. The max of a proven bound and any number is a bound, so a stated
         number can only make it larger (sound whatever it says); a card's number, rounded up from the derived one,
         is what every CPU then reports, whatever the last ulp of its own SVD."""
-        derived = lipschitz_bound(self.features) * lipschitz_bound(self.head)
+        derived = lipschitz_bound(self, (3, self.input_size, self.input_size))
         return max(derived, self.stated_bound or 0.0)
 
     def __init__(self, preset: str | LipSimPreset = "tiny", embed_dim: int = 1792, input_size: int = 224) -> None:
@@ -243,7 +243,7 @@ class LipSimMetric(EmbeddingMetric):
     @property
     def lipschitz(self) -> float:  # type: ignore[override]
         """The network's bound, derived from its layers (see :meth:`LipSimNet.lipschitz_bound`)."""
-        return self.net.lipschitz_bound()
+        return self.net.certified_bound()
 
     @lipschitz.setter
     def lipschitz(self, value: float | None) -> None:  # the base class assigns it; the bound is derived

@@ -8,9 +8,8 @@ n terms errs by at most gamma_n sum |w_i x_i| (gamma_n = n u / (1 - n u)), for a
 fused multiply-add (so every convolution or matrix product computed as sums of products: PyTorch's CPU kernels,
 cuBLAS and cuDNN's implicit-GEMM algorithms; not Winograd or FFT convolutions). ``sum |w_i x_i|`` is bounded
 with the l2 norm of the map with entries |w|. Layers with structure (SLL, CPL, ...) implement
-``rounding_terms(in_shape, out_shape, unit)`` (shapes without the batch); :func:`module_terms` holds the rules
-for the torch modules :func:`robustsim.nn.bounds.lipschitz_bound` accepts. Coefficients depend on the weights
-only: memoised.
+``rounding_terms(in_shape, out_shape, unit)`` (shapes without the batch); :mod:`robustsim.nn.rules` holds the
+rules for torch's functions. Coefficients depend on the weights only: memoised.
 """
 
 from __future__ import annotations
@@ -19,18 +18,12 @@ import math
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from robustsim.nn.bounds import SAFE, applied_parameter, exact_type, one_thread, pad_multiplicity, spectral_norm
-from robustsim.nn.spectral import abs_conv_norm
+from robustsim.nn.bounds import SAFE, one_thread
 
 Terms = tuple[float, float, float]
 EXACT: Terms = (0.0, 0.0, 0.0)
-
-#: modules whose forward rounds nothing (selection, padding, max / min, reshapes, ReLU)
-_EXACT_TYPES = (nn.ReLU, nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Hardtanh, nn.ReLU6)
-
 
 def gamma(n: int, unit: float) -> float:
     """gamma_n = n u / (1 - n u): the relative error bound of an n-term inner product (unit roundoff u)."""
@@ -64,46 +57,21 @@ def affine_terms(n: int, abs_norm: float, bias: float, unit: float) -> Terms:
     return g * abs_norm, 0.0, g * bias
 
 
-def _linear(m: nn.Linear, unit: float) -> Terms:
-    w = applied_parameter(m).detach().double()
-    n = w.shape[1] + (m.bias is not None)
-    return affine_terms(n, spectral_norm(w.abs()), bias_norm(m.bias), unit)
-
-
-def _conv(m: nn.Conv2d, out_shape: tuple[int, ...], unit: float) -> Terms:
-    w = applied_parameter(m).detach()
-    n = w.shape[1] * w.shape[2] * w.shape[3] + (m.bias is not None)
-    groups = w.split(w.shape[0] // m.groups, dim=0)
-    reads = pad_multiplicity(m) ** 2 if m.padding_mode != "zeros" else None
-    norm = max(abs_conv_norm(g) if reads is None or reads.max() <= 1 else _schur_abs_norm(g, reads) for g in groups)
-    return affine_terms(n, norm, bias_norm(m.bias, math.prod(out_shape[1:])), unit)
-
-
-def _schur_abs_norm(kernel: torch.Tensor, reads: torch.Tensor) -> float:
-    """The l2 norm of the convolution by |kernel| whose tap t reads one input pixel for up to ``reads[t]`` outputs
-    (a repeating pad), by Schur's test on the nonnegative operator: sqrt(max row sum x max column sum), the rows
-    summing |K| over taps and input channels, the columns over taps (each counted reads[t] times) and outputs."""
-    k = kernel.detach().double().abs()
-    rows = float(k.sum((1, 2, 3)).max())
-    cols = float((k * reads.to(k)[None, None]).sum((0, 2, 3)).max())
-    return math.sqrt(rows * cols)
-
-
-def _batchnorm(m: nn.modules.batchnorm._BatchNorm, shape: tuple[int, ...], unit: float) -> Terms:
-    """PyTorch's eval batch norm computes alpha = gamma / sqrt(var + eps) and beta = bias - mean alpha (a few
-    rounded operations each), then alpha x + beta: at most 8u |alpha| |x| + 4u |beta| per entry (generous)."""
-    var = m.running_var.detach().double()
-    g = m.weight.detach().double() if m.weight is not None else torch.ones_like(var)
-    b = m.bias.detach().double() if m.bias is not None else torch.zeros_like(var)
-    alpha = g / torch.sqrt(var + m.eps)
-    beta = b - m.running_mean.detach().double() * alpha
-    positions = math.prod(shape[1:]) if len(shape) > 1 else 1
-    return 8 * unit * float(alpha.abs().max()), 0.0, 4 * unit * float(beta.norm()) * math.sqrt(positions)
-
-
 def local_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype the componentwise bounds are evaluated in: float64 for a float64 network, else float32."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+UNITS = {torch.float64: 2.0**-53, torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+
+
+def unit_of(dtype: torch.dtype, device: torch.device) -> float:
+    """The unit roundoff of arithmetic in ``dtype`` on ``device`` (TF32's 2^-11 for float32 on CUDA while TF32 is
+    allowed: PyTorch's default for convolutions)."""
+    if dtype == torch.float32 and device.type == "cuda":
+        if torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32:
+            return 2.0**-11
+    return UNITS.get(dtype, 2.0**-24)
 
 
 def arithmetic_unit(dtype: torch.dtype, device: torch.device) -> float:
@@ -152,39 +120,14 @@ def affine_local(apply: Callable, x: torch.Tensor, weight: torch.Tensor, bias: t
 
 
 def module_local(module: nn.Module, x: torch.Tensor, out: torch.Tensor, unit: float) -> torch.Tensor | None:
-    """(B,) the componentwise bound of one module's own rounding on its recorded input (its ``rounding_local``, or
-    the rule for its exact torch type), or None (the module's :func:`module_terms` then serve). It replaces the
-    ``a ||in|| + d`` part of the terms, is never above it by more than float64 noise and is Lipschitz in the input
-    with the same ``a``."""
+    """(B,) the componentwise bound of a layer's own rounding on its recorded input (its ``rounding_local``), or None
+    (its :func:`module_terms` then serve). It replaces the ``a ||in|| + d`` part of the terms, is never above it by
+    more than float64 noise and is Lipschitz in the input with the same ``a``."""
     own = getattr(module, "rounding_local", None)
-    if callable(own):
-        return own(x, out, unit)
-    t = exact_type(module)
-    if t is nn.Linear:
-        return affine_local(F.linear, x, applied_parameter(module), module.bias, unit)
-    if t is nn.Conv2d:
-        weight = applied_parameter(module)
-        return affine_local(lambda a, w: module._conv_forward(a, w, None), x, weight, module.bias, unit)
-    return None
+    return own(x, out, unit) if callable(own) else None
 
 
 def module_terms(module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...], unit: float) -> Terms | None:
-    """The rounding terms of one module (its own ``rounding_terms`` or a rule for its exact torch type); None
-    when robustsim has no rule for it. Shapes exclude the batch."""
+    """A layer's own rounding terms (``rounding_terms``), or None. Shapes exclude the batch."""
     own = getattr(module, "rounding_terms", None)
-    if callable(own):
-        return own(tuple(in_shape), tuple(out_shape), unit)
-    t, shapes = exact_type(module), (tuple(in_shape), tuple(out_shape))
-    if t in _EXACT_TYPES:
-        return EXACT
-    if t is nn.LeakyReLU:
-        return 0.0, unit, 0.0  # the negative part is multiplied by the slope
-    if t in (nn.Tanh, nn.Sigmoid):
-        return 0.0, 8 * unit, 0.0  # elementwise libm functions: at most 4 ulp, assumed
-    if t is nn.Linear:
-        return memo(module, shapes, unit, lambda: _linear(module, unit))
-    if t is nn.Conv2d:
-        return memo(module, shapes, unit, lambda: _conv(module, tuple(out_shape), unit))
-    if t in (nn.BatchNorm1d, nn.BatchNorm2d):
-        return memo(module, shapes, unit, lambda: _batchnorm(module, tuple(in_shape), unit))
-    return None
+    return own(tuple(in_shape), tuple(out_shape), unit) if callable(own) else None
