@@ -420,3 +420,18 @@ def test_an_orthogonium_network_certifies_once_its_moving_weights_are_frozen():
             parametrize.remove_parametrizations(m, "weight")
     assert 1.0 <= network_lipschitz(EmbeddingMetric(net), (SIDE, SIDE))[0] <= 1.01
     _check_sound(net)
+
+
+def test_a_broadcast_operand_counts_every_output_it_reaches():
+    """x - mean(x) over the pixels: the mean (1 / sqrt(n) of x) reaches n outputs, so it counts sqrt(n) times; a
+    bound that forgot the broadcast would claim less than the measured gain."""
+
+    class Center(nn.Module):
+        def forward(self, x):
+            return 3 * x + x.mean(dim=(2, 3), keepdim=True) * torch.ones(1, 1, 4, 4)
+
+    net = nn.Sequential(Center(), nn.Flatten(), nn.Linear(48, 8)).eval()
+    x = torch.rand(4, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert estimate_lipschitz(net, x) <= lipschitz_bound(net, x[:1]) * (1 + 1e-6)
+    center = nn.Sequential(Center()).eval()
+    assert lipschitz_bound(center, x[:1]) == pytest.approx(4.0, rel=1e-6)  # 3 + 1 (the mean's sqrt(n) / sqrt(n))

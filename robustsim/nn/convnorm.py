@@ -4,7 +4,7 @@ for the input size it runs at, from the kernel it applies. Three bounds, the sma
 - **tap sum**: sum over taps of each tap's channel-matrix norm (valid for every input size);
 - **disjoint windows** (stride >= the dilated kernel's extent, e.g. a patch embedding): every output reads its own
   input patch, so the map is block diagonal with the flattened kernel as each block (a border patch reads a
-  sub-block): the flattened kernel's norm, exact whenever one full patch fits;
+  sub-block): the flattened kernel's norm, exact whenever one full patch fits (then the only one computed);
 - **Gram iteration on the frequency grid** (Delattre et al., ICML 2023): a zero-padded stride-1 convolution on n
   samples per axis is a restriction of the circular one on N = n + 2 pad (no output wraps around), a stride is a
   selection of outputs, so the norm is at most the largest singular value of the kernel's transfer matrices over
@@ -23,6 +23,9 @@ import torch
 from robustsim.nn.bounds import SAFE, one_thread
 
 GRAM_STEPS = 6
+#: the largest transfer tensor (frequencies x out x in) the Gram bound is computed for (64 MiB of complex128);
+#: larger convolutions keep the tap sum
+GRAM_ENTRIES = 2**22
 
 
 def _per_group(kernel: torch.Tensor, groups: int) -> tuple[torch.Tensor, ...]:
@@ -90,8 +93,8 @@ def conv_bound(
     bound = tap_sum(kernel, groups)
     extent = [(kk - 1) * d + 1 for kk, d in zip(k, dilation, strict=True)]
     if all(s >= e for s, e in zip(stride, extent, strict=True)):
-        bound = min(bound, patch_norm(kernel, groups))
+        return min(bound, patch_norm(kernel, groups))  # exact (whenever one full patch fits)
     grid = tuple(max(n + 2 * p, e) for n, p, e in zip(in_size, padding, extent, strict=True))
-    if math.prod(grid) * kernel.shape[0] * kernel.shape[1] <= 2**26:
+    if math.prod(grid) * kernel.shape[0] * kernel.shape[1] <= GRAM_ENTRIES:
         bound = min(bound, gram_bound(dilate(kernel.detach().double(), dilation), grid, groups))
     return bound

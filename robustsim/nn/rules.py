@@ -271,52 +271,40 @@ def _same_padding(kernel: Sequence[int], dilation: Sequence[int]) -> tuple[int, 
 
 
 def _conv(call: Call, unit: float) -> Rule:
+    """convNd: the bound of :func:`robustsim.nn.convnorm.conv_bound` at the input's size."""
     _one(call, " (a kernel computed from the image)")
-    x, w = call.x, call.tensors[1]
+    w = call.tensors[1]
     nd = w.dim() - 2
-    b = call.arg(2, "bias")
-    stride = _tuple(call.arg(3, "stride", 1), nd)
     pad = call.arg(4, "padding", 0)
     dilation = _tuple(call.arg(5, "dilation", 1), nd)
-    groups = int(call.arg(6, "groups", 1))
     if isinstance(pad, str):
         pad = (0,) * nd if pad == "valid" else _same_padding(w.shape[2:], dilation)
-    pad = _tuple(pad, nd)
-    size = tuple(x.shape[-nd:])
-    key = ("conv", size, stride, pad, dilation, groups) + digest(w)
-    lip = memo(key, lambda: conv_bound(w, size, stride, pad, dilation, groups))
-    n = w[0].numel() + (b is not None)
-    abs_norm = memo(("abs-conv",) + digest(w), lambda: abs_conv_norm(w))
-    positions = math.prod(call.out.shape[2:])
-    fn = call.func
-    args, kwargs = call.args[3:], {k: v for k, v in call.kwargs.items() if k not in ("input", "weight", "bias")}
-    return Rule(
-        (lip,),
-        terms=affine_terms(n, abs_norm, bias_norm(b, positions), unit),
-        local=lambda: affine_local(lambda xx, ww: fn(xx, ww, None, *args, **kwargs), x, w, b, unit),
-    )
+    size = tuple(call.x.shape[-nd:])
+    return _conv_rule(call, unit, size, _tuple(pad, nd), dilation, int(call.arg(6, "groups", 1)), w[0].numel())
 
 
 def _conv_transpose(call: Call, unit: float) -> Rule:
+    """conv_transposeNd: the adjoint of the convolution by its kernel from the output's size, the same norm."""
     _one(call, " (a kernel computed from the image)")
-    x, w = call.x, call.tensors[1]
-    nd = w.dim() - 2
-    b = call.arg(2, "bias")
-    stride = _tuple(call.arg(3, "stride", 1), nd)
-    pad = _tuple(call.arg(4, "padding", 0), nd)
-    groups = int(call.arg(6, "groups", 1))
-    dilation = _tuple(call.arg(7, "dilation", 1), nd)
-    size = tuple(call.out.shape[-nd:])  # the adjoint convolution runs on the output's size
-    key = ("conv_t", size, stride, pad, dilation, groups) + digest(w)
+    w = call.tensors[1]
+    nd, groups = w.dim() - 2, int(call.arg(6, "groups", 1))
+    size = tuple(call.out.shape[-nd:])
+    pad, dilation = _tuple(call.arg(4, "padding", 0), nd), _tuple(call.arg(7, "dilation", 1), nd)
+    return _conv_rule(call, unit, size, pad, dilation, groups, w.shape[0] // groups * math.prod(w.shape[2:]))
+
+
+def _conv_rule(call: Call, unit: float, size: tuple, pad: tuple, dilation: tuple, groups: int, taps: int) -> Rule:
+    x, w, b = call.x, call.tensors[1], call.arg(2, "bias")
+    stride = _tuple(call.arg(3, "stride", 1), w.dim() - 2)
+    key = (call.name, size, stride, pad, dilation, groups) + digest(w)
     lip = memo(key, lambda: conv_bound(w, size, stride, pad, dilation, groups))
-    n = w.shape[0] // groups * math.prod(w.shape[2:]) + (b is not None)
     abs_norm = memo(("abs-conv",) + digest(w), lambda: abs_conv_norm(w))
     positions = math.prod(call.out.shape[2:])
     fn = call.func
     args, kwargs = call.args[3:], {k: v for k, v in call.kwargs.items() if k not in ("input", "weight", "bias")}
     return Rule(
         (lip,),
-        terms=affine_terms(n, abs_norm, bias_norm(b, positions), unit),
+        terms=affine_terms(taps + (b is not None), abs_norm, bias_norm(b, positions), unit),
         local=lambda: affine_local(lambda xx, ww: fn(xx, ww, None, *args, **kwargs), x, w, b, unit),
     )
 
@@ -556,10 +544,10 @@ def _order(call: Call, unit: float) -> Rule:
 
 
 def _pairwise(call: Call, unit: float) -> Rule:
-    """maximum / minimum of two tensors: each output moves at most as far as the larger of its two inputs' moves."""
-    if len(call.variable) == 2:
-        return Rule((1.0, 1.0), combine="quadrature")
-    return Rule((1.0,))
+    """maximum / minimum of two tensors: each output moves at most as far as the larger of its two inputs' moves
+    (times how far a broadcast operand's entry reaches)."""
+    lips = tuple(_spread(call, call.tensors[i]) for i in call.variable)
+    return Rule(lips, combine="quadrature" if len(lips) == 2 else "sum")
 
 
 # ------------------------------------------------------------------------------------------------- lp norms
@@ -626,6 +614,21 @@ def _is_var(call: Call, t: Any) -> bool:
     return isinstance(t, torch.Tensor) and any(call.tensors[i] is t for i in call.variable)
 
 
+def _spread(call: Call, t: torch.Tensor) -> float:
+    """sqrt of how many outputs an image-carrying operand's entry reaches by broadcasting (1 without); a broadcast
+    across the batch would mix images and is refused."""
+    out = call.out
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) == tuple(t.shape):
+        return 1.0
+    if t.dim() < out.dim() or t.shape[0] != out.shape[0]:
+        raise NoRule(f"{call.short} broadcasts an image-dependent tensor of shape {tuple(t.shape)} across the batch")
+    return math.sqrt(out.numel() / t.numel())
+
+
+def _binary(call: Call) -> tuple[Any, Any]:
+    return call.args[0], call.args[1] if len(call.args) > 1 else call.kwargs.get("other")
+
+
 def _add(call: Call, unit: float) -> Rule:
     """a + alpha b, a - alpha b, rsub: b - alpha a; the same tensor on both sides counts once."""
     base = call.name.rsplit(".", 1)[-1]
@@ -633,9 +636,10 @@ def _add(call: Call, unit: float) -> Rule:
     a, b = call.args[0], call.args[1] if len(call.args) > 1 else call.kwargs.get("other")
     coef_a, coef_b = (alpha, 1.0) if base in ("rsub", "__rsub__") else (1.0, alpha)
     if a is b:
+        _spread(call, a)
         sub = base in ("sub", "subtract", "__sub__", "sub_", "__isub__", "rsub", "__rsub__")
         return Rule((abs(1 - alpha) if sub else 1 + alpha,), terms=(0.0, unit, 0.0))
-    lips = tuple(c for t, c in ((a, coef_a), (b, coef_b)) if _is_var(call, t))
+    lips = tuple(c * _spread(call, t) for t, c in ((a, coef_a), (b, coef_b)) if _is_var(call, t))
     return Rule(lips, terms=(0.0, unit, 0.0))
 
 
@@ -648,7 +652,7 @@ def _mul(call: Call, unit: float) -> Rule:
         raise NoRule(f"{call.short} of the image with itself is not Lipschitz")
     c = _const_abs(other)
     lip = float(c.max()) if isinstance(c, torch.Tensor) else c
-    return Rule((lip * SAFE,), terms=(0.0, unit, 0.0))
+    return Rule((lip * SAFE * _spread(call, call.x),), terms=(0.0, unit, 0.0))
 
 
 def _div(call: Call, unit: float) -> Rule:
@@ -662,7 +666,7 @@ def _div(call: Call, unit: float) -> Rule:
     smallest = float(c.min()) if isinstance(c, torch.Tensor) else c
     if smallest == 0:
         raise NoRule(f"{call.short} by zero")
-    return Rule((SAFE / smallest,), terms=(0.0, unit, 0.0))
+    return Rule((SAFE / smallest * _spread(call, a),), terms=(0.0, unit, 0.0))
 
 
 def _cat(call: Call, unit: float) -> Rule:
