@@ -1,7 +1,8 @@
 """The certificate speaks of the function that runs (robustsim.nn.graph records it): every construction users build
 is either bounded soundly (its bound is at least the gain an ascent finds, its float32 rounding bound covers the
-float32 forward's distance to the float64 one, and a strong float64-checked attack inside the float32 certificate
-never flips a decision) or refused in one line naming the module and the fix."""
+float32 forward's distance to the float64 one, and strong attacks inside the float32 certificate, in float32 on the
+metric and in float64 on its exact twin, never flip a decision) or refused in one line naming the module and the
+fix."""
 
 from __future__ import annotations
 
@@ -140,6 +141,10 @@ def _check_sound(net: nn.Module, *, size: int = SIDE, n: int = 24, seed: int = 0
     radius = certified_radius(metric, ref, x0, x1)
     broken = per_image_pgd(metric, ref, x0, x1, "ref", 0.999 * radius, steps=25)
     assert not (broken & (radius > 0)).any()
+    # float64 PGD on the exact function (the twin): a float32 certificate also proves the exact decision constant
+    twin = float64_copy(metric)
+    broken64 = per_image_pgd(twin, ref.double(), x0.double(), x1.double(), "ref", 0.999 * radius.double(), steps=25)
+    assert not (broken64 & (radius > 0)).any()
 
 
 @pytest.mark.parametrize("build", NETS.values(), ids=NETS.keys())
