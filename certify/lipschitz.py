@@ -13,8 +13,8 @@ from robustsim.errors import InputError, RobustsimError
 from robustsim.metrics.base import EmbeddingMetric, Metric
 from robustsim.metrics.preprocess import Resize, resize_norm
 from robustsim.nn.bounds import mode_dependent
-from robustsim.nn.compose import graph_lipschitz, lipschitz_bound, probe, unit_for  # noqa: F401 (re-exported)
-from robustsim.nn.graph import module_hooks, record
+from robustsim.nn.compose import checked_record, graph_lipschitz, lipschitz_bound, probe  # noqa: F401 (re-exported)
+from robustsim.nn.graph import module_hooks
 from robustsim.nn.rules import NoRule
 
 
@@ -168,14 +168,14 @@ def network_lipschitz(metric: Metric, image_hw: tuple[int, int] | None = None) -
         return kept[key]
     _, pre = _probe_pre(metric, image_hw)
     try:
-        bound, source = graph_lipschitz(record(metric.net, pre, unit_for)), "structure"
+        bound, source = graph_lipschitz(checked_record(metric.net, pre)), "structure"
     except NoRule as err:
         declared = metric.__dict__.get("lipschitz")
         if declared is None:
             raise _no_certificate(metric, f"has no Lipschitz guarantee ({err})") from None
         if not declared > 0 or not math.isfinite(declared):
             raise InputError(f"metric {metric.name!r} declares Lipschitz constant {declared}; it must be > 0") from None
-        graph_lipschitz(record(metric.net, pre, unit_for, declared=float(declared)))
+        graph_lipschitz(checked_record(metric.net, pre, declared=float(declared)))
         bound, source = float(declared), "declared"
     stated = getattr(metric.net, "stated_bound", None)
     if stated is not None:  # a card's number, rounded up: the max of a proven bound and any number is a bound

@@ -348,6 +348,44 @@ def test_what_no_rule_covers_is_refused_naming_the_module_and_the_fix():
         network_lipschitz(EmbeddingMetric(compiled), (4, 4))
 
 
+def test_what_escapes_the_recording_is_caught_by_the_replay_and_leaf_overrides_are_refused():
+    """A tensor aliasing the image's memory, built outside any call on its values (as a C++ extension's output
+    would be), is a constant of the recorded graph: replayed at a second input, the graph parts from the network's
+    own forward, and the certificate is refused. A subclass that overrides a proven layer's forward is refused."""
+
+    class Alias(nn.Module):
+        def forward(self, x):
+            y = torch.empty(0).set_(x.untyped_storage(), x.storage_offset(), x.shape, x.stride())
+            return x + 9 * y
+
+    with pytest.raises(InputError, match="differs from the calls robustsim recorded") as err:
+        network_lipschitz(EmbeddingMetric(nn.Sequential(Alias())), (4, 4))
+    assert "\n" not in str(err.value)
+
+    class Louder(SLLLinear):
+        def forward(self, x):
+            return 3 * super().forward(x)
+
+    with pytest.raises(InputError, match=r"net.1 \(Louder\) overrides the forward of _SLLBase|overrides the forward"):
+        network_lipschitz(EmbeddingMetric(nn.Sequential(nn.Flatten(), Louder(48)).eval()), (4, 4))
+
+
+def test_python_numbers_are_bounded_as_the_tensor_dtype_applies_them():
+    """x * 0.1 multiplies by float32(0.1) = 0.10000000149...: the bound is at least that, measured in float32."""
+    net = nn.Sequential(_Scale(0.1)).eval()
+    x = torch.rand(2, 3, 4, 4)
+    assert lipschitz_bound(net, x[:1]) >= float(torch.tensor(0.1, dtype=torch.float32))
+
+
+class _Scale(nn.Module):
+    def __init__(self, c: float) -> None:
+        super().__init__()
+        self.c = c
+
+    def forward(self, x):
+        return x * self.c
+
+
 # ------------------------------------------------------------------------------------------- plain convolutions
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from robustsim.errors import InputError, RobustsimError
 from robustsim.nn.bounds import check_hooks, one_thread
 from robustsim.nn.convnorm import dilate, gram_bound
-from robustsim.nn.graph import Graph, Node, record
+from robustsim.nn.graph import Graph, Node, record, replay
 from robustsim.nn.rounding import UNITS, gamma, memo, module_local, module_terms, unit_of
 from robustsim.nn.rules import digest
 from robustsim.nn.rules import memo as rule_memo
@@ -193,6 +193,26 @@ def unit_for(t: torch.Tensor) -> float:
     return unit_of(t.dtype, t.device)
 
 
+def checked_record(net: nn.Module, x: torch.Tensor, declared: float | None = None) -> Graph:
+    """:func:`robustsim.nn.graph.record` on ``x``, and the net under the proof: the recorded graph replayed at a
+    second input must give what the network itself computes there (a tensor computed outside PyTorch's dispatch,
+    a C++ extension's or state kept between calls, would be a constant of the graph and show here)."""
+    graph = record(net, x, unit_for, declared)
+    other = (x + 0.25 * probe(tuple(x.shape), x.dtype, x.device)).clamp(x.min(), x.max()) if x.numel() > 1 else -x
+    with torch.no_grad():
+        own = net(other)
+        again = replay(graph, other)
+    scale = float(torch.linalg.vector_norm(own.double())) + float(torch.linalg.vector_norm(other.double()))
+    gap = float(torch.linalg.vector_norm((again.double() - own.double()).flatten()))
+    if not gap <= 1e4 * unit_for(own) * scale + 1e-30:
+        raise InputError(
+            f"the network's own forward differs from the calls robustsim recorded by {gap:.3g} at a second input: "
+            "part of it runs outside PyTorch's dispatch (a C++ extension, state kept between calls); certify a "
+            "network of PyTorch modules and functions"
+        )
+    return graph
+
+
 def lipschitz_bound(module: nn.Module, example: torch.Tensor | tuple[int, ...] | None = None) -> float:
     """The l2 Lipschitz constant the function that runs proves: a leaf's own bound, else the recorded graph's on
     ``example`` (an input, or its shape without the batch; the bound holds for inputs of that shape)."""
@@ -206,7 +226,7 @@ def lipschitz_bound(module: nn.Module, example: torch.Tensor | tuple[int, ...] |
         p = next(iter(module.parameters()), None)
         example = probe((1, *example), p.dtype if p is not None else torch.float32, p.device if p is not None
                         else "cpu")
-    return graph_lipschitz(record(module, example, unit_for))
+    return graph_lipschitz(checked_record(module, example))
 
 
 @dataclass

@@ -38,7 +38,7 @@ from robustsim.nn.rules import Call, NoRule, Rule, rule_for
 _RANDOM = {
     "rand", "randn", "randint", "rand_like", "randn_like", "randint_like", "bernoulli", "bernoulli_", "normal",
     "normal_", "multinomial", "randperm", "uniform_", "random_", "exponential_", "cauchy_", "geometric_",
-    "log_normal_", "poisson",
+    "log_normal_", "poisson", "gumbel_softmax", "normal_like",
 }
 _READS = {"__bool__", "item", "tolist", "numpy", "__float__", "__int__", "__index__", "__complex__", "equal",
           "allclose", "is_nonzero", "__array__", "__reduce_ex__", "__deepcopy__", "nonzero", "argwhere",
@@ -58,7 +58,7 @@ def module_hooks() -> list[str]:
     from torch.nn.modules import module as m
 
     found = []
-    for what in ("_global_forward_pre_hooks", "_global_forward_hooks", "_global_forward_hooks_always_called"):
+    for what in ("_global_forward_pre_hooks", "_global_forward_hooks"):
         for hook in getattr(m, what, {}).values():
             if not getattr(hook, "_robustsim_observer", False):
                 found.append(getattr(hook, "__qualname__", type(hook).__name__))
@@ -106,8 +106,25 @@ def _leaf_kind(module: nn.Module) -> str | None:
     return None
 
 
+def _owner(module: nn.Module, attr: str) -> type | None:
+    """The class whose body defines ``attr`` for ``module`` (None: the instance itself holds it)."""
+    if attr in module.__dict__:
+        return None
+    return next((c for c in type(module).__mro__ if attr in c.__dict__), None)
+
+
 def _check_own_forward(module: nn.Module, path: str) -> None:
-    """A leaf's bound is proven for its class's forward: refuse an instance-level forward or a hook on it or below."""
+    """A leaf's bound is proven for its class's forward: refuse an instance-level forward or a hook on it or below,
+    and a subclass that overrides the forward of the class whose bound it inherits without stating a bound or
+    rounding of its own (robustsim's SLLConv2d states its rounding beside the forward its base's proof covers)."""
+    proof = _owner(module, "lipschitz_bound")
+    forward = _owner(module, "forward")
+    vouched = forward is not None and any(a in forward.__dict__ for a in ("lipschitz_bound", "rounding_terms"))
+    if proof is not None and forward is not None and not issubclass(proof, forward) and not vouched:
+        raise InputError(
+            f"{path} ({type(module).__name__}) overrides the forward of {proof.__name__}, whose bound is proven for "
+            f"its own forward; declare a lipschitz_bound on {type(module).__name__} too, or do not override forward"
+        )
     for name, sub in module.named_modules():
         where = f"{path}.{name}" if name else path
         if "forward" in sub.__dict__:
@@ -227,7 +244,7 @@ class _Recorder(TorchFunctionMode):
         out, where, base = call.out, self.stack[-1], call.name.rsplit(".", 1)[-1]
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
         first = outs[0] if isinstance(outs[0], torch.Tensor) else None
-        call.out = out if first is None else first
+        call.result, call.out = out, out if first is None else first
         inputs = tuple(self.node_of(call.tensors[i]) for i in call.variable)
         try:
             rule = rule_for(call, self.unit_for(first if first is not None else call.tensors[call.variable[0]]))
@@ -312,6 +329,39 @@ class _Recorder(TorchFunctionMode):
         node.out = out
         self.of[id(out)] = (node.index, out)
         return out
+
+
+def replay(graph: Graph, x: torch.Tensor) -> torch.Tensor:
+    """The recorded graph evaluated at another input ``x`` of the same shape: the function robustsim analysed (every
+    constant as recorded, every call on the image's values again, each proven leaf by its class's forward)."""
+    values: dict[int, Any] = {id(graph.x): x}
+
+    def sub(a: Any) -> Any:
+        if isinstance(a, torch.Tensor):
+            return values.get(id(a), a)
+        if isinstance(a, (list, tuple)):
+            return type(a)(sub(v) for v in a)
+        return a
+
+    seen: set[int] = set()
+    with torch.no_grad():
+        for node in graph.nodes:
+            if node.kind == "declared":
+                continue  # its inner calls are replayed one by one
+            if node.kind == "sealed":
+                values[id(node.out)] = type(node.module).forward(node.module, sub(node.inputs_tensors[0]))
+                continue
+            call = node.call
+            if call is None or id(call) in seen:
+                continue
+            seen.add(id(call))
+            got = call.func(*sub(call.args), **{k: sub(v) for k, v in call.kwargs.items()})
+            olds = call.result if isinstance(call.result, (tuple, list)) else (call.result,)
+            news = got if isinstance(got, (tuple, list)) else (got,)
+            for old, new in zip(olds, news, strict=False):
+                if isinstance(old, torch.Tensor):
+                    values[id(old)] = new
+    return values[id(graph.nodes[graph.output].out)]
 
 
 @contextlib.contextmanager

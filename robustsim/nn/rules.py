@@ -61,6 +61,7 @@ class Call:
     out: Any
     tensors: tuple[torch.Tensor, ...]
     variable: tuple[int, ...]
+    result: Any = None  # everything the call returned (``out`` is its first tensor)
 
     def arg(self, i: int, name: str, default: Any = None) -> Any:
         if name in self.kwargs:
@@ -192,19 +193,25 @@ def _slope(call: Call, unit: float) -> Rule:
     _one(call)
     base = call.name.rsplit(".", 1)[-1]
     if base.startswith("leaky_relu"):
-        lip = max(1.0, abs(float(call.arg(1, "negative_slope", 0.01))))
-        return Rule((lip,), terms=(0.0, unit, 0.0))
+        lip = max(1.0, _as_applied(call, float(call.arg(1, "negative_slope", 0.01))))
+        return Rule((lip,), terms=(0.0, 2 * unit, 0.0))
     if base == "prelu":
         lip = max(1.0, float(call.tensors[1].detach().double().abs().max()))
         return Rule((lip,), terms=(0.0, unit, 0.0))
     if base.startswith("elu"):
-        return Rule((max(1.0, abs(float(call.arg(1, "alpha", 1.0)))),), terms=_libm(unit))
+        return Rule((max(1.0, _as_applied(call, float(call.arg(1, "alpha", 1.0)))),), terms=_libm(unit))
     if base == "rrelu":
         if call.arg(3, "training", False):
             raise NoRule(f"{call.short} in training mode draws random slopes: call .eval()")
         lo, hi = float(call.arg(1, "lower", 1 / 8)), float(call.arg(2, "upper", 1 / 3))
         return Rule((max(1.0, abs(lo), abs(hi)),), terms=(0.0, unit, 0.0))
     raise NoRule(f"{call.short} has no rule")
+
+
+def _as_applied(call: Call, value: float) -> float:
+    """max(|value|, |value in the input's dtype|): a Python number multiplies as the tensor's dtype holds it."""
+    held = float(torch.tensor(value, dtype=call.x.dtype)) if call.x.is_floating_point() else value
+    return max(abs(value), abs(held))
 
 
 def _clamp(call: Call, unit: float) -> Rule:
@@ -640,7 +647,10 @@ def _add(call: Call, unit: float) -> Rule:
         sub = base in ("sub", "subtract", "__sub__", "sub_", "__isub__", "rsub", "__rsub__")
         return Rule((abs(1 - alpha) if sub else 1 + alpha,), terms=(0.0, unit, 0.0))
     lips = tuple(c * _spread(call, t) for t, c in ((a, coef_a), (b, coef_b)) if _is_var(call, t))
-    return Rule(lips, terms=(0.0, unit, 0.0))
+    # a Python number is converted to the tensor's dtype first: an error of at most u |c| in every output entry
+    scalar = next((abs(v) for v in (_scalar(a), _scalar(b)) if v is not None), 0.0)
+    shift = unit * scalar * max(1.0, alpha) * math.sqrt(call.out[0].numel()) if scalar else 0.0
+    return Rule(lips, terms=(0.0, unit, shift))
 
 
 def _mul(call: Call, unit: float) -> Rule:
@@ -652,6 +662,8 @@ def _mul(call: Call, unit: float) -> Rule:
         raise NoRule(f"{call.short} of the image with itself is not Lipschitz")
     c = _const_abs(other)
     lip = float(c.max()) if isinstance(c, torch.Tensor) else c
+    if not isinstance(c, torch.Tensor):  # a Python number: applied as its value in the tensor's dtype
+        return Rule((_as_applied(call, lip) * SAFE * _spread(call, call.x),), terms=(0.0, 2 * unit, 0.0))
     return Rule((lip * SAFE * _spread(call, call.x),), terms=(0.0, unit, 0.0))
 
 
@@ -666,6 +678,9 @@ def _div(call: Call, unit: float) -> Rule:
     smallest = float(c.min()) if isinstance(c, torch.Tensor) else c
     if smallest == 0:
         raise NoRule(f"{call.short} by zero")
+    if not isinstance(c, torch.Tensor):  # a Python number converted to the tensor's dtype (or its reciprocal taken)
+        inverse = max(1 / smallest, _as_applied(call, 1 / smallest))
+        return Rule(((1 + 2 * unit) * SAFE * inverse * _spread(call, a),), terms=(0.0, 3 * unit, 0.0))
     return Rule((SAFE / smallest * _spread(call, a),), terms=(0.0, unit, 0.0))
 
 
