@@ -255,6 +255,8 @@ class _Recorder(TorchFunctionMode):
                     "or give the module a proven `lipschitz_bound`"
                 ) from None
             rule = None  # inside a declared leaf: its constant is declared; this call's rounding is assumed
+        except InputError as err:  # not a fixed function of one image (batch statistics, randomness)
+            raise InputError(f"{where}: {err}") from None
         order = None
         if base in ("max", "min", "amax", "amin") and len(call.variable) == 1 and not (
             len(call.args) > 1 and isinstance(call.args[1], torch.Tensor)

@@ -223,7 +223,7 @@ def _dropout(call: Call, unit: float) -> Rule:
     p = float(call.arg(1, "p", 0.5))
     training = bool(call.arg(2, "training", True))
     if training and p > 0:
-        raise NoRule(f"{call.short}(p={p}) in training mode is random: call .eval() before certifying")
+        raise InputError(f"{call.short}(p={p}) in training mode is random: call .eval() before certifying")
     _one(call)
     return Rule((1.0,))
 
@@ -317,14 +317,14 @@ def _conv_rule(call: Call, unit: float, size: tuple, pad: tuple, dilation: tuple
 
 
 def _batch_norm(call: Call, unit: float) -> Rule:
-    if call.arg(5, "training", False):
-        raise NoRule(f"{call.short} in training mode normalises by the batch's statistics: call .eval()")
+    if call.arg(5, "training", False):  # not a fixed function of one image: refused even where a bound is declared
+        raise InputError(f"{call.short} in training mode normalises by the batch's statistics: call .eval()")
     _one(call, " (statistics computed from the image)")
     x = call.x
     mean, var = call.arg(1, "running_mean"), call.arg(2, "running_var")
     weight, bias, eps = call.arg(3, "weight"), call.arg(4, "bias"), float(call.arg(7, "eps", 1e-5))
     if mean is None or var is None:
-        raise NoRule(f"{call.short} without running statistics normalises by the batch's: no fixed bound")
+        raise InputError(f"{call.short} without running statistics normalises by the batch's: no fixed bound")
     v = var.detach().double()
     g = weight.detach().double() if weight is not None else torch.ones_like(v)
     b = bias.detach().double() if bias is not None else torch.zeros_like(v)
