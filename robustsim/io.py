@@ -10,7 +10,7 @@ The rule for every output path (``--json``, ``--plot``, ``plot --out``, report f
 
 :func:`check_output` applies the rule (and checks the folder is writable) *before* a command starts
 its computation; :func:`atomic_path` applies it again at write time. Report folders are claimed with
-:class:`OutputDir`: a lock file naming the holder's pid stops a second run from interleaving, and a
+:class:`OutputDir`: an exclusive flock on a lock file stops a second run from interleaving, and a
 folder holding another run's report is refused unless ``overwrite``.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import math
 import os
@@ -231,57 +232,20 @@ def write_json(path: str | os.PathLike, obj: Any, within: str | os.PathLike | No
     return atomic_write(path, lambda tmp: tmp.write_text(text), within)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def lock_identity() -> dict:
+    """Who holds a lock, for the message a second run prints: pid and host (the kernel's lock decides, not this)."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22); None where unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat[stat.rindex(")") + 2 :].split()[19]
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _boot_id() -> str | None:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
-
-
-def lock_identity(pid: int | None = None) -> dict:
-    """Who holds a lock: pid, host, boot and the process's start time (a reused pid has another start time)."""
-    pid = os.getpid() if pid is None else pid
-    return {"pid": pid, "host": socket.gethostname(), "boot": _boot_id(), "start": _start_time(pid)}
-
-
-def holder_alive(text: str) -> tuple[int, str | None]:
-    """(pid, host) of the lock's writer when that very process still runs (pid 0 when the lock is stale): the
-    same pid, host, boot and start time. A lock from another host cannot be checked and counts as held; an old
-    lock holding only a pid counts as held while that pid runs."""
-    try:
-        held = json.loads(text)
-    except ValueError:
-        held = None
-    if isinstance(held, int) or not isinstance(held, dict):
-        pid = held if isinstance(held, int) else 0
-        return (pid, None) if pid and _pid_alive(pid) else (0, None)
-    pid, host = int(held.get("pid") or 0), held.get("host")
-    if not pid:
-        return 0, None
-    if host != socket.gethostname():
-        return pid, host
-    now = lock_identity(pid)
-    same = _pid_alive(pid) and held.get("boot") == now["boot"] and held.get("start") == now["start"]
-    return (pid, host) if same else (0, None)
+def _holder(fd: int) -> tuple[str, str]:
+    """(pid, " on HOST" or "") from a held lock file's first 4 KiB, whatever they hold."""
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        held = json.loads(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+        pid, host = held.get("pid"), held.get("host")
+        if isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2**32:
+            where = f" on {host}" if isinstance(host, str) and host != socket.gethostname() else ""
+            return str(pid), where[:80]
+    return "another process", ""
 
 
 class OutputDir:
@@ -289,8 +253,8 @@ class OutputDir:
 
     Refuses (OutputError, before any work) a path that is not a folder, an unwritable folder, a folder
     that already holds one of ``products`` (another run's report) unless ``overwrite``, and a folder
-    another live process holds (lock file ``.robustsim.lock`` with its pid; a stale lock whose process
-    is gone is taken over). The lock is released on exit.
+    another process holds (:func:`acquire_lock`: the kernel's lock on ``.robustsim.lock``, released when its
+    process ends). The lock is released on exit.
     """
 
     def __init__(
@@ -327,58 +291,72 @@ class OutputDir:
                     self._target.rmdir()
 
 
-_HELD: dict[Path, int] = {}  # folders this process holds, with their claim counts (claims nest)
+_HELD: dict[Path, list[int]] = {}  # folders this process holds: [the lock's fd, claim count] (claims nest)
+
+
+def _open_lock(lock: Path) -> int:
+    """The lock file opened for reading and writing without following a link and without blocking (a FIFO opens at
+    once); OutputError in one line unless it is a regular file this user can write."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(lock, flags, 0o644)
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise OutputError(f"cannot write in {lock.parent} ({err.strerror}); choose another --out") from None
+        kind = "a symbolic link" if err.errno == errno.ELOOP else (err.strerror or "unusable").lower()
+        raise OutputError(f"{lock} is {kind}, not a lock file; remove it or choose another --out") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise OutputError(f"{lock} is {_KINDS.get(stat.S_IFMT(mode), 'not a file')}, not a lock file; remove it")
+    return fd
 
 
 def acquire_lock(folder: Path) -> Path:
-    """Create ``folder/.robustsim.lock`` holding this pid; OutputError if a live process holds it.
-    A folder this process already holds is claimed again (released when every claim is)."""
+    """Hold ``folder/.robustsim.lock`` for this process's run: an exclusive ``flock`` the kernel releases when the
+    process ends, however it ends (no pid to check, no stale lock to guess about). OutputError naming the holder if
+    another process holds it. A folder this process already holds is claimed again (released when every claim is)."""
     lock = folder / LOCK_NAME
     if folder in _HELD:
-        _HELD[folder] += 1
+        _HELD[folder][1] += 1
         return lock
-    for _ in range(3):
+    for _ in range(8):
+        fd = _open_lock(lock)
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                holder, host = holder_alive(lock.read_text().strip())
-            except OSError:
-                holder, host = 0, None
-            if holder and holder != os.getpid():
-                where = f" on {host}" if host and host != socket.gethostname() else ""
-                raise OutputError(
-                    f"{folder} is in use by process {holder}{where} (lock {lock}); "
-                    "wait for it to finish or choose another --out"
-                ) from None
-            try:  # stale: its process is gone
-                lock.unlink()
-            except FileNotFoundError:
-                pass
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid, where = _holder(fd)
+            os.close(fd)
+            raise OutputError(
+                f"{folder} is in use by process {pid}{where} (lock {lock}); wait for it to finish or choose another "
+                "--out"
+            ) from None
+        mine = os.fstat(fd)
+        try:
+            there = os.lstat(lock)
+        except FileNotFoundError:
+            there = None
+        if there is None or (there.st_dev, there.st_ino) != (mine.st_dev, mine.st_ino):
+            os.close(fd)  # its holder removed it as we opened it: lock the file that is there now
             continue
-        except OSError as err:
-            if err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-                raise OutputError(f"cannot write in {folder} ({err.strerror}); choose another --out") from None
-            raise
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(lock_identity()))
-        _HELD[folder] = 1
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(lock_identity()).encode(), 0)
+        _HELD[folder] = [fd, 1]
         return lock
-    raise OutputError(f"cannot lock {folder}; another run keeps claiming it, choose another --out")
+    raise OutputError(f"cannot lock {folder}; other runs keep claiming it, choose another --out")
 
 
 def release_lock(lock: Path) -> None:
-    folder = lock.parent
-    if _HELD.get(folder, 0) > 1:
-        _HELD[folder] -= 1
+    """Give one claim back; the last removes the lock file (while still holding it) and releases the lock."""
+    held = _HELD.get(lock.parent)
+    if held is None:
         return
-    _HELD.pop(folder, None)
-    try:
-        text = lock.read_text().strip()
-        mine = text == str(os.getpid())
-        with contextlib.suppress(ValueError, TypeError, AttributeError):
-            mine = mine or json.loads(text).get("pid") == os.getpid()
-        if mine:
-            lock.unlink()
-    except OSError:
-        pass
+    if held[1] > 1:
+        held[1] -= 1
+        return
+    fd = _HELD.pop(lock.parent)[0]
+    with contextlib.suppress(OSError):
+        there, mine = os.lstat(lock), os.fstat(fd)
+        if (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
+            os.unlink(lock)
+    os.close(fd)

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -292,3 +295,20 @@ def chrome():
     ):
         opts.add_argument(flag)
     return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+@contextlib.contextmanager
+def lock_holder(folder: Path):
+    """A second process holding ``folder``'s run lock (robustsim.io.acquire_lock) until the block ends; yields its
+    pid."""
+    code = (
+        "import sys, time; from pathlib import Path; from robustsim.io import acquire_lock; "
+        "acquire_lock(Path(sys.argv[1])); print('held', flush=True); time.sleep(120)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()

@@ -158,25 +158,17 @@ def _bad_inputs(tmp_path: Path, csv_set: Path, bapps_dir: Path) -> list[tuple[li
 def test_a_second_demo_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
     """Two demos at once were refused only at their retrieval or bench section, after minutes of
     duplicated work; the demo claims runs/demo first."""
-    import json
-    import subprocess
-    import sys
     import time
 
-    from robustsim.io import LOCK_NAME, lock_identity
+    from conftest import lock_holder
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "demo").mkdir(parents=True)
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        (tmp_path / "runs" / "demo" / LOCK_NAME).write_text(json.dumps(lock_identity(holder.pid)))
+    with lock_holder(tmp_path / "runs" / "demo") as pid:
         t0 = time.monotonic()
         assert run_cli(["demo", "--quick"]) == 2
         err = capsys.readouterr()
-        assert time.monotonic() - t0 < 5 and "in use by process" in err.err and "2AFC" not in err.out
-    finally:
-        holder.kill()
-        holder.wait()
+        assert time.monotonic() - t0 < 5 and f"in use by process {pid}" in err.err and "2AFC" not in err.out
 
 
 UNKNOWN_METRIC = [
