@@ -11,6 +11,8 @@ a link planted there (:func:`robustsim.io.inside`); the caller deletes the folde
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import hmac
 import io
@@ -18,6 +20,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,28 +32,92 @@ from robustsim.io import atomic_write, inside, read_inside
 Check = Callable[[dict], str | None]  # why a record cannot be used (None: it can)
 
 
+KEY_NAME = "state.key"
+
+
 def _secret() -> bytes:
-    """This user's key for records (created once, readable by its owner only); a process-local one where the cache
-    folder cannot hold it (records of earlier processes are then recomputed)."""
+    """This user's key for records: ``state.key`` in robustsim's cache folder, 32 random bytes only its owner can
+    read or write, in a folder no one else can write (created private whatever the umask). A key that is not that
+    (planted by another user or readable by others, a link, a FIFO, a folder, the wrong size) is never used: one
+    warning line and a fresh key (earlier records are then recomputed). Where the cache folder cannot hold a key, or
+    is writable by others, a process-local one (records of earlier processes are then recomputed)."""
     from robustsim.cache import cache_root
 
-    path = cache_root() / "state.key"
+    folder = cache_root()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(secrets.token_bytes(32))
+        folder.mkdir(mode=0o700, parents=True, exist_ok=False)
+        os.chmod(folder, 0o700)  # mkdir's mode passes through the umask
     except FileExistsError:
         pass
     except OSError:
         return _PROCESS_KEY
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb") as fh:
-            key = fh.read(64)
+        info = os.stat(folder)
     except OSError:
         return _PROCESS_KEY
-    return key if len(key) >= 32 else _PROCESS_KEY
+    if info.st_uid != os.getuid() or info.st_mode & 0o022:
+        _warn_once(f"warning: {folder} is writable by other users, so its resume key could be swapped; resuming "
+                   "within this process only (chmod go-w it, or set ROBUSTSIM_CACHE to a private folder)")
+        return _PROCESS_KEY
+    path = folder / KEY_NAME
+    key, problem = _read_key(path)
+    if key is not None:
+        return key
+    if problem is not None:
+        _warn_once(f"warning: the resume key {path} {problem}; made a fresh one (kept batches are recomputed)")
+    return _fresh_key(path) or _PROCESS_KEY
+
+
+def _read_key(path: Path) -> tuple[bytes | None, str | None]:
+    """(the key, None), (None, None) when there is none, or (None, why it cannot be trusted)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None, None
+    except OSError as err:
+        return None, "is a symbolic link" if err.errno == errno.ELOOP else f"cannot be read ({err.strerror})"
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None, "is not a regular file"
+        if info.st_uid != os.getuid():
+            return None, "belongs to another user"
+        if info.st_mode & 0o077:
+            return None, "can be read or written by other users"
+        key = os.read(fd, 65)
+    finally:
+        os.close(fd)
+    return (key, None) if 32 <= len(key) <= 64 else (None, f"holds {len(key)} bytes, not a key")
+
+
+def _fresh_key(path: Path) -> bytes | None:
+    """Write 32 random bytes as ``path`` (mode 600, atomically: a planted file, link or FIFO is replaced, a folder
+    is not); None when it cannot."""
+    key = secrets.token_bytes(32)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, key)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        return None
+    got, _ = _read_key(path)  # another process may have won the race: use what is there
+    return got if got is not None else key
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(line: str) -> None:
+    if line not in _WARNED:
+        _WARNED.add(line)
+        print(line, file=sys.stderr)
 
 
 _PROCESS_KEY = secrets.token_bytes(32)

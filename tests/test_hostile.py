@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -440,3 +441,60 @@ def test_weights_live_under_the_configured_folder_and_unpinned_bytes_are_refused
     code, out, _ = run(["weights", "add", "dists_weights.pt", str(random), "--trust"], capsys)
     assert code == 0 and (weights / "dists_weights.pt").read_bytes() == random.read_bytes()
     assert not hub.exists() or not list(hub.rglob("dists_weights.pt"))
+
+
+def _key_of(cache: Path) -> bytes:
+    from robustsim.resume import _secret
+
+    return _secret()
+
+
+@pytest.mark.parametrize(
+    "plant, says",
+    [
+        (lambda p: (p.write_bytes(b"k" * 32), p.chmod(0o644)), "can be read or written by other users"),
+        (lambda p: (p.write_bytes(b""), p.chmod(0o600)), "holds 0 bytes"),
+        (lambda p: os.mkfifo(p, 0o600), "not a regular file"),
+        (lambda p: p.symlink_to("/dev/zero"), "symbolic link"),
+    ],
+    ids=["mode 644 (planted, or another user's)", "0 bytes", "a FIFO", "a link to /dev/zero"],
+)
+def test_a_resume_key_nobody_can_trust_is_one_warning_and_a_fresh_key(plant, says, tmp_path, monkeypatch, capsys):
+    """A key another user could read or write would let forged records pass; a FIFO hung every audit; a 0-byte key
+    disabled resume for good. Each is refused with one warning and replaced by a fresh private key, used from then
+    on (the second call is silent and returns the same key)."""
+    import robustsim.resume as resume
+
+    monkeypatch.setenv("ROBUSTSIM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(resume, "_WARNED", set())
+    (tmp_path / "cache").mkdir(mode=0o700)
+    plant(tmp_path / "cache" / "state.key")
+    key = _key_of(tmp_path / "cache")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0] and "fresh" in err[0]
+    path = tmp_path / "cache" / "state.key"
+    assert path.is_file() and not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert key != b"k" * 32 and len(key) == 32 and key == path.read_bytes()
+    assert _key_of(tmp_path / "cache") == key and capsys.readouterr().err == ""
+
+
+def test_the_key_folder_is_private_whatever_the_umask(tmp_path, monkeypatch, capsys):
+    """Created under umask 000 the folder was world-writable (anyone could swap the key); now it is 700, and a
+    folder others can write is not trusted with a key at all (a process-local one, one warning)."""
+    import robustsim.resume as resume
+
+    monkeypatch.setattr(resume, "_WARNED", set())
+    monkeypatch.setenv("ROBUSTSIM_CACHE", str(tmp_path / "made" / "cache"))
+    old = os.umask(0)
+    try:
+        key = _key_of(tmp_path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "made" / "cache").stat().st_mode) == 0o700 and len(key) == 32
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("ROBUSTSIM_CACHE", str(shared))
+    assert _key_of(shared) == resume._PROCESS_KEY
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "writable by other users" in err[0] and not (shared / "state.key").exists()
