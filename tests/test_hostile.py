@@ -286,6 +286,11 @@ def test_a_cell_nested_too_deep_to_parse_is_recomputed(tmp_path, capsys):
              "1e-160"],
             "below what even",
         ),
+        (["train", "distill", "--lr", "nan"], "not a finite number"),
+        (["train", "distill", "--lr", "inf"], "not a finite number"),
+        (["train", "distill", "--warmup", "nan"], "not a finite number"),
+        (["train", "finetune", "--margin", "nan"], "not a finite number"),
+        (["train", "finetune", "--radius-weight", "inf"], "not a finite number"),
     ],
 )  # fmt: skip
 def test_numbers_the_code_cannot_represent_are_one_line(argv, says, capsys):

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from robustsim.cli.options import device_option, metric_option, parse_floats, registry_choice
+from robustsim.cli.options import FiniteFloat, device_option, metric_option, parse_floats, registry_choice
 
 
 def _run_options(epochs: int, batch_size: int, lr: float) -> Callable:
@@ -19,9 +19,9 @@ def _run_options(epochs: int, batch_size: int, lr: float) -> Callable:
         ("--epochs", {"default": epochs, "type": click.IntRange(1),
                       "help": "Passes over the training data (--max-steps stops earlier)."}),
         ("--batch-size", {"default": batch_size, "type": click.IntRange(1), "help": "Global batch (all processes)."}),
-        ("--lr", {"default": lr, "type": click.FloatRange(0, min_open=True),
+        ("--lr", {"default": lr, "type": FiniteFloat(0, min_open=True),
                   "help": "Peak learning rate (Adam; linear warm-up, then cosine decay to 0)."}),
-        ("--warmup", {"default": 0.05, "type": click.FloatRange(0, 1), "help": "Warm-up fraction of all steps."}),
+        ("--warmup", {"default": 0.05, "type": FiniteFloat(0, 1), "help": "Warm-up fraction of all steps."}),
         ("--seed", {"default": 0, "type": int,
                     "help": "Seeds the initialisation, data order and augmentation (a rerun repeats the run)."}),
         ("--workers", {"default": 0, "type": count, "help": "DataLoader worker processes."}),
@@ -116,7 +116,7 @@ def distill_cmd(**kw: Any) -> None:
 )
 @click.option("--data", default="mini", show_default=True, help="2AFC training spec (mini = mini:train).")
 @click.option("--val", default="auto", show_default=True, help="Validation spec for model selection.")
-@click.option("--margin", default=0.5, show_default=True, type=click.FloatRange(0), help="Hinge margin.")
+@click.option("--margin", default=0.5, show_default=True, type=FiniteFloat(0), help="Hinge margin.")
 @click.option(
     "--select",
     type=registry_choice("robustsim.train.finetune", "SELECTIONS"),
@@ -134,7 +134,7 @@ def distill_cmd(**kw: Any) -> None:
 )
 @click.option("--target-eps", default="36/255", show_default=True, help="l2 radius the certified loss aims for.")
 @click.option(
-    "--radius-weight", default=1.0, show_default=True, type=click.FloatRange(0), help="Weight of the radius term."
+    "--radius-weight", default=1.0, show_default=True, type=FiniteFloat(0), help="Weight of the radius term."
 )
 @click.option(
     "--limit",
