@@ -1,8 +1,7 @@
 """Helpers for the bounds of the function that runs (:mod:`robustsim.nn.graph` records it, :mod:`robustsim.nn.rules`
-bounds each call, :mod:`robustsim.nn.compose` composes): float64 norms on one thread, the tensors a module's forward
-applies (parametrizations, torch's hook-style spectral / weight norm), the hooks a proven leaf may carry, and the
-modules whose output depends on training mode. Norms computed in float64 are multiplied by :data:`SAFE` to cover
-the float64 computation's own error (relative ~1e-13).
+bounds each call, :mod:`robustsim.nn.compose` composes): float64 norms on one thread, the hooks a proven leaf may
+carry, and the modules whose output depends on training mode. Norms computed in float64 are multiplied by
+:data:`SAFE` to cover the float64 computation's own error (relative ~1e-13).
 """
 
 from __future__ import annotations
@@ -58,23 +57,6 @@ def tap_norm_sum(kernel: torch.Tensor, groups: int = 1) -> float:
         return max(float(torch.linalg.matrix_norm(p.permute(2, 3, 0, 1), ord=2).sum()) for p in k.split(out)) * SAFE
 
 
-def applied_parameter(module: nn.Module, name: str = "weight") -> torch.Tensor:
-    """The tensor ``module``'s forward applies as ``name``: a parametrization's value, or what torch's hook-style
-    ``spectral_norm`` / ``weight_norm`` compute before each forward (from their stored vectors, without a power
-    step), not the possibly stale attribute those hooks overwrite. Other pre-hooks are refused (:func:`check_hooks`)."""
-    from torch.nn.utils.spectral_norm import SpectralNorm
-    from torch.nn.utils.weight_norm import WeightNorm
-
-    for hook in module._forward_pre_hooks.values():
-        if isinstance(hook, SpectralNorm) and hook.name == name:
-            with torch.no_grad():
-                return hook.compute_weight(module, do_power_iteration=False)
-        if isinstance(hook, WeightNorm) and hook.name == name:
-            with torch.no_grad():
-                return hook.compute_weight(module)
-    return getattr(module, name)
-
-
 def observer(hook):
     """Mark a forward hook as one that only reads (robustsim's rounding tape): :func:`check_hooks` lets it pass."""
     hook._robustsim_observer = True
@@ -83,8 +65,9 @@ def observer(hook):
 
 def check_hooks(module: nn.Module) -> None:
     """RobustsimError unless every forward hook of ``module`` is one whose effect robustsim accounts for: torch's
-    hook-style spectral / weight norm (:func:`applied_parameter`) or a robustsim observer. Any other hook may
-    change what the module computes, so a bound read off its tensors would speak of another function."""
+    hook-style spectral / weight norm (the weight it computes is what the forward applies) or a robustsim observer.
+    Any other hook may change what the module computes, so a bound read off its tensors would speak of another
+    function."""
     from torch.nn.utils.spectral_norm import SpectralNorm
     from torch.nn.utils.weight_norm import WeightNorm
 
@@ -121,18 +104,5 @@ def mode_dependent(module: nn.Module) -> bool:
     if any(isinstance(h, SpectralNorm) for h in module._forward_pre_hooks.values()):
         return True
     return type(module).__name__ == "_SpectralNorm"  # torch.nn.utils.parametrizations.spectral_norm's module
-
-
-def exact_type(module: nn.Module) -> type:
-    """The module's class, seen through torch's parametrization wrapper (``ParametrizedLinear`` is a Linear whose
-    ``weight`` is the parametrization's value): the rules for torch modules apply by this exact type."""
-    from torch.nn.utils import parametrize
-
-    t = type(module)
-    return (
-        t.__bases__[0]
-        if parametrize.is_parametrized(module) and t.__name__ == f"Parametrized{t.__bases__[0].__name__}"
-        else t
-    )
 
 

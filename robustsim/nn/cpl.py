@@ -24,11 +24,11 @@ from robustsim.nn.derived import Derived
 from robustsim.nn.rounding import (
     Terms,
     absolute,
-    arithmetic_unit,
     bias_norm,
     gamma,
     local_dtype,
     memo,
+    unit_of,
     upper_norms,
 )
 from robustsim.nn.spectral import abs_conv_norm, conv_norm, conv_operator_norm, matrix_norm
@@ -96,7 +96,7 @@ class _CPLBase(Derived):
         n1, n2 = self.weight[0].numel() + 1, self._fan_out()
         g1, g2 = gamma(n1, unit), gamma(n2, unit)
         dt = local_dtype(x)
-        uc = arithmetic_unit(dt, x.device)
+        uc = unit_of(dt, x.device)
         w, b = self.weight.detach(), self.bias.detach()
         v = self._pre(absolute(x, dt), absolute(w, dt), absolute(b, dt))
         z = self._pre(x.detach().to(dt), w.to(dt), b.to(dt))

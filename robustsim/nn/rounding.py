@@ -74,15 +74,6 @@ def unit_of(dtype: torch.dtype, device: torch.device) -> float:
     return UNITS.get(dtype, 2.0**-24)
 
 
-def arithmetic_unit(dtype: torch.dtype, device: torch.device) -> float:
-    """The unit roundoff of float32 / float64 arithmetic on ``device`` (TF32's 2^-11 for float32 on CUDA while TF32
-    is allowed)."""
-    if dtype == torch.float64:
-        return 2.0**-53
-    cuda_tf32 = torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32
-    return 2.0**-11 if device.type == "cuda" and cuda_tf32 else 2.0**-24
-
-
 def absolute(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.detach().to(dtype).abs()
 
@@ -92,7 +83,7 @@ def upper_norms(v: torch.Tensor, ops: int) -> torch.Tensor:
     computes: from exact nonnegative inputs by products and sums at most ``ops`` rounded operations deep per entry
     (a sum of n terms counts n), each computed entry is at least (1 - gamma_ops) of its exact value; the norm's own
     n squares, sum and root err by gamma_{n+2} more."""
-    u = arithmetic_unit(v.dtype, v.device)
+    u = unit_of(v.dtype, v.device)
     norm = torch.linalg.vector_norm(v.flatten(1), dim=1).double()
     return norm / ((1 - gamma(v[0].numel() + 2, u)) * (1 - gamma(ops, u)))
 

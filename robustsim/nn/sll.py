@@ -23,11 +23,11 @@ from robustsim.nn.derived import Derived
 from robustsim.nn.rounding import (
     Terms,
     absolute,
-    arithmetic_unit,
     bias_norm,
     gamma,
     local_dtype,
     memo,
+    unit_of,
     upper_norms,
 )
 from robustsim.nn.spectral import abs_conv_norm, conv_norm
@@ -93,7 +93,7 @@ class _SLLBase(Derived):
         n1, n2 = self.weight[0].numel() + 1, self._fan_out()
         g1, g2 = gamma(n1, unit), gamma(n2, unit)
         dt = local_dtype(x)
-        uc = arithmetic_unit(dt, x.device)
+        uc = unit_of(dt, x.device)
         w, b, k = self.weight.detach(), self.bias.detach(), self.folded().detach()
         v = self._pre(absolute(x, dt), absolute(w, dt), absolute(b, dt))
         z = self._pre(x.detach().to(dt), w.to(dt), b.to(dt))
