@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from robustsim.errors import DataError
@@ -36,6 +36,69 @@ def file_sha256(path: str | os.PathLike) -> str:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+HASHES_NAME = "content-hashes.json"
+
+
+def content_digest(paths: Sequence[Path]) -> str:
+    """sha256 over the bytes of every file of ``paths`` in order (a missing one counts as missing): the identity of
+    data that resume records, bench cells and caches are keyed by. A file's hash is reused while its device, inode,
+    size, mtime *and ctime* are unchanged (the kernel sets ctime on every change of the file, and no call puts it
+    back, so bytes replaced in place with the size and mtime restored are hashed again); the hashes are kept in
+    ``cache_root()/content-hashes.json`` (read as state: no link, bounded, typed; unusable, it is rebuilt)."""
+    known = _known_hashes()
+    fresh: dict[str, list] = {}
+    total = hashlib.sha256()
+    for path in paths:
+        try:
+            st = os.stat(path)
+            real = os.path.realpath(path)
+        except OSError:
+            total.update(f"{path}:missing\n".encode())
+            continue
+        key = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        entry = known.get(real)
+        sha = entry[5] if entry is not None and entry[:5] == key else file_sha256(path)
+        fresh[real] = [*key, sha]
+        total.update(f"{sha}\n".encode())
+    if any(known.get(k) != v for k, v in fresh.items()):
+        _save_hashes({**known, **fresh})
+    return total.hexdigest()
+
+
+def _known_hashes() -> dict[str, list]:
+    from robustsim.errors import OutputError
+    from robustsim.io import parse_json, read_inside
+
+    try:
+        raw = read_inside(cache_root(), cache_root() / HASHES_NAME, limit=256 << 20)
+        data = parse_json(raw, HASHES_NAME) if raw else {}
+    except (OutputError, ValueError, OSError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {
+        k: v
+        for k, v in data.items()
+        if isinstance(v, list)
+        and len(v) == 6
+        and all(isinstance(n, int) and not isinstance(n, bool) for n in v[:5])
+        and isinstance(v[5], str)
+        and len(v[5]) == 64
+    }
+
+
+def _save_hashes(hashes: dict[str, list]) -> None:
+    """Best effort: a cache folder that cannot hold the file costs a hash of every file at the next run."""
+    from robustsim.errors import OutputError
+    from robustsim.io import write_json
+
+    try:
+        cache_root().mkdir(parents=True, exist_ok=True)
+        write_json(cache_root() / HASHES_NAME, hashes, within=cache_root())
+    except (OSError, OutputError):
+        pass
 
 
 def _stamp_path(path: Path) -> Path:

@@ -6,7 +6,9 @@ it)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from robustsim.errors import InputError
@@ -23,6 +25,52 @@ def count_arg(value: object, what: str, minimum: int = 1, allow_none: bool = Fal
         none = " or None" if allow_none else ""
         raise InputError(f"{what} must be an integer >= {minimum}{none}, got {value!r}")
     return value
+
+
+NAME_MAX, PATH_MAX = 255, 4095  # bytes of one name and of a whole path the kernel accepts (Linux, most file systems)
+
+
+def user_path(value: object, what: str = "path") -> Path:
+    """A path a user typed, as the file system will see it: ``~`` and ``~user`` expanded, not empty, no NUL, each
+    name at most NAME_MAX bytes and the whole at most PATH_MAX (what ``open`` would refuse with an OSError is one
+    line here, naming the option)."""
+    from robustsim.text import visible
+
+    if not isinstance(value, (str, os.PathLike)):
+        raise InputError(f"{what} must be a path, got {type(value).__name__}")
+    text = os.fspath(value)
+    text = text.decode(errors="surrogateescape") if isinstance(text, bytes) else text
+    if not text:
+        raise InputError(f"{what} is empty; name a file or folder")
+    if "\0" in text:
+        raise InputError(f"{what} {visible(text)[:80]!r} contains a NUL character; name a real path")
+    if text.startswith("~"):
+        expanded = os.path.expanduser(text)
+        if expanded.startswith("~"):
+            user = text[1:].split("/")[0]
+            raise InputError(f"{what} {visible(text)[:80]}: there is no user {visible(user)[:40]!r} whose home "
+                             "folder ~ could name; write the full path")  # fmt: skip
+        text = expanded
+    raw = os.fsencode(text)
+    if len(raw) > PATH_MAX:
+        raise InputError(f"{what} is {len(raw)} bytes long, over the {PATH_MAX} a path may have; choose a shorter one")
+    longest = max(raw.split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        raise InputError(
+            f"{what} holds a name of {len(longest)} bytes ({visible(os.fsdecode(longest))[:24]}...), over the "
+            f"{NAME_MAX} a file or folder name may have; choose a shorter one"
+        )
+    return Path(text)
+
+
+def existing_path(value: str) -> Path | None:
+    """``value`` as :func:`user_path` reads it when it names something on disk, else None (a name that cannot be a
+    path, such as a zoo name of 300 bytes or ``~nosuchuser/x``, is simply not one)."""
+    try:
+        path = user_path(value)
+        return path if path.exists() else None
+    except (InputError, OSError):
+        return None
 
 
 def spec_arg(value: object, what: str = "spec", example: str = "mini") -> str:

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from robustsim.errors import InputError
-from robustsim.limits import env_int, env_seconds
+from robustsim.limits import env_int, env_seconds, torchrun_env
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,9 @@ class DistEnv:
 
 def init_distributed(device: torch.device) -> DistEnv:
     """Join the torchrun process group when ``WORLD_SIZE`` > 1 (one GPU per local rank on CUDA)."""
-    world = env_int("WORLD_SIZE", 1, 1)
+    _, world, local = torchrun_env()
     if world == 1:
         return DistEnv(0, 1, 0, device)
-    local = env_int("LOCAL_RANK", 0)
     if device.type == "cuda":
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
@@ -104,8 +103,8 @@ def local_env(device: torch.device | str = "cpu") -> DistEnv:
 
 def env_from_os(device: torch.device | str = "cpu") -> DistEnv:
     """The process's place without joining a group (rank 0 of 1 outside torchrun)."""
-    world, rank = env_int("WORLD_SIZE", 1, 1), env_int("RANK", 0)
-    return DistEnv(rank, world, env_int("LOCAL_RANK", 0), torch.device(device))
+    rank, world, local = torchrun_env()
+    return DistEnv(rank, world, local, torch.device(device))
 
 
 def shard_indices(n: int, env: DistEnv) -> list[int]:

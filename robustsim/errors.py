@@ -24,5 +24,10 @@ class OutputError(RobustsimError):
     """An output path cannot be written (not a regular file, unwritable, in use, holds another run)."""
 
 
+class UntrustedState(OutputError):
+    """State robustsim kept between runs that another user could have written (their file, or writable by others):
+    never trusted; a record is recomputed, a pin refused."""
+
+
 class MissingPackageError(RobustsimError, ImportError):
     """An optional package is not installed; the message names the pip extra that brings it."""

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from robustsim.errors import OutputError
+from robustsim.errors import InputError, OutputError, UntrustedState
 
 _KINDS = {
     stat.S_IFCHR: "a character device",
@@ -40,6 +40,16 @@ _KINDS = {
     stat.S_IFDIR: "a directory",
 }
 LOCK_NAME = ".robustsim.lock"
+
+
+def user_path(path: str | os.PathLike, what: str) -> Path:
+    """:func:`robustsim.checks.user_path` with its refusal as an OutputError."""
+    from robustsim.checks import user_path as checked
+
+    try:
+        return checked(path, what)
+    except InputError as err:
+        raise OutputError(str(err)) from None
 
 
 def _target(path: Path) -> Path:
@@ -63,9 +73,33 @@ def _check_folder(folder: Path, for_what: Path) -> None:
         raise OutputError(f"cannot write {for_what}: folder {anc} is not writable; choose another path")
 
 
+def package_folders() -> tuple[Path, ...]:
+    """The folders robustsim's code and shipped models are installed in (the package and the ones setup.cfg maps
+    into it): never an output, however the path is spelled."""
+    import importlib.util
+
+    found = []
+    for name in ("robustsim", "robustsim.attacks", "robustsim.certify", "robustsim.train"):
+        spec = importlib.util.find_spec(name)
+        found += [Path(os.path.realpath(p)) for p in (spec.submodule_search_locations or []) if spec] if spec else []
+    return tuple(dict.fromkeys(found))
+
+
+def not_in_package(path: Path, what: str) -> None:
+    """OutputError when ``path`` (links followed) is inside :func:`package_folders` (the CLI's rule for outputs;
+    the shipped-model recipe writes there on purpose, through the library)."""
+    real = Path(os.path.realpath(path))
+    for folder in package_folders():
+        if real == folder or folder in real.parents:
+            raise OutputError(
+                f"{what} {path} is inside robustsim's installed package ({folder}): a shipped model or the code would "
+                "change under every later run; choose a folder of your own"
+            )
+
+
 def check_output(path: str | os.PathLike, what: str = "output") -> Path:
     """Apply the output rule to a file path before any work; return the path writing will land on."""
-    path = Path(path)
+    path = user_path(path, what)
     target = _target(path)
     try:
         mode = os.stat(path).st_mode  # what the path names, links followed (/dev/stdout into a pipe: a FIFO)
@@ -87,7 +121,7 @@ def check_output(path: str | os.PathLike, what: str = "output") -> Path:
 
 def check_output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     """A folder output: absent or a writable directory (a symlink to one is followed)."""
-    path = Path(path)
+    path = user_path(path, what)
     target = Path(os.path.realpath(path))
     if os.path.lexists(target) and not target.is_dir():
         raise OutputError(f"{what} {path} exists and is not a folder; choose another path")
@@ -141,7 +175,9 @@ def atomic_path(path: str | os.PathLike, within: str | os.PathLike | None = None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the final file normal permissions
+    # mkstemp makes 0600; give the final file normal permissions (a run's own file: never writable by others, so
+    # state read back by read_inside is trusted whatever the umask)
+    os.chmod(tmp, (0o666 if within is None else 0o644) & ~umask)
     try:
         try:
             yield Path(tmp)
@@ -166,9 +202,38 @@ def atomic_write(
     return Path(path)
 
 
+@contextmanager
+def staging(out: Path, what: str = "the report"):
+    """A fresh folder inside ``out`` for the files of one output set (and any temporary file drawing them needs),
+    removed on exit; :func:`publish` moves the set into ``out``. A failure before (a full disk, a figure that cannot
+    be drawn) leaves ``out`` as it was: one line, nothing written."""
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    try:
+        yield stage
+    except OSError as err:
+        raise OutputError(f"cannot write {what} in {out}: {err.strerror or err}; nothing was written") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def publish(staged: list[Path], out: Path) -> list[Path]:
+    """Move the complete files ``staged`` (in a :func:`staging` folder) into ``out`` under their names, in order, never
+    through a link planted in ``out`` (:func:`inside`); the paths written."""
+    files = [inside(out, out / f.name) for f in staged]
+    for f, dest in zip(staged, files, strict=True):
+        os.replace(f, dest)
+    return files
+
+
 def read_inside(root: str | os.PathLike, path: str | os.PathLike, limit: int = 64 << 20) -> bytes | None:
-    """The bytes of a run's own file (None when absent), read without following a link (:func:`inside`,
-    ``O_NOFOLLOW``) and without blocking (a FIFO is refused); a file over ``limit`` bytes is refused in one line."""
+    """The bytes of a file robustsim keeps between runs (a record, a cell, a log, a pin, a stamp; None when absent):
+    read without following a link (:func:`inside`, ``O_NOFOLLOW``), without blocking (a FIFO is refused), a regular
+    file of at most ``limit`` bytes (else one line), and written by this user alone (another user's file, or one
+    others may write, raises :class:`~robustsim.errors.UntrustedState`). Each kind is then parsed by its own typed
+    schema (``cell_problem``, ``record_problem``, ``_pins_problem``...), which calls a wrong type "edited"."""
     path = inside(root, path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -182,6 +247,9 @@ def read_inside(root: str | os.PathLike, path: str | os.PathLike, limit: int = 6
             raise OutputError(f"{path} is not a regular file; remove it")
         if info.st_size > limit:
             raise OutputError(f"{path} holds {info.st_size} bytes, more than a run's file ever does; remove it")
+        foreign_group = info.st_mode & 0o020 and info.st_gid != os.getegid()
+        if info.st_uid != os.geteuid() or info.st_mode & 0o002 or foreign_group:
+            raise UntrustedState(f"{path} belongs to another user or others may write it, so it is not trusted")
         return fh.read(limit + 1)
 
 

@@ -95,7 +95,9 @@ def _problem(report: dict) -> str | None:
 
 def load_report(path: str | os.PathLike) -> dict:
     """An audit, certify or retrieval report from its JSON file or from the folder that holds it."""
-    path = Path(path)
+    from robustsim.checks import user_path
+
+    path = user_path(path, "report")
     if path.is_dir():
         found = [path / f for f in _FILES if os.path.lexists(path / f)]
         if not found:

@@ -9,7 +9,6 @@ and returns the paths written.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,17 +26,11 @@ def write_report(report: Report, out: Path) -> list[Path]:
     Every file is first written into a staging folder inside ``out``; only when all are complete are they moved
     into place (a failure before, a full disk or a figure that cannot be drawn, leaves ``out`` as it was). No link
     inside ``out`` is followed (:func:`robustsim.io.inside`)."""
-    import shutil
-    import tempfile
-
-    from robustsim.errors import OutputError
     from robustsim.html import report_page
-    from robustsim.io import inside, write_json
+    from robustsim.io import publish, staging, write_json
     from robustsim.plots import save_figure
 
-    out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
-    try:
+    with staging(out) as stage:
         data = report.to_json()
         staged = [write_json(stage / "report.json", data)]
         text = report.markdown()
@@ -50,11 +43,4 @@ def write_report(report: Report, out: Path) -> list[Path]:
         title = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.startswith("#")), "robustsim report")
         (stage / "report.html").write_text(report_page(title, text, figures, data))
         staged.append(stage / "report.html")
-        files = [inside(out, out / f.name) for f in staged]
-        for f, dest in zip(staged, files, strict=True):
-            os.replace(f, dest)
-        return files
-    except OSError as err:
-        raise OutputError(f"cannot write the report in {out}: {err.strerror or err}; nothing was written") from None
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        return publish(staged, out)

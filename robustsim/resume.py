@@ -27,7 +27,9 @@ from pathlib import Path
 
 import torch
 
+from robustsim.errors import UntrustedState
 from robustsim.io import atomic_write, inside, read_inside
+from robustsim.text import visible
 
 Check = Callable[[dict], str | None]  # why a record cannot be used (None: it can)
 
@@ -151,7 +153,11 @@ class BatchStore:
         self.total += 1
         name = self._name(part, items)
         path = self.folder / f"{name}.pt"
-        raw = read_inside(self.root, path)
+        try:
+            raw = read_inside(self.root, path)
+        except UntrustedState as err:
+            print(visible(f"warning: {err}; recomputing its batch"), file=sys.stderr)
+            return None
         if raw is None:
             return None
         problem = None
@@ -168,7 +174,7 @@ class BatchStore:
         except Exception as err:  # noqa: BLE001 - whatever a damaged file raises, it is recomputed
             problem = f"cannot be read ({type(err).__name__})"
         if problem is not None:
-            print(f"warning: {path} {problem}; recomputing its batch", file=sys.stderr)
+            print(visible(f"warning: {path} {problem}; recomputing its batch"), file=sys.stderr)
             return None
         self.restored += 1
         return record

@@ -20,6 +20,7 @@ from robustsim.dist import DistEnv, gather_rows, init_distributed, shard
 from robustsim.errors import RobustsimError
 from robustsim.limits import MAX_BATCH, AutoBatch
 from robustsim.metrics.base import Metric, validate_images
+from robustsim.text import visible
 
 Rows = dict[str, torch.Tensor]
 Step = Callable[[Batch, Callable[[int], None]], Rows]
@@ -58,7 +59,7 @@ def run_batches(
     dims = dict(dims or {})
     per_batch = work if callable(work) else (lambda _n, w=int(work): w)
     total = sum(per_batch(min(batch_size, len(share) - s)) for s in range(0, len(share), batch_size))
-    bar = tqdm(total=total, desc=desc, unit=unit, disable=not (progress and env.main), leave=False)
+    bar = tqdm(total=total, desc=visible(desc), unit=unit, disable=not (progress and env.main), leave=False)
     parts: dict[str, list[torch.Tensor]] = {}
     fit = [batch_size]  # the largest piece of a batch that fits in the device's memory (halved on running out)
     validate = metric is not None and metric.validate

@@ -16,6 +16,12 @@ def visible(text: object) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
 
 
+def terminal(text: object) -> str:
+    """``text`` for a terminal: every line :func:`visible` (an escape sequence or a bidi override read from a file or
+    typed as a name is shown as its escape, never acted on), the line breaks kept."""
+    return "\n".join(visible(line) for line in str(text).split("\n"))
+
+
 def md_code(text: object) -> str:
     """``text`` as an inline Markdown code span: nothing inside is Markdown (no link, emphasis or table cell), and a
     backtick in it cannot end the span (the fence is one backtick longer than its longest run)."""

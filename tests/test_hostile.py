@@ -305,6 +305,27 @@ def test_an_environment_integer_that_is_not_one_is_one_line(name, monkeypatch, c
     assert code == 2 and f"{name}='abc'" in one_error_line(err)
 
 
+@pytest.mark.parametrize(
+    "env, says",
+    [
+        ({"WORLD_SIZE": "2", "RANK": "1"}, "MASTER_ADDR and MASTER_PORT unset"),
+        ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1"}, "MASTER_PORT unset"),
+        ({"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "x", "MASTER_PORT": "1"}, "not a process of WORLD_SIZE=2"),
+        ({"RANK": "1"}, "not a process of WORLD_SIZE=1"),
+        ({"WORLD_SIZE": "2", "MASTER_ADDR": "x", "MASTER_PORT": "99999"}, "is not a port"),
+    ],
+)
+def test_torchrun_variables_left_over_in_a_shell_are_one_line(env, says, monkeypatch, capsys):
+    """A leftover WORLD_SIZE / RANK without MASTER_ADDR was a ValueError from torch; the variables are checked
+    together before any work."""
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, _, err = run(["score", "--metric", "l2", "--limit", "2"], capsys)
+    assert code == 2 and says in one_error_line(err)
+
+
 def test_json_to_a_pipe_is_one_line_not_a_traceback(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "robustsim", "score", "--metric", "l2", "--limit", "2", "--json", "/dev/stdout"],
@@ -367,7 +388,11 @@ SMALL_FS = 'mount -t tmpfs -o size="$1" tmpfs "$2" && shift 2 && exec "$@"'
         ("4k", ["score", "--metric", "l2", "--limit", "300", "--json", "{fs}/s.json"]),
         ("24k", ["certify", "--metric", "lipsim-nano", "--limit", "64", "--out", "{fs}/out"]),
         ("8k", ["audit", "--metric", "l2", "--limit", "64", "--steps", "2", "--out", "{fs}/out"]),
+        ("40k", ["train", "distill", "--teacher", "effnet-lite0", "--student", "nano", "--input-size", "32", "--limit",
+                 "16", "--batch-size", "8", "--max-steps", "1", "--val-images", "", "--eval-data", "", "--device",
+                 "cpu", "--out", "{fs}/out"]),
     ],
+    ids=["score", "certify", "audit", "train (a checkpoint: SafetensorError)"],
 )
 def test_a_full_disk_is_one_line_and_leaves_no_partial_output(size, argv, tmp_path):
     """On a real tmpfs of a few KB (a user namespace's mount): `score --json` raised OSError 28, `certify --out` left
@@ -461,8 +486,13 @@ def _key_of(cache: Path) -> bytes:
         (lambda p: (p.write_bytes(b""), p.chmod(0o600)), "holds 0 bytes"),
         (lambda p: os.mkfifo(p, 0o600), "not a regular file"),
         (lambda p: p.symlink_to("/dev/zero"), "symbolic link"),
+        pytest.param(
+            lambda p: (p.write_bytes(b"k" * 32), p.chmod(0o600), os.chown(p, 65534, 65534)),
+            "belongs to another user",
+            marks=pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to a second uid needs root"),
+        ),
     ],
-    ids=["mode 644 (planted, or another user's)", "0 bytes", "a FIFO", "a link to /dev/zero"],
+    ids=["mode 644 (planted, or another user's)", "0 bytes", "a FIFO", "a link to /dev/zero", "owned by uid 65534"],
 )
 def test_a_resume_key_nobody_can_trust_is_one_warning_and_a_fresh_key(plant, says, tmp_path, monkeypatch, capsys):
     """A key another user could read or write would let forged records pass; a FIFO hung every audit; a 0-byte key
@@ -503,3 +533,57 @@ def test_the_key_folder_is_private_whatever_the_umask(tmp_path, monkeypatch, cap
     assert _key_of(shared) == resume._PROCESS_KEY
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "writable by other users" in err[0] and not (shared / "state.key").exists()
+
+
+# data identity from content (issue 47) ----------------------------------------------------------------------------
+
+
+def _replace_in_place(path: Path, data: bytes) -> None:
+    """New bytes of the same length written into the same inode, its mtime put back (what the probe did)."""
+    st = path.stat()
+    assert len(data) == st.st_size
+    with open(path, "r+b") as fh:
+        fh.write(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_mtime_ns == st.st_mtime_ns
+
+
+def test_images_changed_in_place_with_their_mtime_restored_change_the_data_identity(tmp_path):
+    from robustsim.data import open_images, open_triplets
+
+    csv = _csv_named(tmp_path / "set", "t.csv")
+    first = open_triplets(f"csv:{csv}").identity
+    assert open_triplets(f"csv:{csv}").identity == first  # stable while nothing changes
+    folder = open_images(str(tmp_path / "set"), 16).identity
+    png = tmp_path / "set" / "a1.png"
+    other = (tmp_path / "set" / "b1.png").read_bytes()
+    same_size = other[: png.stat().st_size].ljust(png.stat().st_size, b"\0")
+    _replace_in_place(png, same_size)
+    assert open_triplets(f"csv:{csv}").identity != first
+    assert open_images(str(tmp_path / "set"), 16).identity != folder
+
+
+def test_a_bench_recomputes_cells_of_images_changed_in_place(tmp_path, capsys):
+    """Cells are keyed by the bytes read: images replaced in place (size and mtime restored) are not the old cells."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "set"
+    folder.mkdir()
+    rows = ["ref,x0,x1,p"]
+    for i in range(6):  # stored uncompressed: every file has the same size, so bytes can be swapped in place
+        for k in ("r", "a", "b"):
+            arr = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(folder / f"{k}{i}.png", compress_level=0)
+        rows.append(f"r{i}.png,a{i}.png,b{i}.png,0")
+    (folder / "t.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "bench"
+    argv = ["bench", "--metrics", "l2", "--data", f"csv:{folder / 't.csv'}", "--device", "cpu", "--out", str(out)]
+    assert run_cli(argv) == 0
+    before = json.loads((out / "cards" / "l2.json").read_text())
+    for i in range(6):  # every x1 becomes its reference: l2 now calls x1 closer, and p = 0 says x0 is
+        _replace_in_place(folder / f"b{i}.png", (folder / f"r{i}.png").read_bytes())
+    capsys.readouterr()
+    assert run_cli(argv) == 0
+    after = json.loads((out / "cards" / "l2.json").read_text())
+    assert after["clean"] == 0.0 < before["clean"], (before["clean"], after["clean"])

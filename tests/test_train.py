@@ -193,7 +193,7 @@ def test_resume_refuses_changed_settings_and_a_second_fresh_run(distilled, folde
     with pytest.raises(RobustsimError, match="already holds a run"):
         distill(teacher=TEACHER, student="nano", images=str(train), val_images=None, input_size=SIZE, eval_data="",
                 **run_kwargs(out, epochs=4))  # fmt: skip
-    with pytest.raises(RobustsimError, match="--epochs differs"):
+    with pytest.raises(RobustsimError, match="--epochs: 4 -> 5 differs"):
         distill(teacher=TEACHER, student="nano", images=str(train), val_images=None, input_size=SIZE, eval_data="",
                 **run_kwargs(out, epochs=5, resume=True))  # fmt: skip
 
@@ -312,20 +312,76 @@ def test_resume_refuses_truncated_state_and_a_negative_step(tmp_path, capsys):
     net = LipSimNet("nano", embed_dim=8, input_size=16)
     run_dir = tmp_path / "run"
     cfg = RunConfig(out=str(run_dir), epochs=1, batch_size=4)
-    meta = {"training": {"global_step": -5, "config": {}, "optimizer": {"param_groups": [], "scalars": {}}}}
+    from dataclasses import asdict
+    from types import SimpleNamespace
+
+    meta = {"training": {"global_step": -5, "config": asdict(cfg), "optimizer": {"param_groups": [], "scalars": {}}}}
+    task = SimpleNamespace(meta={})
     save_checkpoint(run_dir / "last", net, meta, extra_tensors={"rng.torch": torch.get_rng_state()})
     from robustsim.train.loop import _resume
 
     opt = torch.optim.Adam(net.parameters())
     with pytest.raises(RobustsimError, match="global_step -5"):
-        _resume(run_dir, net, opt, cfg, total=10)
+        _resume(run_dir, net, opt, cfg, total=10, task=task)
     meta["training"]["global_step"] = 3
     save_checkpoint(run_dir / "last", net, meta, extra_tensors={"rng.torch": torch.get_rng_state()})
     state = run_dir / "last" / "state.safetensors"
     state.write_bytes(state.read_bytes()[:40])
     with pytest.raises(RobustsimError, match="corrupt or truncated"):
-        _resume(run_dir, net, opt, cfg, total=10)
+        _resume(run_dir, net, opt, cfg, total=10, task=task)
     save_file({"x": torch.zeros(1)}, str(tmp_path / "unused.safetensors"))
+
+
+def test_a_resume_checks_settings_step_optimizer_and_log_against_the_saved_run(distilled, folders, tmp_path, capsys):
+    """Issue 47: a resume under foreign settings is refused naming the setting (--force continues, saying so); an
+    edited step, an optimizer moment of the wrong shape, an edited log line and a link planted as the log are one
+    line or dropped, never a traceback, never written through."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "run"
+    shutil.copytree(distilled[0], out)
+    train, val = folders
+    args = dict(teacher=TEACHER, student="nano", images=str(train), input_size=SIZE, eval_data="")
+
+    def resume(**kw):
+        return distill(**{**args, "val_images": str(val), **kw}, **run_kwargs(out, epochs=4, resume=True))
+
+    with pytest.raises(RobustsimError, match="--val-images: '.*' -> None differs from the saved run.*--force"):
+        resume(val_images=None)
+    with pytest.raises(RobustsimError, match="--limit: None -> 64 differs"):
+        resume(limit=64)
+    config = out / "last" / "config.json"
+    saved = json.loads(config.read_text())
+    edited = json.loads(config.read_text())
+    edited["training"]["global_step"] -= 1
+    config.write_text(json.dumps(edited))
+    with pytest.raises(RobustsimError, match="optimizer has taken"):
+        resume()
+    config.write_text(json.dumps(saved))
+    state = out / "last" / "state.safetensors"
+    tensors = load_file(str(state))
+    moment = next(k for k in tensors if k.endswith("exp_avg"))
+    save_file({**tensors, moment: torch.zeros(3, 5)}, str(state))
+    with pytest.raises(RobustsimError, match="does not fit this run.*shape"):
+        resume()
+    save_file(tensors, str(state))
+    log = out / "log.jsonl"
+    log.write_text(log.read_text() + '{"step": null}\n{"step": "x"}\n[1]\n')
+    resume(force=True)  # nothing differs: --force changes nothing, the edited lines are dropped
+    assert all(isinstance(json.loads(line)["step"], int) for line in log.read_text().splitlines())
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep\n")
+    log.unlink()
+    log.symlink_to(victim)
+    with pytest.raises(RobustsimError, match="symbolic link"):
+        resume()
+    assert victim.read_text() == "keep\n"
+    log.unlink()
+    capsys.readouterr()
+    resume(val_images=None, force=True)
+    assert "--resume --force: continuing under --val-images" in capsys.readouterr().err
 
 
 def test_train_limit_and_max_steps_make_a_one_minute_run(tmp_path):

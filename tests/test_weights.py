@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import one_error_line, run_cli
 
 from robustsim.errors import WeightsError
 
@@ -751,3 +751,119 @@ def test_a_folder_where_the_file_should_be_is_one_line(server, tmp_path, monkeyp
     assert run_cli(["weights", "fetch", "dir.bin"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "is not a file" in err
+
+
+# the weights folder under two writers, hostile nodes and records (issue 47) ---------------------------------------
+
+_ADD_LOOP = """
+import os, sys, time
+from pathlib import Path
+from robustsim.errors import WeightsError
+from robustsim.weights import add_file
+go, names, src = Path(sys.argv[1]), sys.argv[2].split(","), sys.argv[3]
+while not go.exists():
+    time.sleep(0.001)
+for name in names:
+    try:
+        add_file(name, src, trust=True)
+        print("installed", name, flush=True)
+    except WeightsError as err:
+        print("refused", name, str(err)[:60], flush=True)
+"""
+
+
+def _adders(tmp_path: Path, jobs: list[tuple[str, Path]]) -> list[str]:
+    """Run one process per (names, source) adding with --trust, released together; their output lines."""
+    import subprocess
+    import sys
+
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _ADD_LOOP, str(go), names, str(src)], stdout=subprocess.PIPE, text=True)
+        for names, src in jobs
+    ]
+    import time
+
+    time.sleep(3)  # both have imported robustsim and wait on the go file
+    go.touch()
+    return [line for p in procs for line in p.communicate(timeout=120)[0].splitlines()]
+
+
+def test_concurrent_adds_never_lose_a_pin_nor_install_two_files_as_one_name(tmp_path, monkeypatch):
+    """Two processes adding 24 names each at once: every pin is kept (a read-modify-write of pins.json lost some);
+    two processes adding different bytes as one name: one is installed and pinned, the other refused."""
+    from robustsim.weights import recorded_pins, resolve
+
+    monkeypatch.setenv("ROBUSTSIM_WEIGHTS", str(tmp_path / "w"))
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(os.urandom(3000))
+    b.write_bytes(os.urandom(3000))
+    many = [f"{k}{i}.bin" for k in "ab" for i in range(24)]
+    manifest_with(tmp_path, monkeypatch, *[rec(n, b"", pin="first-download") for n in [*many, "same.bin"]])
+    lines = _adders(tmp_path, [(",".join(many[:24]), a), (",".join(many[24:]), b)])
+    assert sum(line.startswith("installed") for line in lines) == 48
+    assert set(recorded_pins()) == set(many)
+    (tmp_path / "go").unlink()
+    lines = _adders(tmp_path, [("same.bin", a), ("same.bin", b)])
+    assert sorted(line.split()[0] for line in lines) == ["installed", "refused"], lines
+    winner = a if any(line.startswith("installed") for line in lines[:1]) else b
+    assert recorded_pins()["same.bin"]["sha256"] == hashlib.sha256(winner.read_bytes()).hexdigest()
+    assert resolve("same.bin").read_bytes() == winner.read_bytes()
+
+
+def test_an_offline_repin_keeps_the_good_copy_and_its_pin(server, tmp_path, monkeypatch, capsys):
+    from robustsim.weights import recorded_pins, resolve
+
+    data = os.urandom(3000)
+    server.files["keep.bin"] = data
+    manifest_with(tmp_path, monkeypatch, rec("keep.bin", data, pin="first-download"))
+    path = resolve("keep.bin", progress=False)
+    pins = recorded_pins()
+    monkeypatch.setenv("ROBUSTSIM_OFFLINE", "1")
+    assert run_cli(["weights", "fetch", "--repin", "keep.bin"]) == 2
+    assert "offline" in capsys.readouterr().err
+    assert path.read_bytes() == data and recorded_pins() == pins
+    monkeypatch.delenv("ROBUSTSIM_OFFLINE")
+    server.files["keep.bin"] = b"<html>login</html>"  # a repin that downloads something wrong changes nothing either
+    assert run_cli(["weights", "fetch", "--repin", "keep.bin"]) == 2
+    assert path.read_bytes() == data and recorded_pins() == pins and resolve("keep.bin") == path
+
+
+def test_planted_pins_and_stamps_are_never_written_through_nor_trusted(server, tmp_path, monkeypatch, capsys):
+    from robustsim.weights import resolve
+
+    data = os.urandom(2000)
+    server.files["p.bin"] = data
+    manifest_with(tmp_path, monkeypatch, rec("p.bin", data, pin="first-download"))
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    victim = tmp_path / "victim.json"
+    victim.write_text("{}\n")
+    (folder / "pins.json").symlink_to(victim)
+    assert run_cli(["weights", "fetch", "p.bin"]) == 2
+    err = capsys.readouterr().err
+    assert "symbolic link" in one_error_line(err) and "%" not in err and victim.read_text() == "{}\n"
+    (folder / "pins.json").unlink()
+    path = resolve("p.bin", progress=False)
+    stamp = folder / ".p.bin.sha256"
+    stamp.unlink()
+    stamp.symlink_to("/dev/zero")  # read without end if followed
+    assert resolve("p.bin") == path and stamp.is_symlink()  # hashed again, the link left alone
+    for edited in ('{"p.bin": {"sha256": 123, "size": 1}}', '{"p.bin": "x"}', "[1]", '{"p.bin": {"sha256": "'
+                   + "0" * 64 + '", "size": "12"}}'):  # fmt: skip
+        (folder / "pins.json").write_text(edited)
+        assert run_cli(["weights", "list"]) == 2
+        err = capsys.readouterr().err
+        assert "pins.json" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("size", "12"), ("sha256", 123), ("urls", "http://x"), ("unpack", "yes"), ("max_size", -1), ("name", 7)],
+)
+def test_manifest_fields_of_the_wrong_type_are_one_line(tmp_path, monkeypatch, capsys, field, value):
+    bad = {**rec("t.bin", b"abc"), field: value}
+    manifest_with(tmp_path, monkeypatch, bad)
+    assert run_cli(["weights", "list"]) == 2
+    err = capsys.readouterr().err
+    assert "manifest" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,9 +29,11 @@ from tqdm.auto import tqdm
 
 import robustsim
 from robustsim.errors import RobustsimError
-from robustsim.io import OutputDir, atomic_write
+from robustsim.io import OutputDir, atomic_write, inside, read_inside
+from robustsim.limits import torchrun_env
 from robustsim.models.checkpoint import clean_orphans, load_net, recover_checkpoint, save_checkpoint
 from robustsim.models.lipsim import LipSimMetric, LipSimNet
+from robustsim.text import visible
 from robustsim.threads import follow_machine
 
 #: settings a resumed run must share with the run it continues
@@ -49,6 +52,7 @@ class RunConfig:
     workers: int = 0
     save_every: int = 0
     resume: bool = False
+    force: bool = False  # with resume: continue although a setting differs from the saved run's (logged)
     progress: bool = True
     max_steps: int | None = None  # stop (and validate, save) after this many steps; the schedule spans them
 
@@ -94,8 +98,11 @@ class _Log:
     path: Path | None
 
     def write(self, **rec: Any) -> None:
+        """Append one record to the run's log, never through a link planted as the log (:func:`robustsim.io.inside`)."""
         if self.path is not None:
-            with self.path.open("a") as fh:
+            inside(self.path.parent, self.path)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+            with os.fdopen(fd, "a") as fh:
                 fh.write(json.dumps(rec) + "\n")
 
 
@@ -107,7 +114,7 @@ def claim_run(cfg: RunConfig) -> Iterator[None]:
     """The main process claims the run folder for the whole run (the same lock and checks as every report
     folder, :class:`robustsim.io.OutputDir`): a folder holding a run is refused unless ``resume``, a
     second live run into it is refused, and what killed checkpoint saves left behind is removed."""
-    if int(os.environ.get("RANK", "0")) != 0:
+    if torchrun_env()[0] != 0:
         yield
         return
     out = Path(cfg.out)
@@ -146,7 +153,7 @@ def _fit(net: LipSimNet, task: Task, cfg: RunConfig, env: DistEnv) -> dict[str, 
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
     start, best = 0, -math.inf
     if cfg.resume:
-        start, best = _resume(out, net, opt, cfg, total)
+        start, best = _resume(out, net, opt, cfg, total, task)
     model: nn.Module = Embedder(metric)
     if env.world > 1:
         model = nn.parallel.DistributedDataParallel(
@@ -171,7 +178,8 @@ def _fit(net: LipSimNet, task: Task, cfg: RunConfig, env: DistEnv) -> dict[str, 
         save_checkpoint(out / "best", net, _named(_meta(task, cfg, 0, steps_per_epoch, best, init_metrics), "best"))
     barrier(env)
     rows = slice(env.rank, None, env.world)
-    bar = tqdm(total=total, initial=start, desc=f"{task.name} {out.name}", disable=not (cfg.progress and env.main))
+    desc = visible(f"{task.name} {out.name}")
+    bar = tqdm(total=total, initial=start, desc=desc, disable=not (cfg.progress and env.main))
     t0, last_metrics = time.perf_counter(), {}
     batches = None
     for gs in range(start, total):
@@ -234,32 +242,50 @@ def _named(meta: dict[str, Any], which: str) -> dict[str, Any]:
 def _truncate_log(path: Path, step: int) -> None:
     """Drop the records a killed run wrote after its last checkpoint (step > ``step``), so a resumed
     run's log has each step once."""
-    if not path.is_file():
+    raw = read_inside(path.parent, path)  # a link or a FIFO planted as the log: one line, never followed
+    if raw is None:
         return
     kept = []
-    for line in path.read_text().splitlines():
+    for line in raw.decode("utf-8", "replace").splitlines():
         try:
             rec = json.loads(line)
         except ValueError:
             continue  # a line cut by the kill
-        if isinstance(rec, dict) and int(rec.get("step", 0)) <= step:
+        at = rec.get("step") if isinstance(rec, dict) else None
+        if isinstance(at, int) and not isinstance(at, bool) and 0 <= at <= step:  # an edited record is dropped
             kept.append(line)
-    atomic_write(path, lambda tmp: tmp.write_text("".join(f"{ln}\n" for ln in kept)))
+    atomic_write(path, lambda tmp: tmp.write_text("".join(f"{ln}\n" for ln in kept)), within=path.parent)
 
 
-def _resume(out: Path, net: LipSimNet, opt: torch.optim.Optimizer, cfg: RunConfig, total: int) -> tuple[int, float]:
+def _changed_settings(meta: dict[str, Any], cfg: RunConfig, task: Task) -> list[str]:
+    """``--flag: saved -> now`` for every setting that decides the result and differs from the saved run's: the
+    run's schedule (RESUME_KEYS) and the task's own (teacher, data and its content, margin, loss, validation...)."""
+    training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+    old = training.get("config") if isinstance(training.get("config"), dict) else {}
+    now = asdict(cfg)
+    pairs = [(k, old.get(k), now[k]) for k in RESUME_KEYS] + [(k, meta.get(k), v) for k, v in task.meta.items()]
+    return [f"--{k.replace('_', '-')}: {a!r:.60} -> {b!r:.60}" for k, a, b in pairs if a != json.loads(json.dumps(b))]
+
+
+def _resume(
+    out: Path, net: LipSimNet, opt: torch.optim.Optimizer, cfg: RunConfig, total: int, task: Task
+) -> tuple[int, float]:
     from safetensors.torch import load_file
 
     last = recover_checkpoint(out / "last")
     if last is None:
         raise RobustsimError(f"--resume: {out / 'last'} does not exist; start without --resume")
     saved, meta = load_net(last)
-    training = meta.get("training", {})
-    old = training.get("config", {})
-    changed = [k for k in RESUME_KEYS if k in old and old[k] != getattr(cfg, k)]
+    training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+    changed = _changed_settings(meta, cfg, task)
+    if changed and not cfg.force:
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise RobustsimError(
+            f"--resume: {changed[0]} differs from the saved run{more}; use the run's settings, or pass --force to "
+            "continue it under these"
+        )
     if changed:
-        flag = "--" + changed[0].replace("_", "-")
-        raise RobustsimError(f"--resume: {flag} differs from the saved run ({old[changed[0]]}); use the same settings")
+        print(visible(f"warning: --resume --force: continuing under {'; '.join(changed)}"), file=sys.stderr)
     if saved.config() != net.config():
         raise RobustsimError(f"--resume: {last} holds a different architecture; use the same --student/--init")
     net.load_state_dict(saved.state_dict())
@@ -281,6 +307,12 @@ def _resume(out: Path, net: LipSimNet, opt: torch.optim.Optimizer, cfg: RunConfi
     if "optimizer" not in training:
         raise RobustsimError(f"--resume: {last}/config.json lacks the optimizer state; start without --resume")
     unpack_state(opt, tensors, training["optimizer"])
-    if int(os.environ.get("RANK", "0")) == 0:
+    counted = {float(st["step"]) for st in opt.state.values() if "step" in st}
+    if counted and counted != {float(step)}:
+        raise RobustsimError(
+            f"--resume: {last}/config.json says step {step} but its optimizer has taken {sorted(counted)[0]:.0f} "
+            "steps (an edited checkpoint); start without --resume"
+        )
+    if torchrun_env()[0] == 0:
         _truncate_log(out / "log.jsonl", step)
     return step, (-math.inf if best is None else float(best))

@@ -21,8 +21,10 @@ from robustsim.train.teacher import load_teacher, teacher_targets
 from robustsim.cache import cache_root
 from robustsim.data.specs import open_images, open_triplets
 from robustsim.errors import RobustsimError
+from robustsim.limits import torchrun_env
 from robustsim.models.checkpoint import load_net
 from robustsim.models.lipsim import PRESETS, LipSimMetric, LipSimNet
+from robustsim.text import visible
 
 SUMMARY_EPS = (36 / 255, 72 / 255, 108 / 255)
 DEFAULT_TEACHER = "dinov2-s14+effnet-lite0"
@@ -135,7 +137,8 @@ def _distill(
         targets,
         held_out,
         val_targets,
-        meta={"teacher": teacher, "data": images, "embed_dim": int(targets.shape[1]), "layer": layer},
+        meta={"teacher": teacher, "data": images, "embed_dim": int(targets.shape[1]), "layer": layer,
+              "val_images": val_images, "limit": limit, "data_identity": train_images.identity},  # fmt: skip
         evaluate_2afc=(lambda m: validation_figures(m, eval_set, [SUMMARY_EPS[0]], refine=False)) if eval_set else None,
     )
     result = fit(net, task, cfg)
@@ -199,7 +202,9 @@ def _finetune(
         margin,
         select,
         select_eps,
-        meta={"teacher": init_cfg.get("teacher"), "data": data, "init": str(init), "margin": margin, **objective},
+        meta={"teacher": init_cfg.get("teacher"), "data": data, "init": str(init), "margin": margin, **objective,
+              "val": val, "select": select, "select_eps": select_eps, "limit": limit,
+              "data_identity": train_set.identity},  # fmt: skip
         objective=objective["loss"],
         target_eps=objective["target_eps"],
         radius_weight=objective["radius_weight"],
@@ -210,10 +215,10 @@ def _finetune(
 
 
 def _finish(net: LipSimNet, cfg: RunConfig, eval_data: str | None, result: dict[str, Any]) -> dict[str, Any]:
-    if int(os.environ.get("RANK", "0")) != 0 or not eval_data:
+    if torchrun_env()[0] != 0 or not eval_data:
         return result
     metric = LipSimMetric(net.eval(), name=Path(cfg.out).name)
     if cfg.progress:
-        print(f"robustsim: final evaluation of {metric.name} on {eval_data}", file=sys.stderr)
+        print(visible(f"robustsim: final evaluation of {metric.name} on {eval_data}"), file=sys.stderr)
     result["summary"] = summary(metric, eval_data, result["seconds"])
     return result

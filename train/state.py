@@ -37,10 +37,16 @@ def unpack_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], m
                 state.setdefault(int(pid), {})[key] = t
         for pid, vals in meta["scalars"].items():
             state.setdefault(int(pid), {}).update(vals)
+        params = [p for g in opt.param_groups for p in g["params"]]
+        for pid, vals in state.items():
+            for key, t in vals.items():
+                want = () if key == "step" else tuple(params[pid].shape)
+                if isinstance(t, torch.Tensor) and (tuple(t.shape) != want or not t.is_floating_point()):
+                    raise ValueError(f"{key} of parameter {pid} has shape {tuple(t.shape)}, not {want}")
         groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
         opt.load_state_dict({"state": state, "param_groups": groups})
         torch.set_rng_state(tensors["rng.torch"])
-    except (KeyError, ValueError, TypeError) as err:
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as err:
         raise WeightsError(
             f"the checkpoint's training state does not fit this run ({err}); start without --resume"
         ) from None

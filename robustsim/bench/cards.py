@@ -13,7 +13,7 @@ from robustsim.ball import L2
 from robustsim.bench.protocol import Cell, Protocol, protocol_cells
 from robustsim.certify.adaptive import decisions, describe
 from robustsim.data.triplets import TripletDataset
-from robustsim.io import atomic_write
+from robustsim.io import atomic_write, publish, staging
 from robustsim.metrics.base import Metric
 from robustsim.plots import plain_text
 from robustsim.text import figure_text, file_stem, md_cell, md_code, visible
@@ -265,12 +265,13 @@ def write_leaderboard(cards: dict, skipped: dict, protocol: Protocol, data_spec:
         md += ["", "Skipped:", ""] + [f"- {md_code(name)}: {md_code(why)}" for name, why in skipped.items()]
     from robustsim.plots import save_figure
 
-    files = [save_figure(_figure(rows, cols, protocol), out / "leaderboard.png", within=out)]
-    files.append(atomic_write(out / "leaderboard.md", lambda p: p.write_text("\n".join(md) + "\n"), out))
-    figure = base64.b64encode((out / "leaderboard.png").read_bytes()).decode()
-    page = _html(heads, rows, cols, protocol, data_spec, skipped, notes(rows, protocol, center), figure)
-    files.append(atomic_write(out / "leaderboard.html", lambda p: p.write_text(page), out))
-    return files
+    with staging(out, "the leaderboard") as stage:  # png, md and html appear together or not at all
+        png = save_figure(_figure(rows, cols, protocol), stage / "leaderboard.png")
+        (stage / "leaderboard.md").write_text("\n".join(md) + "\n")
+        figure = base64.b64encode(png.read_bytes()).decode()
+        page = _html(heads, rows, cols, protocol, data_spec, skipped, notes(rows, protocol, center), figure)
+        (stage / "leaderboard.html").write_text(page)
+        return publish([png, stage / "leaderboard.md", stage / "leaderboard.html"], out)
 
 
 def _html(
@@ -456,13 +457,11 @@ def card_figure(name: str, card: dict, protocol: Protocol):
 def write_card_page(name: str, card: dict, protocol: Protocol, path: Path, within: Path | None = None) -> Path:
     """``cards/<name's file stem>.html``: the card as one offline page (its figure embedded, its JSON in full below
     the tables, a link back to the leaderboard)."""
-    import tempfile
-
     from robustsim.html import report_page
     from robustsim.plots import save_figure
 
-    with tempfile.TemporaryDirectory() as tmp:
-        png = save_figure(card_figure(name, card, protocol), Path(tmp) / "card.png")
+    with staging(within or path.parent, "a card") as stage:  # the figure is drawn inside the output folder
+        png = save_figure(card_figure(name, card, protocol), stage / "card.png")
         markdown = card_markdown(name, card, protocol)
         page = report_page(f"robustsim card: {visible(name)}", markdown, {"accuracy.png": png}, card, up=1)
     return atomic_write(path, lambda p: p.write_text(page), within)

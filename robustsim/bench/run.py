@@ -28,13 +28,13 @@ from robustsim.bench.protocol import Cell, Protocol, get_protocol, protocol_cell
 from robustsim.checks import count_arg
 from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv, broadcast_object, init_distributed
-from robustsim.errors import InputError, RobustsimError
+from robustsim.errors import InputError, RobustsimError, UntrustedState
 from robustsim.io import finite_json, parse_json, read_inside, write_json
 from robustsim.metrics.base import Metric
 from robustsim.precision import Precision, resolve_precision
 from robustsim.provenance import metric_fingerprint
 from robustsim.settings import BENCH_CENTER, BENCH_CENTER_IMAGES
-from robustsim.text import file_stem
+from robustsim.text import file_stem, visible
 from robustsim.threads import follow_machine
 from robustsim.threat import ThreatModel
 
@@ -121,7 +121,12 @@ class CellStore:
         """The saved result when its key matches and it is intact (its checksum and schema hold); an invalid
         cell is recomputed, with one warning line (``warn=False``: none, for a look that computes nothing)."""
         path = self._path(metric, cell)
-        raw = read_inside(self.root, path)  # a planted link is refused, a FIFO never read
+        try:
+            raw = read_inside(self.root, path)  # a planted link is refused, a FIFO never read
+        except UntrustedState as err:
+            if warn:
+                print(visible(f"warning: {err}; recomputing it"), file=sys.stderr)
+            return None
         if raw is None:
             return None
         try:
@@ -133,7 +138,7 @@ class CellStore:
         problem = cell_problem(data)
         if problem is not None:
             if warn:
-                print(f"warning: {path} {problem}; recomputing it", file=sys.stderr)
+                print(visible(f"warning: {path} {problem}; recomputing it"), file=sys.stderr)
             return None
         return data["result"]
 

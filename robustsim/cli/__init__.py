@@ -25,6 +25,7 @@ from robustsim.cli.score import score_cmd
 from robustsim.cli.train import train_group
 from robustsim.cli.weights import weights_group
 from robustsim.errors import RobustsimError
+from robustsim.text import visible
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -104,10 +105,13 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as err:
+        _close_bars()
+        err.message = visible(err.message)  # a value typed or read from a file is shown as text, escapes escaped
         err.show()
         sys.exit(2 if isinstance(err, click.UsageError) else err.exit_code)
     except RobustsimError as err:
-        click.echo(f"error: {err}", err=True)
+        _close_bars()
+        click.echo(f"error: {visible(err)}", err=True)
         sys.exit(2)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
@@ -121,6 +125,14 @@ def main(argv: list[str] | None = None) -> None:
         os._exit(3)  # the group is broken: leaving it would wait for the rank that stopped
     finally:
         _leave_process_group()
+
+
+def _close_bars() -> None:
+    """Close the progress bars a failed command left open, so its one error line starts a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        with contextlib.suppress(Exception):
+            bar.close()
 
 
 def _leave_process_group() -> None:

@@ -28,6 +28,7 @@ from robustsim.cli.options import (
     parse_names,
     precision_option,
     restarts_option,
+    say,
     say_cost,
     seed_option,
     smoothing_option,
@@ -160,9 +161,9 @@ def audit_cmd(
         )
         if report is None:  # a torchrun rank other than 0
             return
-        click.echo(f"audit of {report.metric} on {data.name}: {threat.describe()}")
-        click.echo(report.table())
+        say(f"audit of {report.metric} on {data.name}: {threat.describe()}")
+        say(report.table())
         if out is not None:
             for f in write_report(report, out):
-                click.echo(f"wrote {f}")
+                say(f"wrote {f}")
             shutil.rmtree(Path(out) / RESUME, ignore_errors=True)

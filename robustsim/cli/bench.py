@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from robustsim.cli.options import (
+    UserPath,
     batch_option,
     data_option,
     device_option,
@@ -18,6 +19,7 @@ from robustsim.cli.options import (
     parse_names,
     precision_option,
     registry_choice,
+    say,
     smoothing_option,
 )
 
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
     "out_dir",
     required=True,
     default=None,
-    type=click.Path(path_type=Path),
+    type=UserPath(output=True),
     help="Folder for cards/, cells/, leaderboard.md, leaderboard.html, leaderboard.png.",
 )
 @batch_option
@@ -98,13 +100,13 @@ def bench_cmd(
             batch_size=batch_size,
             device=device,
             limit=limit,
-            log=lambda m: click.echo(m, err=True),
+            log=lambda m: say(m, err=True),
             dry_run=dry_run,
             precision=precision,
             dtype=dtype,
         )
     if result is None or dry_run:
         return
-    click.echo((out_dir / "leaderboard.md").read_text())
+    say((out_dir / "leaderboard.md").read_text())
     for f in ("leaderboard.md", "leaderboard.html", "leaderboard.png"):
-        click.echo(f"wrote {out_dir / f}")
+        say(f"wrote {out_dir / f}")

@@ -25,6 +25,7 @@ from robustsim.cli.options import (
     out_dir_option,
     overwrite_option,
     registry_choice,
+    say,
     say_cost,
     seed_option,
     threat_options,
@@ -181,8 +182,8 @@ def certify_cmd(
         if res is None:  # a torchrun rank other than 0
             return
         what = "center-smoothing bounds" if method == "center-smoothing" else "certified 2AFC (%)"
-        click.echo(f"{what} of {m.name} on {data.name}: {res.describe()}")
-        click.echo(res.table())
+        say(f"{what} of {m.name} on {data.name}: {res.describe()}")
+        say(res.table())
         _write(res, out, json, plot)
 
 
@@ -230,10 +231,10 @@ def _write(res, out, json: Path | None, plot: Path | None) -> None:
 
     if out is not None:
         for f in write_report(res, out):
-            click.echo(f"wrote {f}")
+            say(f"wrote {f}")
     if json:
         write_json(json, res.to_json())
-        click.echo(f"wrote {json}")
+        say(f"wrote {json}")
     if plot:
         save_figure(res.figure(), plot)
-        click.echo(f"wrote {plot}")
+        say(f"wrote {plot}")

@@ -9,7 +9,7 @@ import click
 
 from robustsim.cli.bench import bench_cmd
 from robustsim.cli.certify import certify_cmd
-from robustsim.cli.options import device_option
+from robustsim.cli.options import device_option, say
 from robustsim.cli.retrieval import retrieval_cmd
 from robustsim.cli.score import score_cmd
 
@@ -55,7 +55,7 @@ def _section(title: str) -> None:
     from robustsim.threads import follow_machine
 
     threads = follow_machine()
-    click.echo(f"{title} [{threads} thread{'s' if threads > 1 else ''}]")
+    say(f"{title} [{threads} thread{'s' if threads > 1 else ''}]")
 
 
 def _run(ctx: click.Context, device: torch.device, quick: bool, full: bool) -> None:
@@ -78,4 +78,4 @@ def _run(ctx: click.Context, device: torch.device, quick: bool, full: bool) -> N
     benched = OFFLINE if full else BENCHED
     ctx.invoke(bench_cmd, metrics=benched, out_dir=Path("runs/demo/bench"), device=device, limit=8 if quick else None)
     if not full:
-        click.echo("(robustsim demo --full adds ms-ssim, effnet-ensemble, dinov2-s14 and the other LipSim nets)")
+        say("(robustsim demo --full adds ms-ssim, effnet-ensemble, dinov2-s14 and the other LipSim nets)")

@@ -6,6 +6,7 @@ import shutil
 
 import click
 
+from robustsim.cli.options import say
 from robustsim.table import format_table
 
 STATES = (
@@ -38,10 +39,10 @@ def metrics_cmd(width: int | None) -> None:
     state_w = max(len(r[1]) for r in rows)
     desc_w = max(20, width - name_w - state_w - 4)
     table = [(n, s, _clip(e.description, desc_w)) for (n, s), e in zip(rows, entries, strict=True)]
-    click.echo(format_table(["metric", "state", "description"], table, left=True))
-    click.echo()
+    say(format_table(["metric", "state", "description"], table, left=True))
+    say()
     for line in _wrap(STATES, width):
-        click.echo(line)
+        say(line)
 
 
 def _wrap(text: str, width: int) -> list[str]:

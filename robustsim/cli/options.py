@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-from robustsim.limits import MAX_BATCH, MAX_SIGMA, AutoBatch
+from robustsim.limits import MAX_BATCH, MAX_COUNT, MAX_SEED, MAX_SIGMA, AutoBatch
 from robustsim.settings import AttackSettings
 from robustsim.threat import NORMS, TARGETS, Norm, Target, ThreatModel
 
@@ -91,10 +91,47 @@ class FiniteFloat(click.FloatRange):
     name = "finite float"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        out = super().convert(value, param, ctx)
-        if not math.isfinite(out):
+        if not math.isfinite(click.FLOAT.convert(value, param, ctx)):  # said first: inf is no number, not too big
             self.fail(f"{value!r} is not a finite number", param, ctx)
-        return out
+        return super().convert(value, param, ctx)
+
+
+class UserPath(click.ParamType):
+    """Every path option: :func:`robustsim.checks.user_path` (``~user`` expanded, not empty, names and the whole
+    within the kernel's lengths), then for an ``output`` not inside robustsim's installed package (a shipped model's
+    folder), for an ``existing`` folder or file one that is there. Returns a :class:`~pathlib.Path`."""
+
+    name = "path"
+
+    def __init__(self, output: bool = False, existing: str | None = None) -> None:
+        self.output, self.existing = output, existing  # existing: None, "file" or "folder"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from robustsim.checks import user_path
+        from robustsim.errors import InputError, OutputError
+        from robustsim.io import not_in_package
+        from robustsim.text import visible
+
+        what = param.opts[0] if param is not None and param.opts else "path"
+        try:
+            path = user_path(value, what)
+            if self.output:
+                not_in_package(path, what)
+        except (InputError, OutputError) as err:
+            self.fail(str(err), param, ctx)
+        if self.existing and not path.exists():
+            self.fail(f"{visible(path)!r} does not exist", param, ctx)
+        if self.existing == "folder" and not path.is_dir():
+            self.fail(f"{visible(path)!r} is not a folder", param, ctx)
+        return path
+
+
+def say(message: object = "", err: bool = False) -> None:
+    """``click.echo`` for every line a command prints: names, paths and data-file text in it escaped
+    (:func:`robustsim.text.terminal`)."""
+    from robustsim.text import terminal
+
+    click.echo(terminal(message), err=err)
 
 
 def parse_names(text: str, what: str) -> list[str]:
@@ -161,7 +198,7 @@ def threat_options(
             threat = ThreatModel(cast(Norm, norm), cast(Target, target), tuple(eps))
             warning = threat.implausible()
             if warning:
-                click.echo(warning, err=True)
+                say(warning, err=True)
             return command(*args, threat=threat, **kwargs)
 
         defaults = "; ".join(f"{n}: {default_eps[n]}" for n in norms)
@@ -244,7 +281,9 @@ def _triplet_usage() -> str:
 allow_outside_option = click.option(
     "--allow-outside", is_flag=True, default=False, help="Let a csv: spec name images outside the CSV's folder."
 )
-seed_option = click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random choice.")
+SEED = click.IntRange(0, MAX_SEED)
+COUNT = click.IntRange(1, MAX_COUNT)
+seed_option = click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of every random choice.")
 restarts_option = click.option(
     "--restarts",
     default=AttackSettings.restarts,
@@ -264,7 +303,7 @@ def steps_option(default: int) -> Callable:
 def limit_option(what: str = "triplets") -> Callable:
     """``--limit N``: use only the first N ``what`` (annotation files are read only that far)."""
     return click.option(
-        "--limit", type=click.IntRange(1), default=None, help=f"Use only the first N {what} (stops reading there)."
+        "--limit", type=COUNT, default=None, help=f"Use only the first N {what} (stops reading there)."
     )
 
 
@@ -273,12 +312,12 @@ overwrite_option = click.option("--overwrite", is_flag=True, default=False, help
 
 def out_dir_option(files: str) -> Callable:
     """``--out DIR``: the folder the command writes ``files`` into (atomically)."""
-    return click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, help=f"Write {files} here.")
+    return click.option("--out", "out_dir", type=UserPath(output=True), default=None, help=f"Write {files} here.")
 
 
 def file_output_option(name: str, help: str) -> Callable:
     """An output file option (``--json`` / ``--plot``), checked by :func:`robustsim.io.check_output` early."""
-    return click.option(name, type=click.Path(dir_okay=True, path_type=Path), default=None, help=help)
+    return click.option(name, type=UserPath(output=True), default=None, help=help)
 
 
 def check_file_outputs(**paths: Path | None) -> None:
@@ -336,9 +375,9 @@ def say_cost(estimate, dry_run: bool) -> bool:
     """Print a run's estimated cost (and the warning of a long CPU run) on stderr; True when the run should stop
     there (``--dry-run``)."""
     if is_main():
-        click.echo(estimate.describe(), err=True)
+        say(estimate.describe(), err=True)
         if estimate.warning():
-            click.echo(f"warning: {estimate.warning()}", err=True)
+            say(f"warning: {estimate.warning()}", err=True)
     return dry_run
 
 

@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING, cast
 
 import click
 
-from robustsim.cli.options import check_file_outputs, registry_choice
+from robustsim.cli.options import UserPath, check_file_outputs, registry_choice, say
 
 if TYPE_CHECKING:
     from robustsim.overlay import Kind
 
 
 @click.command("plot")
-@click.argument("reports", nargs=-1, required=True)
+@click.argument("reports", nargs=-1, required=True, type=UserPath())
 @click.option(
     "--kind",
     type=registry_choice("robustsim.overlay", "KINDS"),
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     "Default: certified for certify reports, robust otherwise.",
 )
 @click.option(
-    "--out", required=True, default=None, type=click.Path(path_type=Path), help="Figure file (.png, .pdf or .svg)."
+    "--out", required=True, default=None, type=UserPath(output=True), help="Figure file (.png, .pdf or .svg)."
 )
 def plot_cmd(reports: tuple[str, ...], kind: str | None, out: Path) -> None:
     """Overlay audit, certify or retrieval reports (folders or JSON files): one curve per report.
@@ -39,4 +39,4 @@ def plot_cmd(reports: tuple[str, ...], kind: str | None, out: Path) -> None:
     check_file_outputs(out=out)
     fig = overlay_figure([load_report(p) for p in reports], cast("Kind | None", kind))
     save_figure(fig, out)
-    click.echo(f"wrote {out}")
+    say(f"wrote {out}")

@@ -17,6 +17,7 @@ from robustsim.cli.options import (
     parse_names,
     registry_choice,
     restarts_option,
+    say,
     seed_option,
     steps_option,
     threat_options,
@@ -151,12 +152,12 @@ def retrieval_cmd(
             device=device,
             backend=cast(Backend, backend),
         )
-        click.echo(
+        say(
             f"retrieval of {m.name} on {res.data}: {res.n_queries} queries ({res.n_scored} with positives), "
             f"{res.n_gallery} gallery items; {res.note}"
         )
-        click.echo(retrieval_table(res))
-        click.echo(f"({res.seconds:.0f} s)")
+        say(retrieval_table(res))
+        say(f"({res.seconds:.0f} s)")
         if out is not None:
             for f in write_report(RetrievalReport(res), out):
-                click.echo(f"wrote {f}")
+                say(f"wrote {f}")

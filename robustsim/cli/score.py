@@ -22,6 +22,7 @@ from robustsim.cli.options import (
     metric_option,
     open_data,
     parse_names,
+    say,
 )
 from robustsim.table import format_table, pct
 
@@ -71,9 +72,9 @@ def score_cmd(
     width = max(len("metric"), *(len(n) for n in names))
     line = lambda *c: f"{c[0]:<{width}}  {c[1]:>5}  {c[2]:>5}  {c[3]:>7}"  # noqa: E731
     if is_main():  # each row as its metric finishes (a slow metric does not hide the fast ones)
-        click.echo(f"2AFC score (%) on {data.name}")
-        click.echo(line("metric", "2AFC", "n", "seconds"))
-        click.echo(line("-" * width, "-" * 5, "-" * 5, "-" * 7))
+        say(f"2AFC score (%) on {data.name}")
+        say(line("metric", "2AFC", "n", "seconds"))
+        say(line("-" * width, "-" * 5, "-" * 5, "-" * 7))
     for name, metric in zip(names, loaded, strict=True):
         t0 = time.perf_counter()
         res = evaluate_2afc(metric, data, batch_size=batch_size, device=device)
@@ -92,17 +93,17 @@ def score_cmd(
                 "decisions": decisions(metric),
             }
         )
-        click.echo(line(name, pct(res.score), len(res.p), f"{secs:.1f}"))
+        say(line(name, pct(res.score), len(res.p), f"{secs:.1f}"))
     if not is_main():
         return
     for r in results:
         if describe(r["decisions"]):
-            click.echo(f"({r['metric']}: {describe(r['decisions'])})")
+            say(f"({r['metric']}: {describe(r['decisions'])})")
     if groups:
         cats = sorted({g for r in results for g in r["groups"]})
         if cats:
-            click.echo()
-            click.echo(
+            say()
+            say(
                 format_table(
                     ["metric", *cats], [(r["metric"], *(pct(r["groups"].get(c)) for c in cats)) for r in results]
                 )
@@ -110,4 +111,4 @@ def score_cmd(
     if json:
         report = {"version": 1, "kind": "score", "data": data_spec, "runtime": runtime_info(device), "results": results}
         write_json(json, report)
-        click.echo(f"wrote {json}")
+        say(f"wrote {json}")

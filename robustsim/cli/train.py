@@ -7,29 +7,45 @@ from typing import Any
 
 import click
 
-from robustsim.cli.options import FiniteFloat, device_option, metric_option, parse_floats, registry_choice
+from robustsim.cli.options import (
+    COUNT,
+    SEED,
+    FiniteFloat,
+    UserPath,
+    device_option,
+    metric_option,
+    parse_floats,
+    registry_choice,
+    say,
+)
+from robustsim.limits import MAX_BATCH, MAX_COUNT, MAX_INPUT, MAX_WORKERS
 
 
 def _run_options(epochs: int, batch_size: int, lr: float) -> Callable:
     """Options every training command shares (defaults differ per stage)."""
-    count = click.IntRange(0)
+    every = click.IntRange(0, MAX_COUNT)
     shared: list[tuple[str, dict[str, Any]]] = [
-        ("--out", {"required": True, "default": None, "show_default": False, "type": click.Path(file_okay=False),
+        ("--out", {"required": True, "default": None, "show_default": False, "type": UserPath(output=True),
                    "help": "Run folder (last/, best/, log.jsonl)."}),
-        ("--epochs", {"default": epochs, "type": click.IntRange(1),
+        ("--epochs", {"default": epochs, "type": COUNT,
                       "help": "Passes over the training data (--max-steps stops earlier)."}),
-        ("--batch-size", {"default": batch_size, "type": click.IntRange(1), "help": "Global batch (all processes)."}),
-        ("--lr", {"default": lr, "type": FiniteFloat(0, min_open=True),
+        ("--batch-size", {"default": batch_size, "type": click.IntRange(1, MAX_BATCH),
+                          "help": "Global batch (all processes)."}),
+        ("--lr", {"default": lr, "type": FiniteFloat(0, 10, min_open=True),
                   "help": "Peak learning rate (Adam; linear warm-up, then cosine decay to 0)."}),
         ("--warmup", {"default": 0.05, "type": FiniteFloat(0, 1), "help": "Warm-up fraction of all steps."}),
-        ("--seed", {"default": 0, "type": int,
+        ("--seed", {"default": 0, "type": SEED,
                     "help": "Seeds the initialisation, data order and augmentation (a rerun repeats the run)."}),
-        ("--workers", {"default": 0, "type": count, "help": "DataLoader worker processes."}),
-        ("--save-every", {"default": 0, "type": count, "help": "Also save last/ every N steps (0: each epoch)."}),
-        ("--max-steps", {"type": click.IntRange(1), "default": None, "show_default": False, "help":
+        ("--workers", {"default": 0, "type": click.IntRange(0, MAX_WORKERS), "help": "DataLoader worker processes."}),
+        ("--save-every", {"default": 0, "type": every, "help": "Also save last/ every N steps (0: each epoch)."}),
+        ("--max-steps", {"type": COUNT, "default": None, "show_default": False, "help":
                          "Stop after N optimiser steps (validated and saved there); try training in a minute."}),
         ("--resume", {"is_flag": True, "default": False, "show_default": False,
-                      "help": "Continue the run in --out exactly where its last/ checkpoint stopped."}),
+                      "help": "Continue the run in --out exactly where its last/ checkpoint stopped (every setting "
+                              "that decides the result must be the run's)."}),
+        ("--force", {"is_flag": True, "default": False, "show_default": False,
+                     "help": "With --resume: continue although settings differ from the saved run's (named in a "
+                             "warning)."}),
         ("--eval-data", {"default": "mini:val",
                          "help": "2AFC spec for the final summary (and distill's per-epoch checks); '': none."}),
     ]  # fmt: skip
@@ -44,7 +60,7 @@ def _run_options(epochs: int, batch_size: int, lr: float) -> Callable:
 
 
 def _run_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
-    keys = ("epochs", "batch_size", "lr", "warmup", "seed", "workers", "save_every", "resume", "max_steps")
+    keys = ("epochs", "batch_size", "lr", "warmup", "seed", "workers", "save_every", "resume", "force", "max_steps")
     run = {k: kw.pop(k) for k in keys}
     run["device"] = str(kw.pop("device"))
     return run
@@ -54,7 +70,7 @@ def _report(result: dict[str, Any]) -> None:
     from robustsim.train.recipes import summary_line
 
     if "summary" in result:
-        click.echo(summary_line(result["summary"]))
+        say(summary_line(result["summary"]))
 
 
 @click.group("train")
@@ -81,11 +97,15 @@ def train_group() -> None:
     "--val-images", default="auto", show_default=True, help="Held-out images for the RMSE check ('' for none)."
 )
 @click.option(
-    "--input-size", default=64, show_default=True, type=click.IntRange(16), help="Student input size (multiple of 16)."
+    "--input-size",
+    default=64,
+    show_default=True,
+    type=click.IntRange(16, MAX_INPUT),
+    help="Student input size (multiple of 16).",
 )
 @click.option(
     "--limit",
-    type=click.IntRange(1),
+    type=COUNT,
     default=None,
     help="Train on the first N images and check on at most N held-out ones (a trial run).",
 )
@@ -111,7 +131,7 @@ def distill_cmd(**kw: Any) -> None:
     "--init",
     required=True,
     default=None,
-    type=click.Path(exists=True, file_okay=False),
+    type=UserPath(existing="folder"),
     help="Checkpoint to start from.",
 )
 @click.option("--data", default="mini", show_default=True, help="2AFC training spec (mini = mini:train).")
@@ -138,7 +158,7 @@ def distill_cmd(**kw: Any) -> None:
 )
 @click.option(
     "--limit",
-    type=click.IntRange(1),
+    type=COUNT,
     default=None,
     help="Train on the first N triplets and select on at most N validation ones (a trial run).",
 )

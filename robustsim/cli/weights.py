@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from robustsim.cli.options import parse_names
+from robustsim.cli.options import UserPath, parse_names, say
 from robustsim.table import format_table
 
 PIN_TEXT = {"sha256": "sha256", "sha256-prefix": "prefix", "git-blob": "git-blob", "first-download": "1st-download"}
@@ -57,13 +57,13 @@ def list_cmd() -> None:
         )
     import textwrap
 
-    click.echo(format_table(["file", "size", "pin", "state", "licence", "metrics"], rows, left=True))
+    say(format_table(["file", "size", "pin", "state", "licence", "metrics"], rows, left=True))
     note = (
         "pin: sha256 = published full hash; prefix = torchvision's hash prefix in the file name; git-blob = the "
         "git blob id a pinned commit's tree names; 1st-download = no published hash, the first verified "
         "download's is recorded (* = recorded here) and checked after."
     )
-    click.echo("\n" + "\n".join(textwrap.wrap(note, 100)))
+    say("\n" + "\n".join(textwrap.wrap(note, 100)))
 
 
 @weights_group.command("fetch")
@@ -72,23 +72,23 @@ def list_cmd() -> None:
     "--repin",
     is_flag=True,
     default=False,
-    help="Forget the hash recorded at a first download (and the copy on disk), then download and pin afresh: "
-    "the way out when that first download was not the real file.",
+    help="Download afresh and replace the hash recorded at a first download with the new download's: the way out "
+    "when that first download was not the real file (the copy on disk and its pin stay until the new one is in).",
 )
 def fetch_cmd(names: tuple[str, ...], repin: bool) -> None:
     """Download weight files (or a metric's files), verified against their pins.
 
     Download NAMES (file names from `list`, or metric names), resuming a partial download, verifying
     size and hash, refusing HTML or truncated bodies; nothing unverified is ever installed."""
-    from robustsim.weights import forget_pin, on_disk, record, resolve
+    from robustsim.weights import fetch_file, record, resolve, unpacked
 
     for name in weight_files(names, "NAMES"):
-        if repin and record(name).pin == "first-download":
-            forget_pin(name)
-            stale = on_disk(record(name))  # first-download files are only ever found in the weights folder
-            if stale is not None:
-                stale.unlink()
-        click.echo(f"{name}: {resolve(name)}")
+        rec = record(name)
+        if repin and rec.pin == "first-download":  # the good copy and its pin stay until the new one is checked
+            path = fetch_file(rec, repin=True)
+            say(f"{name}: {unpacked(rec, path) if rec.unpack else path} (pinned afresh)")
+        else:
+            say(f"{name}: {resolve(name)}")
 
 
 def weight_files(names: tuple[str, ...], hint: str) -> list[str]:
@@ -112,7 +112,7 @@ def weight_files(names: tuple[str, ...], hint: str) -> list[str]:
 
 @weights_group.command("add")
 @click.argument("name")
-@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("file", type=UserPath(existing="file"))
 @click.option(
     "--trust",
     is_flag=True,
@@ -127,7 +127,7 @@ def add_cmd(name: str, file: Path, trust: bool) -> None:
     pin (a file with no pin yet is refused unless --trust)."""
     from robustsim.weights import add_file
 
-    click.echo(f"{name}: installed {add_file(name, file, trust=trust)}")
+    say(f"{name}: installed {add_file(name, file, trust=trust)}")
 
 
 @weights_group.command("verify")
@@ -142,9 +142,9 @@ def verify_cmd() -> None:
 
     results = verify_all()
     if not results:
-        click.echo("no weight files on disk")
+        say("no weight files on disk")
         return
-    click.echo(format_table(["file", "result"], results, left=True))
+    say(format_table(["file", "result"], results, left=True))
     bad = [name for name, r in results if r != "ok"]
     if bad:
         raise WeightsError(f"{len(bad)} file(s) fail their pin ({bad[0]} ...); delete them and fetch or add them again")
@@ -160,4 +160,4 @@ def path_cmd(name: str) -> None:
     for file in files:
         rec = record(file)
         where = str(on_disk(rec) or install_path(rec))
-        click.echo(where if len(files) == 1 else f"{file}: {where}")
+        say(where if len(files) == 1 else f"{file}: {where}")

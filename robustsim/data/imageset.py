@@ -1,12 +1,11 @@
 """Single-image datasets for distillation: an image folder or the images of any 2AFC spec.
 
-Items are (3, size, size) floats in [0, 1]; ``identity`` keys the content (resolved paths, sizes and
-mtimes, or a verified hash) for caches. ``robustsim.data.specs.open_images`` opens them from a spec.
+Items are (3, size, size) floats in [0, 1]; ``identity`` keys the content (the files' bytes, or a verified
+hash) for caches. ``robustsim.data.specs.open_images`` opens them from a spec.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +55,9 @@ class PathImages(ImageSet):
 
     def __init__(self, paths: list[Path], size: int | None, name: str) -> None:
         self.paths, self.size, self.name = list(paths), size, name
-        listing = "\n".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in self.paths)
-        self.identity = f"{name}:{size}:" + hashlib.sha256(listing.encode()).hexdigest()[:16]
+        from robustsim.cache import content_digest
+
+        self.identity = f"{name}:{size}:" + content_digest(self.paths)[:16]  # the images' bytes
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -54,9 +54,23 @@ def retrieval_usage() -> str:
 CSV_EXAMPLE = "a CSV with header ref,x0,x1,p and lines like `ref.png,a.png,b.png,0.75` (csv:FILE)"
 
 
+def _path(text: str, what: str = "data path") -> Path:
+    """A path in a spec, as :func:`robustsim.checks.user_path` reads it (one DataError line when it cannot be one)."""
+    from robustsim.checks import user_path
+    from robustsim.errors import InputError
+
+    try:
+        return user_path(text, what)
+    except InputError as err:
+        raise DataError(str(err)) from None
+
+
 def triplet_hint(spec: str) -> str:
     """What to type instead of a spec that is not one: the closest kind, or what a path on disk looks like."""
-    path = Path(spec).expanduser()
+    try:
+        path = _path(spec)
+    except DataError as err:
+        return str(err)
     if path.is_dir():
         if (path / "data.csv").is_file():
             return f"{path} looks like a NIGHTS root: use nights:{spec}"
@@ -105,7 +119,7 @@ def open_retrieval(spec: str, size: int | None = None) -> RetrievalSet:
     """Open a retrieval set from a spec; a bare folder is ``plain`` when it has positives.csv, else ``vsd``."""
     kind = spec.partition(":")[0]
     if kind not in RETRIEVAL_SPECS:
-        root = Path(spec).expanduser()
+        root = _path(spec, "retrieval data")
         if not root.is_dir():
             raise DataError(f"retrieval data {spec!r}: {root} is not a folder; use {retrieval_usage()}")
         spec = f"{'plain' if (root / 'positives.csv').is_file() else 'vsd'}:{spec}"
@@ -118,8 +132,8 @@ def open_retrieval(spec: str, size: int | None = None) -> RetrievalSet:
 def open_images(spec: str, size: int) -> ImageSet:
     """Open an image folder, or the images (ref, x0, x1) of a 2AFC spec, at ``size`` x ``size``.
     ``mini`` alone means ``mini:train`` here (training images)."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
+    path = _path(spec, "image folder") if spec else Path("")
+    if spec and path.is_dir():
         return FolderImages(path, size)
     if ":" not in spec and ("/" in spec or spec.startswith(".")):
         raise DataError(f"image folder {path} does not exist; pass an existing folder or a 2AFC spec such as mini")
@@ -130,7 +144,7 @@ def open_images(spec: str, size: int) -> ImageSet:
 
 def _root(rest: str) -> tuple[Path, list[str]]:
     parts = rest.split(":")
-    return Path(parts[0]).expanduser(), parts[1:]
+    return _path(parts[0]), parts[1:]
 
 
 def _nights(rest: str, size: int | None, limit: int | None, **_: object) -> TripletDataset:
@@ -147,7 +161,7 @@ def _bapps(rest: str, size: int | None, limit: int | None, **_: object) -> Tripl
 
 
 def _csv(rest: str, size: int | None, limit: int | None, allow_outside: bool = False) -> TripletDataset:
-    path = Path(rest).expanduser()
+    path = _path(rest, "csv:")
     if not path.is_file():
         where = "is a folder" if path.is_dir() else "does not exist"
         raise DataError(f"{path} {where}; csv: takes a file: {CSV_EXAMPLE}")
@@ -155,7 +169,7 @@ def _csv(rest: str, size: int | None, limit: int | None, allow_outside: bool = F
 
 
 def _retrieval_root(rest: str, size: int | None, opener: Callable[[Path, int | None], RetrievalSet]) -> RetrievalSet:
-    root = Path(rest).expanduser()
+    root = _path(rest, "retrieval data")
     if not root.is_dir():
         raise DataError(f"retrieval data {root} is not a folder; use {retrieval_usage()}")
     return opener(root, size)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustsim.checks import user_path
 from robustsim.compat import import_optional
 from robustsim.errors import InputError, WeightsError
 from robustsim.metrics.base import EmbeddingMetric
@@ -104,7 +105,7 @@ def ported_weights(weights: str | os.PathLike | None = None) -> dict[str, torch.
     from safetensors.torch import save_file
 
     if weights is not None:
-        path = Path(weights).expanduser()
+        path = user_path(weights, "weights=")
         if not path.is_file():
             raise WeightsError(f"dinov2-s14: weights file {path} does not exist; pass an existing file with weights=")
         return load_state_dict(path)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from robustsim.checks import user_path
 from robustsim.errors import WeightsError
 
 
@@ -28,7 +29,7 @@ def resolve_weights(name: str, explicit: str | os.PathLike | None, candidates: l
     Raises WeightsError naming the expected file(s) and how to provide them.
     """
     if explicit is not None:
-        path = Path(explicit).expanduser()
+        path = user_path(explicit, "weights=")
         if not path.is_file():
             raise WeightsError(f"{name}: weights file {path} does not exist; pass an existing file with weights=")
         return path

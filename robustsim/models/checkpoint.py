@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from robustsim.errors import WeightsError
+from robustsim.errors import OutputError, WeightsError
 from robustsim.models.lipsim import LipSimMetric, LipSimNet
 
 FORMAT = "robustsim-checkpoint"
@@ -51,17 +51,24 @@ def save_checkpoint(
     path = Path(path)
     if os.path.lexists(path) and (path.is_symlink() or not path.is_dir()):
         raise WeightsError(f"{path} exists and is not a checkpoint folder; choose another path")
+    from safetensors import SafetensorError
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-        save_file(tensors, str(tmp / "model.safetensors"))
-        if extra_tensors:
-            save_file(
-                {k: v.detach().cpu().contiguous() for k, v in extra_tensors.items()}, str(tmp / "state.safetensors")
-            )
-        cfg = {"format": FORMAT, "version": 1, "model": net.config(), **(meta or {})}
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
+        try:
+            tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+            save_file(tensors, str(tmp / "model.safetensors"))
+            if extra_tensors:
+                extra = {k: v.detach().cpu().contiguous() for k, v in extra_tensors.items()}
+                save_file(extra, str(tmp / "state.safetensors"))
+            cfg = {"format": FORMAT, "version": 1, "model": net.config(), **(meta or {})}
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
+        except (OSError, SafetensorError) as err:  # a full disk: the previous checkpoint stays as it was
+            why = getattr(err, "strerror", None) or str(err).split("\n")[0][:120]
+            raise OutputError(
+                f"cannot save the checkpoint {path} ({why}); free some space, the previous one is intact"
+            ) from None
         old = path.with_name(f".{path.name}.old")
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)

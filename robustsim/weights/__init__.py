@@ -16,11 +16,13 @@ upstream location by ``<url>/<file name>`` (a mirror, or a local test server).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -29,8 +31,9 @@ from importlib import resources
 from pathlib import Path
 
 from robustsim.cache import file_sha256
-from robustsim.errors import WeightsError
-from robustsim.io import atomic_write
+from robustsim.checks import user_path
+from robustsim.errors import OutputError, WeightsError
+from robustsim.io import atomic_write, inside, parse_json, read_inside, write_json
 
 PINS = ("sha256", "sha256-prefix", "git-blob", "first-download")
 UNPACK_FACTOR = 20  # a release zip of weights barely compresses; more is a zip bomb
@@ -53,12 +56,38 @@ class WeightFile:
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
+        for key, kinds in _FIELD_TYPES.items():
+            value = getattr(self, key)
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+                raise ValueError(f"field {key!r} must be {names}, got {type(value).__name__} {value!r:.40}")
+        if any(not isinstance(u, str) for u in self.urls):
+            raise ValueError("field 'urls' must be a list of strings")
+        for key in ("size", "max_size"):
+            if (getattr(self, key) or 0) < 0:
+                raise ValueError(f"field {key!r} must be >= 0")
+        if self.sha256 is not None and not re.fullmatch(r"[0-9a-f]{6,64}", self.sha256):
+            raise ValueError(f"field 'sha256' must be lower-case hex, got {self.sha256!r:.40}")
         if not plain_file_name(self.name):
             raise ValueError(f"record name {self.name!r} is not a plain file name (no folders, no leading dot)")
         if self.pin not in PINS:
             raise ValueError(f"{self.name}: pin must be one of {PINS}, got {self.pin!r}")
         if self.pin != "first-download" and not self.sha256:
             raise ValueError(f"{self.name}: a {self.pin} pin needs its sha256")
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "urls": (tuple,),
+    "size": (int, type(None)),
+    "pin": (str,),
+    "sha256": (str, type(None)),
+    "license": (str,),
+    "source": (str,),
+    "torch_hub": (bool,),
+    "unpack": (bool,),
+    "max_size": (int, type(None)),
+}
 
 
 def plain_file_name(name: object) -> bool:
@@ -94,15 +123,23 @@ def offline() -> bool:
     )
 
 
-def _records(data: dict) -> dict[str, WeightFile]:
+def _records(data: object) -> dict[str, WeightFile]:
+    """The manifest's records, each checked field by field (a wrong type or range refuses the manifest in one line)."""
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, list):
+        raise WeightsError("a manifest is {\"files\": [records]}; the manifest is refused")
     out = {}
-    for rec in data["files"]:
+    for rec in files:
+        if not isinstance(rec, dict):
+            raise WeightsError(f"manifest record {rec!r:.40} is not an object; the manifest is refused")
         known = {k: rec[k] for k in WeightFile.__dataclass_fields__ if k in rec and k != "extra"}
-        known["urls"] = tuple(known.get("urls", ()))
+        if isinstance(known.get("urls", ()), list):
+            known["urls"] = tuple(known.get("urls", ()))
         try:
-            out[rec["name"]] = WeightFile(**known)
-        except ValueError as err:
-            raise WeightsError(f"manifest record {rec.get('name')!r}: {err}; the manifest is refused") from None
+            made = WeightFile(**known)
+        except (TypeError, ValueError) as err:
+            raise WeightsError(f"manifest record {rec.get('name')!r:.60}: {err}; the manifest is refused") from None
+        out[made.name] = made
     return out
 
 
@@ -141,32 +178,90 @@ def _pins_path() -> Path:
 
 
 def recorded_pins() -> dict[str, dict]:
+    """The pins recorded at first downloads: ``pins.json`` in the weights folder, read as state (never through a
+    link, a regular file of bounded size) and checked entry by entry; one that is not a pins file is refused in one
+    line (resetting it would silently trust the next download of every file it pins)."""
     try:
-        data = json.loads(_pins_path().read_text())
-    except (OSError, ValueError):
+        raw = read_inside(weights_dir(), _pins_path(), limit=1 << 20)
+    except OutputError as err:
+        raise WeightsError(f"{err} (the weights folder's pins)") from None
+    if raw is None:
         return {}
-    return data if isinstance(data, dict) else {}
+    try:
+        data = parse_json(raw, _pins_path())
+    except ValueError as err:
+        raise WeightsError(f"{err}; restore it, or delete it to pin every first-download file afresh") from None
+    problem = _pins_problem(data)
+    if problem is not None:
+        raise WeightsError(f"{_pins_path()} {problem}; restore it, or delete it to pin every such file afresh")
+    return data
+
+
+def _pins_problem(data: object) -> str | None:
+    """Why ``data`` is not a pins file: {name: {"sha256": 64 hex, "size": int >= 0, "revision"?: str}}."""
+    if not isinstance(data, dict):
+        return "is not an object of pins"
+    for name, pin in data.items():
+        if not isinstance(pin, dict) or set(pin) - {"sha256", "size", "revision"}:
+            return f"holds an entry {name!r:.40} that is not a pin"
+        if not (isinstance(pin.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{40,64}", pin["sha256"])):
+            return f"holds a pin for {name!r:.40} without a hex sha256"
+        size = pin.get("size")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            return f"holds a pin for {name!r:.40} whose size is not a byte count"
+        if not isinstance(pin.get("revision", ""), str):
+            return f"holds a pin for {name!r:.40} whose revision is not text"
+    return None
 
 
 def _write_pins(pins: dict) -> None:
-    _pins_path().parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(_pins_path(), lambda tmp: tmp.write_text(json.dumps(pins, indent=1, sort_keys=True) + "\n"))
+    """``pins.json`` rewritten atomically inside the weights folder (a link planted there is refused)."""
+    weights_dir().mkdir(parents=True, exist_ok=True)
+    write_json(_pins_path(), dict(sorted(pins.items())), within=weights_dir())
 
 
 def _record_pin(rec: WeightFile, sha: str, size: int, revision: str | None = None) -> None:
-    pins = recorded_pins()
-    pins[rec.name] = {"sha256": sha, "size": size, **({"revision": revision} if revision else {})}
-    _write_pins(pins)
+    with weights_lock():
+        pins = recorded_pins()
+        pins[rec.name] = {"sha256": sha, "size": size, **({"revision": revision} if revision else {})}
+        _write_pins(pins)
 
 
-def forget_pin(name: str) -> bool:
-    """Drop the pin recorded at ``name``'s first download (``robustsim weights fetch --repin``), so the next
-    verified download is pinned afresh. True when there was one."""
-    pins = recorded_pins()
-    if pins.pop(name, None) is None:
-        return False
-    _write_pins(pins)
-    return True
+@contextlib.contextmanager
+def weights_lock():
+    """The weights folder's lock, held while a pin or an installed file changes (``add``, a fetch's install,
+    ``--repin``): a kernel lock (``flock`` on ``.locks/weights.lock``, never through a link) a second process waits
+    for, so two writers never both install one name or lose each other's pins. Reentrant within a process."""
+    global _LOCK_DEPTH
+    if _LOCK_DEPTH:
+        _LOCK_DEPTH += 1
+        try:
+            yield
+        finally:
+            _LOCK_DEPTH -= 1
+        return
+    folder = weights_dir() / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    inside(weights_dir(), folder, folder=True)
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(folder / "weights.lock", flags, 0o600)
+    except OSError as err:
+        raise WeightsError(f"cannot lock {folder / 'weights.lock'} ({err.strerror}); remove it") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise WeightsError(f"{folder / 'weights.lock'} is not a regular file; remove it")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _LOCK_DEPTH = 1
+        try:
+            yield
+        finally:
+            _LOCK_DEPTH = 0
+    finally:
+        os.close(fd)
+
+
+_LOCK_DEPTH = 0
 
 
 def expected_sha(rec: WeightFile) -> str | None:
@@ -248,20 +343,24 @@ def verified(rec: WeightFile, path: Path) -> bool:
     """True when ``path`` holds ``rec``'s bytes (hashed once per size and mtime, then stamped)."""
     st = path.stat()
     key = f"{st.st_size}:{st.st_mtime_ns}"
-    stamp = _stamp(path)
     try:
-        got_key, sha = stamp.read_text().split()
-    except (OSError, ValueError):
+        got_key, sha = (read_inside(path.parent, _stamp(path), limit=256) or b"").decode().split()
+    except (OSError, ValueError):  # OutputError (a link, a FIFO) too: the file is hashed again
         got_key, sha = "", ""
     if got_key != key:
         sha = digest(rec, path)
     problem = check_bytes(rec, path, sha)
     if problem is None and got_key != key:
-        try:
-            stamp.write_text(f"{key} {sha}")
-        except OSError:
-            pass
+        _write_stamp(path, sha)
     return problem is None
+
+
+def _write_stamp(path: Path, sha: str) -> None:
+    """``path``'s stamp (size, mtime, hash) beside it, atomically and never through a link; a folder that cannot
+    hold it (read-only) only costs a hash at the next load."""
+    st = path.stat()
+    with contextlib.suppress(OSError, OutputError):  # OutputError: a link planted as the stamp, left alone
+        atomic_write(_stamp(path), lambda tmp: tmp.write_text(f"{st.st_size}:{st.st_mtime_ns} {sha}"), path.parent)
 
 
 def state(rec: WeightFile) -> str:
@@ -300,34 +399,38 @@ def resolve(name: str, fetch: bool = True, progress: bool = True) -> Path:
     return unpacked(rec, path) if rec.unpack else path
 
 
-def fetch_file(rec: WeightFile, progress: bool = True) -> Path:
-    """Download ``rec`` (resuming a partial download), verify it and install it atomically."""
-    from robustsim.weights.download import download
+def fetch_file(rec: WeightFile, progress: bool = True, repin: bool = False) -> Path:
+    """Download ``rec`` (resuming a partial download), verify it and install it atomically. ``repin`` (a
+    first-download file only): the new download's hash replaces the recorded pin; the copy on disk and its pin stay
+    until the new bytes are downloaded and checked (offline, or a failed download, changes nothing)."""
+    from robustsim.weights.download import DEFAULT_CAP, download
 
     if offline():
         raise WeightsError(
             f"{rec.name}: robustsim is offline (ROBUSTSIM_OFFLINE / HF_HUB_OFFLINE); unset it to fetch, "
-            f"or install a copy with `robustsim weights add {rec.name} FILE`"
+            f"or install a copy with `robustsim weights add {rec.name} FILE`; nothing was changed"
         )
     if not rec.urls:
         raise WeightsError(f"{rec.name}: no download location is known ({rec.source}); use `robustsim weights add`")
-    from robustsim.weights.download import DEFAULT_CAP
-
+    repin = repin and rec.pin == "first-download"
+    expected_sha(rec)  # an unusable pins file is refused before anything is downloaded
     dest = install_path(rec)
     if os.path.lexists(dest) and not dest.is_file():
         raise WeightsError(f"{dest} exists and is not a file (a folder or a link?); remove it, then fetch again")
     base = os.environ.get("ROBUSTSIM_WEIGHTS_URL", "").rstrip("/")
     urls = [f"{base}/{rec.name}"] if base else [pinned_url(rec, u) for u in rec.urls]
+    if repin:  # the recorded commit may be the wrong one: ask for what the repository serves now
+        urls = [u if base else pinned_url(rec, u, None) for u in (urls if base else rec.urls)]
     seen: dict = {}
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         with _file_lock(dest):  # a second process fetching the same file waits, then finds it installed
-            if dest.is_file() and verified(rec, dest):
+            if not repin and dest.is_file() and verified(rec, dest):
                 return dest
             part = download(
                 urls, dest, rec.size, progress=progress, label=rec.name, seen=seen, cap=rec.max_size or DEFAULT_CAP
             )
-            return _install(rec, part, dest, source="download", revision=seen.get("revision"))
+            return _install(rec, part, dest, source="download", revision=seen.get("revision"), repin=repin)
     except WeightsError as err:
         raise WeightsError(_name_the_fix(str(err), rec.name)) from None
     except OSError as err:
@@ -351,24 +454,27 @@ def _unwritable(rec: WeightFile, folder: Path, err: OSError) -> WeightsError:
 
 @contextlib.contextmanager
 def _file_lock(dest: Path):
-    """An exclusive lock on ``.locks/<name>.lock`` in ``dest``'s folder (flock: released when the process dies)."""
+    """An exclusive lock on ``.locks/<name>.lock`` in ``dest``'s folder (flock: released when the process dies), so
+    one file is downloaded by one process at a time."""
     lock = dest.parent / ".locks" / f"{dest.name}.lock"
     lock.parent.mkdir(exist_ok=True)
-    with open(lock, "a+b") as f:
-        try:
-            import fcntl
-
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        except ImportError:  # not POSIX: no advisory lock (concurrent fetches of one file may both download it)
-            pass
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise WeightsError(f"{lock} is not a regular file; remove it")
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(fd)
 
 
-def pinned_url(rec: WeightFile, url: str) -> str:
+def pinned_url(rec: WeightFile, url: str, revision: str | None | bool = True) -> str:
     """``url`` at the commit recorded with a first-download pin: a Hugging Face ``resolve/main`` URL moves with
     the repository, so once the first download has recorded the commit it resolved to (``X-Repo-Commit``), every
-    later download asks for that commit, whose bytes the pin holds."""
-    revision = recorded_pins().get(rec.name, {}).get("revision") if rec.pin == "first-download" else None
+    later download asks for that commit, whose bytes the pin holds. ``revision=None``: the URL as the manifest has
+    it (a repin)."""
+    if revision is True:
+        revision = recorded_pins().get(rec.name, {}).get("revision") if rec.pin == "first-download" else None
     return url.replace("/resolve/main/", f"/resolve/{revision}/") if revision else url
 
 
@@ -378,7 +484,7 @@ def add_file(name: str, source: str | os.PathLike, trust: bool = False) -> Path:
     refused before anything is installed, unless ``trust`` (the caller vouches for the bytes; their hash becomes the
     pin)."""
     rec = record(name)
-    src = Path(source).expanduser()
+    src = user_path(source, "FILE")
     if not src.is_file():
         raise WeightsError(f"{src} is not a file; pass the downloaded {rec.name}")
     if expected_sha(rec) is None and not trust:
@@ -405,18 +511,22 @@ def add_file(name: str, source: str | os.PathLike, trust: bool = False) -> Path:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _install(rec: WeightFile, tmp: Path, dest: Path, source: str, revision: str | None = None) -> Path:
-    """Check ``tmp``'s bytes against the pin (recording a first-download pin), then rename onto ``dest``;
-    a file that fails is deleted, never installed."""
+def _install(
+    rec: WeightFile, tmp: Path, dest: Path, source: str, revision: str | None = None, repin: bool = False
+) -> Path:
+    """Check ``tmp``'s bytes against the pin (recording a first-download pin; ``repin``: replacing it), then rename
+    onto ``dest``, all under :func:`weights_lock` (a second writer of the name then checks against this pin); a
+    file that fails is deleted, never installed."""
     sha = digest(rec, tmp)
-    problem = html_problem(tmp) or check_bytes(rec, tmp, sha)
-    if problem is not None:
-        tmp.unlink(missing_ok=True)
-        raise WeightsError(f"{source} is not {rec.name}: {problem}; nothing was installed")
-    if rec.pin == "first-download" and expected_sha(rec) is None:
-        _record_pin(rec, sha, tmp.stat().st_size, revision)
-    os.replace(tmp, dest)
-    _stamp(dest).write_text(f"{dest.stat().st_size}:{dest.stat().st_mtime_ns} {sha}")
+    with weights_lock():
+        problem = html_problem(tmp) or (None if repin else check_bytes(rec, tmp, sha))
+        if problem is not None:
+            tmp.unlink(missing_ok=True)
+            raise WeightsError(f"{source} is not {rec.name}: {problem}; nothing was installed")
+        if rec.pin == "first-download" and (repin or expected_sha(rec) is None):
+            _record_pin(rec, sha, tmp.stat().st_size, revision)
+        os.replace(tmp, dest)
+        _write_stamp(dest, sha)
     return dest
 
 

@@ -8,6 +8,7 @@ import difflib
 from collections.abc import Iterable
 from pathlib import Path
 
+from robustsim.checks import existing_path
 from robustsim.errors import RobustsimError
 
 
@@ -40,7 +41,7 @@ def check_metric_name(key: str) -> None:
     names = set(builtin_names())
     if key in names or ("+" in key and all(p in names for p in key.split("+"))):
         return
-    if Path(key).expanduser().exists():
+    if existing_path(key) is not None:
         return
     parts = key.split("+")
     if len(parts) > 1 and all(parts):

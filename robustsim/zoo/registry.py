@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from robustsim.checks import existing_path
 from robustsim.errors import InputError, RobustsimError
 from robustsim.metrics.base import Metric
 from robustsim.models.checkpoint import load_checkpoint_metric
@@ -137,8 +138,8 @@ def load_metric(
         from robustsim.metrics.ensemble import EnsembleMetric
 
         metric = EnsembleMetric([_REGISTRY[p].make(options) for p in key.split("+")], name=key)
-    elif Path(key).expanduser().exists():
-        metric = _load_path(Path(key).expanduser())
+    elif (path := existing_path(key)) is not None:
+        metric = _load_path(path)
     else:
         raise unknown_metric(key, _REGISTRY)
     metric.eval()
