@@ -587,3 +587,55 @@ def test_a_bench_recomputes_cells_of_images_changed_in_place(tmp_path, capsys):
     assert run_cli(argv) == 0
     after = json.loads((out / "cards" / "l2.json").read_text())
     assert after["clean"] == 0.0 < before["clean"], (before["clean"], after["clean"])
+
+
+# outputs whole or absent, escapes, the installed package (issue 47) ------------------------------------------------
+
+
+def test_a_leaderboard_that_cannot_be_finished_leaves_the_previous_one_whole(tmp_path, monkeypatch, capsys):
+    """A bench killed as leaderboard.png appeared left png and md without html. The three are staged inside --out and
+    moved in together: a failure while drawing the page (a full disk here) leaves the previous set as it was."""
+    import robustsim.bench.cards as cards
+
+    out = tmp_path / "bench"
+    argv = ["--threads", "1", "bench", "--metrics", "l2", "--data", "mini", "--limit", "4", "--out", str(out)]
+    assert run_cli(argv) == 0
+    names = ("leaderboard.md", "leaderboard.png", "leaderboard.html")
+    before = {n: (out / n).read_bytes() for n in names}
+    (out / "cards" / "l2.json").unlink()  # the rerun draws a new card and leaderboard
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cards, "_html", full)
+    capsys.readouterr()
+    assert run_cli(argv) == 2
+    assert "No space left" in one_error_line(capsys.readouterr().err)
+    assert {n: (out / n).read_bytes() for n in names} == before
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".staging")]
+
+
+def test_terminal_escapes_in_a_data_file_reach_the_terminal_as_text(tmp_path, capsys):
+    """A CSV naming an image `\\x1b[2J\\x1b[Hall tests passed.png` cleared the screen and printed its text; every line
+    robustsim prints shows control characters as escapes."""
+    folder = tmp_path / "set"
+    _csv_named(folder, "t.csv", n=1)
+    (folder / "t.csv").write_text("ref,x0,x1,p\n\x1b[2J\x1b[Hall tests passed.png,a0.png,b0.png,1\n")
+    code, out, err = run(["score", "--metric", "l2", "--data", f"csv:{folder / 't.csv'}"], capsys)
+    assert code == 2 and "\x1b" not in out + err and "\\x1b[2J" in one_error_line(err)
+
+
+def test_an_output_inside_the_installed_package_is_refused(tmp_path, capsys):
+    """`train finetune --out` inside a shipped model's folder wrote there; no command writes into the package."""
+    from robustsim.zoo import shipped_checkpoints
+
+    shipped = next(p for p in shipped_checkpoints() if p.name == "lipsim-nano")
+    before = sorted(p.name for p in shipped.iterdir())
+    for argv in (
+        ["train", "finetune", "--init", str(shipped), "--out", str(shipped / "run")],
+        ["score", "--metric", "l2", "--limit", "2", "--json", str(shipped / "s.json")],
+        ["audit", "--metric", "l2", "--limit", "2", "--out", str(shipped.parent)],
+    ):
+        code, _, err = run(argv, capsys)
+        assert code == 2 and "installed package" in one_error_line(err), argv
+    assert sorted(p.name for p in shipped.iterdir()) == before
