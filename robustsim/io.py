@@ -231,9 +231,9 @@ def publish(staged: list[Path], out: Path) -> list[Path]:
 def read_inside(root: str | os.PathLike, path: str | os.PathLike, limit: int = 64 << 20) -> bytes | None:
     """The bytes of a file robustsim keeps between runs (a record, a cell, a log, a pin, a stamp; None when absent):
     read without following a link (:func:`inside`, ``O_NOFOLLOW``), without blocking (a FIFO is refused), a regular
-    file of at most ``limit`` bytes (else one line), and written by this user alone (another user's file, or one
-    others may write, raises :class:`~robustsim.errors.UntrustedState`). Each kind is then parsed by its own typed
-    schema (``cell_problem``, ``record_problem``, ``_pins_problem``...), which calls a wrong type "edited"."""
+    file of at most ``limit`` bytes (else one line), and written by this user (or root) alone (another user's file,
+    or one others may write, raises :class:`~robustsim.errors.UntrustedState`). Each kind is then parsed by its own
+    typed schema (``cell_problem``, ``record_problem``, ``_pins_problem``...), which calls a wrong type "edited"."""
     path = inside(root, path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -248,7 +248,8 @@ def read_inside(root: str | os.PathLike, path: str | os.PathLike, limit: int = 6
         if info.st_size > limit:
             raise OutputError(f"{path} holds {info.st_size} bytes, more than a run's file ever does; remove it")
         foreign_group = info.st_mode & 0o020 and info.st_gid != os.getegid()
-        if info.st_uid != os.geteuid() or info.st_mode & 0o002 or foreign_group:
+        foreign_owner = info.st_uid not in (os.geteuid(), 0)  # root's: an admin's shared folder
+        if foreign_owner or info.st_mode & 0o002 or foreign_group:
             raise UntrustedState(f"{path} belongs to another user or others may write it, so it is not trusted")
         return fh.read(limit + 1)
 
