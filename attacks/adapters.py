@@ -15,11 +15,11 @@ from __future__ import annotations
 import logging
 
 import torch
+from torch import nn
+
 from robustsim.attacks.base import Attack
 from robustsim.attacks.geometry import Norm, norms
 from robustsim.attacks.twoafc import margin
-from torch import nn
-
 from robustsim.ball import ball
 from robustsim.precision import Precision
 

@@ -13,14 +13,14 @@ from collections.abc import Sequence
 from typing import final
 
 import torch
+
 from robustsim.attacks.decision import Decision
 from robustsim.attacks.geometry import Norm, rows_of
 from robustsim.attacks.optim import restrict
 from robustsim.attacks.sweep import AttackResult, Sweep
 from robustsim.attacks.twoafc import CleanEmbeddings
-from robustsim.certify.smoothing import SmoothedMetric
-
 from robustsim.ball import Ball, ball
+from robustsim.certify.smoothing import SmoothedMetric
 from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv
 from robustsim.errors import InputError

@@ -8,11 +8,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import nn
+
 from robustsim.attacks.twoafc import NoisyReference, TwoAFCClassifier, margin
 from robustsim.certify.adaptive import is_adaptive
 from robustsim.certify.smoothing import ABSTAIN, SmoothedMetric, stream_seed
-from torch import nn
-
 from robustsim.metrics.base import Metric
 from robustsim.threat import ThreatModel
 

@@ -9,10 +9,10 @@ answer is bounded by ``CenterSmoothing.certify``.
 from __future__ import annotations
 
 import torch
+
 from robustsim.attacks.geometry import Norm
 from robustsim.attacks.optim import apgd
 from robustsim.certify.center import CenterSmoothing
-
 from robustsim.metrics.base import EmbeddingMetric, Metric
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from robustsim.attacks.base import Attack
 from robustsim.attacks.geometry import Norm
 from robustsim.attacks.optim import apgd, classifier_objective, pgd
-
 from robustsim.errors import InputError
 from robustsim.limits import MAX_EOT
 from robustsim.precision import Precision

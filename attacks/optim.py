@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
 from robustsim.attacks.geometry import Norm, RowNoise, ascent_direction, project, random_start, rows_of
 from robustsim.attacks.losses import LOSSES
 from robustsim.attacks.twoafc import margin
-
 from robustsim.settings import STEP_SIZE
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

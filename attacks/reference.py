@@ -5,8 +5,8 @@ benchmarks/bench_strength.py."""
 from __future__ import annotations
 
 import torch
-from robustsim.attacks.twoafc import TwoAFCClassifier, labels_from_p, margin
 
+from robustsim.attacks.twoafc import TwoAFCClassifier, labels_from_p, margin
 from robustsim.data.triplets import TripletDataset
 from robustsim.metrics.base import Metric
 from robustsim.threat import ThreatModel

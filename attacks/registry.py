@@ -14,7 +14,6 @@ from robustsim.attacks.adapters import AutoAttack, FoolboxAttack
 from robustsim.attacks.base import Attack
 from robustsim.attacks.geometry import Norm
 from robustsim.attacks.gradient import APGD, PGD
-
 from robustsim.ball import ball, ball_of_p
 from robustsim.errors import RobustsimError
 from robustsim.precision import Precision, check_precision

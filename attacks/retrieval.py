@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
 from robustsim.attacks.base import Attack
 
 _FLOOR = -1e9  # stands in for -inf so losses and gradients stay finite

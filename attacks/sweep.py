@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
+
 from robustsim.attacks.decision import Decision, Judge
 from robustsim.attacks.geometry import RowNoise, rows_of
 from robustsim.attacks.optim import apgd, classifier_objective, restrict
 from robustsim.attacks.twoafc import CleanEmbeddings, TwoAFCClassifier, labels_from_p
-
 from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv, gather_objects, gather_rows, init_distributed, local_env, shard
 from robustsim.precision import autocast

@@ -8,9 +8,9 @@ Embedding metrics embed the fixed images once, so each attack step costs one pas
 from __future__ import annotations
 
 import torch
-from robustsim.certify.adaptive import adaptive_distances, is_adaptive
 from torch import nn
 
+from robustsim.certify.adaptive import adaptive_distances, is_adaptive
 from robustsim.metrics.base import EmbeddingMetric, Metric
 from robustsim.threat import TARGETS, Target
 

@@ -18,9 +18,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import interleaved, load, ratio_line  # noqa: E402
-from robustsim.attacks import APGD, Attack, make_attack  # noqa: E402
 
 import robustsim  # noqa: E402
+from robustsim.attacks import APGD, Attack, make_attack  # noqa: E402
 from robustsim.compat import import_optional  # noqa: E402
 from robustsim.data import open_triplets  # noqa: E402
 from robustsim.errors import MissingPackageError  # noqa: E402

@@ -20,10 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import interleaved, load, ratio_line, triplet_args, triplet_batches  # noqa: E402
+
 from robustsim.certify import float64_copy, input_lipschitz  # noqa: E402
 from robustsim.certify.adaptive import adaptive_batch  # noqa: E402
 from robustsim.certify.radius import lipschitz_batch  # noqa: E402
-
 from robustsim.data import open_triplets  # noqa: E402
 from robustsim.zoo import load_metric  # noqa: E402
 

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import interleaved, load, median, ratio_line  # noqa: E402
-from robustsim.certify.rounding import twin  # noqa: E402
 
+from robustsim.certify.rounding import twin  # noqa: E402
 from robustsim.data import open_triplets  # noqa: E402
 from robustsim.nn import conv64  # noqa: E402
 from robustsim.zoo import load_metric  # noqa: E402

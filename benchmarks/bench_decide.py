@@ -18,11 +18,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import interleaved, load, median, ratio_line, triplet_args, triplet_batches  # noqa: E402
+
 from robustsim.attacks import make_attack  # noqa: E402
+from robustsim.bench.protocol import PROTOCOLS  # noqa: E402
 from robustsim.certify.adaptive import tally  # noqa: E402
 from robustsim.certify.rounding import twin  # noqa: E402
-
-from robustsim.bench.protocol import PROTOCOLS  # noqa: E402
 from robustsim.data import open_triplets  # noqa: E402
 from robustsim.score2afc import triplet_distances  # noqa: E402
 from robustsim.scoring import two_afc_choice  # noqa: E402

@@ -15,8 +15,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import interleaved, load, median, ratio_line  # noqa: E402
-from robustsim.certify import certify_2afc  # noqa: E402
 
+from robustsim.certify import certify_2afc  # noqa: E402
 from robustsim.data import open_triplets  # noqa: E402
 from robustsim.zoo import load_metric  # noqa: E402
 

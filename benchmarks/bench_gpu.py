@@ -43,7 +43,6 @@ def main() -> None:
         print("bench_gpu: skipped, no CUDA device here (run it on a machine with one)")
         sys.exit(0)
     from robustsim.attacks.twoafc import TwoAFCClassifier, margin
-
     from robustsim.metrics.vit import OpenClipMetric
 
     dev = torch.device("cuda")

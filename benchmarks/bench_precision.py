@@ -26,7 +26,6 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     from robustsim.attacks import make_attack
-
     from robustsim.data import open_triplets
     from robustsim.threat import ThreatModel
     from robustsim.zoo import load_metric

@@ -20,8 +20,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import interleaved, load, ratio_line  # noqa: E402
-from robustsim.certify import certify_2afc  # noqa: E402
 
+from robustsim.certify import certify_2afc  # noqa: E402
 from robustsim.data import open_triplets, triplet_loader  # noqa: E402
 from robustsim.models import LipSimMetric, LipSimNet  # noqa: E402
 from robustsim.nn import SLLConv2d, SLLLinear  # noqa: E402

@@ -16,8 +16,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import interleaved, load, ratio_line  # noqa: E402
-from robustsim.certify import SmoothedMetric  # noqa: E402
 
+from robustsim.certify import SmoothedMetric  # noqa: E402
 from robustsim.data import open_triplets  # noqa: E402
 from robustsim.zoo import load_metric  # noqa: E402
 

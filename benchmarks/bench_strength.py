@@ -26,7 +26,6 @@ def main() -> None:
     torch.set_num_threads(1)
     from robustsim.attacks import make_attack
     from robustsim.attacks.reference import reference_apgd
-
     from robustsim.data import open_triplets
     from robustsim.threat import ThreatModel
     from robustsim.zoo import load_metric

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from robustsim.train.augment import augment, step_generator
 from robustsim.train.distill import rmse
 from robustsim.train.teacher import load_teacher, teacher_targets

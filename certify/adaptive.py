@@ -22,9 +22,9 @@ import math
 from collections.abc import Sequence
 
 import torch
+
 from robustsim.certify.radius import RADIUS_TOL, _angle_radius, chord, decided, radius_from_embeddings
 from robustsim.certify.rounding import U64, Rounding, cosine_slack, embed_with_error, is_adaptive, twin
-
 from robustsim.metrics.base import EmbeddingMetric, Metric
 from robustsim.scoring import two_afc_choice
 from robustsim.threat import Target

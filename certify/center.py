@@ -30,10 +30,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from robustsim.certify.smoothing import stream_seed
 from scipy.stats import norm
 
 from robustsim.ball import L2
+from robustsim.certify.smoothing import stream_seed
 from robustsim.checks import count_arg
 from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv

@@ -8,11 +8,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
+
 from robustsim.certify.adaptive import adaptive_batch, decisions, describe
 from robustsim.certify.lipschitz import input_lipschitz, network_lipschitz
 from robustsim.certify.radius import RADIUS_TOL, Mode, lipschitz_batch
 from robustsim.certify.rounding import float64_copy, is_adaptive, unit_roundoff
-
 from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv, gather_objects, init_distributed
 from robustsim.metrics.base import EmbeddingMetric, Metric, evaluating

@@ -35,9 +35,9 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
+
 from robustsim.certify.lipschitz import input_lipschitz, network_lipschitz
 from robustsim.certify.rounding import Rounding, cosine_slack, embed_with_error, float64_copy
-
 from robustsim.errors import InputError
 from robustsim.metrics.base import EmbeddingMetric, Metric, evaluating
 from robustsim.scoring import two_afc_choice

@@ -17,10 +17,10 @@ import math
 from collections.abc import Sequence
 
 import torch
+
 from robustsim.certify.adaptive import adaptive_rounding
 from robustsim.certify.lipschitz import input_lipschitz
 from robustsim.certify.rounding import U64, Rounding, cosine_slack, embed_with_error, is_adaptive
-
 from robustsim.metrics.base import EmbeddingMetric, Metric
 
 

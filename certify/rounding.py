@@ -32,8 +32,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-from robustsim.certify.lipschitz import declared_constant, network_lipschitz, preprocess_lipschitz
 
+from robustsim.certify.lipschitz import declared_constant, network_lipschitz, preprocess_lipschitz
 from robustsim.errors import InputError
 from robustsim.metrics.base import EmbeddingMetric
 from robustsim.metrics.preprocess import Resize, axis_matrices

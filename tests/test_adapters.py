@@ -8,6 +8,8 @@ import torch
 from conftest import L2_EPS, LINF_EPS, exact_min_distance, small_embedding_metric, subset
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import robustsim
 from robustsim.attacks import (
     APGD,
     PGD,
@@ -19,8 +21,6 @@ from robustsim.attacks import (
 from robustsim.attacks.adapters import _pairwise
 from robustsim.attacks.optim import check_schedule
 from robustsim.attacks.twoafc import TwoAFCClassifier, labels_from_p, margin
-
-import robustsim
 from robustsim.data import open_triplets
 
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_certify import random_triplets
+
+import robustsim
 from robustsim.attacks import classifier_objective, margin, pgd
 from robustsim.attacks.twoafc import TwoAFCClassifier
 from robustsim.certify.adaptive import adaptive_batch, adaptive_distances, tally
 from robustsim.certify.radius import chord, decided
 from robustsim.certify.rounding import U64, cosine_slack, embed_with_error, twin
-from test_certify import random_triplets
-
-import robustsim
 from robustsim.models import LipSimMetric, LipSimNet, LipSimPreset
 from robustsim.scoring import two_afc_choice
 
@@ -133,7 +133,6 @@ def test_the_shipped_certified_metric_is_adaptive_and_its_certificate_is_float64
     """lipsim-nano-aoc deploys adaptively by default; on 128 mini:test triplets its certified accuracy is the
     float64 deployment's at every radius, and dtype="float32" still gives the plain float32 deployment."""
     from robustsim.certify import certify_2afc
-
     from robustsim.data import open_triplets
 
     data = open_triplets("mini:test", limit=128)

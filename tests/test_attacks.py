@@ -8,6 +8,8 @@ import torch
 from conftest import L2_EPS, LINF_EPS, exact_min_distance, run_cli, subset
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import robustsim
 from robustsim.attacks import (
     APGD,
     PGD,
@@ -17,8 +19,6 @@ from robustsim.attacks import (
     pgd,
 )
 from robustsim.attacks.twoafc import TwoAFCClassifier, labels_from_p, margin
-
-import robustsim
 from robustsim.audit import AttackSummary, AuditLawError, AuditReport, check_laws, run_audit
 from robustsim.data.triplets import ArrayTriplets
 from robustsim.threat import ThreatModel
@@ -251,6 +251,7 @@ def test_the_clean_images_are_embedded_once_for_all_attacks_and_no_number_change
     """An audit's attacks (and a bench's threat models) share one CleanEmbeddings, so the second
     attack embeds no clean image again; each attack's per-triplet results equal a run of that attack alone."""
     from conftest import small_embedding_metric
+
     from robustsim.attacks.twoafc import CleanEmbeddings
 
     metric = small_embedding_metric()  # no certificate: every embedded image is an attack's
@@ -288,8 +289,9 @@ def test_the_survivors_of_a_larger_radius_are_not_embedded_again(monkeypatch):
     """The larger radii regather their survivors into new batches; their clean images were embedded in the first
     pass and are taken from there (kept per triplet): an audit of two attacks at three radii embeds each clean
     image once."""
-    import robustsim.attacks.twoafc as twoafc
     from conftest import small_embedding_metric
+
+    import robustsim.attacks.twoafc as twoafc
 
     metric = small_embedding_metric()
     data = robustsim.data.open_triplets("mini:test", size=32, limit=24)
@@ -358,7 +360,6 @@ def test_the_survivors_of_every_batch_are_attacked_together_at_each_larger_radiu
     per-triplet result equals a run whose one batch holds them all (nothing to regather)."""
     import robustsim.attacks.sweep as sweep
     from robustsim.attacks import make_attack
-
     from robustsim.data import open_triplets
     from robustsim.zoo import load_metric
 
@@ -398,7 +399,6 @@ def test_an_attack_on_no_triplets_gives_empty_results():
     """A torchrun rank's share can be empty (fewer triplets than ranks): it must return empty rows, not fail before
     the gathers the other ranks wait in."""
     from robustsim.attacks import make_attack
-
     from robustsim.data import open_triplets
     from robustsim.zoo import load_metric
 

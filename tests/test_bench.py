@@ -238,9 +238,8 @@ def test_bench_smoothing_adds_the_center_smoothing_bound_of_metrics_without_a_li
     """--smoothing: l2 (no Lipschitz certificate) gets the center-smoothing bound at each certified radius, the
     very numbers certify_center gives on the same images with the bench's settings; lipsim-nano keeps its
     Lipschitz proof and no bound; the leaderboard gains the column only then."""
-    from robustsim.certify import certify_center
-
     from robustsim.bench.run import CENTER
+    from robustsim.certify import certify_center
     from robustsim.data import open_triplets
 
     out = tmp_path / "smoothed"

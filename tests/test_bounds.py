@@ -9,10 +9,10 @@ import torch
 from conftest import per_image_pgd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from robustsim.certify import certified_radius, estimate_lipschitz, float64_copy, network_lipschitz
-from robustsim.certify.rounding import embed_with_error
 from torch import nn
 
+from robustsim.certify import certified_radius, estimate_lipschitz, float64_copy, network_lipschitz
+from robustsim.certify.rounding import embed_with_error
 from robustsim.errors import RobustsimError
 from robustsim.metrics import EmbeddingMetric
 from robustsim.nn.compose import lipschitz_bound

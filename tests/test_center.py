@@ -11,11 +11,11 @@ import torch
 from conftest import linear_metric, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.stats import binomtest, norm
+
 from robustsim.attacks import smoothed_output_attack
 from robustsim.certify import CenterSmoothing
 from robustsim.certify.center import quantile_level
-from scipy.stats import binomtest, norm
-
 from robustsim.errors import InputError
 from robustsim.metrics.base import Metric
 

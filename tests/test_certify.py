@@ -7,6 +7,9 @@ import torch
 from conftest import linear_metric, per_image_pgd, run_cli, triplets
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
+
+import robustsim
 from robustsim.attacks import classifier_objective, embedding_attack, margin, pgd
 from robustsim.attacks.twoafc import TwoAFCClassifier
 from robustsim.certify import (
@@ -16,9 +19,6 @@ from robustsim.certify import (
     embedding_distance_bound,
     radius_from_embeddings,
 )
-from torch import nn
-
-import robustsim
 from robustsim.data import open_triplets
 from robustsim.metrics import EmbeddingMetric
 from robustsim.models import LipSimMetric, LipSimNet, LipSimPreset, save_checkpoint
@@ -197,10 +197,9 @@ def test_radius_is_tight_for_linear_and_isometric_nets():
 def test_results_print_as_one_line_summaries_with_their_units():
     """A CertifyResult / AuditReport prints as its numbers in %, not a wall of tensors, and
     ``.rows()`` gives them as plain dicts in % (the attributes stay fractions, as the repr says)."""
-    from robustsim.certify import certify_2afc
-
     import robustsim
     from robustsim.audit import run_audit
+    from robustsim.certify import certify_2afc
     from robustsim.data import open_triplets
     from robustsim.threat import ThreatModel
 

@@ -11,12 +11,12 @@ import torch
 from conftest import per_image_pgd
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from robustsim.certify import certified_radius, certify_2afc, float64_copy
-from robustsim.certify.retrieval import top_k_radii
-from robustsim.certify.rounding import U32, cosine_slack, embed_with_error, unit_roundoff
 from torch import nn
 
 import robustsim
+from robustsim.certify import certified_radius, certify_2afc, float64_copy
+from robustsim.certify.retrieval import top_k_radii
+from robustsim.certify.rounding import U32, cosine_slack, embed_with_error, unit_roundoff
 from robustsim.data import open_triplets
 from robustsim.data.triplets import ArrayTriplets
 from robustsim.metrics import EmbeddingMetric

@@ -8,11 +8,11 @@ import torch
 from conftest import linear_metric, per_image_pgd, triplets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from robustsim.certify import certified_radius, certify_2afc, embed_with_error, input_lipschitz
-from robustsim.certify.rounding import U32, float64_copy
 from torch import nn
 
 import robustsim
+from robustsim.certify import certified_radius, certify_2afc, embed_with_error, input_lipschitz
+from robustsim.certify.rounding import U32, float64_copy
 from robustsim.data import open_triplets
 from robustsim.metrics.base import resize
 from robustsim.metrics.preprocess import axis_matrix
@@ -127,9 +127,8 @@ def test_only_metrics_whose_pipeline_the_bound_covers_get_a_certificate_and_none
     """Every built-in metric: a Lipschitz certificate exists only where the embedding is the bounded network behind
     the base resize-and-normalise (an ensemble's own pipeline or a custom preprocessing is refused), and a strong
     attack on mini never beats a certificate that is given (the audit checks certified <= robust)."""
-    from robustsim.certify.lipschitz import network_lipschitz
-
     from robustsim.audit import run_audit
+    from robustsim.certify.lipschitz import network_lipschitz
     from robustsim.errors import RobustsimError
     from robustsim.zoo import metric_entries
 

@@ -265,16 +265,16 @@ def test_every_cli_choice_list_is_its_registry_and_accepts_every_registered_name
     """The protocol list was a hand-written copy that lacked croce2024 and lipsim. Every choice
     list the CLI shows is computed from the registry it names, and every registered name passes the option."""
     import click
-    import robustsim.certify as certify
-    from robustsim.certify.radius import MODES
-    from robustsim.train.finetune import LOSSES, SELECTIONS
 
+    import robustsim.certify as certify
     from robustsim.bench.protocol import PROTOCOLS
+    from robustsim.certify.radius import MODES
     from robustsim.nn import LAYERS
     from robustsim.overlay import KINDS
     from robustsim.retrieval.index import BACKENDS
     from robustsim.settings import PRECISIONS
     from robustsim.threat import NORMS, TARGETS
+    from robustsim.train.finetune import LOSSES, SELECTIONS
     from robustsim.zoo.registry import DTYPES
 
     registries = {

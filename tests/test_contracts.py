@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+
+import robustsim
 from robustsim.attacks.adapters import AutoAttack
 from robustsim.attacks.geometry import in_threat_model
 from robustsim.attacks.registry import ATTACKS, make_attack
-
-import robustsim
 from robustsim.data import open_triplets
 from robustsim.threat import ThreatModel
 from robustsim.zoo import metric_entries

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from conftest import run_cli
-from robustsim.attacks import make_attack
 
+from robustsim.attacks import make_attack
 from robustsim.cost import Estimate, audit_estimate, certify_estimate, duration
 from robustsim.data import open_triplets
 from robustsim.threat import ThreatModel

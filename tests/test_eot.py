@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 from conftest import small_embedding_metric
+
 from robustsim.attacks import make_attack
 from robustsim.attacks.optim import apgd
-from robustsim.certify import SmoothedMetric
-
 from robustsim.audit import run_audit
+from robustsim.certify import SmoothedMetric
 from robustsim.data import open_triplets
 from robustsim.errors import RobustsimError
 from robustsim.threat import ThreatModel
@@ -155,9 +155,8 @@ def test_bf16_steps_with_the_float32_finish_match_float32(monkeypatch):
     is a float32 one."""
     import statistics
 
-    from robustsim.attacks import make_attack
-
     import robustsim
+    from robustsim.attacks import make_attack
     from robustsim.data import open_triplets
     from robustsim.threat import ThreatModel
 

@@ -12,11 +12,11 @@ import types
 import pytest
 import torch
 from conftest import per_image_pgd
-from robustsim.certify import certified_radius, estimate_lipschitz, float64_copy, network_lipschitz
-from robustsim.certify.rounding import embed_with_error
 from test_certify import random_triplets
 from torch import nn
 
+from robustsim.certify import certified_radius, estimate_lipschitz, float64_copy, network_lipschitz
+from robustsim.certify.rounding import embed_with_error
 from robustsim.errors import InputError
 from robustsim.metrics import EmbeddingMetric
 from robustsim.nn import SLLLinear
@@ -432,7 +432,6 @@ def test_a_deel_torchlip_network_certifies_on_mini_in_both_forms(form):
     forward applies, so the certificate is sound whatever the iteration reached: bound >= measured gain, and no
     attack inside the float32 radius flips a mini:test decision."""
     from robustsim.certify import certify_2afc
-
     from robustsim.data import open_triplets
 
     net = _torchlip_net()

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from robustsim.certify import estimate_lipschitz, lipschitz_bound
 
+from robustsim.certify import estimate_lipschitz, lipschitz_bound
 from robustsim.models import LipSimNet, LipSimPreset, load_net, save_checkpoint
 from robustsim.nn import LAYERS as LAYER_KINDS
 from robustsim.nn import AOLConv2d, AOLLinear, CPLConv2d, CPLLinear, OrthoConvBlock
@@ -112,9 +112,8 @@ def test_every_layer_kind_is_certified_soundly_in_float64(layer):
     """The certifier's float64 copy runs on every kind (a parametrised AOC kernel included), leaves the model as it
     was, and gives the float32 network's embeddings within the float32 forward's rounding bound; no attack beats
     its radii."""
-    from robustsim.certify import embed_with_error, float64_copy
-
     from robustsim.audit import run_audit
+    from robustsim.certify import embed_with_error, float64_copy
     from robustsim.data import open_triplets
     from robustsim.models.lipsim import LipSimMetric
 

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from robustsim.certify import estimate_lipschitz, lipschitz_bound
 from torch import nn
 
+from robustsim.certify import estimate_lipschitz, lipschitz_bound
 from robustsim.errors import RobustsimError
 from robustsim.models import PRESETS, LipSimNet
 from robustsim.nn import GroupSort2, LipPool, OrthoConv2d, PaddingChannels, Projection, SLLConv2d, SLLLinear

@@ -13,10 +13,9 @@ from robustsim.io import write_json
 
 
 def test_killed_checkpoint_saves_are_cleaned_and_the_log_truncated_on_resume(tmp_path):
-    from robustsim.train.loop import _truncate_log
-
     from robustsim.models.checkpoint import clean_orphans, recover_checkpoint, save_checkpoint
     from robustsim.models.lipsim import LipSimNet
+    from robustsim.train.loop import _truncate_log
 
     net = LipSimNet("nano", embed_dim=8, input_size=16)
     last = save_checkpoint(tmp_path / "last", net, {"name": "x"})

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from robustsim.attacks import make_attack
 from robustsim.attacks.twoafc import TwoAFCClassifier, labels_from_p, margin
-
 from robustsim.audit import run_audit
 from robustsim.data import open_triplets
 from robustsim.errors import InputError

@@ -9,13 +9,13 @@ import torch
 from conftest import run_cli, save_png
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_certify import small_metric
+
+import robustsim
 from robustsim.attacks import APGD
 from robustsim.attacks.retrieval import PullIn, PushOut
 from robustsim.certify import radius_from_embeddings
 from robustsim.certify.retrieval import pairwise_radii, top_k_radii
-from test_certify import small_metric
-
-import robustsim
 from robustsim.data import open_retrieval
 from robustsim.data.retrieval import NEGATIVE, POSITIVE, PairLabels
 from robustsim.nn.rounding import gamma

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from robustsim.certify import certify_2afc, estimate_lipschitz
 
 import robustsim
+from robustsim.certify import certify_2afc, estimate_lipschitz
 from robustsim.data import open_triplets
 from robustsim.zoo import shipped_checkpoints
 

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 from conftest import linear_metric, run_cli, triplets
-from robustsim.certify import SmoothedMetric
 from scipy.stats import norm as gaussian
 from torch import nn
 
 import robustsim
+from robustsim.certify import SmoothedMetric
 from robustsim.data import open_triplets
 
 
@@ -92,7 +92,6 @@ def test_each_triplet_draws_its_own_noise_so_any_batch_or_shard_gives_the_same_c
     """A triplet's noise depends on the seed and the triplet alone, so certifying a shard (what a
     torchrun rank does) or other batch sizes gives each triplet exactly the certificate of the whole run."""
     from robustsim.certify import certify_smoothed
-
     from robustsim.dist import local_env
 
     metric, data = robustsim.load_metric("l2"), open_triplets("mini:test", limit=12)

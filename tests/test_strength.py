@@ -10,11 +10,11 @@ import statistics
 
 import pytest
 import torch
-from robustsim.attacks import make_attack
-from robustsim.attacks.reference import reference_apgd
 from torch import nn
 
 import robustsim
+from robustsim.attacks import make_attack
+from robustsim.attacks.reference import reference_apgd
 from robustsim.data import open_triplets
 from robustsim.metrics import EmbeddingMetric
 from robustsim.threat import ThreatModel

@@ -17,11 +17,6 @@ import torch
 from conftest import run_cli, save_png
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from robustsim.train import distill, finetune, hinge_2afc, lr_at
-from robustsim.train.augment import augment, step_generator
-from robustsim.train.distill import embedding_rmse
-from robustsim.train.finetune import validation_figures
-from robustsim.train.teacher import load_teacher, teacher_targets
 
 from robustsim.data import open_images
 from robustsim.data.mini import mini_triplets
@@ -29,6 +24,11 @@ from robustsim.errors import RobustsimError, WeightsError
 from robustsim.models import LipSimNet
 from robustsim.models.checkpoint import load_net, save_checkpoint
 from robustsim.models.lipsim import LipSimMetric
+from robustsim.train import distill, finetune, hinge_2afc, lr_at
+from robustsim.train.augment import augment, step_generator
+from robustsim.train.distill import embedding_rmse
+from robustsim.train.finetune import validation_figures
+from robustsim.train.teacher import load_teacher, teacher_targets
 
 pytestmark = pytest.mark.xdist_group("train")
 TEACHER = "effnet-lite0"
@@ -303,11 +303,11 @@ def test_augmentation_is_the_same_whichever_process_computes_a_row():
 
 
 def test_resume_refuses_truncated_state_and_a_negative_step(tmp_path, capsys):
-    from robustsim.train.loop import RunConfig
     from safetensors.torch import save_file
 
     from robustsim.models.checkpoint import save_checkpoint
     from robustsim.models.lipsim import LipSimNet
+    from robustsim.train.loop import RunConfig
 
     net = LipSimNet("nano", embed_dim=8, input_size=16)
     run_dir = tmp_path / "run"

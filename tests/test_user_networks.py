@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from robustsim.certify import certified_radius, estimate_lipschitz, network_lipschitz
 from test_certify import attack_at, random_triplets
 from torch import nn
 
+from robustsim.certify import certified_radius, estimate_lipschitz, network_lipschitz
 from robustsim.errors import RobustsimError
 from robustsim.metrics import EmbeddingMetric
 from robustsim.nn.compose import lipschitz_bound

@@ -572,7 +572,6 @@ def _paper_forward(sd: dict, x: torch.Tensor, n_classes: int) -> torch.Tensor:
 
 def test_lipsim_release_converter_equals_the_papers_formula(tmp_path):
     from robustsim.certify import estimate_lipschitz
-
     from robustsim.models.convert import convert_lipsim_state, load_lipsim_release
 
     state = _lipsim_reference_state()

@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from robustsim.train.augment import augment
 from torch import nn
 from torch.utils.data import Dataset
 
 from robustsim.data.imageset import ImageSet
 from robustsim.models.lipsim import LipSimMetric
+from robustsim.train.augment import augment
 
 
 class _Indexed(Dataset):

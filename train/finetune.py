@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from robustsim.certify import certify_2afc, radius_from_embeddings
 from torch import nn
 
+from robustsim.certify import certify_2afc, radius_from_embeddings
 from robustsim.data.triplets import TripletDataset
 from robustsim.dist import local_env
 from robustsim.models.lipsim import LipSimMetric

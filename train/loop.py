@@ -20,9 +20,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from robustsim.train.augment import step_generator
-from robustsim.train.dist import DistEnv, all_mean, barrier, init_distributed, shutdown
-from robustsim.train.state import pack_state, unpack_state
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -35,6 +32,9 @@ from robustsim.models.checkpoint import clean_orphans, load_net, recover_checkpo
 from robustsim.models.lipsim import LipSimMetric, LipSimNet
 from robustsim.text import visible
 from robustsim.threads import follow_machine
+from robustsim.train.augment import step_generator
+from robustsim.train.dist import DistEnv, all_mean, barrier, init_distributed, shutdown
+from robustsim.train.state import pack_state, unpack_state
 
 #: settings a resumed run must share with the run it continues
 RESUME_KEYS = ("epochs", "batch_size", "lr", "warmup", "seed", "max_steps")

@@ -12,11 +12,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from robustsim.train.dist import barrier, init_distributed
-from robustsim.train.distill import DistillTask
-from robustsim.train.finetune import LOSSES, FinetuneTask, validation_figures
-from robustsim.train.loop import RunConfig, claim_run, fit
-from robustsim.train.teacher import load_teacher, teacher_targets
 
 from robustsim.cache import cache_root
 from robustsim.data.specs import open_images, open_triplets
@@ -25,6 +20,11 @@ from robustsim.limits import torchrun_env
 from robustsim.models.checkpoint import load_net
 from robustsim.models.lipsim import PRESETS, LipSimMetric, LipSimNet
 from robustsim.text import visible
+from robustsim.train.dist import barrier, init_distributed
+from robustsim.train.distill import DistillTask
+from robustsim.train.finetune import LOSSES, FinetuneTask, validation_figures
+from robustsim.train.loop import RunConfig, claim_run, fit
+from robustsim.train.teacher import load_teacher, teacher_targets
 
 SUMMARY_EPS = (36 / 255, 72 / 255, 108 / 255)
 DEFAULT_TEACHER = "dinov2-s14+effnet-lite0"

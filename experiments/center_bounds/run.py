@@ -46,7 +46,6 @@ def units(angle: float) -> float:
 def smoothed_row(name: str, x: torch.Tensor, steps: int, eot: int) -> dict:
     from robustsim.attacks import embedding_attack, smoothed_output_attack
     from robustsim.certify import CenterSmoothing
-
     from robustsim.zoo import load_metric
 
     metric = load_metric(name).eval()
@@ -78,7 +77,6 @@ def smoothed_row(name: str, x: torch.Tensor, steps: int, eot: int) -> dict:
 def lipschitz_row(x: torch.Tensor, steps: int) -> dict:
     from robustsim.attacks import embedding_attack
     from robustsim.certify import embedding_distance_bound
-
     from robustsim.zoo import load_metric
 
     metric = load_metric(LIPSCHITZ).eval()

@@ -26,16 +26,16 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from robustsim.certify import certify_2afc  # noqa: E402
-from robustsim.train import distill, finetune  # noqa: E402
 from tables import check_table, markdown_table  # noqa: E402
 
 import robustsim  # noqa: E402
+from robustsim.certify import certify_2afc  # noqa: E402
 from robustsim.data import open_triplets  # noqa: E402
 from robustsim.io import write_json  # noqa: E402
 from robustsim.models import PRESETS, LipSimNet, load_net  # noqa: E402
 from robustsim.models.lipsim import LipSimMetric  # noqa: E402
 from robustsim.plots import save_figure  # noqa: E402
+from robustsim.train import distill, finetune  # noqa: E402
 
 LAYER_KINDS = ["sll", "aol", "cpl", "aoc"]
 LOSSES = ["hinge", "certified"]

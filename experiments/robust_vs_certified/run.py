@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 
 import torch
-from robustsim.certify import certify_smoothed
 
 import robustsim
 from robustsim.audit import run_audit
+from robustsim.certify import certify_smoothed
 from robustsim.data import open_triplets
 from robustsim.io import write_json
 from robustsim.plots import Curve, accuracy_figure, save_figure

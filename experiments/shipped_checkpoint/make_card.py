@@ -19,9 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from robustsim.certify import certify_2afc, estimate_lipschitz
-
 import robustsim
+from robustsim.certify import certify_2afc, estimate_lipschitz
 from robustsim.data import open_triplets
 from robustsim.io import write_json
 from robustsim.models import load_net, save_checkpoint
@@ -60,8 +59,8 @@ def ms_per_image(metric, test) -> dict[str, float]:
     import time
 
     import torch
-    from robustsim.certify.rounding import twin
 
+    from robustsim.certify.rounding import twin
     from robustsim.score2afc import triplet_distances
 
     x = torch.stack([test[i]["ref"] for i in range(64)])
