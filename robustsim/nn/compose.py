@@ -16,6 +16,7 @@ their root-sum-square), since any path's amplification is a product of those: th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -53,14 +54,15 @@ def _order_source(graph: Graph, node: Node) -> int | None:
     """The source node when ``node`` concatenates distinct order statistics of one node over the same dims."""
     if _base(node) not in _CAT or len(node.inputs) < 2:
         return None
-    orders = [graph.nodes[i].order if i >= 0 else None for i in node.inputs]
-    if any(o is None for o in orders):
+    found = [graph.nodes[i].order if i >= 0 else None for i in node.inputs]
+    orders = [o for o in found if o is not None]
+    if len(orders) < len(found):
         return None
-    sources = {(o[0], o[1]) for o in orders}  # type: ignore[index]
-    stats = [o[2] for o in orders]  # type: ignore[index]
+    sources = {(o[0], o[1]) for o in orders}
+    stats = [o[2] for o in orders]
     if len(sources) != 1 or len(set(stats)) != len(stats):
         return None
-    return orders[0][0]  # type: ignore[index]
+    return orders[0][0]
 
 
 def _pair_sort(graph: Graph, node: Node) -> tuple[int, ...] | None:
@@ -155,7 +157,7 @@ def node_constant(
 ) -> tuple[float, tuple[tuple[int, float], ...], str]:
     """(the node's constant in its inputs jointly, (input, constant) pairs, combine)."""
     if node.kind in ("sealed", "declared"):
-        bound = node.declared if node.declared is not None else leaf_bound(node.module)  # type: ignore[arg-type]
+        bound = node.declared if node.declared is not None else leaf_bound(node.leaf())
         return bound, ((node.inputs[0], bound),), "sum"
     if absorbed is not None and node.index in absorbed:
         pairs, combine = absorbed[node.index]
@@ -258,9 +260,14 @@ def _in_declared(graph: Graph, node: Node) -> float | None:
     while i is not None:
         leaf = graph.nodes[i]
         if leaf.kind == "declared":
-            return max(1.0, leaf.declared if leaf.declared is not None else leaf_bound(leaf.module))  # type: ignore
+            return max(1.0, leaf.declared if leaf.declared is not None else leaf_bound(leaf.leaf()))
         i = leaf.inside
     return None
+
+
+def _sealed_local(node: Node, unit: float) -> Callable[[], torch.Tensor | None]:
+    """The sealed leaf's per-sample local rounding, computed when asked."""
+    return lambda: module_local(node.leaf(), node.inputs_tensors[0], node.out, unit)
 
 
 def graph_rounding(graph: Graph, componentwise: bool = True) -> GraphRounding:
@@ -280,11 +287,11 @@ def graph_rounding(graph: Graph, componentwise: bool = True) -> GraphRounding:
             s, (a, c, d), local = _in_declared(graph, node) or 1.0, (4 * unit, 4 * unit, 0.0), None
             assumed.append(node.op)
         elif node.kind == "sealed":
-            s = memo(node.module, ("lipschitz",), 0.0, lambda n=node: (leaf_bound(n.module),))[0]  # type: ignore
-            terms = module_terms(node.module, tuple(x.shape[1:]), tuple(node.out.shape[1:]), unit)  # type: ignore
+            module = node.leaf()
+            s = memo(module, ("lipschitz",), 0.0, lambda m=module: (leaf_bound(m),))[0]
+            terms = module_terms(module, tuple(x.shape[1:]), tuple(node.out.shape[1:]), unit)
             a, c, d = terms if terms is not None else (4 * unit, 4 * unit, 0.0)
-            local = (lambda n=node, u=unit: module_local(n.module, n.inputs_tensors[0], n.out, u)) \
-                if componentwise else None  # type: ignore[misc]
+            local = _sealed_local(node, unit) if componentwise else None
         else:
             s = 1.0 if node.index in inner else node_constant(graph, node, absorbed)[0]
             assert node.rule is not None

@@ -84,6 +84,11 @@ class Node:
     first: int | None = None  # the first node of the same call (the parts of one split)
     inputs_tensors: tuple[torch.Tensor, ...] = field(default=(), repr=False)
 
+    def leaf(self) -> nn.Module:
+        """The module of a sealed or declared leaf."""
+        assert self.module is not None, f"{self.where} is not a leaf"
+        return self.module
+
 
 @dataclass
 class Graph:
