@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from functools import cached_property
 
 import numpy as np
 import torch
@@ -106,10 +105,16 @@ class FileTriplets(TripletDataset):
         self.name = name
         self.native_size = native_size
         self.size = size or native_size
+        self._identity: str | None = None
 
-    @cached_property
-    def identity(self) -> str:  # type: ignore[override]
-        """The bytes of every image (:func:`robustsim.cache.content_digest`), labels and groups."""
+    @property
+    def identity(self) -> str:
+        """The bytes of every image (:func:`robustsim.cache.content_digest`), labels and groups (hashed once)."""
+        if self._identity is None:
+            self._identity = self._content_identity()
+        return self._identity
+
+    def _content_identity(self) -> str:
         from robustsim.cache import content_digest
 
         h = hashlib.sha256(f"{self.name}|{self.size}".encode())

@@ -111,7 +111,8 @@ class EmbeddingGallery(Gallery):
         use_faiss = self.backend == "faiss" or (self.backend == "auto" and len(self) >= FAISS_FROM and _has_faiss())
         s, i = (faiss_search if use_faiss else exact_search)(qp, self.phi.to(qp.dtype), k + extra)
         if extra:
-            s = s.masked_fill(exclude.gather(1, i), -torch.inf)  # type: ignore[union-attr]
+            assert exclude is not None  # extra > 0 only with an exclusion mask
+            s = s.masked_fill(exclude.gather(1, i), -torch.inf)
             s, pos = s.topk(min(k, s.shape[1]), dim=1)
             i = i.gather(1, pos)
         return s - 1.0, i

@@ -162,8 +162,11 @@ def deploy(metric: Metric, dtype: torch.dtype | str) -> Metric:
 
 def _checked_dtype(dtype: object) -> torch.dtype | str | None:
     """None, torch.float32, torch.float64 or "adaptive" (InputError naming the accepted forms otherwise)."""
-    if dtype is None or dtype in DTYPES.values():
-        return dtype  # type: ignore[return-value]
+    if dtype is None:
+        return None
+    for value in DTYPES.values():
+        if dtype is value or (isinstance(dtype, str) and dtype == value):
+            return value
     if isinstance(dtype, str) and dtype in DTYPES:
         return DTYPES[dtype]
     raise InputError(f"dtype must be float32, float64 or adaptive (a string or a torch dtype), got {dtype!r}")
