@@ -11,23 +11,44 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from robustsim.attacks.decision import Decision, Judge
-from robustsim.attacks.geometry import RowNoise, rows_of
+from robustsim.attacks.geometry import Norm, RowNoise, rows_of
 from robustsim.attacks.optim import apgd, classifier_objective, restrict
 from robustsim.attacks.twoafc import CleanEmbeddings, TwoAFCClassifier, labels_from_p
+from robustsim.ball import Ball
 from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv, gather_objects, gather_rows, init_distributed, local_env, shard
-from robustsim.precision import autocast
+from robustsim.precision import Precision, autocast
 from robustsim.resume import BatchStore
 from robustsim.runner import run_batches
 from robustsim.threat import ThreatModel, format_eps
 
-if TYPE_CHECKING:
-    from robustsim.attacks.base import Attack
+
+class Attack(Protocol):
+    """What a sweep asks of an attack (:class:`robustsim.attacks.base.Attack` has it): the sweep module needs no
+    import of the attacks' base, which imports it."""
+
+    name: str
+    norm: Norm
+    seed: int
+    precision: Precision
+
+    @property
+    def ball(self) -> Ball: ...
+
+    def identity(self) -> str: ...
+
+    def radii_together(self) -> bool: ...
+
+    def work(self) -> int: ...
+
+    def attack_batch(
+        self, forward, x: torch.Tensor, y: torch.Tensor, eps: list[float], generator
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 FINISH_SHARE = 0.5  # of a lower-precision attack's steps, run in float32 on the triplets it leaves standing
 

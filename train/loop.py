@@ -180,8 +180,7 @@ def _fit(net: LipSimNet, task: Task, cfg: RunConfig, env: DistEnv) -> dict[str, 
     rows = slice(env.rank, None, env.world)
     desc = visible(f"{task.name} {out.name}")
     bar = tqdm(total=total, initial=start, desc=desc, disable=not (cfg.progress and env.main))
-    t0, last_metrics = time.perf_counter(), {}
-    batches = None
+    t0, last_metrics, batches = time.perf_counter(), {}, None
     for gs in range(start, total):
         epoch, k = divmod(gs, steps_per_epoch)
         if batches is None or k == 0:
