@@ -5,15 +5,11 @@
 >>> d = metric(x, y)          # x, y: (B, 3, H, W) in [0, 1] -> (B,) distances
 """
 
-from robustsim.memory import tune_malloc
+from typing import TYPE_CHECKING
 
-tune_malloc()  # before the large allocations: see robustsim/memory.py
-
-from typing import TYPE_CHECKING  # noqa: E402
-
-from robustsim.errors import DataError, InputError, RobustsimError, WeightsError  # noqa: E402
-from robustsim.lazy import lazy_getattr  # noqa: E402
-from robustsim.threat import ThreatModel  # noqa: E402
+from robustsim.errors import DataError, InputError, RobustsimError, WeightsError
+from robustsim.lazy import lazy_getattr
+from robustsim.threat import ThreatModel
 
 # the rest is imported on first use (PEP 562): `robustsim --help` and the package's light parts need no torch
 _LAZY = {

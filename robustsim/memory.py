@@ -7,7 +7,8 @@ kernel (``robustsim score`` on effnet-lite0: sys 6-8 s beside user 9-10 s; ``ben
 :func:`tune_malloc` sets, through ``mallopt``, what ``MALLOC_MMAP_THRESHOLD_=33554432
 MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_TOP_PAD_=268435456`` would set at process start: allocations below
 32 MiB come from the heap, freed memory stays mapped until 2 GiB are free, and the heap grows 256 MiB at a
-time. ``import robustsim`` calls it, so the CLI, ``python -m``, torchrun workers and library users all get it.
+time. The command line calls it first (every ``robustsim`` command, ``python -m robustsim``, torchrun workers);
+``import robustsim`` changes nothing in a library user's process (call ``robustsim.memory.tune_malloc()`` to opt in).
 It changes where memory comes from, never a number robustsim computes. ``ROBUSTSIM_MALLOC=default`` keeps
 the C library's own settings; elsewhere than glibc (macOS, musl, Windows) it does nothing.
 """

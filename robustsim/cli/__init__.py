@@ -96,6 +96,9 @@ _help_with_default(cli)
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: RobustsimError -> one line on stderr, exit 2; a crash in native code (a signal)
     still prints the Python stack of every thread."""
+    from robustsim.memory import tune_malloc
+
+    tune_malloc()  # the command's process only, before its large allocations (robustsim/memory.py)
     if not faulthandler.is_enabled():
         with contextlib.suppress(AttributeError, ValueError, OSError):  # stderr without a descriptor (captured)
             faulthandler.enable()
