@@ -20,11 +20,11 @@ from robustsim.attacks.optim import restrict
 from robustsim.attacks.sweep import AttackResult, Sweep
 from robustsim.attacks.twoafc import CleanEmbeddings
 from robustsim.ball import Ball, ball
-from robustsim.certify.smoothing import SmoothedMetric
 from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv
 from robustsim.errors import InputError
 from robustsim.metrics.base import Metric
+from robustsim.metrics.smoothed import SmoothedMetric
 from robustsim.precision import Precision, check_precision
 from robustsim.resume import BatchStore
 from robustsim.settings import AttackSettings

@@ -12,8 +12,8 @@ from torch import nn
 
 from robustsim.attacks.twoafc import NoisyReference, TwoAFCClassifier, margin
 from robustsim.certify.adaptive import is_adaptive
-from robustsim.certify.smoothing import ABSTAIN, SmoothedMetric, stream_seed
 from robustsim.metrics.base import Metric
+from robustsim.metrics.smoothed import ABSTAIN, SmoothedMetric, stream_seed
 from robustsim.threat import ThreatModel
 
 Judge = Callable[[torch.Tensor], torch.Tensor]  # points (R, ...) -> (R,) bool: the decision there is not correct

@@ -20,7 +20,7 @@ from robustsim.certify.radius import (
 )
 from robustsim.certify.retrieval import retrieval_radii, top_k_radii
 from robustsim.certify.rounding import Rounding, embed_with_error, float64_copy, unit_roundoff
-from robustsim.certify.smoothing import SmoothedMetric
+from robustsim.metrics.smoothed import SmoothedMetric
 
 #: the certificate methods ``robustsim certify --method`` offers (``auto`` picks lipschitz where it applies)
 METHODS = ("lipschitz", "smoothing", "center-smoothing")

@@ -33,12 +33,12 @@ import torch
 from scipy.stats import norm
 
 from robustsim.ball import L2
-from robustsim.certify.smoothing import stream_seed
 from robustsim.checks import count_arg
 from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv
 from robustsim.errors import InputError
 from robustsim.metrics.base import EmbeddingMetric, Metric, metric_arg
+from robustsim.metrics.smoothed import stream_seed
 from robustsim.runner import run_batches
 from robustsim.settings import CenterSettings
 from robustsim.table import format_table

@@ -1,6 +1,6 @@
 """Certified 2AFC accuracy over a dataset and a threat model (which image moves, which norm, which radii),
 streaming in one pass, by a method: ``lipschitz`` (a proof, :mod:`robustsim.certify.radius`) or
-``smoothing`` (a certificate for the smoothed metric, :mod:`robustsim.certify.smoothing`)."""
+``smoothing`` (a certificate for the smoothed metric, :mod:`robustsim.metrics.smoothed`)."""
 
 from __future__ import annotations
 
@@ -292,11 +292,11 @@ def certify_smoothed(
     progress: bool = True,
     env: DistEnv | None = None,
 ) -> CertifyResult | None:
-    """Randomized-smoothing certificates (:class:`robustsim.certify.smoothing.SmoothedMetric`) for every
+    """Randomized-smoothing certificates (:class:`robustsim.metrics.smoothed.SmoothedMetric`) for every
     triplet, the reference moving. ``clean`` holds the smoothed metric's 2AFC score (an abstention scores
     min(p, 1 - p)); radii are -1 on abstention. Sound for each triplet with probability >= 1 - alpha over the
     noise. Each triplet draws its noise from its own stream, so a sharded run (torchrun) equals one process."""
-    from robustsim.certify.smoothing import ABSTAIN, SmoothedMetric
+    from robustsim.metrics.smoothed import ABSTAIN, SmoothedMetric
 
     threat = ThreatModel.of(threat)
     threat.require_reference("smoothing")

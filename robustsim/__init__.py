@@ -14,7 +14,7 @@ from robustsim.threat import ThreatModel
 # the rest is imported on first use (PEP 562): `robustsim --help` and the package's light parts need no torch
 _LAZY = {
     "benchmark": "robustsim.bench.run",
-    "SmoothedMetric": "robustsim.certify.smoothing",
+    "SmoothedMetric": "robustsim.metrics.smoothed",
     "PerceptualLoss": "robustsim.losses",
     "EmbeddingMetric": "robustsim.metrics",
     "EnsembleMetric": "robustsim.metrics",
@@ -28,9 +28,9 @@ _LAZY = {
 if TYPE_CHECKING:
     from robustsim import data
     from robustsim.bench.run import benchmark
-    from robustsim.certify.smoothing import SmoothedMetric
     from robustsim.losses import PerceptualLoss
     from robustsim.metrics import EmbeddingMetric, EnsembleMetric, Metric
+    from robustsim.metrics.smoothed import SmoothedMetric
     from robustsim.scoring import two_afc_score
     from robustsim.zoo import list_metrics, load_metric, register_metric
 

@@ -16,11 +16,11 @@ from robustsim.attacks.base import AttackResult
 from robustsim.attacks.registry import make_attack
 from robustsim.attacks.twoafc import CleanEmbeddings
 from robustsim.certify.adaptive import decisions, describe
-from robustsim.certify.smoothing import SmoothedMetric
 from robustsim.data.triplets import TripletDataset
 from robustsim.dist import DistEnv, init_distributed
 from robustsim.errors import RobustsimError
 from robustsim.metrics.base import Metric, evaluating
+from robustsim.metrics.smoothed import SmoothedMetric
 from robustsim.precision import resolve_precision
 from robustsim.provenance import metric_fingerprint, package_versions
 from robustsim.score2afc import evaluate_2afc

@@ -212,8 +212,8 @@ def trial_seconds(
     up)."""
     from robustsim.attacks.twoafc import CleanEmbeddings
     from robustsim.audit import N_EXAMPLES
-    from robustsim.certify import SmoothedMetric
     from robustsim.dist import local_env
+    from robustsim.metrics.smoothed import SmoothedMetric
 
     if not trial_size(len(data)):  # counted passes (upper bounds) timed on one batch
         smoothed = isinstance(metric, SmoothedMetric)
@@ -245,7 +245,8 @@ def audit_estimate(metric, data, threat, attacks: Sequence, batch_size: int, dev
     """Counted: every attack at every radius of every triplet (:func:`attack_passes`) and the certificate (two
     forwards per triplet) where the metric has one. Timed: a trial run of the attacks (:func:`trial_seconds`) and
     the certificate's passes. ``metric`` may be a SmoothedMetric (an audit of the smoothed prediction)."""
-    from robustsim.certify import SmoothedMetric, has_certificate
+    from robustsim.certify import has_certificate
+    from robustsim.metrics.smoothed import SmoothedMetric
 
     smoothed = isinstance(metric, SmoothedMetric)
     base = metric.metric if smoothed else metric

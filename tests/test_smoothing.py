@@ -1,4 +1,4 @@
-"""Randomized smoothing (robustsim.certify.smoothing): the smoothed probability and radius against closed forms
+"""Randomized smoothing (robustsim.metrics.smoothed): the smoothed probability and radius against closed forms
 on a linear embedding, soundness at the stated rate, the CLI's words."""
 
 from __future__ import annotations

@@ -126,9 +126,9 @@ def audit_cmd(
 
     from robustsim.attacks import make_attack
     from robustsim.audit import run_audit
-    from robustsim.certify import SmoothedMetric
     from robustsim.cost import audit_estimate
     from robustsim.io import OutputDir
+    from robustsim.metrics.smoothed import SmoothedMetric
     from robustsim.reports import write_report
 
     attacks = parse_names(attacks_text, "--attacks")
