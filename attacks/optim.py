@@ -24,16 +24,34 @@ Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Objective = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+Confirm = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, rows) -> (B,) bool: the decision is wrong
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A call on rows of the batch (a forward or an objective) with the decision that judges its points: ``confirm``
+    (a smoothed metric's prediction, the re-check every break must pass)."""
+
+    call: Callable
+    confirm: Confirm
+
+    def __call__(self, x: torch.Tensor, rows: torch.Tensor):
+        return self.call(x, rows)
+
+
+def confirm_of(call: Callable) -> Confirm | None:
+    """The re-check a :class:`Checked` call carries; None for a plain one."""
+    return call.confirm if isinstance(call, Checked) else None
+
+
 def restrict(forward: Forward, idx: torch.Tensor) -> Forward:
     """``forward`` on the rows ``idx`` of its batch (row r of the view is row idx[r]), its ``confirm`` too."""
 
     def sub(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return forward(x, idx[rows])
 
-    confirm = getattr(forward, "confirm", None)
-    if confirm is not None:
-        sub.confirm = lambda x, rows: confirm(x, idx[rows])  # type: ignore[attr-defined]
-    return sub
+    confirm = confirm_of(forward)
+    return sub if confirm is None else Checked(sub, lambda x, rows: confirm(x, idx[rows]))
 
 
 def classifier_objective(forward: Forward, y: torch.Tensor, loss: str) -> Objective:
@@ -45,8 +63,8 @@ def classifier_objective(forward: Forward, y: torch.Tensor, loss: str) -> Object
         logits = forward(x, rows)
         return LOSSES[loss](logits, y[rows]), margin(logits, y[rows]) <= 0
 
-    objective.confirm = getattr(forward, "confirm", None)  # type: ignore[attr-defined]
-    return objective
+    confirm = confirm_of(forward)
+    return objective if confirm is None else Checked(objective, confirm)
 
 
 @dataclass
@@ -95,7 +113,7 @@ def _loss_grad(objective: Objective, x: torch.Tensor, rows: torch.Tensor, eot: i
         votes = done.long() if votes is None else votes + done.long()
     assert loss_sum is not None and grad_sum is not None and votes is not None
     done = 2 * votes > eot
-    confirm = getattr(objective, "confirm", None)
+    confirm = confirm_of(objective)
     if confirm is not None:
         candidates = done.nonzero()[:, 0]
         done = torch.zeros_like(done)

@@ -17,7 +17,7 @@ import torch
 
 from robustsim.attacks.decision import Decision, Judge
 from robustsim.attacks.geometry import Norm, RowNoise, rows_of
-from robustsim.attacks.optim import apgd, classifier_objective, restrict
+from robustsim.attacks.optim import Checked, apgd, classifier_objective, restrict
 from robustsim.attacks.twoafc import CleanEmbeddings, TwoAFCClassifier, labels_from_p
 from robustsim.ball import Ball
 from robustsim.data.triplets import TripletDataset
@@ -235,10 +235,8 @@ class Sweep:
             tick(1)
             return attacked(xa, rows)
 
-        confirm = self.decision.confirm(batch, y)
-        if confirm is not None:  # a break counts when the smoothed prediction (the re-check) is wrong there
-            forward.confirm = confirm  # type: ignore[attr-defined]
-        return forward
+        confirm = self.decision.confirm(batch, y)  # a break counts when the smoothed prediction is wrong there too
+        return forward if confirm is None else Checked(forward, confirm)
 
     def attack_rows(self, forward, clf, batch: dict, x, y, rows: torch.Tensor, radii: list[float]):
         """(points (n_radii, R, ...), broken (n_radii, R)) for the correct rows ``rows``: the attack's steps in its

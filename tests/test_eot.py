@@ -126,7 +126,7 @@ def test_eot_keeps_attacking_until_the_decision_that_judges_the_point_is_wrong()
     rejected that point and the triplet counted robust. A randomised objective whose draws say done at a score of 1
     while the judging decision (its ``confirm``) needs 3: every point reported broken passes the judge, and the
     attack reaches it."""
-    from robustsim.attacks.optim import pgd
+    from robustsim.attacks.optim import Checked, pgd
 
     w = torch.randn(6, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     x = torch.rand(6, 3, 4, 4, generator=torch.Generator().manual_seed(1))
@@ -139,9 +139,9 @@ def test_eot_keeps_attacking_until_the_decision_that_judges_the_point_is_wrong()
         s = score(xa, rows) + 0.1 * torch.randn(len(rows), generator=noise)
         return s, s > 1
 
-    objective.confirm = lambda xa, rows: score(xa, rows) > 3
+    judged_objective = Checked(objective, lambda xa, rows: score(xa, rows) > 3)
     eps = torch.full((6,), 2.0)
-    adv, broken = pgd(objective, x, eps, "l2", steps=40, eot=4, generator=torch.Generator().manual_seed(2))
+    adv, broken = pgd(judged_objective, x, eps, "l2", steps=40, eot=4, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         judged = score(adv, torch.arange(6)) > 3
     assert broken.sum() >= 3 and (judged[broken]).all()
