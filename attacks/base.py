@@ -9,6 +9,7 @@ radius tensor) or :meth:`attack_batch` (every radius at once), like foolbox's at
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import final
 
@@ -51,6 +52,21 @@ class Attack:
         """The attack and every setting its constructor set, as text: what keys its resumed batches."""
         settings = {k: v for k, v in sorted(vars(self).items()) if not k.startswith("_")}
         return f"{self.name}|{settings}"
+
+    @property
+    def step_count(self) -> int | None:
+        """The iterations the attack runs (None for one without a step count)."""
+        steps = vars(self).get("steps")
+        return steps if isinstance(steps, int) else None
+
+    def with_steps(self, steps: int) -> Attack:
+        """This attack running ``steps`` iterations, as a copy (the attack itself never changes); itself when it has
+        no step count."""
+        if self.step_count is None:
+            return self
+        other = copy.copy(self)
+        vars(other)["steps"] = steps
+        return other
 
     def radii_together(self) -> bool:
         """Whether :meth:`attack_batch` runs every radius in one go (overridden), so the runner makes one pass."""

@@ -7,7 +7,6 @@ attack's :meth:`~robustsim.attacks.base.Attack.attack_batch`.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -36,6 +35,11 @@ class Attack(Protocol):
     norm: Norm
     seed: int
     precision: Precision
+
+    @property
+    def step_count(self) -> int | None: ...
+
+    def with_steps(self, steps: int) -> Attack: ...
 
     @property
     def ball(self) -> Ball: ...
@@ -93,7 +97,7 @@ class AttackResult:
 def finish_steps(attack: Attack) -> int:
     """Float32 APGD steps for each triplet a lower-precision attack leaves standing: a share of the attack's own
     budget (:data:`FINISH_SHARE`; the lower-precision steps take the rest, so the total is the same)."""
-    return max(1, round(FINISH_SHARE * int(getattr(attack, "steps", 20))))
+    return max(1, round(FINISH_SHARE * (attack.step_count or 20)))
 
 
 class Sweep:
@@ -205,8 +209,8 @@ class Sweep:
         """The radii ``levels`` on one batch; ``first``: the pass that also makes the clean decision (the later
         passes get only triplets still robust, so every row is a correct one)."""
         ref, x0, x1 = batch["ref"], batch["x0"], batch["x1"]
-        shared = self.clean_cache is not None and self.target != "all"
-        known = self.clean_cache.get(self.metric, batch) if shared else None  # type: ignore[union-attr]
+        cache = self.clean_cache if self.target != "all" else None
+        known = cache.get(self.metric, batch) if cache is not None else None
         clf = TwoAFCClassifier(self.metric, ref, x0, x1, self.target, known)
         x = clf.clean_input()
         y, kp = labels_from_p(batch["p"].to(ref.device))
@@ -243,8 +247,8 @@ class Sweep:
         precision, every claim re-checked in float32, then the float32 finish of a lower precision."""
         attack, sub = self.attack, restrict(forward, rows)
         noise = RowNoise(attack.seed, batch["index"][rows.cpu()], self.counts)  # the same in any batch or shard
-        with autocast(attack.precision, x.device), self.lower_precision_steps():  # the re-check: float32
-            adv, claimed = attack.attack_batch(sub, x[rows], y[rows], radii, noise)
+        with autocast(attack.precision, x.device):  # the re-check: float32
+            adv, claimed = self.lower_precision(attack).attack_batch(sub, x[rows], y[rows], radii, noise)
         adv = adv.to(x.dtype)
         wrong = self.decision.wrong(clf, batch, rows, y)
         broken = self.decision.holds(claimed, self.verify(adv, x[rows], radii, wrong))
@@ -252,20 +256,14 @@ class Sweep:
             adv, broken = self.finish(sub, x[rows], y[rows], radii, adv, broken, noise, wrong)
         return adv, broken
 
-    @contextlib.contextmanager
-    def lower_precision_steps(self):
-        """The lower-precision phase runs the attack's budget less the float32 finish (an attack without a step
-        count, or at fp32, runs as it is)."""
-        attack = self.attack
-        full = getattr(attack, "steps", None)
-        if attack.precision == "fp32" or not isinstance(full, int):
-            yield
-            return
-        attack.steps = max(1, full - finish_steps(attack))  # type: ignore[attr-defined]
-        try:
-            yield
-        finally:
-            attack.steps = full  # type: ignore[attr-defined]
+    @staticmethod
+    def lower_precision(attack: Attack) -> Attack:
+        """The attack as its lower-precision phase runs it: the budget less the float32 finish (a copy; an attack
+        without a step count, or at fp32, runs as it is)."""
+        full = attack.step_count
+        if attack.precision == "fp32" or full is None:
+            return attack
+        return attack.with_steps(max(1, full - finish_steps(attack)))
 
     def finish(self, forward, x, y, radii, adv, broken, noise, wrong: Judge):
         """Mixed precision that does not weaken the attack: the rows still standing after the lower-precision steps
