@@ -31,3 +31,10 @@ def test_a_registered_metric_loads_is_benchmarked_and_benched(tmp_path):
     cards = run(["tiny-registered"], "mini", tmp_path / "b", limit=8, progress=False, log=lambda *a: None)
     assert cards is not None and "tiny-registered" in cards
     assert (tmp_path / "b" / "leaderboard.md").read_text().count("tiny-registered") >= 1
+    from robustsim.audit import run_audit
+    from robustsim.data import open_triplets
+    from robustsim.threat import ThreatModel
+
+    report = run_audit(metric, open_triplets("mini:test", limit=4), ThreatModel("l2", "ref", (0.5,)), ["apgd-ce"],
+                       steps=2, batch_size=4, progress=False)  # fmt: skip
+    assert report.metric == "tiny-registered" and all(r <= report.clean for r in report.robust)
